@@ -1,0 +1,229 @@
+"""The response store: paid answers on disk, as JSON, keyed by the request key.
+
+The only module that imports diskcache. One entry per request key; the value is a JSON object
+(:class:`CacheEntry` below): the full provider response plus when it was stored, provider,
+model, usage and latency. Values go through :class:`JSONValueDisk`, which refuses anything but
+a dict, so nothing is ever pickled: a cache directory is data, never code.
+
+Why some SQL: stats and purge must be fast on a million entries without deserialising every
+value, and diskcache already keeps ``store_time`` and ``tag`` (we tag each entry with
+``provider:model``) as indexed columns of its ``Cache`` table. We read that table directly and
+delete through diskcache's own batched ``_select_delete`` (which also removes value files). The
+schema has been stable since diskcache 4; pyproject pins ``diskcache<6`` so a schema change
+cannot arrive unannounced.
+
+Settings that diskcache persists (size limit, eviction policy) are only written when the user
+asks, or when the cache is created: re-opening a cache with a default must never shrink a
+limit the user raised, because diskcache culls down to the limit on the next write.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import orjson
+
+from llmbatch.errors import CacheError
+
+__all__ = [
+    "DEFAULT_EVICTION",
+    "DEFAULT_SIZE_LIMIT",
+    "EVICTION_POLICIES",
+    "CacheStats",
+    "ResponseCache",
+    "default_cache_dir",
+]
+
+#: Generous by default (an answer is a few KB: this holds millions), and explicit: never
+#: diskcache's silent 1 GB.
+DEFAULT_SIZE_LIMIT = 20 * 10**9
+#: Least-recently-stored keeps reads read-only (least-recently-used would turn every hit into
+#: a write, which costs warm reruns dearly). "none" never evicts anything.
+DEFAULT_EVICTION = "least-recently-stored"
+EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-frequently-used", "none")
+
+
+def default_cache_dir() -> Path:
+    """``$LLMBATCH_CACHE_DIR``, else the platform's user cache directory."""
+    env = os.environ.get("LLMBATCH_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # only needed when no directory was given
+
+    return Path(platformdirs.user_cache_dir("llmbatch", appauthor=False))
+
+
+class JSONValueDisk(diskcache.Disk):
+    """Keys as diskcache stores strings (raw, queryable); values as compact JSON bytes.
+
+    A value that is not a dict is a programming error and raises: the default Disk would
+    pickle it.
+    """
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if read or not isinstance(value, dict):
+            raise TypeError(f"llmbatch stores JSON objects only, not {type(value).__name__}")
+        return super().store(orjson.dumps(value), False, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        data = super().fetch(mode, filename, value, read)
+        return orjson.loads(data)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    directory: str
+    entries: int
+    size_bytes: int
+    size_limit: int
+    eviction_policy: str
+    oldest: float | None
+    newest: float | None
+    by_model: dict[str, int]
+    hits: int
+    misses: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "entries": self.entries,
+            "size_bytes": self.size_bytes,
+            "size_limit": self.size_limit,
+            "eviction_policy": self.eviction_policy,
+            "oldest": self.oldest,
+            "newest": self.newest,
+            "by_model": self.by_model,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+class ResponseCache:
+    """A persistent map from request key to stored answer (a JSON object).
+
+    Safe to share between processes (diskcache uses SQLite in WAL mode); each ``put`` is its
+    own transaction, so an answer is durable the moment ``put`` returns.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        size_limit: int | None = None,
+        eviction_policy: str | None = None,
+        create: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        new = not (self.directory / "cache.db").exists()
+        if new and not create:
+            raise CacheError(f"no cache at {self.directory}")
+        settings: dict[str, Any] = {}
+        if size_limit is not None or new:
+            settings["size_limit"] = size_limit if size_limit is not None else DEFAULT_SIZE_LIMIT
+        if eviction_policy is not None or new:
+            policy = eviction_policy or DEFAULT_EVICTION
+            if policy not in EVICTION_POLICIES:
+                raise CacheError(f"unknown eviction policy {policy!r}: choose one of {', '.join(EVICTION_POLICIES)}")
+            settings["eviction_policy"] = policy
+        try:
+            # 0700: prompts and answers are the user's data, not the machine's.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory), disk=JSONValueDisk, **settings)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot open the cache at {self.directory}: {exc}") from None
+
+    # -- the run's hot path ----------------------------------------------------------------
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._cache.get(key, default=None, retry=True)  # type: ignore[no-any-return]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored entries among ``keys``; missing or expired keys are absent."""
+        found: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            value = self._cache.get(key, default=None, retry=True)
+            if value is not None:
+                found[key] = value
+        return found
+
+    def put(self, key: str, entry: dict[str, Any], *, tag: str, ttl_s: float | None = None) -> None:
+        """Store ``entry`` durably; raises :class:`CacheError` if the disk refuses."""
+        try:
+            self._cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
+    def record_lookups(self, hits: int, misses: int) -> None:
+        """Add a run's hits and misses to the lifetime counters.
+
+        diskcache keeps ``hits``/``misses`` rows in its Settings table for its own statistics
+        mode, which costs a write per ``get``. We leave that mode off and add the run's totals
+        in one transaction instead, so ``Cache.stats()`` still reports lifetime figures.
+        """
+        if not hits and not misses:
+            return
+        with self._cache.transact(retry=True):
+            sql = self._cache._sql
+            sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
+            sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        sql = self._cache._sql
+        ((count, oldest, newest),) = sql("SELECT COUNT(*), MIN(store_time), MAX(store_time) FROM Cache").fetchall()
+        by_model = {
+            str(tag if tag is not None else "(untagged)"): n
+            for tag, n in sql("SELECT tag, COUNT(*) FROM Cache GROUP BY tag ORDER BY COUNT(*) DESC").fetchall()
+        }
+        hits, misses = self._cache.stats(enable=False)
+        return CacheStats(
+            directory=str(self.directory),
+            entries=count,
+            size_bytes=self._cache.volume(),
+            size_limit=int(self._cache.size_limit),
+            eviction_policy=str(self._cache.eviction_policy),
+            oldest=oldest,
+            newest=newest,
+            by_model=by_model,
+            hits=hits,
+            misses=misses,
+        )
+
+    def purge(self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False,
+              now: float | None = None) -> int:
+        """Remove entries stored more than ``older_than_s`` seconds ago; return how many.
+
+        Uses the ``store_time`` index that the least-recently-stored policy creates (and that
+        we create for other policies too), so it never reads a value.
+        """
+        cutoff = (now if now is not None else time.time()) - older_than_s
+        where = "store_time < ?" if tag is None else "store_time < ? AND tag = ?"
+        args: list[Any] = [cutoff] + ([tag] if tag is not None else [])
+        if dry_run:
+            ((n,),) = self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE {where}", args).fetchall()
+            return int(n)
+        self._cache._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
+        # diskcache's batched delete pages with args[arg_index] = row[row_index]: we page on
+        # store_time (>=, so rows sharing a time across a page boundary are not skipped).
+        select = (
+            f"SELECT rowid, store_time, filename FROM Cache WHERE store_time >= ? AND {where}"
+            " ORDER BY store_time LIMIT ?"
+        )
+        return int(self._cache._select_delete(select, [0.0, *args, 1000], row_index=1, arg_index=0, retry=True))
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

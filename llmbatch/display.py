@@ -1,0 +1,257 @@
+"""What the user sees on stderr while a run goes and when it ends. The only module that imports rich.
+
+Three modes:
+- ``live``: on a terminal, a rich display redrawn a few times a second: bar, done/total, cache
+  hits, calls (misses), coalesced duplicates, errors, retries, in flight, rate, tokens, elapsed
+  and ETA;
+- ``plain``: when stderr is not a terminal (CI logs, ``2> log``), one plain line every few
+  seconds, no escape codes;
+- ``quiet``: nothing until the summary.
+
+The display reads :class:`~llmbatch.engine.RunStats` on its own timer instead of listening to
+an event per line: a 100,000-line rerun should not pay for 100,000 redraw requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from llmbatch.engine import RunStats
+
+__all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "print_cache_stats"]
+
+Mode = Literal["live", "plain", "quiet"]
+
+
+def choose_mode(stream: IO[str], *, quiet: bool) -> Mode:
+    if quiet:
+        return "quiet"
+    return "live" if stream.isatty() else "plain"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+class _Rate:
+    """Lines and calls per second over the last few seconds (steadier than instantaneous)."""
+
+    def __init__(self, horizon_s: float = 5.0) -> None:
+        self.horizon_s = horizon_s
+        self.samples: deque[tuple[float, int, int]] = deque()
+
+    def update(self, now: float, done: int, calls: int) -> tuple[float, float]:
+        self.samples.append((now, done, calls))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.horizon_s:
+            self.samples.popleft()
+        t0, d0, c0 = self.samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return 0.0, 0.0
+        return (done - d0) / dt, (calls - c0) / dt
+
+
+def _snapshot(stats: RunStats, rate: _Rate, now: float) -> dict[str, Any]:
+    elapsed = stats.elapsed(now) if stats.started_at else 0.0
+    lines_per_s, calls_per_s = rate.update(now, stats.done, stats.calls)
+    remaining = (stats.total - stats.done) if stats.total is not None else None
+    if remaining is not None and lines_per_s > 0:
+        eta: float | None = remaining / lines_per_s
+    elif remaining is not None and elapsed > 0 and stats.done:
+        eta = remaining / (stats.done / elapsed)
+    else:
+        eta = None
+    return {"elapsed": elapsed, "lines_per_s": lines_per_s, "calls_per_s": calls_per_s, "eta": eta}
+
+
+class _LiveView:
+    def __init__(self, stats: RunStats, clock: Callable[[], float]) -> None:
+        self.stats = stats
+        self.clock = clock
+        self.rate = _Rate()
+
+    def __rich__(self) -> Group:
+        s = self.stats
+        snap = _snapshot(s, self.rate, self.clock())
+        total = s.total or 0
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            ProgressBar(total=max(total, 1), completed=s.done, width=40),
+            Text(f"{_count(s.done)}/{_count(total)}", style="bold"),
+            Text(f"{(100 * s.done / total) if total else 0:.0f}%"),
+            Text(f"elapsed {format_duration(snap['elapsed'])}", style="dim"),
+            Text(f"ETA {format_duration(snap['eta'])}", style="dim"),
+        )
+        counters = Text.assemble(
+            ("hits ", "dim"), (_count(s.hits), "green"),
+            ("  calls ", "dim"), (_count(s.calls), "cyan"),
+            ("  coalesced ", "dim"), (_count(s.coalesced), ""),
+            ("  errors ", "dim"), (_count(s.errors), "red" if s.errors else ""),
+            ("  retries ", "dim"), (_count(s.retries), "yellow" if s.retries else ""),
+            ("  in flight ", "dim"), (_count(s.in_flight), ""),
+        )
+        pace = Text.assemble(
+            ("rate ", "dim"), (f"{snap['lines_per_s']:.1f} lines/s, {snap['calls_per_s']:.1f} calls/s", ""),
+            ("  tokens ", "dim"), (f"{_count(s.prompt_tokens)} in / {_count(s.completion_tokens)} out", ""),
+        )
+        parts: list[Any] = [head, counters, pace]
+        if s.stopped:
+            parts.append(Text(f"stopping: {s.stopped}", style="bold red"))
+        return Group(*parts)
+
+
+def _plain_line(stats: RunStats, rate: _Rate, now: float) -> str:
+    snap = _snapshot(stats, rate, now)
+    total = stats.total if stats.total is not None else "?"
+    return (
+        f"llmbatch: {stats.done}/{total} done, {stats.hits} hits, {stats.calls} calls, "
+        f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
+        f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
+        f"ETA {format_duration(snap['eta'])}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the end-of-run table reports besides the counters."""
+
+    results: str  # where the result lines went
+    complete: bool
+    note: str | None = None  # e.g. how to resume
+
+
+class Display:
+    """Context manager around a run: shows progress while inside, ``summary()`` after."""
+
+    def __init__(
+        self,
+        stats: RunStats,
+        *,
+        mode: Mode,
+        stream: IO[str],
+        plain_every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stats = stats
+        self.mode = mode
+        self.clock = clock
+        self.console = Console(file=stream, highlight=False, soft_wrap=False)
+        self.plain_every_s = plain_every_s
+        self._live: Live | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Display:
+        if self.mode == "live":
+            self._live = Live(_LiveView(self.stats, self.clock), console=self.console,
+                              refresh_per_second=8, transient=True)
+            self._live.__enter__()
+        elif self.mode == "plain":
+            self._thread = threading.Thread(target=self._plain_loop, name="llmbatch-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _plain_loop(self) -> None:
+        rate = _Rate(horizon_s=max(self.plain_every_s * 2, 5.0))
+        while not self._stop.wait(self.plain_every_s):
+            self.console.print(_plain_line(self.stats, rate, self.clock()), markup=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def message(self, text: str, *, style: str = "") -> None:
+        self.console.print(Text(text, style=style))
+
+    def summary(self, summary: Summary) -> None:
+        s = self.stats
+        wall = s.elapsed(self.clock())
+        table = Table(title="llmbatch run", show_header=False, title_justify="left", box=None, padding=(0, 2))
+        table.add_column(style="dim")
+        table.add_column(justify="right")
+        rows = [
+            ("prompts", _count(s.total or s.done)),
+            ("answered from cache", _count(s.hits)),
+            ("calls made", _count(s.calls)),
+            ("duplicates coalesced", _count(s.coalesced)),
+            ("errors", _count(s.errors)),
+            ("retries", _count(s.retries)),
+            ("tokens in / out", f"{_count(s.prompt_tokens)} / {_count(s.completion_tokens)}"),
+            ("wall time", f"{wall:.1f}s"),
+            ("results", summary.results),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        self.console.print(table)
+        if s.stopped:
+            self.console.print(Text(f"stopped early: {s.stopped}", style="bold red"))
+        if summary.note:
+            self.console.print(Text(summary.note, style="yellow"))
+
+
+def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = None) -> None:
+    """``llmbatch cache stats`` for people (``--json`` is printed by the CLI itself)."""
+    import sys
+    from datetime import datetime
+
+    from llmbatch.units import format_size
+
+    console = Console(file=stream or sys.stdout, highlight=False)
+    if stats is None:
+        console.print(Text(f"no cache yet at {directory}"))
+        return
+
+    def when(ts: float | None) -> str:
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "--"
+
+    table = Table(show_header=False, box=None, padding=(0, 2), title=f"cache at {directory}", title_justify="left")
+    table.add_column(style="dim")
+    table.add_column()
+    lookups = stats.hits + stats.misses
+    rows = [
+        ("entries", _count(stats.entries)),
+        ("size on disk", format_size(stats.size_bytes)),
+        ("size limit", f"{format_size(stats.size_limit)} ({stats.eviction_policy})"),
+        ("oldest entry", when(stats.oldest)),
+        ("newest entry", when(stats.newest)),
+        ("lifetime hits / misses",
+         f"{_count(stats.hits)} / {_count(stats.misses)}"
+         + (f" ({100 * stats.hits / lookups:.0f}% hits)" if lookups else "")),
+    ]
+    for name, value in rows:
+        table.add_row(name, Text(value))
+    console.print(table)
+    if stats.by_model:
+        by_model = Table(title="entries by model", title_justify="left", box=None, padding=(0, 2))
+        by_model.add_column("provider:model")
+        by_model.add_column("entries", justify="right")
+        for tag, n in stats.by_model.items():
+            by_model.add_row(Text(tag), _count(n))
+        console.print(by_model)

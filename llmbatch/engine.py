@@ -1,0 +1,393 @@
+"""The run: requests in, results out in input order, each answer paid for at most once.
+
+A library with no CLI inside. For each request, in this order:
+
+1. a cache hit is the result;
+2. the same key already in flight in this run: wait for that call (duplicates cost one call);
+3. otherwise call the provider (under the concurrency limit, retried by the policy), **store the
+   answer in the cache the moment it arrives**, and only then make it a result.
+
+Memory does not grow with the file: requests are pulled lazily from an iterator and at most
+``window`` of them are held at once (answered or not yet written). Results leave through
+``sink`` strictly in input order, as soon as the order allows. Cache lookups are made a chunk at
+a time, so a mostly-cached rerun does not pay per-line overhead.
+
+A fatal failure (bad API key, unknown model) or :meth:`Engine.stop` ends the run early: no new
+call starts, calls in flight finish and are stored, results are written up to the first line
+that was not answered, and ``RunStats.stopped`` says why.
+
+Progress is reported through :class:`RunStats`, a plain object of counters that the display
+reads a few times a second (cheaper than an event per line on a 100,000-line rerun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from llmbatch.cache import ResponseCache
+from llmbatch.errors import CacheError
+from llmbatch.keys import request_key
+from llmbatch.prompts import Request
+from llmbatch.provider import CallError, Reply
+from llmbatch.results import Result
+from llmbatch.retry import RetryPolicy
+
+__all__ = ["CacheMode", "Engine", "Provider", "RunOptions", "RunStats", "run_batch"]
+
+CacheMode = Literal["normal", "refresh", "off", "only"]
+
+_LOOKUP_CHUNK = 256
+
+
+class Provider(Protocol):
+    """What the engine needs from a provider (``provider.AnyLLMProvider`` in production)."""
+
+    async def complete(self, request: Request, *, timeout_s: float) -> Reply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: normal: read and write; refresh: ignore hits, overwrite; off: neither; only: never call.
+    cache_mode: CacheMode = "normal"
+    ttl_s: float | None = None
+    #: Recorded in every key: the base URL calls go to (or the simulator's namespace).
+    endpoint: str | None = None
+    #: Prefix of the cache tag (``provider:model``); "simulated/" keeps simulator entries apart.
+    tag_prefix: str = ""
+    #: Requests held in memory at most; default 16 x concurrency, at least 1024.
+    window: int | None = None
+
+    def effective_window(self) -> int:
+        return self.window or max(1024, 16 * self.concurrency)
+
+
+@dataclass
+class RunStats:
+    """Live counters of one run. ``hits`` counts lines answered from the cache, ``coalesced``
+    lines that waited for an identical call in flight, ``calls`` calls started (misses)."""
+
+    total: int | None = None
+    done: int = 0
+    ok: int = 0
+    errors: int = 0
+    hits: int = 0
+    coalesced: int = 0
+    calls: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    written: int = 0
+    started_at: float = 0.0
+    finished_at: float | None = None
+    stopped: str | None = None  # why the run ended early, if it did
+    fatal: bool = False
+
+    def elapsed(self, now: float) -> float:
+        return (self.finished_at or now) - self.started_at
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and (self.total is None or self.written == self.total)
+
+
+class _Skipped:
+    """A request that never started because the run was stopping."""
+
+
+_SKIPPED = _Skipped()
+_END = object()
+
+
+def _usage_tokens(usage: Any) -> tuple[int, int]:
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def _cacheable(response: dict[str, Any]) -> bool:
+    """A filtered answer is the provider declining, not an answer: never keep it."""
+    return all(c.get("finish_reason") != "content_filter" for c in response.get("choices") or [])
+
+
+class Engine:
+    """One run. Build it, then ``await engine.run(requests)``; ``stop()`` may be called meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        provider: Provider | None,
+        cache: ResponseCache | None,
+        options: RunOptions = RunOptions(),
+        sink: Callable[[Result], None],
+        flush: Callable[[], None] = lambda: None,
+        stats: RunStats | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.provider = provider
+        self.cache = cache if options.cache_mode != "off" else None
+        self.options = options
+        self.sink = sink
+        self.flush = flush
+        self.stats = stats or RunStats()
+        self.sleep = sleep
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._semaphore = asyncio.Semaphore(options.concurrency)
+        self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # --refresh must call each key once per run, however far apart its duplicates are.
+        self._refreshed: set[str] = set()
+        self._stopping = False
+
+    # -- control ------------------------------------------------------------------------------
+
+    def stop(self, reason: str, *, fatal: bool = False) -> None:
+        """Start no new call; let calls in flight finish; write results up to the first gap."""
+        if not self._stopping:
+            self._stopping = True
+            self.stats.stopped = reason
+            self.stats.fatal = fatal
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self, requests: Iterable[Request]) -> RunStats:
+        self.stats.started_at = self.clock()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.options.effective_window())
+        producer = asyncio.create_task(self._produce(iter(requests), queue))
+        try:
+            await self._consume(queue)
+            await producer  # re-raise anything the producer hit (a changed input file, ...)
+        finally:
+            if not producer.done():
+                producer.cancel()
+            self.stats.finished_at = self.clock()
+            if self.cache is not None:
+                self.cache.record_lookups(self.stats.hits, self.stats.calls)
+        return self.stats
+
+    async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
+        try:
+            while not self._stopping:
+                chunk = [(r, request_key(r, self.options.endpoint)) for r in _take(requests, _LOOKUP_CHUNK)]
+                if not chunk:
+                    break
+                found = self._lookup([k for _, k in chunk])
+                for request, key in chunk:
+                    if self._stopping:
+                        break
+                    entry = found.get(key)
+                    if entry is not None:
+                        await queue.put(self._hit(request, key, entry))
+                    else:
+                        await queue.put(asyncio.create_task(self._resolve(request, key)))
+        finally:
+            await queue.put(_END)
+
+    def _lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        if self.cache is None or self.options.cache_mode == "refresh":
+            return {}
+        return self.cache.get_many(keys)
+
+    async def _consume(self, queue: asyncio.Queue[Any]) -> None:
+        gap = False  # once a line is missing, later lines cannot be written in order
+        while True:
+            if queue.empty():
+                self.flush()  # everything ready is out; let a reader see it before we wait
+            item = await queue.get()
+            if item is _END:
+                break
+            result = await item if isinstance(item, asyncio.Task) else item
+            if result is _SKIPPED:
+                gap = True
+                continue
+            self._count(result)
+            if not gap:
+                self.sink(result)
+                self.stats.written += 1
+        self.flush()
+
+    def _count(self, result: Result) -> None:
+        s = self.stats
+        s.done += 1
+        if result.ok:
+            s.ok += 1
+        else:
+            s.errors += 1
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _hit(self, request: Request, key: str, entry: dict[str, Any], *, coalesced: bool = False) -> Result:
+        if coalesced:
+            self.stats.coalesced += 1
+        else:
+            self.stats.hits += 1
+        return Result(
+            line=request.line,
+            id=request.id,
+            key=key,
+            status="ok",
+            cached=True,
+            model=request.model_ref,
+            metadata=request.metadata,
+            response=entry.get("response"),
+            usage=entry.get("usage"),
+            latency_ms=entry.get("latency_ms"),
+            attempts=0,
+        )
+
+    async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
+        mode = self.options.cache_mode
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            await asyncio.wait([pending])  # never raises for the other call's outcome
+            if not pending.cancelled():
+                failure = pending.exception()
+                if failure is None:
+                    return self._hit(request, key, pending.result(), coalesced=True)
+                # The identical call failed after its retries: so would this one.
+                assert isinstance(failure, CallError)
+                self.stats.coalesced += 1
+                return self._error(request, key, failure, 0)
+            # The other call never ran (the run is stopping): fall through and decide afresh.
+        if self.cache is not None and (mode == "normal" or (mode == "refresh" and key in self._refreshed)):
+            # The chunk lookup may be stale: an identical call can have finished since.
+            entry = self.cache.get(key)
+            if entry is not None:
+                return self._hit(request, key, entry)
+        if mode == "only":
+            return self._error(request, key, CallError("permanent", "CacheMiss", "not in the cache (--cache-only)"), 0)
+        if self._stopping:
+            return _SKIPPED
+
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume_exception)
+        self._in_flight[key] = future
+        try:
+            return await self._call(request, key, future)
+        finally:
+            self._in_flight.pop(key, None)
+            if not future.done():
+                future.cancel()
+
+    async def _call(self, request: Request, key: str, future: asyncio.Future[dict[str, Any]]) -> Result | _Skipped:
+        assert self.provider is not None, "a run with cache misses needs a provider"
+        attempts = 0
+        retrying = self.options.retry.retrying(sleep=self.sleep, on_retry=self._on_retry)
+        counted = False
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    # Stopping means no new attempt, first or retry: nothing unpaid is lost,
+                    # and the rerun picks this line up.
+                    if self._stopping:
+                        return _SKIPPED
+                    async with self._semaphore:
+                        if self._stopping:
+                            return _SKIPPED
+                        if not counted:
+                            self.stats.calls += 1
+                            counted = True
+                        attempts += 1
+                        self.stats.in_flight += 1
+                        try:
+                            reply = await self.provider.complete(request, timeout_s=self.options.timeout_s)
+                        finally:
+                            self.stats.in_flight -= 1
+        except CallError as exc:
+            future.set_exception(exc)
+            if exc.kind == "fatal":
+                self.stop(f"{exc.message}", fatal=True)
+            return self._error(request, key, exc, attempts)
+
+        response = reply.response
+        usage = response.get("usage")
+        prompt_tokens, completion_tokens = _usage_tokens(usage)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        entry = {
+            "key": key,
+            "stored_at": self.wall_clock(),
+            "provider": request.provider,
+            "model": request.model,
+            "endpoint": self.options.endpoint,
+            "usage": usage,
+            "latency_ms": round(reply.latency_s * 1000, 1),
+            "response": response,
+        }
+        # Paid for: into the cache before anything else happens with it.
+        if self.cache is not None and _cacheable(response):
+            try:
+                self.cache.put(key, entry, tag=self.options.tag_prefix + request.model_ref, ttl_s=self.options.ttl_s)
+            except CacheError as exc:
+                self.stop(f"{exc} — stopping so that no more answers are paid for and lost", fatal=True)
+            if self.options.cache_mode == "refresh":
+                self._refreshed.add(key)
+        future.set_result(entry)
+        return Result(
+            line=request.line,
+            id=request.id,
+            key=key,
+            status="ok",
+            cached=False,
+            model=request.model_ref,
+            metadata=request.metadata,
+            response=response,
+            usage=usage,
+            latency_ms=entry["latency_ms"],
+            attempts=attempts,
+        )
+
+    def _on_retry(self, _state: Any) -> None:
+        self.stats.retries += 1
+
+    def _error(self, request: Request, key: str, exc: CallError, attempts: int) -> Result:
+        return Result(
+            line=request.line,
+            id=request.id,
+            key=key,
+            status="error",
+            cached=False,
+            model=request.model_ref,
+            metadata=request.metadata,
+            attempts=attempts,
+            error=exc.to_dict(),
+        )
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # A failed call's future may have no waiter; reading the exception keeps asyncio quiet.
+    if not future.cancelled():
+        future.exception()
+
+
+def _take(iterator: Iterator[Request], n: int) -> list[Request]:
+    out: list[Request] = []
+    for item in iterator:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
+
+
+async def run_batch(
+    requests: Iterable[Request],
+    *,
+    provider: Provider | None,
+    cache: ResponseCache | None,
+    sink: Callable[[Result], None],
+    options: RunOptions = RunOptions(),
+    stats: RunStats | None = None,
+) -> RunStats:
+    """Run ``requests`` to completion; the simplest way to use the engine as a library."""
+    engine = Engine(provider=provider, cache=cache, options=options, sink=sink, stats=stats)
+    return await engine.run(requests)
+

@@ -1,0 +1,76 @@
+"""Errors written for people.
+
+Every exception llmbatch raises on purpose is an :class:`LlmbatchError` carrying a message a
+user can act on and the exit code the CLI should end with. The CLI is the one place that turns
+them into output; library users catch them like any other exception. Anything that is not an
+``LlmbatchError`` is a bug and is allowed to raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_SOME_ERRORS",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "LlmbatchError",
+    "UsageError",
+    "InputError",
+    "LineError",
+    "FatalProviderError",
+    "CacheError",
+]
+
+EXIT_OK = 0
+EXIT_SOME_ERRORS = 1  # the run finished, some lines ended in error (they are in the results)
+EXIT_USAGE = 2  # bad options or input; nothing was sent
+EXIT_INTERRUPTED = 130  # Ctrl-C, after writing every completed line
+
+
+class LlmbatchError(Exception):
+    """Base of every error meant for a user: ``str(error)`` is the whole message."""
+
+    exit_code: int = EXIT_SOME_ERRORS
+
+
+class UsageError(LlmbatchError):
+    """Bad options or environment, found before anything was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One problem with one input line, reported as ``FILE:LINE: message``."""
+
+    source: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.message}"
+
+
+class InputError(LlmbatchError):
+    """The input file has invalid lines; all of them are listed, none was sent."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, errors: list[LineError], total_errors: int | None = None) -> None:
+        self.errors = errors
+        self.total_errors = total_errors if total_errors is not None else len(errors)
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class FatalProviderError(LlmbatchError):
+    """A failure every other line would hit too (bad key, unknown model): the run stops at once."""
+
+    exit_code = EXIT_SOME_ERRORS
+
+
+class CacheError(LlmbatchError):
+    """The cache directory cannot be created, opened or written."""
+
+    exit_code = EXIT_USAGE

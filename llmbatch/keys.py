@@ -1,0 +1,63 @@
+"""The request key: a versioned digest of everything that can change an answer.
+
+A cache hit is only as trustworthy as its key, and a wrong hit is worse than a miss. So the key
+covers every input that can change what the provider answers — provider, endpoint, model, the
+normalised messages, every generation parameter, provider extras and the sample index — and
+nothing that cannot (the line's id, its metadata, the API key, the timeout).
+
+The digest is sha256 over canonical JSON (keys sorted at every depth, no whitespace, UTF-8),
+tagged with a schema version. Bump ``KEY_VERSION`` whenever the material changes shape: old
+entries then stop matching (a miss, never a wrong hit). ``tests/test_keys.py`` pins one request
+to a literal key so that an accidental change fails loudly instead of silently emptying every
+user's cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from llmbatch.prompts import Request
+
+__all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_material", "request_key"]
+
+KEY_VERSION = "v1"
+
+#: The endpoint recorded for simulated answers (``run --simulate``), whatever port the
+#: simulator happened to get: simulated answers live in their own namespace and can never be
+#: served for a real provider, nor real ones for the simulator.
+SIMULATOR_ENDPOINT = "llmbatch-simulator"
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and fixed separators: equal values give equal bytes."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def normalise_endpoint(endpoint: str | None) -> str | None:
+    """``http://h:8000/v1/`` and ``http://h:8000/v1`` are the same server."""
+    if endpoint is None:
+        return None
+    return endpoint.rstrip("/")
+
+
+def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any]:
+    """The exact value that is hashed; exposed so tests and ``--explain`` can show it."""
+    return {
+        "provider": request.provider,
+        "endpoint": normalise_endpoint(endpoint),
+        "model": request.model,
+        "messages": request.messages,
+        "params": request.params,
+        "extra": request.extra,
+        "sample": request.sample,
+    }
+
+
+def request_key(request: Request, endpoint: str | None = None) -> str:
+    """``v1:`` followed by the sha256 of the canonical key material."""
+    digest = hashlib.sha256(canonical_json(key_material(request, endpoint))).hexdigest()
+    return f"{KEY_VERSION}:{digest}"

@@ -1,0 +1,491 @@
+"""Reading and validating the input JSONL: three line shapes, one ``Request`` value.
+
+Accepted shapes, freely mixed in one file:
+
+1. ``{"id": "q1", "prompt": "...", "system": "...", "model": "openai:gpt-4o-mini", ...}``
+2. ``{"id": "q2", "messages": [{"role": "user", "content": "..."}], ...}``
+3. an OpenAI Batch API line: ``{"custom_id": "r1", "method": "POST",
+   "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [...]}}``
+
+Everything here is pure: :func:`parse_line` turns one line into a :class:`Request` or raises
+:class:`InvalidLine` with a message for people. :func:`validate_file` reads a whole file and
+collects every problem (``FILE:LINE: message``) before anything is sent; :func:`read_requests`
+then streams the validated requests lazily, so memory does not grow with the file.
+
+Blank lines are skipped (they produce no result line). A UTF-8 BOM, CRLF line endings and a
+missing final newline are accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from llmbatch.errors import InputError, LineError
+
+__all__ = [
+    "Defaults",
+    "InvalidLine",
+    "Request",
+    "ValidationReport",
+    "iter_raw_lines",
+    "parse_line",
+    "read_requests",
+    "validate_file",
+]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One validated request. ``messages`` is normalised: a prompt/system line and the
+    equivalent messages line give equal values, and so equal keys."""
+
+    line: int
+    id: str | int
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)  # generation parameters for acompletion
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific keyword arguments
+    sample: int = 0
+    metadata: Any = None
+
+    @property
+    def model_ref(self) -> str:
+        """``provider:model``, as the user writes it."""
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """File-wide defaults from the command line: a line's own ``model`` wins."""
+
+    model: str | None = None
+    provider: str | None = None
+
+
+class InvalidLine(ValueError):
+    """One line is wrong; the message says what and, where it can, how to fix it."""
+
+
+# --- parameter rules -------------------------------------------------------------------------
+
+Check = Callable[[str, Any], Any]  # returns the normalised value or raises InvalidLine
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _number(minimum: float | None = None, maximum: float | None = None) -> Check:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidLine(f'"{name}" must be a number, got {_type_name(value)}')
+        if minimum is not None and value < minimum:
+            raise InvalidLine(f'"{name}" must be at least {minimum:g}, got {value}')
+        if maximum is not None and value > maximum:
+            raise InvalidLine(f'"{name}" must be at most {maximum:g}, got {value}')
+        # 0 and 0.0 ask for the same thing; store one spelling so they share a key.
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int | None = None) -> Check:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidLine(f'"{name}" must be an integer, got {_type_name(value)}')
+        if minimum is not None and value < minimum:
+            raise InvalidLine(f'"{name}" must be at least {minimum}, got {value}')
+        return value
+
+    return check
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidLine(f'"{name}" must be true or false, got {_type_name(value)}')
+    return value
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidLine(f'"{name}" must be a string, got {_type_name(value)}')
+    return value
+
+
+def _object(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidLine(f'"{name}" must be an object, got {_type_name(value)}')
+    return value
+
+
+def _string_or_object(name: str, value: Any) -> str | dict[str, Any]:
+    if not isinstance(value, (str, dict)):
+        raise InvalidLine(f'"{name}" must be a string or an object, got {_type_name(value)}')
+    return value
+
+
+def _stop(name: str, value: Any) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidLine(f'"{name}" must be a string or an array of strings, got {_type_name(value)}')
+
+
+def _tools(name: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InvalidLine(f'"{name}" must be an array of objects, got {_type_name(value)}')
+    return value
+
+
+def _logit_bias(name: str, value: Any) -> dict[str, float]:
+    obj = _object(name, value)
+    out: dict[str, float] = {}
+    for token, bias in obj.items():
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise InvalidLine(f'"{name}" values must be numbers, got {_type_name(bias)} for "{token}"')
+        out[token] = float(bias)
+    return out
+
+
+_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "auto")
+
+
+def _reasoning_effort(name: str, value: Any) -> str:
+    if value not in _REASONING_EFFORTS:
+        raise InvalidLine(f'"{name}" must be one of {", ".join(_REASONING_EFFORTS)}, got {value!r}')
+    return str(value)
+
+
+#: Every chat-completion parameter any-llm's ``acompletion`` takes by name, with its rule.
+PARAMS: dict[str, Check] = {
+    "temperature": _number(0),
+    "top_p": _number(0, 1),
+    "max_tokens": _integer(1),
+    "max_completion_tokens": _integer(1),
+    "stop": _stop,
+    "seed": _integer(),
+    "n": _integer(1),
+    "response_format": _object,
+    "tools": _tools,
+    "tool_choice": _string_or_object,
+    "parallel_tool_calls": _boolean,
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "logit_bias": _logit_bias,
+    "logprobs": _boolean,
+    "top_logprobs": _integer(0),
+    "reasoning_effort": _reasoning_effort,
+    "user": _string,
+    "service_tier": _string,
+}
+
+#: Fields of an OpenAI request body that are real OpenAI parameters but not named in
+#: any-llm's signature: they travel as provider keyword arguments (and are in the key).
+_OPENAI_BODY_EXTRAS = frozenset(
+    {
+        "store",
+        "metadata",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "verbosity",
+        "safety_identifier",
+        "functions",
+        "function_call",
+        "prompt_cache_key",
+    }
+)
+
+_LINE_FIELDS = frozenset({"id", "prompt", "system", "messages", "model", "metadata", "sample", "extra"})
+_BATCH_FIELDS = frozenset({"custom_id", "method", "url", "body"})
+_REFUSED = {
+    "stream": "streaming is not supported: llmbatch stores whole answers (remove \"stream\")",
+    "stream_options": "streaming is not supported: llmbatch stores whole answers (remove \"stream_options\")",
+    "timeout": 'a per-line "timeout" is not supported: use --timeout',
+}
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _unknown_field(name: str, known: frozenset[str] | set[str]) -> InvalidLine:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+    return InvalidLine(f'unknown field "{name}"{hint}')
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+def _check_id(name: str, value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidLine(f'"{name}" must be a string or an integer, got {_type_name(value)}')
+    if isinstance(value, str) and not value.strip():
+        raise InvalidLine(f'"{name}" must not be empty')
+    return value
+
+
+def _check_messages(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InvalidLine(f'"messages" must be an array, got {_type_name(value)}')
+    if not value:
+        raise InvalidLine('"messages" must not be empty')
+    for i, message in enumerate(value):
+        where = f'"messages"[{i}]'
+        if not isinstance(message, dict):
+            raise InvalidLine(f"{where} must be an object, got {_type_name(message)}")
+        role = message.get("role")
+        if role not in _ROLES:
+            if role is None:
+                raise InvalidLine(f'{where} has no "role"')
+            raise InvalidLine(f'{where} has unknown role {role!r} (expected one of {", ".join(sorted(_ROLES))})')
+        content = message.get("content")
+        if content is None:
+            # An assistant turn that only calls tools has no content; nothing else may omit it.
+            if not (role == "assistant" and message.get("tool_calls")):
+                raise InvalidLine(f'{where} has no "content"')
+        elif not isinstance(content, (str, list)):
+            raise InvalidLine(f'{where} "content" must be a string or an array, got {_type_name(content)}')
+        elif role == "user" and isinstance(content, str) and not content.strip():
+            raise InvalidLine(f"{where} has empty content")
+    return value
+
+
+def _resolve_model(model: Any, defaults: Defaults, *, implied_provider: str | None = None) -> tuple[str, str]:
+    """``provider:model`` from the line, else from ``--model``; a bare name needs ``--provider``."""
+    if model is None:
+        model = defaults.model
+    if model is None:
+        raise InvalidLine('no model: add "model" to the line or pass --model (for example --model openai:gpt-4o-mini)')
+    if not isinstance(model, str):
+        raise InvalidLine(f'"model" must be a string, got {_type_name(model)}')
+    model = model.strip()
+    if not model:
+        raise InvalidLine('"model" must not be empty')
+    if ":" in model:
+        provider, name = model.split(":", 1)
+        if not provider or not name:
+            raise InvalidLine(f'model {model!r} must look like "provider:model" (for example "openai:gpt-4o-mini")')
+        return provider.lower(), name
+    provider = defaults.provider or implied_provider
+    if provider is None:
+        raise InvalidLine(
+            f'model {model!r} has no provider: write "openai:{model}" (or another provider) or pass --provider'
+        )
+    return provider.lower(), model
+
+
+def _take_params(obj: dict[str, Any], skip: frozenset[str], known: frozenset[str] | set[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, value in obj.items():
+        if name in skip:
+            continue
+        if name in _REFUSED:
+            raise InvalidLine(_REFUSED[name])
+        check = PARAMS.get(name)
+        if check is None:
+            raise _unknown_field(name, known)
+        if value is None:
+            continue  # null means "the provider's default", the same as leaving it out
+        params[name] = check(name, value)
+    return params
+
+
+_LINE_KNOWN = _LINE_FIELDS | set(PARAMS)
+
+
+def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
+    has_prompt = "prompt" in obj
+    has_messages = "messages" in obj
+    if has_prompt and has_messages:
+        raise InvalidLine('give either "prompt" or "messages", not both')
+    if not has_prompt and not has_messages:
+        raise InvalidLine('missing "prompt" (a string) or "messages" (an array)')
+
+    if has_prompt:
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str):
+            raise InvalidLine(f'"prompt" must be a string, got {_type_name(prompt)}')
+        if not prompt.strip():
+            raise InvalidLine('"prompt" is empty')
+        messages: list[dict[str, Any]] = []
+        system = obj.get("system")
+        if system is not None:
+            if not isinstance(system, str):
+                raise InvalidLine(f'"system" must be a string, got {_type_name(system)}')
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+    else:
+        if "system" in obj:
+            raise InvalidLine('"system" goes with "prompt"; with "messages", add a {"role": "system"} message')
+        messages = _check_messages(obj["messages"])
+
+    provider, model = _resolve_model(obj.get("model"), defaults)
+    params = _take_params(obj, _LINE_FIELDS, _LINE_KNOWN)
+
+    sample = obj.get("sample", 0)
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise InvalidLine(f'"sample" must be a non-negative integer, got {sample!r}')
+    extra = obj.get("extra", {})
+    if not isinstance(extra, dict):
+        raise InvalidLine(f'"extra" must be an object, got {_type_name(extra)}')
+
+    return Request(
+        line=line,
+        id=_check_id("id", obj["id"]) if "id" in obj else line,
+        provider=provider,
+        model=model,
+        messages=messages,
+        params=params,
+        extra=extra,
+        sample=sample,
+        metadata=obj.get("metadata"),
+    )
+
+
+_BODY_STRUCTURAL = frozenset({"model", "messages"})
+_BODY_KNOWN = _BODY_STRUCTURAL | set(PARAMS) | _OPENAI_BODY_EXTRAS
+
+
+def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
+    for name in obj:
+        if name not in _BATCH_FIELDS:
+            raise _unknown_field(name, _BATCH_FIELDS)
+    method = obj.get("method", "POST")
+    if method != "POST":
+        raise InvalidLine(f'"method" must be "POST", got {method!r}')
+    url = obj.get("url", "/v1/chat/completions")
+    if url not in ("/v1/chat/completions", "/chat/completions"):
+        raise InvalidLine(f'"url" {url!r} is not supported: llmbatch runs "/v1/chat/completions" requests')
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise InvalidLine(f'"body" must be an object, got {_type_name(body)}')
+    if "messages" not in body:
+        raise InvalidLine('"body" has no "messages"')
+    messages = _check_messages(body["messages"])
+    # A Batch API file is an OpenAI file: a bare model name means OpenAI unless --provider says otherwise.
+    provider, model = _resolve_model(body.get("model"), defaults, implied_provider="openai")
+    params = _take_params(body, _BODY_STRUCTURAL | _OPENAI_BODY_EXTRAS, _BODY_KNOWN)
+    extra = {k: v for k, v in body.items() if k in _OPENAI_BODY_EXTRAS and v is not None}
+    return Request(
+        line=line,
+        id=_check_id("custom_id", obj["custom_id"]) if "custom_id" in obj else line,
+        provider=provider,
+        model=model,
+        messages=messages,
+        params=params,
+        extra=extra,
+        sample=0,
+        metadata=None,
+    )
+
+
+def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> Request:
+    """One JSONL line to a Request, or :class:`InvalidLine` saying what is wrong."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(raw, bytes):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise InvalidLine(
+                    f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+                ) from None
+        raise InvalidLine(f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidLine(f"expected a JSON object, got {_type_name(obj)}")
+    if _BATCH_FIELDS.intersection(obj) and not {"prompt", "messages"}.intersection(obj):
+        return _parse_batch(obj, line, defaults)
+    for name in obj:
+        if name not in _LINE_KNOWN and name not in _REFUSED:
+            raise _unknown_field(name, _LINE_KNOWN)
+    return _parse_simple(obj, line, defaults)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, content)`` for every non-blank line, BOM and line endings removed."""
+    for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        raw = raw.rstrip(b"\r\n")
+        if raw.strip():
+            yield number, raw
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationReport:
+    """What the validation pass learned: how many requests, and every problem."""
+
+    requests: int
+    errors: list[LineError]
+    total_errors: int
+
+
+def validate_file(path: Path, defaults: Defaults = Defaults(), *, source: str | None = None,
+                  max_errors: int = 100) -> ValidationReport:
+    """Read the whole file once and collect every invalid line (up to ``max_errors`` listed)."""
+    source = source or str(path)
+    errors: list[LineError] = []
+    total_errors = 0
+    seen_ids: dict[str, int] = {}
+    count = 0
+    with open(path, "rb") as stream:
+        for number, raw in iter_raw_lines(stream):
+            try:
+                request = parse_line(raw, number, defaults)
+            except InvalidLine as exc:
+                message = str(exc)
+            else:
+                count += 1
+                # Ids are compared as text: 3 and "3" would be indistinguishable in results.
+                ident = str(request.id)
+                first = seen_ids.setdefault(ident, number)
+                if first == number:
+                    continue
+                message = f"duplicate id {request.id!r} (first used on line {first})"
+            total_errors += 1
+            if len(errors) < max_errors:
+                errors.append(LineError(source, number, message))
+    return ValidationReport(requests=count, errors=errors, total_errors=total_errors)
+
+
+def read_requests(path: Path, defaults: Defaults = Defaults(), *, source: str | None = None) -> Iterator[Request]:
+    """Stream the requests of an already validated file, one at a time.
+
+    A line that fails now passed validation a moment ago: the file changed under us, which
+    is reported rather than guessed around.
+    """
+    source = source or str(path)
+    with open(path, "rb") as stream:
+        for number, raw in iter_raw_lines(stream):
+            try:
+                yield parse_line(raw, number, defaults)
+            except InvalidLine as exc:
+                raise InputError([LineError(source, number, f"{exc} (the file changed during the run)")]) from None

@@ -1,0 +1,265 @@
+"""Calling providers through any-llm, and saying what a failure means.
+
+The only module that imports ``any_llm``, and it does so lazily: a rerun whose every line is a
+cache hit never pays the ~2 s it takes to import the SDKs.
+
+Rules from the project guide, and why:
+- one any-llm client per (provider, base URL), reused for every call: a client per call costs
+  ~15x the CPU and leaks connections;
+- ``max_retries=0``: the SDK's own retries would hide attempts from us and multiply with ours,
+  so tenacity alone retries (``retry.py``);
+- unified exceptions on, and every failure mapped here to a :class:`CallError` that says whether
+  it is worth retrying (429, 408, 409, 5xx, timeouts, dropped connections), permanent for this
+  line (other 4xx) or fatal for the whole run (bad key, unknown model, no credit): every other
+  line would fail the same way, so the run stops instead of filling the output with copies.
+
+API keys never leave this module: any text that came back from a provider is passed through
+:func:`redact` before it is put in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from llmbatch.prompts import Request
+
+__all__ = ["AnyLLMProvider", "CallError", "Reply", "parse_retry_after", "redact"]
+
+Kind = Literal["retryable", "permanent", "fatal"]
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+_FATAL_TYPES = frozenset(
+    {"AuthenticationError", "MissingApiKeyError", "InsufficientFundsError", "UnsupportedProviderError"}
+)
+# Things that look like secret keys, in case a provider echoes one we did not send ourselves.
+_KEYLIKE = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{8,}\b", re.IGNORECASE)
+
+
+class CallError(Exception):
+    """One failed attempt, classified. ``message`` is safe to show and store."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        type_: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.type = type_
+        self.message = message
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind == "retryable"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "status_code": self.status_code}
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove every known secret and anything shaped like an API key from ``text``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _header(exc: BaseException, *names: str) -> str | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name in names:
+        value = headers.get(name)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
+    """Map anything a call raised to a :class:`CallError` (pure: reads attributes only)."""
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return CallError("retryable", "Timeout", "the request timed out")
+    type_ = type(exc).__name__
+    message = redact(str(getattr(exc, "message", None) or exc) or type_, secrets)
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    original = getattr(exc, "original_exception", None) or exc
+    retry_after = parse_retry_after(getattr(exc, "retry_after", None) or _header(original, "retry-after"))
+    if retry_after is None:
+        ms = _header(original, "retry-after-ms")
+        retry_after = float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
+
+    kind: Kind
+    if type_ in _FATAL_TYPES or status in (401, 402, 403):
+        kind = "fatal"
+    elif type_ == "ModelNotFoundError" or status == 404:
+        kind = "fatal"
+    elif getattr(exc, "code", None) == "insufficient_quota":
+        # OpenAI answers 429 when the account is out of credit: waiting will not help.
+        kind = "fatal"
+    elif type_ == "RateLimitError" or status in _RETRYABLE_STATUS or (status is not None and status >= 500):
+        kind = "retryable"
+    elif status is None and type_ in ("ProviderError", "UpstreamProviderError", "GatewayTimeoutError"):
+        # No HTTP status: the connection failed or timed out before an answer arrived.
+        kind = "retryable"
+    else:
+        kind = "permanent"
+    return CallError(kind, type_, message, status_code=status, retry_after_s=retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful call: the provider's response as JSON-ready data, and how long the call took
+    (measured around the request itself, not the one-off client set-up)."""
+
+    response: dict[str, Any]
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: the any-llm provider name and base URL actually used."""
+
+    provider: str
+    api_base: str | None
+
+
+class AnyLLMProvider:
+    """Completes requests through any-llm, one client per (provider, base URL).
+
+    ``force_provider``/``api_base``/``api_key`` redirect every call (``--simulate`` sends all of
+    them to the simulator through the OpenAI provider, whatever provider the line names).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        force_provider: str | None = None,
+    ) -> None:
+        self._api_base = api_base
+        self._api_key = api_key
+        self._force_provider = force_provider
+        self._clients: dict[Route, Any] = {}
+        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s)
+
+    def route(self, request: Request) -> Route:
+        return Route(self._force_provider or request.provider, self._api_base)
+
+    def _client(self, route: Route) -> Any:
+        client = self._clients.get(route)
+        if client is not None:
+            return client
+        from any_llm import AnyLLM
+        from any_llm.exceptions import AnyLLMError, UnsupportedParameterError
+
+        api_key = self._api_key
+        if api_key is None and route.api_base is not None:
+            # Local OpenAI-compatible servers (vLLM, LM Studio, Ollama) usually need no key, but
+            # the SDK insists on one: give a placeholder unless the environment has a real key.
+            env = f"{route.provider.upper()}_API_KEY"
+            api_key = os.environ.get(env) or "not-needed"
+        options: dict[str, Any] = {"api_key": api_key, "api_base": route.api_base, "unified_exceptions": True}
+        try:
+            try:
+                client = AnyLLM.create(route.provider, max_retries=0, **options)
+            except UnsupportedParameterError:
+                # This provider's SDK has no retry count to set (so it does not retry on its own).
+                client = AnyLLM.create(route.provider, **options)
+        except (AnyLLMError, ImportError, ValueError) as exc:
+            raise self._setup_error(route, exc) from None
+        self._remember_secret(client)
+        self._clients[route] = client
+        return client
+
+    def _remember_secret(self, client: Any) -> None:
+        # Whatever key the SDK resolved (argument or environment) must never be echoed back.
+        inner = getattr(client, "client", None)
+        key = getattr(inner, "api_key", None)
+        if isinstance(key, str) and key and key not in self._secrets:
+            self._secrets = (*self._secrets, key)
+
+    def _setup_error(self, route: Route, exc: BaseException) -> CallError:
+        type_ = type(exc).__name__
+        if type_ == "MissingApiKeyError":
+            env = getattr(exc, "env_var_name", f"{route.provider.upper()}_API_KEY")
+            return CallError("fatal", type_, f"no API key for {route.provider}: set {env}")
+        if type_ == "UnsupportedProviderError" or isinstance(exc, ImportError):
+            detail = redact(str(exc), self._secrets)
+            return CallError("fatal", type_, f"cannot use provider {route.provider!r}: {detail}")
+        return CallError("fatal", type_, redact(str(exc), self._secrets))
+
+    async def complete(self, request: Request, *, timeout_s: float) -> Reply:
+        """One attempt: the provider's response, or a :class:`CallError` saying what went wrong."""
+        route = self.route(request)
+        client = self._client(route)
+        started = time.monotonic()
+        try:
+            # The SDK enforces the timeout itself; wait_for is the backstop for SDKs that do not.
+            response = await asyncio.wait_for(
+                client.acompletion(
+                    model=request.model,
+                    messages=request.messages,
+                    timeout=timeout_s,
+                    **request.params,
+                    **request.extra,
+                ),
+                timeout=timeout_s + 5,
+            )
+        except Exception as exc:  # every failure is classified; CancelledError is not an Exception
+            raise classify(exc, self._secrets) from None
+        dump = getattr(response, "model_dump", None)
+        if dump is None:
+            raise CallError("permanent", "UnexpectedResponse", f"unexpected response type {type(response).__name__}")
+        latency_s = time.monotonic() - started
+        return Reply(dump(mode="json", exclude_none=True), latency_s)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            inner = getattr(client, "client", None)
+            close = getattr(inner, "close", None)
+            if close is not None:
+                try:
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                    pass
+        self._clients.clear()

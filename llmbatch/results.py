@@ -1,0 +1,133 @@
+"""Result lines: the value the engine produces for each input line, and the file they go to.
+
+One JSON object per input line, in input order. The file is written under a temporary name
+(``results.jsonl.partial``) and renamed into place only when every line is in it, so a file at
+the final name is always complete: a run that was killed or stopped early can never be mistaken
+for finished output. Rerunning the same command rebuilds it, paying only for lines that were
+never answered (the rest are cache hits).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from llmbatch.errors import UsageError
+
+__all__ = ["Result", "ResultWriter", "first_choice"]
+
+
+def first_choice(response: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """``(content, finish_reason)`` of the first choice, or ``(None, None)``."""
+    if not response:
+        return None, None
+    choices = response.get("choices") or []
+    if not choices:
+        return None, None
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content = message.get("content")
+    return (content if isinstance(content, str) else None), choice.get("finish_reason")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one input line."""
+
+    line: int
+    id: str | int
+    key: str
+    status: str  # "ok" | "error"
+    cached: bool  # True when this line cost no call in this run
+    model: str
+    metadata: Any
+    response: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    latency_ms: float | None = None
+    attempts: int = 0
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        content, finish_reason = first_choice(self.response)
+        return {
+            "id": self.id,
+            "line": self.line,
+            "status": self.status,
+            "cached": self.cached,
+            "content": content,
+            "finish_reason": finish_reason,
+            "model": self.model,
+            "usage": self.usage,
+            "latency_ms": self.latency_ms,
+            "attempts": self.attempts,
+            "key": self.key,
+            "metadata": self.metadata,
+            "error": self.error,
+            "response": self.response,
+        }
+
+
+class ResultWriter:
+    """Appends result lines to ``<path>.partial`` and renames it to ``path`` once complete.
+
+    ``path=None`` writes to standard output, line by line.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.partial_path = path.with_name(path.name + ".partial") if path is not None else None
+        self._stream: IO[bytes] | None = None
+        self.lines = 0
+
+    def open(self) -> ResultWriter:
+        if self.partial_path is None:
+            self._stream = sys.stdout.buffer
+            return self
+        try:
+            self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = open(self.partial_path, "wb")  # noqa: SIM115 - closed in finish()
+            # A results file left by an earlier run would describe other input if this run
+            # stops early; the final name must only ever hold this run's complete output.
+            assert self.path is not None
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
+        return self
+
+    def write(self, result: Result) -> None:
+        assert self._stream is not None, "open() first"
+        self._stream.write(orjson.dumps(result.to_dict()) + b"\n")
+        self.lines += 1
+        if self.partial_path is None:
+            self._stream.flush()
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    def finish(self, complete: bool) -> Path | None:
+        """Close; rename into place if ``complete``. Returns where the lines are."""
+        if self._stream is None:
+            return None
+        if self.partial_path is None:
+            self._stream.flush()
+            self._stream = None
+            return None
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        self._stream = None
+        if complete:
+            assert self.path is not None
+            os.replace(self.partial_path, self.path)
+            return self.path
+        return self.partial_path
