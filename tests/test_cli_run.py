@@ -1,0 +1,300 @@
+"""`llmbatch run` end to end: the real CLI, the real any-llm OpenAI provider, the simulator over
+HTTP on 127.0.0.1, and a real diskcache in a temporary directory. The simulator's counters prove
+what was paid for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
+
+
+def test_rerun_pays_only_for_new_prompts(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(10))
+    first = llmbatch("run", str(path))
+    assert first.exit_code == 0, first.stderr
+    assert sim.stats()["completions_served"] == 10
+
+    again = llmbatch("run", str(path))
+    assert again.exit_code == 0
+    assert sim.stats()["requests_received"] == 10  # not one more call
+    assert all(r["cached"] for r in read_results(tmp_path / "p.results.jsonl"))
+
+    write_jsonl(path, prompts(20))  # ten new lines after the first ten
+    grown = llmbatch("run", str(path))
+    assert grown.exit_code == 0
+    assert sim.stats()["requests_received"] == 20
+    results = read_results(tmp_path / "p.results.jsonl")
+    assert [r["cached"] for r in results] == [True] * 10 + [False] * 10
+
+
+def test_duplicates_in_one_file_cost_one_call(tmp_path, sim, llmbatch):
+    rows = [{"id": f"d{i}", "prompt": "the same question"} for i in range(8)]
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    result = llmbatch("run", str(path), "--concurrency", "4")
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["requests_received"] == 1
+    results = read_results(tmp_path / "dup.results.jsonl")
+    assert len({r["content"] for r in results}) == 1
+    assert sum(not r["cached"] for r in results) == 1
+
+
+def test_changing_temperature_costs_a_call_and_changing_metadata_does_not(tmp_path, sim, llmbatch):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"id": "a", "prompt": "hello", "temperature": 0, "metadata": {"v": 1}}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    write_jsonl(path, [{"id": "a", "prompt": "hello", "temperature": 0, "metadata": {"v": 2}}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 1
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["cached"] is True and row["metadata"] == {"v": 2}  # metadata is the line's, not the cache's
+
+    write_jsonl(path, [{"id": "a", "prompt": "hello", "temperature": 0.5, "metadata": {"v": 2}}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 2
+
+
+def test_results_follow_input_order_with_the_right_answer_on_each_line(tmp_path, simulator, env):
+    # Lognormal latency makes calls finish out of order; the file must still be in input order.
+    slow = simulator(latency_s=0.01, latency_dist="lognormal", latency_sigma=1.0, seed=7)
+    rows = prompts(60)
+    path = write_jsonl(tmp_path / "order.jsonl", rows)
+    result = run_cli(["run", str(path), "--api-base", slow.url, "--model", "openai:gpt-4o-mini", "-c", "20"], env=env)
+    assert result.exit_code == 0, result.stderr
+    results = read_results(tmp_path / "order.results.jsonl")
+    assert [r["id"] for r in results] == [row["id"] for row in rows]
+    for row, res in zip(rows, results, strict=True):
+        assert res["status"] == "ok"
+        assert res["content"].endswith(f"to: {row['prompt']}")
+        assert res["key"].startswith("v1:")
+        assert res["response"]["choices"][0]["message"]["content"] == res["content"]
+        assert res["usage"]["total_tokens"] > 0 and res["attempts"] == 1
+
+
+def test_a_prompt_line_and_the_equivalent_messages_line_share_one_answer(tmp_path, sim, llmbatch):
+    rows = [
+        {"id": "p", "prompt": "Say hi", "system": "Be brief"},
+        {"id": "m", "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Say hi"}]},
+        {"custom_id": "b", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief"},
+                                                       {"role": "user", "content": "Say hi"}]}},
+    ]
+    path = write_jsonl(tmp_path / "shapes.jsonl", rows)
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["requests_received"] == 1
+    results = read_results(tmp_path / "shapes.results.jsonl")
+    assert [r["id"] for r in results] == ["p", "m", "b"]
+    assert len({r["key"] for r in results}) == 1
+
+
+def test_sample_index_draws_separately_cached_answers(tmp_path, sim, llmbatch):
+    rows = [{"id": f"s{i}", "prompt": "a poem", "temperature": 1.0, "sample": i} for i in range(3)]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 3  # three samples, each paid once
+    assert len({r["key"] for r in read_results(tmp_path / "s.results.jsonl")}) == 3
+
+
+def test_blank_lines_bom_crlf_and_missing_final_newline_are_accepted(tmp_path, sim, llmbatch):
+    path = tmp_path / "messy.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": "a", "prompt": "first"}\r\n\r\n   \n{"id": "b", "prompt": "second"}\r\n{"id": "c", "prompt": "third"}'
+    )
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 0, result.stderr
+    assert [r["id"] for r in read_results(tmp_path / "messy.results.jsonl")] == ["a", "b", "c"]
+
+
+def test_ids_default_to_line_numbers(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "noid.jsonl", [{"prompt": "one"}, "", {"prompt": "two"}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert [r["id"] for r in read_results(tmp_path / "noid.results.jsonl")] == [1, 3]
+
+
+def test_stdin_in_and_stdout_out(sim, llmbatch):
+    text = "\n".join(json.dumps(row) for row in prompts(3)) + "\n"
+    result = llmbatch("run", "-", "-o", "-", "-q", stdin=text)
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in lines] == ["q0", "q1", "q2"]
+    assert "prompts" in result.stderr  # the summary goes to stderr, never into the results
+
+
+def test_output_option_writes_where_asked_and_leaves_no_partial_file(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    out = tmp_path / "out" / "results.jsonl"
+    assert llmbatch("run", str(path), "-o", str(out)).exit_code == 0
+    assert len(read_results(out)) == 2
+    assert not (tmp_path / "out" / "results.jsonl.partial").exists()
+
+
+def test_a_rejected_request_is_an_error_line_and_is_not_retried(tmp_path, sim, llmbatch):
+    rows = [{"id": "good", "prompt": "fine"}, {"id": "bad", "prompt": "please fail [[sim:status=400]]"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 1
+    good, bad = read_results(tmp_path / "p.results.jsonl")
+    assert good["status"] == "ok"
+    assert bad["status"] == "error" and bad["content"] is None and bad["attempts"] == 1
+    assert bad["error"]["status_code"] == 400 and bad["error"]["type"] == "InvalidRequestError"
+    assert sim.stats()["requests_received"] == 2
+    # Errors are never cached: a rerun asks again.
+    llmbatch("run", str(path))
+    assert sim.stats()["requests_received"] == 3
+
+
+def test_a_transient_server_error_is_retried_until_it_succeeds(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "flaky", "prompt": "try again [[sim:fail_first=2]]"}])
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 0, result.stderr
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["status"] == "ok" and row["attempts"] == 3
+    assert sim.stats()["faults"]["503"] == 2 and sim.stats()["completions_served"] == 1
+
+
+def test_retries_give_up_after_max_retries(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "down", "prompt": "never [[sim:fail_first=50]]"}])
+    result = llmbatch("run", str(path), "--max-retries", "1")
+    assert result.exit_code == 1
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["status"] == "error" and row["attempts"] == 2 and row["error"]["status_code"] == 503
+
+
+def test_a_filtered_answer_is_returned_but_never_cached(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "f", "prompt": "x [[sim:finish=content_filter]]"}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    llmbatch("run", str(path))
+    assert sim.stats()["requests_received"] == 2
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["finish_reason"] == "content_filter"
+
+
+def test_max_tokens_reaches_the_provider(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "short", "prompt": "tell me a long story", "max_tokens": 3}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["finish_reason"] == "length" and row["usage"]["completion_tokens"] == 3
+
+
+def test_no_cache_neither_reads_nor_writes(tmp_path, sim, llmbatch, cache_dir):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    assert llmbatch("run", str(path), "--no-cache").exit_code == 0
+    assert llmbatch("run", str(path), "--no-cache").exit_code == 0
+    assert sim.stats()["requests_received"] == 6
+    assert not (cache_dir / "cache.db").exists()
+
+
+def test_refresh_ignores_hits_and_overwrites_them(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3) + [{"id": "dup", "prompt": "question number 0"}])
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 3
+    assert llmbatch("run", str(path), "--refresh").exit_code == 0
+    assert sim.stats()["requests_received"] == 6  # each key refreshed once, the duplicate coalesced
+    assert not any(r["cached"] for r in read_results(tmp_path / "p.results.jsonl")[:3])
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 6
+
+
+def test_cache_only_never_calls_and_reports_misses_as_errors(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    assert llmbatch("run", str(path)).exit_code == 0
+    write_jsonl(path, prompts(3))
+    result = llmbatch("run", str(path), "--cache-only")
+    assert result.exit_code == 1
+    rows = read_results(tmp_path / "p.results.jsonl")
+    assert [r["status"] for r in rows] == ["ok", "ok", "error"]
+    assert "--cache-only" in rows[2]["error"]["message"]
+    assert sim.stats()["requests_received"] == 2
+
+
+def test_ttl_expires_new_entries(tmp_path, sim, llmbatch):
+    import time
+
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(1))
+    assert llmbatch("run", str(path), "--ttl", "1s").exit_code == 0
+    time.sleep(1.2)
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 2
+
+
+def test_the_api_key_never_reaches_the_cache_or_the_results(tmp_path, simulator, env, cache_dir):
+    locked = simulator(require_api_key=TEST_API_KEY)
+    rows = prompts(3) + [{"id": "bad", "prompt": "x [[sim:status=400]]"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    result = run_cli(["run", str(path), "--api-base", locked.url, "--model", "openai:gpt-4o-mini"], env=env)
+    assert result.exit_code == 1  # the 400 line
+    assert locked.stats()["completions_served"] == 3  # so the key was really sent
+    needle = TEST_API_KEY.encode()
+    for file in [*cache_dir.rglob("*"), tmp_path / "p.results.jsonl"]:
+        if file.is_file():
+            assert needle not in file.read_bytes(), file
+    assert TEST_API_KEY not in result.stdout + result.stderr
+
+
+def test_the_cache_holds_json_and_never_a_pickle(tmp_path, sim, llmbatch, cache_dir):
+    import sqlite3
+
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
+    assert llmbatch("run", str(path)).exit_code == 0
+    with sqlite3.connect(cache_dir / "cache.db") as db:
+        rows = db.execute("SELECT mode, value, filename FROM Cache").fetchall()
+    assert len(rows) == 5
+    for mode, value, filename in rows:
+        assert mode == 1 and filename is None  # diskcache MODE_RAW: our JSON bytes; MODE_PICKLE is 4
+        entry = json.loads(value)
+        assert {"stored_at", "provider", "model", "usage", "latency_ms", "response"} <= entry.keys()
+
+
+def test_an_invalid_api_key_stops_the_run_with_one_message(tmp_path, simulator, env):
+    locked = simulator(require_api_key="sk-the-right-one-123456")
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(200))
+    result = run_cli(["run", str(path), "--api-base", locked.url, "--model", "openai:gpt-4o-mini", "-c", "4"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.count("llmbatch: error:") == 1
+    assert "Incorrect API key" in result.stderr
+    assert locked.stats()["requests_received"] <= 4  # no retries, no further calls
+    assert TEST_API_KEY not in result.stderr
+    assert not (tmp_path / "p.results.jsonl").exists()  # incomplete output never takes the final name
+
+
+def test_an_unknown_model_stops_the_run(tmp_path, simulator, env):
+    strict = simulator(models=("gpt-4o-mini",))
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(50))
+    result = run_cli(["run", str(path), "--api-base", strict.url, "--model", "openai:gpt-9", "-c", "2"], env=env)
+    assert result.exit_code == 1
+    assert "gpt-9" in result.stderr and result.stderr.count("llmbatch: error:") == 1
+    assert strict.stats()["requests_received"] <= 2
+
+
+def test_concurrency_bounds_calls_in_flight(tmp_path, simulator, env):
+    slow = simulator(latency_s=0.05)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(40))
+    result = run_cli(["run", str(path), "--api-base", slow.url, "--model", "openai:m", "-c", "5"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert slow.stats()["max_in_flight"] == 5
+
+
+def test_simulate_runs_the_quickstart_without_a_key_and_reruns_free(tmp_path, env):
+    sample = Path(__file__).parent.parent / "sample_prompts" / "quickstart.jsonl"
+    path = tmp_path / "quickstart.jsonl"
+    path.write_bytes(sample.read_bytes())
+    env = {**env, "OPENAI_API_KEY": ""}
+    first = run_cli(["run", str(path), "--simulate"], env=env)
+    assert first.exit_code == 0, first.stderr
+    rows = read_results(tmp_path / "quickstart.results.jsonl")
+    assert len(rows) == len(path.read_text().splitlines())
+    assert all(r["status"] == "ok" for r in rows)
+    assert any(r["cached"] for r in rows)  # the file has duplicates
+    second = run_cli(["run", str(path), "--simulate"], env=env)
+    assert second.exit_code == 0
+    assert all(r["cached"] for r in read_results(tmp_path / "quickstart.results.jsonl"))
+
+
+def test_simulated_answers_never_serve_a_real_endpoint(tmp_path, sim, llmbatch, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2, model="openai:gpt-4o-mini"))
+    assert run_cli(["run", str(path), "--simulate"], env=env).exit_code == 0
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert sim.stats()["requests_received"] == 2  # the simulate-mode answers were not reused
