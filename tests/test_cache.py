@@ -1,0 +1,112 @@
+"""The response store, against a real diskcache in a temporary directory."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from llmbatch.cache import DEFAULT_SIZE_LIMIT, ResponseCache
+from llmbatch.errors import CacheError
+
+
+def entry(n: int = 0) -> dict:
+    return {"response": {"choices": [{"message": {"content": f"answer {n}"}}]}, "usage": {"total_tokens": n}}
+
+
+def test_a_stored_answer_comes_back_equal(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:a", entry(1), tag="openai:m")
+        assert cache.get("v1:a") == entry(1)
+        assert cache.get("v1:missing") is None
+        assert cache.get_many(["v1:a", "v1:missing"]) == {"v1:a": entry(1)}
+
+
+def test_the_directory_is_private_to_the_user(tmp_path):
+    ResponseCache(tmp_path / "c").close()
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o700
+
+
+def test_anything_but_a_json_object_is_refused_rather_than_pickled(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        for value in ([1, 2], "text", 3, object()):
+            with pytest.raises(TypeError):
+                cache.put("v1:x", value, tag="t")  # type: ignore[arg-type]
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM Cache").fetchone() == (0,)
+
+
+def test_a_large_answer_stored_as_a_file_is_json_too(tmp_path):
+    big = {"response": {"text": "x" * 100_000}}
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:big", big, tag="t")
+        assert cache.get("v1:big") == big
+    files = [p for p in (tmp_path / "c").rglob("*.val")]
+    assert files and files[0].read_bytes().startswith(b'{"response"')
+
+
+def test_ttl_expires_an_entry(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:a", entry(), tag="t", ttl_s=0.05)
+        assert cache.get("v1:a") is not None
+        time.sleep(0.1)
+        assert cache.get("v1:a") is None
+
+
+def test_the_size_limit_is_explicit_and_survives_reopening_without_the_option(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        assert cache.stats().size_limit == DEFAULT_SIZE_LIMIT  # generous, never diskcache's 1 GB
+    with ResponseCache(tmp_path / "c", size_limit=50 * 10**9) as cache:
+        assert cache.stats().size_limit == 50 * 10**9
+    with ResponseCache(tmp_path / "c") as cache:  # a later run without the option keeps it
+        assert cache.stats().size_limit == 50 * 10**9
+
+
+def test_an_unknown_eviction_policy_is_a_clear_error(tmp_path):
+    with pytest.raises(CacheError, match="unknown eviction policy"):
+        ResponseCache(tmp_path / "c", eviction_policy="random")
+
+
+def test_stats_count_entries_by_model_and_lifetime_lookups(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        for i in range(3):
+            cache.put(f"v1:a{i}", entry(i), tag="openai:a")
+        cache.put("v1:b", entry(), tag="anthropic:b")
+        cache.record_lookups(hits=5, misses=4)
+        cache.record_lookups(hits=1, misses=0)
+        stats = cache.stats()
+    assert stats.entries == 4
+    assert stats.by_model == {"openai:a": 3, "anthropic:b": 1}
+    assert (stats.hits, stats.misses) == (6, 4)
+    assert stats.oldest is not None and stats.newest is not None and stats.oldest <= stats.newest
+    assert stats.size_bytes > 0
+
+
+def test_purge_removes_only_entries_older_than_the_cutoff(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        for i in range(2500):  # more than one delete batch
+            cache.put(f"v1:old{i}", entry(i), tag="openai:a" if i % 2 else "openai:b")
+        cutoff = time.time()
+        time.sleep(0.01)
+        cache.put("v1:new", entry(), tag="openai:a")
+        later = time.time() + 0.001
+        age = later - cutoff
+        assert cache.purge(age, dry_run=True, now=later) == 2500
+        assert cache.purge(age, tag="openai:a", now=later) == 1250
+        assert cache.purge(age, now=later) == 1250
+        assert cache.get("v1:new") is not None
+        assert cache.stats().entries == 1
+
+
+def test_purge_also_removes_value_files(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
+        assert list((tmp_path / "c").rglob("*.val"))
+        assert cache.purge(0.001, now=time.time() + 1) == 1
+    assert not list((tmp_path / "c").rglob("*.val"))
+
+
+def test_opening_without_create_on_a_missing_cache_says_so(tmp_path):
+    with pytest.raises(CacheError, match="no cache"):
+        ResponseCache(tmp_path / "nothing", create=False)

@@ -1,0 +1,78 @@
+"""`llmbatch cache stats` and `llmbatch cache purge`, end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.support import prompts, run_cli, write_jsonl
+
+
+def test_stats_on_a_cache_that_does_not_exist_yet(env):
+    result = run_cli(["cache", "stats", "--json"], env=env)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["entries"] == 0
+    assert "no cache yet" in run_cli(["cache", "stats"], env=env).stdout
+
+
+def test_stats_report_entries_size_models_and_lifetime_lookups(tmp_path, sim, llmbatch, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(4) + prompts(2, start=10, model="openai:gpt-4o"))
+    assert llmbatch("run", str(path)).exit_code == 0
+    assert llmbatch("run", str(path)).exit_code == 0
+    stats = json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)
+    assert stats["entries"] == 6
+    assert stats["size_bytes"] > 0 and stats["size_limit"] == 20 * 10**9
+    assert stats["by_model"] == {"openai:gpt-4o-mini": 4, "openai:gpt-4o": 2}
+    assert (stats["hits"], stats["misses"]) == (6, 6)
+    assert stats["oldest"] <= stats["newest"]
+    text = run_cli(["cache", "stats"], env=env).stdout
+    assert "openai:gpt-4o-mini" in text and "entries" in text
+
+
+def test_purge_removes_entries_older_than_the_duration(tmp_path, sim, llmbatch, env):
+    old = write_jsonl(tmp_path / "old.jsonl", prompts(3))
+    assert llmbatch("run", str(old)).exit_code == 0
+    time.sleep(1.1)
+    new = write_jsonl(tmp_path / "new.jsonl", prompts(2, start=100))
+    assert llmbatch("run", str(new)).exit_code == 0
+
+    dry = run_cli(["cache", "purge", "--older-than", "1s", "--dry-run"], env=env)
+    assert dry.exit_code == 0 and dry.stdout.strip() == "would remove 3 entries older than 1s"
+    assert json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)["entries"] == 5
+
+    done = run_cli(["cache", "purge", "--older-than", "1s"], env=env)
+    assert done.stdout.strip() == "removed 3 entries older than 1s"
+    assert json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)["entries"] == 2
+    # The purged prompts are paid again, the kept ones are not.
+    assert llmbatch("run", str(old)).exit_code == 0 and llmbatch("run", str(new)).exit_code == 0
+    assert sim.stats()["requests_received"] == 8
+
+
+def test_purge_can_be_limited_to_one_model(tmp_path, sim, llmbatch, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2) + prompts(3, start=10, model="openai:gpt-4o"))
+    assert llmbatch("run", str(path)).exit_code == 0
+    result = run_cli(["cache", "purge", "--older-than", "90s", "--model", "openai:gpt-4o"], env=env)
+    assert result.stdout.strip() == "removed 0 entries of openai:gpt-4o older than 90s"
+    time.sleep(0.05)
+    # Every unit the issue names parses; a tiny duration removes just that model's entries.
+    for text in ("90s", "45m", "12h", "30d", "2w"):
+        assert run_cli(["cache", "purge", "--older-than", text, "--dry-run"], env=env).exit_code == 0
+    assert run_cli(["cache", "purge", "--older-than", "0.01s", "--model", "openai:gpt-4o"], env=env).stdout.startswith(
+        "removed 3 entries"
+    )
+    assert json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)["by_model"] == {"openai:gpt-4o-mini": 2}
+
+
+def test_purge_with_a_bad_duration_is_a_usage_error(env):
+    result = run_cli(["cache", "purge", "--older-than", "soon"], env=env)
+    assert result.exit_code == 2
+    assert "--older-than: invalid duration 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cache_dir_option_wins_over_the_environment(tmp_path, sim, llmbatch, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(1))
+    other = tmp_path / "elsewhere"
+    assert llmbatch("run", str(path), "--cache-dir", str(other)).exit_code == 0
+    assert (other / "cache.db").exists()
+    assert json.loads(run_cli(["cache", "stats", "--json", "--cache-dir", str(other)], env=env).stdout)["entries"] == 1

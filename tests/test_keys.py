@@ -1,0 +1,132 @@
+"""The request key: everything that can change the answer is in it, nothing else is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmbatch.keys import SIMULATOR_ENDPOINT, canonical_json, key_material, request_key
+from llmbatch.prompts import Defaults, parse_line
+
+BASE = {
+    "id": "q1",
+    "prompt": "What is the capital of France?",
+    "system": "Answer in one word.",
+    "model": "openai:gpt-4o-mini",
+    "temperature": 0,
+    "max_tokens": 16,
+}
+
+
+def key_of(row: dict, endpoint: str | None = None, defaults: Defaults = Defaults()) -> str:
+    return request_key(parse_line(json.dumps(row), 1, defaults), endpoint)
+
+
+def test_one_fixed_request_maps_to_a_pinned_key():
+    # If this fails, every user's cache silently empties: bump KEY_VERSION on purpose instead.
+    assert key_of(BASE) == "v1:3eb0d02b8d1077022a2eb2973199cb6795f0ea1dab5a3babb92c98b2f38b3ff7"
+    assert key_of(BASE, "http://localhost:8000/v1") == (
+        "v1:bec5143f551f7b7cfcae3dc01bfb8676b9d64ab9e947775ca00c6c540784931d"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "What is the capital of Spain?"},
+        {"system": "Answer in two words."},
+        {"model": "openai:gpt-4o"},
+        {"model": "anthropic:gpt-4o-mini"},
+        {"temperature": 0.7},
+        {"max_tokens": 17},
+        {"top_p": 0.5},
+        {"stop": ["\n"]},
+        {"seed": 1},
+        {"n": 2},
+        {"response_format": {"type": "json_object"}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"tool_choice": "auto"},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.5},
+        {"logit_bias": {"50256": -100}},
+        {"logprobs": True},
+        {"reasoning_effort": "low"},
+        {"max_completion_tokens": 16},
+        {"extra": {"top_k": 40}},
+        {"sample": 1},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_each_answer_affecting_field_changes_the_key(change):
+    assert key_of({**BASE, **change}) != key_of(BASE)
+
+
+def test_the_endpoint_is_part_of_the_key_when_set():
+    assert key_of(BASE, "http://a:8000/v1") != key_of(BASE)
+    assert key_of(BASE, "http://a:8000/v1") != key_of(BASE, "http://b:8000/v1")
+    assert key_of(BASE, "http://a:8000/v1/") == key_of(BASE, "http://a:8000/v1")
+    assert key_of(BASE, SIMULATOR_ENDPOINT) not in (key_of(BASE), key_of(BASE, "http://a:8000/v1"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"id": "another-id"}, {"metadata": {"split": "eval"}}, {"metadata": None}],
+    ids=["id", "metadata", "null-metadata"],
+)
+def test_id_and_metadata_do_not_change_the_key(change):
+    assert key_of({**BASE, **change}) == key_of(BASE)
+
+
+def test_field_order_does_not_change_the_key():
+    assert key_of(dict(reversed(list(BASE.items())))) == key_of(BASE)
+    nested = {**BASE, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True}}}
+    reordered = {**BASE, "response_format": {"json_schema": {"strict": True, "name": "x"}, "type": "json_schema"}}
+    assert key_of(nested) == key_of(reordered)
+
+
+def test_prompt_and_system_give_the_same_key_as_the_equivalent_messages():
+    messages = {k: v for k, v in BASE.items() if k not in ("prompt", "system")}
+    messages["messages"] = [
+        {"role": "system", "content": BASE["system"]},
+        {"role": "user", "content": BASE["prompt"]},
+    ]
+    assert key_of(messages) == key_of(BASE)
+
+
+def test_a_batch_api_line_gives_the_same_key_as_the_plain_line():
+    batch = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": BASE["system"]}, {"role": "user", "content": BASE["prompt"]}],
+            "temperature": 0,
+            "max_tokens": 16,
+        },
+    }
+    assert key_of(batch) == key_of(BASE)
+
+
+def test_equal_numbers_spelled_differently_share_a_key():
+    assert key_of({**BASE, "temperature": 0.0}) == key_of({**BASE, "temperature": 0})
+
+
+def test_a_null_parameter_is_the_same_as_leaving_it_out():
+    assert key_of({**BASE, "top_p": None}) == key_of(BASE)
+
+
+def test_the_model_from_the_command_line_counts_like_one_on_the_line():
+    bare = {k: v for k, v in BASE.items() if k != "model"}
+    assert key_of(bare, defaults=Defaults(model="openai:gpt-4o-mini")) == key_of(BASE)
+    assert key_of({**bare, "model": "gpt-4o-mini"}, defaults=Defaults(provider="openai")) == key_of(BASE)
+
+
+def test_the_api_key_and_timeout_are_not_in_the_key_material():
+    material = key_material(parse_line(json.dumps(BASE), 1))
+    assert set(material) == {"provider", "endpoint", "model", "messages", "params", "extra", "sample"}
+
+
+def test_canonical_json_is_sorted_compact_utf8():
+    assert canonical_json({"b": 1, "a": {"d": "é", "c": [1, 2]}}) == '{"a":{"c":[1,2],"d":"é"},"b":1}'.encode()
