@@ -197,8 +197,9 @@ class ResponseCache:
             misses=misses,
         )
 
-    def purge(self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False,
-              now: float | None = None) -> int:
+    def purge(
+        self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
+    ) -> int:
         """Remove entries stored more than ``older_than_s`` seconds ago; return how many.
 
         Uses the ``store_time`` index that the least-recently-stored policy creates (and that

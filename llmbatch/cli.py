@@ -12,6 +12,7 @@ says why); 2 bad usage or input, nothing sent; 130 interrupted by Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import sys
@@ -77,38 +78,58 @@ def run(
     input: Annotated[str, typer.Argument(help="JSONL file of requests, or - to read stdin.", show_default=False)],
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="Results file (default: <input>.results.jsonl beside the input; - for stdout)."),
+        typer.Option(
+            "--output", "-o", help="Results file (default: <input>.results.jsonl beside the input; - for stdout)."
+        ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model for lines without one, as provider:model (openai:gpt-4o-mini).")
+        str | None,
+        typer.Option("--model", "-m", help="Model for lines without one, as provider:model (openai:gpt-4o-mini)."),
     ] = None,
     provider: Annotated[
         str | None, typer.Option("--provider", help="Provider for bare model names (e.g. openai, anthropic, mistral).")
     ] = None,
     api_base: Annotated[
         str | None,
-        typer.Option("--api-base", help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server)."),
+        typer.Option(
+            "--api-base", help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server)."
+        ),
     ] = None,
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Answer every call from the built-in simulator: no API key, no cost.")
     ] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Calls in flight at most.")] = 16,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds before one attempt is abandoned (and retried).")] = 60.0,
-    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Retries per request after the first attempt.")] = 6,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds before one attempt is abandoned (and retried).")
+    ] = 60.0,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, help="Retries per request after the first attempt.")
+    ] = 6,
     cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir).")
+        Path | None,
+        typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir)."),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
-    refresh: Annotated[bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them with fresh ones.")] = False,
-    cache_only: Annotated[bool, typer.Option("--cache-only", help="Never call a provider; misses become error lines.")] = False,
-    ttl: Annotated[str | None, typer.Option("--ttl", help="Expire new cache entries after this long (7d, 12h).")] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them with fresh ones.")
+    ] = False,
+    cache_only: Annotated[
+        bool, typer.Option("--cache-only", help="Never call a provider; misses become error lines.")
+    ] = False,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Expire new cache entries after this long (7d, 12h).")
+    ] = None,
     cache_size_limit: Annotated[
-        str | None, typer.Option("--cache-size-limit", help="Cache size limit, e.g. 50GB (default 20GB; kept once set).")
+        str | None,
+        typer.Option("--cache-size-limit", help="Cache size limit, e.g. 50GB (default 20GB; kept once set)."),
     ] = None,
     cache_eviction: Annotated[
         str | None,
-        typer.Option("--cache-eviction", help="What goes when the cache is full: least-recently-stored (default), "
-                     "least-recently-used, least-frequently-used, or none."),
+        typer.Option(
+            "--cache-eviction",
+            help="What goes when the cache is full: least-recently-stored (default), "
+            "least-recently-used, least-frequently-used, or none.",
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show only the final summary.")] = False,
 ) -> None:
@@ -117,7 +138,7 @@ def run(
     from llmbatch.engine import RunOptions, RunStats
     from llmbatch.prompts import Defaults
     from llmbatch.retry import RetryPolicy
-    from llmbatch.runner import RunConfig, default_output, execute, open_input, validate
+    from llmbatch.runner import RunConfig, default_output, open_input, validate
     from llmbatch.units import parse_duration, parse_size
 
     if sum((no_cache, refresh, cache_only)) > 1:
@@ -202,19 +223,15 @@ async def _run_with_signals(config: Any, stats: Any) -> Any:
         else:
             _cancel(main)
 
-    try:
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals
-        pass
     try:
         return await execute(config, stats, on_engine=engines.append)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
 
 
 def _cancel(task: asyncio.Task[Any] | None) -> None:
@@ -225,7 +242,8 @@ def _cancel(task: asyncio.Task[Any] | None) -> None:
 # --- cache -------------------------------------------------------------------------------------
 
 CacheDirOption = Annotated[
-    Path | None, typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir).")
+    Path | None,
+    typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir)."),
 ]
 
 
@@ -257,7 +275,9 @@ def cache_stats(
 @cache_app.command("purge")
 @_handles_errors
 def cache_purge(
-    older_than: Annotated[str, typer.Option("--older-than", help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w).")],
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w).")
+    ],
     model: Annotated[str | None, typer.Option("--model", help="Only entries of this provider:model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
@@ -293,11 +313,15 @@ def sim(
     retry_after: Annotated[str, typer.Option("--retry-after", help="Retry-After sent with injected 429s.")] = "1s",
     p500: Annotated[float, typer.Option("--p500", min=0, max=1, help="Fraction answered 500.")] = 0.0,
     p503: Annotated[float, typer.Option("--p503", min=0, max=1, help="Fraction answered 503.")] = 0.0,
-    phang: Annotated[float, typer.Option("--phang", min=0, max=1, help="Fraction that hang until the client gives up.")] = 0.0,
+    phang: Annotated[
+        float, typer.Option("--phang", min=0, max=1, help="Fraction that hang until the client gives up.")
+    ] = 0.0,
     pdrop: Annotated[float, typer.Option("--pdrop", min=0, max=1, help="Fraction whose connection is dropped.")] = 0.0,
     rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Enforce this many requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Enforce this many tokens per minute.")] = None,
-    limit_window: Annotated[str, typer.Option("--limit-window", help="Window over which --rpm/--tpm are enforced.")] = "60s",
+    limit_window: Annotated[
+        str, typer.Option("--limit-window", help="Window over which --rpm/--tpm are enforced.")
+    ] = "60s",
     require_api_key: Annotated[
         str | None, typer.Option("--require-api-key", help="Answer 401 unless this key is sent.")
     ] = None,
@@ -313,23 +337,26 @@ def sim(
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
 
-    config = SimConfig(
-        latency_s=seconds(latency, "--latency"),
-        latency_dist=latency_dist,
-        latency_sigma=latency_sigma,
-        p429=p429,
-        retry_after_s=seconds(retry_after, "--retry-after"),
-        p500=p500,
-        p503=p503,
-        phang=phang,
-        pdrop=pdrop,
-        rpm=rpm,
-        tpm=tpm,
-        limit_window_s=seconds(limit_window, "--limit-window"),
-        require_api_key=require_api_key,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
-        seed=seed,
-    )
+    try:
+        config = SimConfig(
+            latency_s=seconds(latency, "--latency"),
+            latency_dist=latency_dist,
+            latency_sigma=latency_sigma,
+            p429=p429,
+            retry_after_s=seconds(retry_after, "--retry-after"),
+            p500=p500,
+            p503=p503,
+            phang=phang,
+            pdrop=pdrop,
+            rpm=rpm,
+            tpm=tpm,
+            limit_window_s=seconds(limit_window, "--limit-window"),
+            require_api_key=require_api_key,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise UsageError(f"sim: {exc}") from None
 
     def ready(url: str) -> None:
         sys.stderr.write(f"llmbatch simulator listening on {url} (Ctrl-C to stop)\n")

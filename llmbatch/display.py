@@ -14,6 +14,7 @@ an event per line: a 100,000-line rerun should not pay for 100,000 redraw reques
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -41,10 +42,9 @@ def choose_mode(stream: IO[str], *, quiet: bool) -> Mode:
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or math.isnan(seconds) or seconds < 0:
         return "--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
+    hours, rest = divmod(round(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h{minutes:02d}m{secs:02d}s"
@@ -107,16 +107,24 @@ class _LiveView:
             Text(f"ETA {format_duration(snap['eta'])}", style="dim"),
         )
         counters = Text.assemble(
-            ("hits ", "dim"), (_count(s.hits), "green"),
-            ("  calls ", "dim"), (_count(s.calls), "cyan"),
-            ("  coalesced ", "dim"), (_count(s.coalesced), ""),
-            ("  errors ", "dim"), (_count(s.errors), "red" if s.errors else ""),
-            ("  retries ", "dim"), (_count(s.retries), "yellow" if s.retries else ""),
-            ("  in flight ", "dim"), (_count(s.in_flight), ""),
+            ("hits ", "dim"),
+            (_count(s.hits), "green"),
+            ("  calls ", "dim"),
+            (_count(s.calls), "cyan"),
+            ("  coalesced ", "dim"),
+            (_count(s.coalesced), ""),
+            ("  errors ", "dim"),
+            (_count(s.errors), "red" if s.errors else ""),
+            ("  retries ", "dim"),
+            (_count(s.retries), "yellow" if s.retries else ""),
+            ("  in flight ", "dim"),
+            (_count(s.in_flight), ""),
         )
         pace = Text.assemble(
-            ("rate ", "dim"), (f"{snap['lines_per_s']:.1f} lines/s, {snap['calls_per_s']:.1f} calls/s", ""),
-            ("  tokens ", "dim"), (f"{_count(s.prompt_tokens)} in / {_count(s.completion_tokens)} out", ""),
+            ("rate ", "dim"),
+            (f"{snap['lines_per_s']:.1f} lines/s, {snap['calls_per_s']:.1f} calls/s", ""),
+            ("  tokens ", "dim"),
+            (f"{_count(s.prompt_tokens)} in / {_count(s.completion_tokens)} out", ""),
         )
         parts: list[Any] = [head, counters, pace]
         if s.stopped:
@@ -167,8 +175,9 @@ class Display:
 
     def __enter__(self) -> Display:
         if self.mode == "live":
-            self._live = Live(_LiveView(self.stats, self.clock), console=self.console,
-                              refresh_per_second=8, transient=True)
+            self._live = Live(
+                _LiveView(self.stats, self.clock), console=self.console, refresh_per_second=8, transient=True
+            )
             self._live.__enter__()
         elif self.mode == "plain":
             self._thread = threading.Thread(target=self._plain_loop, name="llmbatch-progress", daemon=True)
@@ -241,9 +250,11 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
         ("size limit", f"{format_size(stats.size_limit)} ({stats.eviction_policy})"),
         ("oldest entry", when(stats.oldest)),
         ("newest entry", when(stats.newest)),
-        ("lifetime hits / misses",
-         f"{_count(stats.hits)} / {_count(stats.misses)}"
-         + (f" ({100 * stats.hits / lookups:.0f}% hits)" if lookups else "")),
+        (
+            "lifetime hits / misses",
+            f"{_count(stats.hits)} / {_count(stats.misses)}"
+            + (f" ({100 * stats.hits / lookups:.0f}% hits)" if lookups else ""),
+        ),
     ]
     for name, value in rows:
         table.add_row(name, Text(value))

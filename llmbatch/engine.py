@@ -390,4 +390,3 @@ async def run_batch(
     """Run ``requests`` to completion; the simplest way to use the engine as a library."""
     engine = Engine(provider=provider, cache=cache, options=options, sink=sink, stats=stats)
     return await engine.run(requests)
-

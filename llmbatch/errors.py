@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SOME_ERRORS",
     "EXIT_USAGE",
-    "EXIT_INTERRUPTED",
-    "LlmbatchError",
-    "UsageError",
+    "CacheError",
+    "FatalProviderError",
     "InputError",
     "LineError",
-    "FatalProviderError",
-    "CacheError",
+    "LlmbatchError",
+    "UsageError",
 ]
 
 EXIT_OK = 0

@@ -122,9 +122,7 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
         retry_after = float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
 
     kind: Kind
-    if type_ in _FATAL_TYPES or status in (401, 402, 403):
-        kind = "fatal"
-    elif type_ == "ModelNotFoundError" or status == 404:
+    if type_ in _FATAL_TYPES or status in (401, 402, 403) or type_ == "ModelNotFoundError" or status == 404:
         kind = "fatal"
     elif getattr(exc, "code", None) == "insufficient_quota":
         # OpenAI answers 429 when the account is out of credit: waiting will not help.
@@ -239,7 +237,7 @@ class AnyLLMProvider:
                 ),
                 timeout=timeout_s + 5,
             )
-        except Exception as exc:  # every failure is classified; CancelledError is not an Exception
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; CancelledError is not one
             raise classify(exc, self._secrets) from None
         dump = getattr(response, "model_dump", None)
         if dump is None:

@@ -22,7 +22,7 @@ from tenacity.wait import wait_base
 __all__ = ["RetryPolicy", "wait_retry_after"]
 
 
-class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own wait strategies
+class wait_retry_after(wait_base):
     """Wait what the server asked for (``retry_after_s`` on the failure), capped; else ``fallback``.
 
     Use it to wrap any tenacity wait: ``wait_retry_after(wait_exponential_jitter(...), cap=120)``.

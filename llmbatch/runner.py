@@ -22,7 +22,7 @@ from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.prompts import Defaults, ValidationReport, read_requests, validate_file
 from llmbatch.results import ResultWriter
 
-__all__ = ["RunConfig", "RunOutcome", "Input", "open_input", "validate", "execute"]
+__all__ = ["Input", "RunConfig", "RunOutcome", "execute", "open_input", "validate"]
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
 #: everything downstream (keys, tags, later prices) behaves as it will for real.
@@ -45,8 +45,7 @@ class Input:
 
 def open_input(name: str) -> Input:
     if name == "-":
-        spool = tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False)
-        with spool:
+        with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool)
         return Input(Path(spool.name), "<stdin>", temporary=True)
     path = Path(name)
@@ -101,8 +100,9 @@ def validate(config: RunConfig) -> ValidationReport:
     return report
 
 
-async def execute(config: RunConfig, stats: RunStats, *,
-                  on_engine: Callable[[Engine], None] | None = None) -> RunOutcome:
+async def execute(
+    config: RunConfig, stats: RunStats, *, on_engine: Callable[[Engine], None] | None = None
+) -> RunOutcome:
     """Run the validated input to the end (or to a stop) and finish the results file."""
     options = config.options
     cache = None
@@ -127,8 +127,9 @@ async def execute(config: RunConfig, stats: RunStats, *,
         else:
             provider = _provider(api_base=config.api_base)
             options = _replace(options, endpoint=config.api_base)
-        engine = Engine(provider=provider, cache=cache, options=options, sink=writer.write,
-                        flush=writer.flush, stats=stats)
+        engine = Engine(
+            provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
+        )
         if on_engine is not None:
             on_engine(engine)
         try:

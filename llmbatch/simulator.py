@@ -41,6 +41,7 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import math
@@ -725,10 +726,9 @@ def serve_forever(
         sim = Simulator(config)
         url = await sim.start(host, port)
         stop = asyncio.Event()
-        try:
+        # Windows, or not the main thread: Ctrl-C still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # Windows, or not the main thread: Ctrl-C still works
         try:
             if on_ready is not None:
                 on_ready(url)
@@ -736,7 +736,6 @@ def serve_forever(
         finally:
             await sim.stop()
 
-    try:
+    # On Ctrl-C asyncio.run has already cancelled main(), which stopped the server.
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass  # asyncio.run has already cancelled main(), which stopped the server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llmbatch.errors import UsageError
 
-__all__ = ["parse_duration", "parse_size", "format_size"]
+__all__ = ["format_size", "parse_duration", "parse_size"]
 
 
 def parse_duration(text: str, *, option: str) -> float:

@@ -59,8 +59,11 @@ def llmbatch(env: dict[str, str], sim: SimulatorThread) -> Callable[..., Run]:
     def invoke(*args: str, stdin: str | None = None, api_base: str | None = None) -> Run:
         argv = list(args)
         if argv and argv[0] == "run" and "--api-base" not in argv and "--simulate" not in argv:
-            argv += ["--api-base", api_base or sim.url, "--model", "openai:gpt-4o-mini"] if "--model" not in argv else [
-                "--api-base", api_base or sim.url]
+            argv += (
+                ["--api-base", api_base or sim.url, "--model", "openai:gpt-4o-mini"]
+                if "--model" not in argv
+                else ["--api-base", api_base or sim.url]
+            )
         return run_cli(argv, env=env, stdin=stdin)
 
     return invoke

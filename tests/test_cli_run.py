@@ -76,9 +76,15 @@ def test_a_prompt_line_and_the_equivalent_messages_line_share_one_answer(tmp_pat
     rows = [
         {"id": "p", "prompt": "Say hi", "system": "Be brief"},
         {"id": "m", "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Say hi"}]},
-        {"custom_id": "b", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief"},
-                                                       {"role": "user", "content": "Say hi"}]}},
+        {
+            "custom_id": "b",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Say hi"}],
+            },
+        },
     ]
     path = write_jsonl(tmp_path / "shapes.jsonl", rows)
     result = llmbatch("run", str(path))
@@ -188,7 +194,7 @@ def test_no_cache_neither_reads_nor_writes(tmp_path, sim, llmbatch, cache_dir):
 
 
 def test_refresh_ignores_hits_and_overwrites_them(tmp_path, sim, llmbatch):
-    path = write_jsonl(tmp_path / "p.jsonl", prompts(3) + [{"id": "dup", "prompt": "question number 0"}])
+    path = write_jsonl(tmp_path / "p.jsonl", [*prompts(3), {"id": "dup", "prompt": "question number 0"}])
     assert llmbatch("run", str(path)).exit_code == 0
     assert sim.stats()["requests_received"] == 3
     assert llmbatch("run", str(path), "--refresh").exit_code == 0
@@ -222,7 +228,7 @@ def test_ttl_expires_new_entries(tmp_path, sim, llmbatch):
 
 def test_the_api_key_never_reaches_the_cache_or_the_results(tmp_path, simulator, env, cache_dir):
     locked = simulator(require_api_key=TEST_API_KEY)
-    rows = prompts(3) + [{"id": "bad", "prompt": "x [[sim:status=400]]"}]
+    rows = [*prompts(3), {"id": "bad", "prompt": "x [[sim:status=400]]"}]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     result = run_cli(["run", str(path), "--api-base", locked.url, "--model", "openai:gpt-4o-mini"], env=env)
     assert result.exit_code == 1  # the 400 line

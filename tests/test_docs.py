@@ -16,7 +16,7 @@ def readme_commands() -> list[str]:
 def test_ci_runs_the_readme_test_command():
     commands = readme_commands()
     assert len(commands) == 2, commands
-    run_command, test_command = commands
+    _run_command, test_command = commands
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci_lines
     assert "pytest" in test_command and "[test]" in test_command

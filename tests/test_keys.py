@@ -19,8 +19,8 @@ BASE = {
 }
 
 
-def key_of(row: dict, endpoint: str | None = None, defaults: Defaults = Defaults()) -> str:
-    return request_key(parse_line(json.dumps(row), 1, defaults), endpoint)
+def key_of(row: dict, endpoint: str | None = None, defaults: Defaults | None = None) -> str:
+    return request_key(parse_line(json.dumps(row), 1, defaults or Defaults()), endpoint)
 
 
 def test_one_fixed_request_maps_to_a_pinned_key():

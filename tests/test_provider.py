@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from llmbatch.provider import AnyLLMProvider, CallError, parse_retry_after, redact
 from llmbatch.prompts import parse_line
+from llmbatch.provider import AnyLLMProvider, CallError, parse_retry_after, redact
 from tests.support import TEST_API_KEY
 
 
