@@ -143,6 +143,10 @@ def run(
 
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
+    if model is not None and ":" not in model and provider is None:
+        raise UsageError(
+            f"--model {model} has no provider: write --model openai:{model} (or another provider) or add --provider"
+        )
     if simulate and api_base:
         raise UsageError("--simulate sends every call to the simulator; drop --api-base")
     mode = "off" if no_cache else "refresh" if refresh else "only" if cache_only else "normal"

@@ -298,16 +298,21 @@ def _resolve_model(model: Any, defaults: Defaults, *, implied_provider: str | No
     return provider.lower(), model
 
 
-def _take_params(obj: dict[str, Any], skip: frozenset[str], known: frozenset[str] | set[str]) -> dict[str, Any]:
+def _take_params(
+    obj: dict[str, Any], skip: frozenset[str], known: frozenset[str] | set[str], *, where_body: bool = False
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, value in obj.items():
         if name in skip:
             continue
+        if name == "stream" and value is False:
+            continue  # asking for no streaming is asking for what llmbatch does anyway
         if name in _REFUSED:
             raise InvalidLine(_REFUSED[name])
         check = PARAMS.get(name)
         if check is None:
-            raise _unknown_field(name, known)
+            error = _unknown_field(name, known)
+            raise InvalidLine(f"{error} in \"body\"") if where_body else error
         if value is None:
             continue  # null means "the provider's default", the same as leaving it out
         params[name] = check(name, value)
@@ -348,10 +353,18 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
 
     sample = obj.get("sample", 0)
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-        raise InvalidLine(f'"sample" must be a non-negative integer, got {sample!r}')
+        shown = sample if isinstance(sample, int) and not isinstance(sample, bool) else _type_name(sample)
+        raise InvalidLine(f'"sample" must be a non-negative integer, got {shown}')
     extra = obj.get("extra", {})
     if not isinstance(extra, dict):
         raise InvalidLine(f'"extra" must be an object, got {_type_name(extra)}')
+    # extra goes to acompletion as keyword arguments: it must not smuggle in a refused option,
+    # nor a parameter or field that is passed by name already (unchecked, or a TypeError).
+    for name in extra:
+        if name in _REFUSED:
+            raise InvalidLine(_REFUSED[name])
+        if name in PARAMS or name in _BODY_STRUCTURAL:
+            raise InvalidLine(f'"extra" must not contain "{name}": give it as a field of the line')
 
     return Request(
         line=line,
@@ -388,7 +401,7 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
     messages = _check_messages(body["messages"])
     # A Batch API file is an OpenAI file: a bare model name means OpenAI unless --provider says otherwise.
     provider, model = _resolve_model(body.get("model"), defaults, implied_provider="openai")
-    params = _take_params(body, _BODY_STRUCTURAL | _OPENAI_BODY_EXTRAS, _BODY_KNOWN)
+    params = _take_params(body, _BODY_STRUCTURAL | _OPENAI_BODY_EXTRAS, _BODY_KNOWN, where_body=True)
     extra = {k: v for k, v in body.items() if k in _OPENAI_BODY_EXTRAS and v is not None}
     return Request(
         line=line,
