@@ -90,18 +90,6 @@ def test_a_model_without_a_provider_is_refused_unless_provider_is_given(tmp_path
     assert sim.stats()["requests_received"] == 1
 
 
-def test_a_bare_model_option_without_provider_is_refused_on_every_line(tmp_path, sim, llmbatch):
-    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
-    result = llmbatch("run", str(path), "--model", "gpt-4o-mini")
-    assert_nothing_happened(result, sim, tmp_path)
-    message = "model 'gpt-4o-mini' has no provider: write \"openai:gpt-4o-mini\" (or another provider) or pass --provider"
-    assert result.stderr.splitlines() == [
-        f"{path}:1: {message}",
-        f"{path}:2: {message}",
-        "llmbatch: error: 2 invalid lines; nothing was sent",
-    ]
-
-
 def test_a_bad_line_on_stdin_is_reported_against_stdin(tmp_path, sim, llmbatch):
     text = "\n".join([json.dumps({"id": "a", "prompt": "ok"}), json.dumps({"id": "b", "prompt": "x", "n": 0})]) + "\n"
     result = llmbatch("run", "-", "-o", "-", stdin=text)
