@@ -73,8 +73,22 @@ class JSONValueDisk(diskcache.Disk):
         return super().store(orjson.dumps(value), False, key=key)
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        # Only bytes we wrote can come back: diskcache's own fetch would unpickle a pickled row
+        # (a cache directory is data, never code), so any other mode is refused before that.
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise CorruptEntry(f"unexpected storage mode {mode}")
         data = super().fetch(mode, filename, value, read)
-        return orjson.loads(data)
+        try:
+            entry = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise CorruptEntry(str(exc)) from None
+        if not isinstance(entry, dict):
+            raise CorruptEntry("not a JSON object")
+        return entry
+
+
+class CorruptEntry(ValueError):
+    """A stored value that is not one of our JSON objects: treated as a miss, never trusted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +156,20 @@ class ResponseCache:
     # -- the run's hot path ----------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self._cache.get(key, default=None, retry=True)  # type: ignore[no-any-return]
+        """The stored entry, or None when missing, expired or unreadable (a miss costs money;
+        a wrong or corrupt hit costs trust)."""
+        try:
+            return self._cache.get(key, default=None, retry=True)  # type: ignore[no-any-return]
+        except CorruptEntry:
+            return None
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The stored entries among ``keys``; missing or expired keys are absent."""
+        """The stored entries among ``keys``; missing, expired or unreadable keys are absent."""
         found: dict[str, dict[str, Any]] = {}
         for key in keys:
-            value = self._cache.get(key, default=None, retry=True)
+            value = self.get(key)
             if value is not None:
                 found[key] = value
         return found

@@ -57,8 +57,10 @@ class RunOptions:
     #: normal: read and write; refresh: ignore hits, overwrite; off: neither; only: never call.
     cache_mode: CacheMode = "normal"
     ttl_s: float | None = None
-    #: Recorded in every key: the base URL calls go to (or the simulator's namespace).
+    #: Recorded in every key: the base URL every call goes to (or the simulator's namespace) ...
     endpoint: str | None = None
+    #: ... else, per provider, the base URL the environment sends its calls to (OPENAI_BASE_URL, ...).
+    provider_endpoints: dict[str, str] = field(default_factory=dict)
     #: Prefix of the cache tag (``provider:model``); "simulated/" keeps simulator entries apart.
     tag_prefix: str = ""
     #: Requests held in memory at most; default 16 x concurrency, at least 1024.
@@ -148,6 +150,9 @@ class Engine:
         self._refreshed: set[str] = set()
         self._stopping = False
 
+    def _endpoint(self, request: Request) -> str | None:
+        return self.options.endpoint or self.options.provider_endpoints.get(request.provider)
+
     # -- control ------------------------------------------------------------------------------
 
     def stop(self, reason: str, *, fatal: bool = False) -> None:
@@ -177,7 +182,7 @@ class Engine:
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
         try:
             while not self._stopping:
-                chunk = [(r, request_key(r, self.options.endpoint)) for r in _take(requests, _LOOKUP_CHUNK)]
+                chunk = [(r, request_key(r, self._endpoint(r))) for r in _take(requests, _LOOKUP_CHUNK)]
                 if not chunk:
                     break
                 found = self._lookup([k for _, k in chunk])
@@ -318,7 +323,7 @@ class Engine:
             "stored_at": self.wall_clock(),
             "provider": request.provider,
             "model": request.model,
-            "endpoint": self.options.endpoint,
+            "endpoint": self._endpoint(request),
             "usage": usage,
             "latency_ms": round(reply.latency_s * 1000, 1),
             "response": response,

@@ -25,21 +25,101 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from llmbatch.prompts import Request
 
-__all__ = ["AnyLLMProvider", "CallError", "Reply", "parse_retry_after", "redact"]
+__all__ = ["ENV_API_BASE", "AnyLLMProvider", "CallError", "Reply", "env_endpoints", "parse_retry_after", "redact"]
 
 Kind = Literal["retryable", "permanent", "fatal"]
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Every other line would fail the same way: bad key, no permission, no credit, no such model.
+_FATAL_STATUS = frozenset({401, 402, 403, 404})
 _FATAL_TYPES = frozenset(
-    {"AuthenticationError", "MissingApiKeyError", "InsufficientFundsError", "UnsupportedProviderError"}
+    {
+        "AuthenticationError",
+        "MissingApiKeyError",
+        "InsufficientFundsError",
+        "UnsupportedProviderError",
+        "ModelNotFoundError",
+    }
 )
 # Things that look like secret keys, in case a provider echoes one we did not send ourselves.
 _KEYLIKE = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{8,}\b", re.IGNORECASE)
+
+
+#: The environment variable each any-llm provider reads its base URL from (its
+#: ``ENV_API_BASE_NAME``). Copied here so that building cache keys never imports any-llm (a fully
+#: cached rerun must not pay for the SDKs); ``tests/test_provider.py`` checks it against the
+#: installed any-llm, so an upgrade that adds or renames one fails CI instead of a key going wrong.
+ENV_API_BASE: dict[str, str] = {
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "atlascloud": "ATLASCLOUD_API_BASE",
+    "azure": "AZURE_AI_CHAT_ENDPOINT",
+    "azureanthropic": "AZURE_ANTHROPIC_API_BASE",
+    "azureopenai": "AZURE_OPENAI_ENDPOINT",
+    "bedrock": "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+    "cascadia": "CASCADIA_API_BASE",
+    "cerebras": "CEREBRAS_API_BASE",
+    "cohere": "COHERE_BASE_URL",
+    "dashscope": "DASHSCOPE_API_BASE",
+    "databricks": "DATABRICKS_HOST",
+    "deepinfra": "DEEPINFRA_API_BASE",
+    "deepseek": "DEEPSEEK_API_BASE",
+    "edenai": "EDENAI_API_BASE",
+    "fireworks": "FIREWORKS_API_BASE",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+    "github": "GITHUB_MODELS_API_BASE",
+    "gmi": "GMI_API_BASE",
+    "groq": "GROQ_BASE_URL",
+    "huggingface": "HUGGINGFACE_API_BASE",
+    "inception": "INCEPTION_API_BASE",
+    "kenari": "KENARI_API_BASE",
+    "liner": "LINER_API_BASE",
+    "llama": "LLAMA_API_BASE",
+    "llamacpp": "LLAMACPP_API_BASE",
+    "llamafile": "LLAMAFILE_API_BASE",
+    "lmstudio": "LM_STUDIO_API_BASE",
+    "meta": "META_API_BASE",
+    "minimax": "MINIMAX_API_BASE",
+    "mistral": "MISTRAL_API_BASE",
+    "moonshot": "MOONSHOT_API_BASE",
+    "mzai": "ANY_LLM_PLATFORM_URL",
+    "nebius": "NEBIUS_API_BASE",
+    "neosantara": "NEOSANTARA_API_BASE",
+    "ollama": "OLLAMA_HOST",
+    "openai": "OPENAI_BASE_URL",
+    "openrouter": "OPENROUTER_API_BASE",
+    "otari": "OTARI_API_BASE",
+    "perplexity": "PERPLEXITY_BASE_URL",
+    "portkey": "PORTKEY_API_BASE",
+    "qiniu": "QINIU_API_BASE",
+    "requesty": "REQUESTY_API_BASE",
+    "sagemaker": "SAGEMAKER_ENDPOINT_URL",
+    "sambanova": "SAMBANOVA_API_BASE",
+    "telnyx": "TELNYX_API_BASE",
+    "together": "TOGETHER_API_BASE",
+    "typesafe": "TYPESAFE_BASE_URL",
+    "vertexai": "VERTEXAI_API_BASE",
+    "vertexaianthropic": "VERTEXAI_ANTHROPIC_API_BASE",
+    "vllm": "VLLM_API_BASE",
+    "voyage": "VOYAGE_API_BASE",
+    "watsonx": "WATSONX_URL",
+    "xai": "XAI_API_BASE",
+    "zai": "ZAI_BASE_URL",
+}
+
+
+def env_endpoints(environ: Mapping[str, str]) -> dict[str, str]:
+    """Per provider, the base URL its calls will go to when the environment redirects them.
+
+    Without this, answers from a local server reached through ``OPENAI_BASE_URL`` would share
+    keys with the real OpenAI's: the wrong cache hit users fear most.
+    """
+    return {provider: environ[name] for provider, name in ENV_API_BASE.items() if environ.get(name)}
 
 
 class CallError(Exception):
@@ -105,6 +185,25 @@ def _header(exc: BaseException, *names: str) -> str | None:
     return None
 
 
+def _kind(type_: str, status: int | None, code: Any) -> Kind:
+    """The decision itself. The HTTP status, when there is one, decides: it is what the server
+    said, while any-llm picks its exception type from the message text (a 400 whose message
+    mentions "auth" arrives as an AuthenticationError, and must not stop the run)."""
+    if code == "insufficient_quota":
+        return "fatal"  # OpenAI's 429 for an account out of credit: waiting will not help
+    if status is not None:
+        if status in _FATAL_STATUS:
+            return "fatal"
+        if status in _RETRYABLE_STATUS or status >= 500:
+            return "retryable"
+        return "permanent"
+    if type_ in _FATAL_TYPES:
+        return "fatal"
+    if type_ in ("RateLimitError", "ProviderError", "UpstreamProviderError", "GatewayTimeoutError"):
+        return "retryable"  # no status: the connection failed or timed out before an answer came
+    return "permanent"
+
+
 def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
     """Map anything a call raised to a :class:`CallError` (pure: reads attributes only)."""
     if isinstance(exc, CallError):
@@ -121,19 +220,7 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
         ms = _header(original, "retry-after-ms")
         retry_after = float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
 
-    kind: Kind
-    if type_ in _FATAL_TYPES or status in (401, 402, 403) or type_ == "ModelNotFoundError" or status == 404:
-        kind = "fatal"
-    elif getattr(exc, "code", None) == "insufficient_quota":
-        # OpenAI answers 429 when the account is out of credit: waiting will not help.
-        kind = "fatal"
-    elif type_ == "RateLimitError" or status in _RETRYABLE_STATUS or (status is not None and status >= 500):
-        kind = "retryable"
-    elif status is None and type_ in ("ProviderError", "UpstreamProviderError", "GatewayTimeoutError"):
-        # No HTTP status: the connection failed or timed out before an answer arrived.
-        kind = "retryable"
-    else:
-        kind = "permanent"
+    kind = _kind(type_, status, getattr(exc, "code", None))
     return CallError(kind, type_, message, status_code=status, retry_after_s=retry_after)
 
 
@@ -224,6 +311,7 @@ class AnyLLMProvider:
         """One attempt: the provider's response, or a :class:`CallError` saying what went wrong."""
         route = self.route(request)
         client = self._client(route)
+        timeout_argument = self._timeout_argument(client, timeout_s)
         started = time.monotonic()
         try:
             # The SDK enforces the timeout itself; wait_for is the backstop for SDKs that do not.
@@ -231,11 +319,11 @@ class AnyLLMProvider:
                 client.acompletion(
                     model=request.model,
                     messages=request.messages,
-                    timeout=timeout_s,
+                    **timeout_argument,
                     **request.params,
                     **request.extra,
                 ),
-                timeout=timeout_s + 5,
+                timeout=timeout_s + 5 if timeout_argument else timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - every failure is classified; CancelledError is not one
             raise classify(exc, self._secrets) from None
@@ -244,6 +332,14 @@ class AnyLLMProvider:
             raise CallError("permanent", "UnexpectedResponse", f"unexpected response type {type(response).__name__}")
         latency_s = time.monotonic() - started
         return Reply(dump(mode="json", exclude_none=True), latency_s)
+
+    @staticmethod
+    def _timeout_argument(client: Any, timeout_s: float) -> dict[str, float]:
+        # Some providers (ollama, lmstudio, xai, ...) refuse a per-request timeout; for them the
+        # asyncio backstop in complete() is the timeout.
+        if getattr(client, "TIMEOUT_SUPPORT", "native") == "unsupported":
+            return {}
+        return {"timeout": timeout_s}
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ here knows typer or rich; a notebook or a script can drive the same steps.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -125,8 +126,11 @@ async def execute(
             provider = _provider(api_base=base_url, api_key="llmbatch-simulator", force_provider="openai")
             options = _replace(options, endpoint=SIMULATOR_ENDPOINT, tag_prefix="simulated/")
         else:
+            from llmbatch.provider import env_endpoints
+
             provider = _provider(api_base=config.api_base)
-            options = _replace(options, endpoint=config.api_base)
+            endpoints = {} if config.api_base else env_endpoints(os.environ)
+            options = _replace(options, endpoint=config.api_base, provider_endpoints=endpoints)
         engine = Engine(
             provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
         )

@@ -110,3 +110,32 @@ def test_purge_also_removes_value_files(tmp_path):
 def test_opening_without_create_on_a_missing_cache_says_so(tmp_path):
     with pytest.raises(CacheError, match="no cache"):
         ResponseCache(tmp_path / "nothing", create=False)
+
+
+def test_a_pickled_row_is_never_unpickled_and_reads_as_a_miss(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:a", entry(), tag="t")
+    # Someone (or another tool) writes a pickle into our table, as diskcache's default Disk would.
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = 'v1:a'", (pickle.dumps(Exploit()),))
+    with ResponseCache(tmp_path / "c") as cache:
+        assert cache.get("v1:a") is None
+    assert not marker.exists()
+
+
+def test_a_corrupt_value_reads_as_a_miss(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put("v1:a", entry(), tag="t")
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
+        db.execute("UPDATE Cache SET value = ? WHERE key = 'v1:a'", (b"{not json",))
+    with ResponseCache(tmp_path / "c") as cache:
+        assert cache.get("v1:a") is None
+        assert cache.get_many(["v1:a"]) == {}

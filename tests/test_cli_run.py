@@ -304,3 +304,14 @@ def test_simulated_answers_never_serve_a_real_endpoint(tmp_path, sim, llmbatch, 
     assert run_cli(["run", str(path), "--simulate"], env=env).exit_code == 0
     assert llmbatch("run", str(path)).exit_code == 0
     assert sim.stats()["requests_received"] == 2  # the simulate-mode answers were not reused
+
+
+def test_a_base_url_from_the_environment_is_part_of_the_key(tmp_path, simulator, env):
+    # Two OpenAI-compatible servers reached through OPENAI_BASE_URL must never share answers.
+    first, second = simulator(), simulator()
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3, model="openai:gpt-4o-mini"))
+    assert run_cli(["run", str(path)], env={**env, "OPENAI_BASE_URL": first.url}).exit_code == 0
+    assert run_cli(["run", str(path)], env={**env, "OPENAI_BASE_URL": second.url}).exit_code == 0
+    assert first.stats()["requests_received"] == 3 and second.stats()["requests_received"] == 3
+    assert run_cli(["run", str(path)], env={**env, "OPENAI_BASE_URL": first.url + "/"}).exit_code == 0
+    assert first.stats()["requests_received"] == 3  # the same server, spelled with a slash: hits

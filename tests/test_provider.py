@@ -118,3 +118,26 @@ def test_redact_removes_known_secrets_and_key_shaped_strings():
     clean = redact(text, (TEST_API_KEY,))
     assert TEST_API_KEY not in clean and "sk-proj-ABCDEFGH12345678" not in clean
     assert clean.startswith("Incorrect API key provided: [redacted]")
+
+
+def test_the_status_decides_even_when_the_message_sounds_fatal(sim):
+    # any-llm picks its exception type from the message text: a 400 that mentions "author"
+    # arrives as an AuthenticationError, but it is this line's problem, not the run's.
+    error = failure(AnyLLMProvider(api_base=sim.url, api_key="k"), request("x [[sim:author=1]]"))
+    assert error.status_code == 400 and error.kind == "permanent"
+
+
+def test_the_base_url_table_matches_the_installed_any_llm():
+    from any_llm import AnyLLM
+    from any_llm.constants import LLMProvider
+
+    from llmbatch.provider import ENV_API_BASE
+
+    for provider in LLMProvider:
+        try:
+            cls = AnyLLM.get_provider_class(provider.value)
+        except ImportError:
+            continue  # an optional SDK that is not installed here
+        name = getattr(cls, "ENV_API_BASE_NAME", None)
+        if name:
+            assert ENV_API_BASE.get(provider.value) == name, provider.value
