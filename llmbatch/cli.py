@@ -36,8 +36,9 @@ app.add_typer(cache_app, name="cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: After the first Ctrl-C, calls in flight get this long to finish before we give up on them.
-INTERRUPT_GRACE_S = 10.0
+#: After the first Ctrl-C, calls in flight get this long past the per-request timeout to finish
+#: (no attempt outlives its timeout, so every paid answer still reaches the cache).
+INTERRUPT_GRACE_S = 5.0
 
 
 def _print_error(text: str) -> None:
@@ -223,7 +224,7 @@ async def _run_with_signals(config: Any, stats: Any) -> Any:
         presses += 1
         if presses == 1 and engines:
             engines[0].stop("interrupted by Ctrl-C: finishing calls in flight (Ctrl-C again to quit now)")
-            loop.call_later(INTERRUPT_GRACE_S, _cancel, main)
+            loop.call_later(config.options.timeout_s + INTERRUPT_GRACE_S, _cancel, main)
         else:
             _cancel(main)
 

@@ -148,7 +148,9 @@ class Engine:
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # --refresh must call each key once per run, however far apart its duplicates are.
         self._refreshed: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     def _endpoint(self, request: Request) -> str | None:
         return self.options.endpoint or self.options.provider_endpoints.get(request.provider)
@@ -159,8 +161,22 @@ class Engine:
         """Start no new call; let calls in flight finish; write results up to the first gap."""
         if not self._stopping:
             self._stopping = True
+            self._stopped.set()  # wakes requests sleeping before a retry
             self.stats.stopped = reason
             self.stats.fatal = fatal
+
+    async def _sleep(self, seconds: float) -> None:
+        """The retry wait, cut short when the run stops: a 401 elsewhere must not leave us
+        sitting out a 45 s Retry-After before exiting."""
+        if self._stopping:
+            return
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -171,6 +187,14 @@ class Engine:
         try:
             await self._consume(queue)
             await producer  # re-raise anything the producer hit (a changed input file, ...)
+        except Exception:
+            # Something went wrong around the calls (a results file that cannot be written, a
+            # changed input): calls already in flight are paid for, so let them finish and be
+            # stored before the error propagates.
+            self.stop("stopped by an error", fatal=True)
+            producer.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            raise
         finally:
             if not producer.done():
                 producer.cancel()
@@ -193,9 +217,16 @@ class Engine:
                     if entry is not None:
                         await queue.put(self._hit(request, key, entry))
                     else:
-                        await queue.put(asyncio.create_task(self._resolve(request, key)))
-        finally:
-            await queue.put(_END)
+                        task = asyncio.create_task(self._resolve(request, key))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                        await queue.put(task)
+        except asyncio.CancelledError:
+            raise  # the consumer is gone (run() is failing): nobody waits for the end marker
+        except BaseException:
+            await queue.put(_END)  # let the consumer finish what is queued; run() re-raises this
+            raise
+        await queue.put(_END)
 
     def _lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         if self.cache is None or self.options.cache_mode == "refresh":
@@ -286,7 +317,7 @@ class Engine:
     async def _call(self, request: Request, key: str, future: asyncio.Future[dict[str, Any]]) -> Result | _Skipped:
         assert self.provider is not None, "a run with cache misses needs a provider"
         attempts = 0
-        retrying = self.options.retry.retrying(sleep=self.sleep, on_retry=self._on_retry)
+        retrying = self.options.retry.retrying(sleep=self._sleep, on_retry=self._on_retry)
         counted = False
         try:
             async for attempt in retrying:

@@ -224,8 +224,8 @@ _OPENAI_BODY_EXTRAS = frozenset(
 _LINE_FIELDS = frozenset({"id", "prompt", "system", "messages", "model", "metadata", "sample", "extra"})
 _BATCH_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 _REFUSED = {
-    "stream": "streaming is not supported: llmbatch stores whole answers (remove \"stream\")",
-    "stream_options": "streaming is not supported: llmbatch stores whole answers (remove \"stream_options\")",
+    "stream": 'streaming is not supported: llmbatch stores whole answers (remove "stream")',
+    "stream_options": 'streaming is not supported: llmbatch stores whole answers (remove "stream_options")',
     "timeout": 'a per-line "timeout" is not supported: use --timeout',
 }
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -233,7 +233,7 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 
 def _unknown_field(name: str, known: frozenset[str] | set[str]) -> InvalidLine:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
     return InvalidLine(f'unknown field "{name}"{hint}')
 
 
@@ -261,7 +261,7 @@ def _check_messages(value: Any) -> list[dict[str, Any]]:
         if role not in _ROLES:
             if role is None:
                 raise InvalidLine(f'{where} has no "role"')
-            raise InvalidLine(f'{where} has unknown role {role!r} (expected one of {", ".join(sorted(_ROLES))})')
+            raise InvalidLine(f"{where} has unknown role {role!r} (expected one of {', '.join(sorted(_ROLES))})")
         content = message.get("content")
         if content is None:
             # An assistant turn that only calls tools has no content; nothing else may omit it.
@@ -312,7 +312,7 @@ def _take_params(
         check = PARAMS.get(name)
         if check is None:
             error = _unknown_field(name, known)
-            raise InvalidLine(f"{error} in \"body\"") if where_body else error
+            raise InvalidLine(f'{error} in "body"') if where_body else error
         if value is None:
             continue  # null means "the provider's default", the same as leaving it out
         params[name] = check(name, value)
@@ -425,9 +425,7 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as bad:
-                raise InvalidLine(
-                    f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
-                ) from None
+                raise InvalidLine(f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})") from None
         raise InvalidLine(f"malformed JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidLine(f"expected a JSON object, got {_type_name(obj)}")
@@ -461,8 +459,9 @@ class ValidationReport:
     total_errors: int
 
 
-def validate_file(path: Path, defaults: Defaults = Defaults(), *, source: str | None = None,
-                  max_errors: int = 100) -> ValidationReport:
+def validate_file(
+    path: Path, defaults: Defaults = Defaults(), *, source: str | None = None, max_errors: int = 100
+) -> ValidationReport:
     """Read the whole file once and collect every invalid line (up to ``max_errors`` listed)."""
     source = source or str(path)
     errors: list[LineError] = []

@@ -1,14 +1,16 @@
 """Result lines: the value the engine produces for each input line, and the file they go to.
 
 One JSON object per input line, in input order. The file is written under a temporary name
-(``results.jsonl.partial``) and renamed into place only when every line is in it, so a file at
-the final name is always complete: a run that was killed or stopped early can never be mistaken
-for finished output. Rerunning the same command rebuilds it, paying only for lines that were
-never answered (the rest are cache hits).
+(``results.jsonl.partial``, locked so two runs cannot write it at once) and renamed into place
+only when every line is in it, so a file at the final name is always complete: a run that was
+killed or stopped early can never be mistaken for finished output (an earlier complete file stays
+until a new one replaces it). Rerunning the same command rebuilds it, paying only for lines that
+were never answered (the rest are cache hits).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from dataclasses import dataclass
@@ -94,13 +96,19 @@ class ResultWriter:
             return self
         try:
             self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-            self._stream = open(self.partial_path, "wb")  # noqa: SIM115 - closed in finish()
-            # A results file left by an earlier run would describe other input if this run
-            # stops early; the final name must only ever hold this run's complete output.
-            assert self.path is not None
-            self.path.unlink(missing_ok=True)
+            fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UsageError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
+        try:
+            # Two runs writing one results file would interleave their lines: the second refuses.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UsageError(
+                f"another llmbatch run is writing {self.path}; wait for it, or choose another file with -o"
+            ) from None
+        os.ftruncate(fd, 0)
+        self._stream = os.fdopen(fd, "wb")
         return self
 
     def write(self, result: Result) -> None:
@@ -124,10 +132,12 @@ class ResultWriter:
             return None
         self._stream.flush()
         os.fsync(self._stream.fileno())
-        self._stream.close()
-        self._stream = None
-        if complete:
-            assert self.path is not None
-            os.replace(self.partial_path, self.path)
-            return self.path
-        return self.partial_path
+        try:
+            if complete:
+                assert self.path is not None
+                os.replace(self.partial_path, self.path)  # while still holding the lock
+                return self.path
+            return self.partial_path
+        finally:
+            self._stream.close()
+            self._stream = None

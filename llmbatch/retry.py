@@ -5,7 +5,7 @@ Built from tenacity's parts. Only failures the provider classified as retryable 
 (400, 422, ...) would fail the same way again and costs money each time.
 
 Waiting: the server's ``Retry-After`` wins when it sent one (it knows when room frees up);
-otherwise exponential backoff with full jitter, so many requests that failed together do not
+otherwise exponential backoff with full jitter (a random wait up to the bound), so many requests that failed together do not
 come back together. ``sleep`` is injectable so tests never wait.
 """
 
@@ -67,7 +67,9 @@ class RetryPolicy:
         return tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=wait_retry_after(
-                tenacity.wait_exponential_jitter(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
+                # "Full jitter": a random wait up to the exponential bound, so that requests that
+                # failed together do not come back together.
+                tenacity.wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
                 cap_s=self.retry_after_cap_s,
             ),
             retry=tenacity.retry_if_exception(_is_retryable),

@@ -153,9 +153,7 @@ def _go_duration(seconds: float) -> str:
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(obj), status=status, headers=headers, content_type="application/json"
-    )
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers, content_type="application/json")
 
 
 def _error(
@@ -185,9 +183,7 @@ def _status_error(status: int, headers: dict[str, str], retry_after_s: float) ->
     if status == 400:
         return _error(400, "simulated bad request", "invalid_request_error", headers=headers)
     if status == 401:
-        return _error(
-            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key", headers=headers
-        )
+        return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key", headers=headers)
     type_ = "server_error" if status >= 500 else "invalid_request_error"
     return _error(status, f"simulated error {status}", type_, headers=headers)
 
@@ -225,9 +221,7 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+        return "".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
     return ""
 
 
@@ -463,10 +457,7 @@ class Simulator:
 
     async def _list_models(self, request: web.Request) -> web.Response:
         models = self.config.models if self.config.models is not None else DEFAULT_MODELS
-        data = [
-            {"id": m, "object": "model", "created": _MODELS_CREATED, "owned_by": "llmbatch-sim"}
-            for m in models
-        ]
+        data = [{"id": m, "object": "model", "created": _MODELS_CREATED, "owned_by": "llmbatch-sim"} for m in models]
         return _json({"object": "list", "data": data})
 
     async def _get_stats(self, request: web.Request) -> web.Response:

@@ -20,22 +20,25 @@ def assert_nothing_happened(result, sim, tmp_path):
 
 def test_every_invalid_line_is_listed_and_nothing_is_sent(tmp_path, monkeypatch, sim, llmbatch):
     monkeypatch.chdir(tmp_path)
-    write_jsonl(tmp_path / "bad.jsonl", [
-        {"id": "a", "prompt": "fine"},
-        {"id": "b", "prompt": "x", "temprature": 0.2},
-        {"id": "c", "messages": [USER_HI]},
-        "{not json",
-        "[1, 2]",
-        "",
-        {"id": "a", "prompt": "the same id again"},
-        {"id": "e", "prompt": "x", "max_tokens": -1},
-        {"id": "f", "prompt": "x", "messages": [USER_HI]},
-        {"id": "g", "prompt": ""},
-        {"id": "h", "prompt": "x", "stream": True},
-        {"id": "i", "prompt": "x", "extra": {"stream": True}},
-        {"custom_id": "j", "method": "POST", "url": "/v1/embeddings", "body": {"messages": [USER_HI]}},
-        {"id": "k", "prompt": "fine as well"},
-    ])
+    write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"id": "a", "prompt": "fine"},
+            {"id": "b", "prompt": "x", "temprature": 0.2},
+            {"id": "c", "messages": [USER_HI]},
+            "{not json",
+            "[1, 2]",
+            "",
+            {"id": "a", "prompt": "the same id again"},
+            {"id": "e", "prompt": "x", "max_tokens": -1},
+            {"id": "f", "prompt": "x", "messages": [USER_HI]},
+            {"id": "g", "prompt": ""},
+            {"id": "h", "prompt": "x", "stream": True},
+            {"id": "i", "prompt": "x", "extra": {"stream": True}},
+            {"custom_id": "j", "method": "POST", "url": "/v1/embeddings", "body": {"messages": [USER_HI]}},
+            {"id": "k", "prompt": "fine as well"},
+        ],
+    )
     result = llmbatch("run", "bad.jsonl")
     assert_nothing_happened(result, sim, tmp_path)
     lines = result.stderr.splitlines()
@@ -49,7 +52,7 @@ def test_every_invalid_line_is_listed_and_nothing_is_sent(tmp_path, monkeypatch,
         'bad.jsonl:10: "prompt" is empty',
         'bad.jsonl:11: streaming is not supported: llmbatch stores whole answers (remove "stream")',
         'bad.jsonl:12: streaming is not supported: llmbatch stores whole answers (remove "stream")',
-        "bad.jsonl:13: \"url\" '/v1/embeddings' is not supported: llmbatch runs \"/v1/chat/completions\" requests",
+        'bad.jsonl:13: "url" \'/v1/embeddings\' is not supported: llmbatch runs "/v1/chat/completions" requests',
         "llmbatch: error: 10 invalid lines; nothing was sent",
     ]
 
@@ -59,8 +62,7 @@ def test_the_file_is_named_as_given_on_the_command_line(tmp_path, sim, llmbatch)
     result = llmbatch("run", str(path))
     assert_nothing_happened(result, sim, tmp_path)
     assert result.stderr == (
-        f'{path}:2: "prompt" must be a string, got an integer\n'
-        "llmbatch: error: 1 invalid line; nothing was sent\n"
+        f'{path}:2: "prompt" must be a string, got an integer\nllmbatch: error: 1 invalid line; nothing was sent\n'
     )
 
 
@@ -70,8 +72,7 @@ def test_a_line_with_non_utf8_bytes_is_reported(tmp_path, sim, llmbatch):
     result = llmbatch("run", str(path))
     assert_nothing_happened(result, sim, tmp_path)
     assert result.stderr == (
-        f"{path}:2: not valid UTF-8 (byte 0xe9 at column 27)\n"
-        "llmbatch: error: 1 invalid line; nothing was sent\n"
+        f"{path}:2: not valid UTF-8 (byte 0xe9 at column 27)\nllmbatch: error: 1 invalid line; nothing was sent\n"
     )
 
 
@@ -80,7 +81,7 @@ def test_a_model_without_a_provider_is_refused_unless_provider_is_given(tmp_path
     result = llmbatch("run", str(path))
     assert_nothing_happened(result, sim, tmp_path)
     assert result.stderr.splitlines() == [
-        f'{path}:1: model \'gpt-4o-mini\' has no provider: write "openai:gpt-4o-mini" (or another provider) '
+        f"{path}:1: model 'gpt-4o-mini' has no provider: write \"openai:gpt-4o-mini\" (or another provider) "
         "or pass --provider",
         "llmbatch: error: 1 invalid line; nothing was sent",
     ]
@@ -95,7 +96,9 @@ def test_a_bad_line_on_stdin_is_reported_against_stdin(tmp_path, sim, llmbatch):
     result = llmbatch("run", "-", "-o", "-", stdin=text)
     assert_nothing_happened(result, sim, tmp_path)
     assert result.stdout == ""
-    assert result.stderr == '<stdin>:2: "n" must be at least 1, got 0\nllmbatch: error: 1 invalid line; nothing was sent\n'
+    assert (
+        result.stderr == '<stdin>:2: "n" must be at least 1, got 0\nllmbatch: error: 1 invalid line; nothing was sent\n'
+    )
 
 
 def test_an_empty_file_is_refused_with_a_clear_message(tmp_path, sim, llmbatch):

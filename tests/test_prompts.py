@@ -45,8 +45,17 @@ def batch(body: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 def test_a_prompt_line_parses_to_a_request_with_normalised_messages():
     request = parse(
-        {"id": "q1", "prompt": "Say hi", "system": "Be brief", "model": "openai:gpt-4o", "temperature": 0,
-         "max_tokens": 20, "metadata": {"run": [1, "a"]}, "sample": 2, "extra": {"store": True}},
+        {
+            "id": "q1",
+            "prompt": "Say hi",
+            "system": "Be brief",
+            "model": "openai:gpt-4o",
+            "temperature": 0,
+            "max_tokens": 20,
+            "metadata": {"run": [1, "a"]},
+            "sample": 2,
+            "extra": {"store": True},
+        },
         number=3,
     )
     assert request == Request(
@@ -118,8 +127,11 @@ def test_a_batch_line_may_leave_out_method_and_url_and_use_the_short_url():
 
 def test_an_assistant_turn_that_only_calls_tools_needs_no_content():
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages = [USER_HI, {"role": "assistant", "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    messages = [
+        USER_HI,
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
     assert parse({"messages": messages}).messages == messages
 
 
@@ -162,7 +174,7 @@ def test_a_bare_model_in_a_batch_body_means_openai_unless_a_provider_is_given():
 
 # --- invalid lines ---------------------------------------------------------------------------
 
-NO_PROVIDER = 'model \'gpt-4o\' has no provider: write "openai:gpt-4o" (or another provider) or pass --provider'
+NO_PROVIDER = "model 'gpt-4o' has no provider: write \"openai:gpt-4o\" (or another provider) or pass --provider"
 STREAMING = 'streaming is not supported: llmbatch stores whole answers (remove "stream")'
 BAD_MODEL_SHAPE = 'must look like "provider:model" (for example "openai:gpt-4o-mini")'
 
@@ -176,31 +188,49 @@ INVALID: list[tuple[str, Any, str]] = [
     # neither or both
     ("neither prompt nor messages", {"id": "a"}, 'missing "prompt" (a string) or "messages" (an array)'),
     ("empty object", {}, 'missing "prompt" (a string) or "messages" (an array)'),
-    ("both prompt and messages", {"prompt": "x", "messages": [USER_HI]},
-     'give either "prompt" or "messages", not both'),
+    (
+        "both prompt and messages",
+        {"prompt": "x", "messages": [USER_HI]},
+        'give either "prompt" or "messages", not both',
+    ),
     # prompt and system
     ("prompt not a string", {"prompt": ["x"]}, '"prompt" must be a string, got an array'),
     ("prompt null", {"prompt": None}, '"prompt" must be a string, got null'),
     ("empty prompt", {"prompt": ""}, '"prompt" is empty'),
     ("whitespace prompt", {"prompt": " \n\t"}, '"prompt" is empty'),
     ("system not a string", {"prompt": "x", "system": 3}, '"system" must be a string, got an integer'),
-    ("system with messages", {"messages": [USER_HI], "system": "Be brief"},
-     '"system" goes with "prompt"; with "messages", add a {"role": "system"} message'),
+    (
+        "system with messages",
+        {"messages": [USER_HI], "system": "Be brief"},
+        '"system" goes with "prompt"; with "messages", add a {"role": "system"} message',
+    ),
     # messages
     ("messages not a list", {"messages": "Say hi"}, '"messages" must be an array, got a string'),
     ("messages an object", {"messages": USER_HI}, '"messages" must be an array, got an object'),
     ("empty messages", {"messages": []}, '"messages" must not be empty'),
     ("message not an object", {"messages": [USER_HI, "hi"]}, '"messages"[1] must be an object, got a string'),
     ("message without role", {"messages": [{"content": "x"}]}, '"messages"[0] has no "role"'),
-    ("unknown role", {"messages": [{"role": "robot", "content": "x"}]},
-     "\"messages\"[0] has unknown role 'robot' (expected one of assistant, developer, function, system, tool, user)"),
+    (
+        "unknown role",
+        {"messages": [{"role": "robot", "content": "x"}]},
+        "\"messages\"[0] has unknown role 'robot' (expected one of assistant, developer, function, system, tool, user)",
+    ),
     ("message without content", {"messages": [{"role": "user"}]}, '"messages"[0] has no "content"'),
-    ("assistant without content or tool calls", {"messages": [USER_HI, {"role": "assistant"}]},
-     '"messages"[1] has no "content"'),
-    ("content of a wrong type", {"messages": [{"role": "user", "content": 5}]},
-     '"messages"[0] "content" must be a string or an array, got an integer'),
-    ("user message with empty content", {"messages": [SYSTEM_BRIEF, {"role": "user", "content": "  "}]},
-     '"messages"[1] has empty content'),
+    (
+        "assistant without content or tool calls",
+        {"messages": [USER_HI, {"role": "assistant"}]},
+        '"messages"[1] has no "content"',
+    ),
+    (
+        "content of a wrong type",
+        {"messages": [{"role": "user", "content": 5}]},
+        '"messages"[0] "content" must be a string or an array, got an integer',
+    ),
+    (
+        "user message with empty content",
+        {"messages": [SYSTEM_BRIEF, {"role": "user", "content": "  "}]},
+        '"messages"[1] has empty content',
+    ),
     # parameters
     ("temperature a string", {"prompt": "x", "temperature": "0.5"}, '"temperature" must be a number, got a string'),
     ("temperature a boolean", {"prompt": "x", "temperature": True}, '"temperature" must be a number, got a boolean'),
@@ -212,39 +242,68 @@ INVALID: list[tuple[str, Any, str]] = [
     ("max_tokens fractional", {"prompt": "x", "max_tokens": 10.5}, '"max_tokens" must be an integer, got a number'),
     ("max_tokens a boolean", {"prompt": "x", "max_tokens": True}, '"max_tokens" must be an integer, got a boolean'),
     ("max_tokens a string", {"prompt": "x", "max_tokens": "100"}, '"max_tokens" must be an integer, got a string'),
-    ("max_completion_tokens 0", {"prompt": "x", "max_completion_tokens": 0},
-     '"max_completion_tokens" must be at least 1, got 0'),
+    (
+        "max_completion_tokens 0",
+        {"prompt": "x", "max_completion_tokens": 0},
+        '"max_completion_tokens" must be at least 1, got 0',
+    ),
     ("n 0", {"prompt": "x", "n": 0}, '"n" must be at least 1, got 0'),
     ("seed a string", {"prompt": "x", "seed": "1"}, '"seed" must be an integer, got a string'),
     ("stop a number", {"prompt": "x", "stop": 5}, '"stop" must be a string or an array of strings, got an integer'),
-    ("stop with a non-string", {"prompt": "x", "stop": ["a", 1]},
-     '"stop" must be a string or an array of strings, got an array'),
-    ("presence_penalty above 2", {"prompt": "x", "presence_penalty": 3},
-     '"presence_penalty" must be at most 2, got 3'),
-    ("frequency_penalty below -2", {"prompt": "x", "frequency_penalty": -2.5},
-     '"frequency_penalty" must be at least -2, got -2.5'),
+    (
+        "stop with a non-string",
+        {"prompt": "x", "stop": ["a", 1]},
+        '"stop" must be a string or an array of strings, got an array',
+    ),
+    ("presence_penalty above 2", {"prompt": "x", "presence_penalty": 3}, '"presence_penalty" must be at most 2, got 3'),
+    (
+        "frequency_penalty below -2",
+        {"prompt": "x", "frequency_penalty": -2.5},
+        '"frequency_penalty" must be at least -2, got -2.5',
+    ),
     ("logprobs not a boolean", {"prompt": "x", "logprobs": 1}, '"logprobs" must be true or false, got an integer'),
     ("top_logprobs negative", {"prompt": "x", "top_logprobs": -1}, '"top_logprobs" must be at least 0, got -1'),
     ("logit_bias not an object", {"prompt": "x", "logit_bias": [1]}, '"logit_bias" must be an object, got an array'),
-    ("logit_bias value not a number", {"prompt": "x", "logit_bias": {"50256": "-100"}},
-     '"logit_bias" values must be numbers, got a string for "50256"'),
-    ("response_format a string", {"prompt": "x", "response_format": "json"},
-     '"response_format" must be an object, got a string'),
-    ("tools not an array of objects", {"prompt": "x", "tools": [{"type": "function"}, "f"]},
-     '"tools" must be an array of objects, got an array'),
-    ("tool_choice a number", {"prompt": "x", "tool_choice": 1},
-     '"tool_choice" must be a string or an object, got an integer'),
-    ("unknown reasoning_effort", {"prompt": "x", "reasoning_effort": "extreme"},
-     "\"reasoning_effort\" must be one of none, minimal, low, medium, high, xhigh, max, auto, got 'extreme'"),
+    (
+        "logit_bias value not a number",
+        {"prompt": "x", "logit_bias": {"50256": "-100"}},
+        '"logit_bias" values must be numbers, got a string for "50256"',
+    ),
+    (
+        "response_format a string",
+        {"prompt": "x", "response_format": "json"},
+        '"response_format" must be an object, got a string',
+    ),
+    (
+        "tools not an array of objects",
+        {"prompt": "x", "tools": [{"type": "function"}, "f"]},
+        '"tools" must be an array of objects, got an array',
+    ),
+    (
+        "tool_choice a number",
+        {"prompt": "x", "tool_choice": 1},
+        '"tool_choice" must be a string or an object, got an integer',
+    ),
+    (
+        "unknown reasoning_effort",
+        {"prompt": "x", "reasoning_effort": "extreme"},
+        "\"reasoning_effort\" must be one of none, minimal, low, medium, high, xhigh, max, auto, got 'extreme'",
+    ),
     ("user a number", {"prompt": "x", "user": 1}, '"user" must be a string, got an integer'),
     # refused options
     ("stream true", {"prompt": "x", "stream": True}, STREAMING),
-    ("stream_options", {"messages": [USER_HI], "stream_options": {"include_usage": True}},
-     'streaming is not supported: llmbatch stores whole answers (remove "stream_options")'),
+    (
+        "stream_options",
+        {"messages": [USER_HI], "stream_options": {"include_usage": True}},
+        'streaming is not supported: llmbatch stores whole answers (remove "stream_options")',
+    ),
     ("per-line timeout", {"prompt": "x", "timeout": 5}, 'a per-line "timeout" is not supported: use --timeout'),
     # unknown fields
-    ("misspelt temperature", {"prompt": "x", "temprature": 0.2},
-     'unknown field "temprature" (did you mean "temperature"?)'),
+    (
+        "misspelt temperature",
+        {"prompt": "x", "temprature": 0.2},
+        'unknown field "temprature" (did you mean "temperature"?)',
+    ),
     ("misspelt max_tokens", {"prompt": "x", "max_token": 5}, 'unknown field "max_token" (did you mean "max_tokens"?)'),
     ("misspelt prompt", {"promt": "x"}, 'unknown field "promt" (did you mean "prompt"?)'),
     ("unknown field with no near match", {"prompt": "x", "zzzz": 1}, 'unknown field "zzzz"'),
@@ -260,12 +319,21 @@ INVALID: list[tuple[str, Any, str]] = [
     ("sample fractional", {"prompt": "x", "sample": 1.5}, '"sample" must be a non-negative integer, got a number'),
     ("extra not an object", {"prompt": "x", "extra": ["store"]}, '"extra" must be an object, got an array'),
     ("extra a string", {"prompt": "x", "extra": "store"}, '"extra" must be an object, got a string'),
-    ("extra repeating a parameter", {"prompt": "x", "temperature": 0.5, "extra": {"temperature": 1}},
-     '"extra" must not contain "temperature": give it as a field of the line'),
-    ("extra hiding an unchecked parameter", {"prompt": "x", "extra": {"max_tokens": -1}},
-     '"extra" must not contain "max_tokens": give it as a field of the line'),
-    ("extra setting the model", {"prompt": "x", "extra": {"model": "gpt-4o"}},
-     '"extra" must not contain "model": give it as a field of the line'),
+    (
+        "extra repeating a parameter",
+        {"prompt": "x", "temperature": 0.5, "extra": {"temperature": 1}},
+        '"extra" must not contain "temperature": give it as a field of the line',
+    ),
+    (
+        "extra hiding an unchecked parameter",
+        {"prompt": "x", "extra": {"max_tokens": -1}},
+        '"extra" must not contain "max_tokens": give it as a field of the line',
+    ),
+    (
+        "extra setting the model",
+        {"prompt": "x", "extra": {"model": "gpt-4o"}},
+        '"extra" must not contain "model": give it as a field of the line',
+    ),
     ("extra asking for streaming", {"prompt": "x", "extra": {"stream": True}}, STREAMING),
     # models
     ("model not a string", {"prompt": "x", "model": 4}, '"model" must be a string, got an integer'),
@@ -274,26 +342,45 @@ INVALID: list[tuple[str, Any, str]] = [
     ("model without provider name", {"prompt": "x", "model": ":gpt-4o"}, f"model ':gpt-4o' {BAD_MODEL_SHAPE}"),
     ("bare model without provider", {"prompt": "x", "model": "gpt-4o"}, NO_PROVIDER),
     # batch lines
-    ("batch url other than chat completions", batch({"messages": [USER_HI]}, url="/v1/embeddings"),
-     "\"url\" '/v1/embeddings' is not supported: llmbatch runs \"/v1/chat/completions\" requests"),
-    ("batch url of the responses API", batch({"messages": [USER_HI]}, url="/v1/responses"),
-     "\"url\" '/v1/responses' is not supported: llmbatch runs \"/v1/chat/completions\" requests"),
-    ("batch method GET", batch({"messages": [USER_HI]}, method="GET"), "\"method\" must be \"POST\", got 'GET'"),
-    ("batch body missing", {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"},
-     '"body" must be an object, got null'),
+    (
+        "batch url other than chat completions",
+        batch({"messages": [USER_HI]}, url="/v1/embeddings"),
+        '"url" \'/v1/embeddings\' is not supported: llmbatch runs "/v1/chat/completions" requests',
+    ),
+    (
+        "batch url of the responses API",
+        batch({"messages": [USER_HI]}, url="/v1/responses"),
+        '"url" \'/v1/responses\' is not supported: llmbatch runs "/v1/chat/completions" requests',
+    ),
+    ("batch method GET", batch({"messages": [USER_HI]}, method="GET"), '"method" must be "POST", got \'GET\''),
+    (
+        "batch body missing",
+        {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"},
+        '"body" must be an object, got null',
+    ),
     ("batch body a string", batch("hi"), '"body" must be an object, got a string'),  # type: ignore[arg-type]
     ("batch body without messages", batch({"model": "gpt-4o-mini"}), '"body" has no "messages"'),
     ("batch body with empty messages", batch({"messages": []}), '"messages" must not be empty'),
     ("unknown batch field", batch({"messages": [USER_HI]}, bdy=1), 'unknown field "bdy" (did you mean "body"?)'),
     ("id on a batch line", batch({"messages": [USER_HI]}, id="x"), 'unknown field "id"'),
-    ("unknown body field", batch({"messages": [USER_HI], "temprature": 1}),
-     'unknown field "temprature" (did you mean "temperature"?) in "body"'),
+    (
+        "unknown body field",
+        batch({"messages": [USER_HI], "temprature": 1}),
+        'unknown field "temprature" (did you mean "temperature"?) in "body"',
+    ),
     ("streaming batch body", batch({"messages": [USER_HI], "stream": True}), STREAMING),
     ("bad batch parameter", batch({"messages": [USER_HI], "max_tokens": 0}), '"max_tokens" must be at least 1, got 0'),
     ("batch custom_id empty", batch({"messages": [USER_HI]}, custom_id=""), '"custom_id" must not be empty'),
-    ("batch custom_id a float", batch({"messages": [USER_HI]}, custom_id=1.5),
-     '"custom_id" must be a string or an integer, got a number'),
-    ("batch model not a string", batch({"model": 4, "messages": [USER_HI]}), '"model" must be a string, got an integer'),
+    (
+        "batch custom_id a float",
+        batch({"messages": [USER_HI]}, custom_id=1.5),
+        '"custom_id" must be a string or an integer, got a number',
+    ),
+    (
+        "batch model not a string",
+        batch({"model": 4, "messages": [USER_HI]}),
+        '"model" must be a string, got an integer',
+    ),
 ]
 
 
@@ -304,8 +391,14 @@ def test_an_invalid_line_is_refused_with_a_precise_message(raw, message):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{bad", b"{'prompt': 'x'}", b'{"prompt": "x",}', b'{"prompt": "x"} {"prompt": "y"}', b"not json",
-     b'{"prompt": "x", "temperature": 1e999}'],
+    [
+        b"{bad",
+        b"{'prompt': 'x'}",
+        b'{"prompt": "x",}',
+        b'{"prompt": "x"} {"prompt": "y"}',
+        b"not json",
+        b'{"prompt": "x", "temperature": 1e999}',
+    ],
     ids=["unclosed", "single quotes", "trailing comma", "two objects", "plain text", "infinity"],
 )
 def test_malformed_json_is_reported_as_such(raw):
@@ -338,7 +431,9 @@ def test_zero_and_zero_point_zero_temperature_are_the_same_request():
     assert as_int == as_float
     assert type(as_int.params["temperature"]) is float
     assert request_key(as_int) == request_key(as_float)
-    assert request_key(parse({"prompt": "x", "temperature": 1})) == request_key(parse({"prompt": "x", "temperature": 1.0}))
+    assert request_key(parse({"prompt": "x", "temperature": 1})) == request_key(
+        parse({"prompt": "x", "temperature": 1.0})
+    )
 
 
 def test_parse_line_accepts_text_as_well_as_bytes():
@@ -354,14 +449,17 @@ def write(path: Path, rows: list[dict[str, Any] | str]) -> Path:
 
 
 def test_validate_file_reports_duplicate_ids_with_the_first_line(tmp_path):
-    path = write(tmp_path / "p.jsonl", [
-        {"id": "a", "prompt": "one"},
-        {"id": "b", "prompt": "two"},
-        {"id": "a", "prompt": "three"},
-        "",
-        {"id": "b", "messages": [USER_HI]},
-        {"id": "a", "prompt": "again"},
-    ])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "one"},
+            {"id": "b", "prompt": "two"},
+            {"id": "a", "prompt": "three"},
+            "",
+            {"id": "b", "messages": [USER_HI]},
+            {"id": "a", "prompt": "again"},
+        ],
+    )
     report = validate_file(path, MODEL)
     assert report.errors == [
         LineError(str(path), 3, "duplicate id 'a' (first used on line 1)"),
@@ -372,13 +470,16 @@ def test_validate_file_reports_duplicate_ids_with_the_first_line(tmp_path):
 
 
 def test_ids_are_compared_as_text_and_a_custom_id_can_clash_with_an_id(tmp_path):
-    path = write(tmp_path / "p.jsonl", [
-        {"id": 3, "prompt": "one"},
-        {"id": "3", "prompt": "two"},
-        batch({"messages": [USER_HI]}, custom_id=3),
-        {"prompt": "defaults to line 4"},
-        {"id": 4, "prompt": "clashes with the default"},
-    ])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"id": 3, "prompt": "one"},
+            {"id": "3", "prompt": "two"},
+            batch({"messages": [USER_HI]}, custom_id=3),
+            {"prompt": "defaults to line 4"},
+            {"id": 4, "prompt": "clashes with the default"},
+        ],
+    )
     assert [str(e) for e in validate_file(path, MODEL).errors] == [
         f"{path}:2: duplicate id '3' (first used on line 1)",
         f"{path}:3: duplicate id 3 (first used on line 1)",
@@ -387,14 +488,17 @@ def test_ids_are_compared_as_text_and_a_custom_id_can_clash_with_an_id(tmp_path)
 
 
 def test_validate_file_collects_every_error_not_just_the_first(tmp_path):
-    path = write(tmp_path / "p.jsonl", [
-        {"id": "a", "prompt": ""},
-        {"id": "b", "prompt": "fine"},
-        "[1]",
-        {"id": "c", "prompt": "x", "temprature": 1},
-        {"id": "d", "prompt": "fine too"},
-        {"id": "e", "messages": []},
-    ])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": ""},
+            {"id": "b", "prompt": "fine"},
+            "[1]",
+            {"id": "c", "prompt": "x", "temprature": 1},
+            {"id": "d", "prompt": "fine too"},
+            {"id": "e", "messages": []},
+        ],
+    )
     report = validate_file(path, MODEL, source="in.jsonl")
     assert [str(e) for e in report.errors] == [
         'in.jsonl:1: "prompt" is empty',

@@ -164,9 +164,7 @@ def test_unknown_directive_is_a_bad_request(sim: SimulatorThread) -> None:
         b"{not json",
         orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}),
         orjson.dumps({"model": "gpt-4o-mini"}),
-        orjson.dumps(
-            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        ),
+        orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
         orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 0}),
     ],
 )
@@ -420,9 +418,7 @@ def test_parse_duration_rejects_with_examples(text: str) -> None:
         parse_duration_s(text)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"p429": 1.5}, {"p500": 0.6, "p503": 0.6}, {"latency_dist": "normal"}, {"rpm": 0}]
-)
+@pytest.mark.parametrize("kwargs", [{"p429": 1.5}, {"p500": 0.6, "p503": 0.6}, {"latency_dist": "normal"}, {"rpm": 0}])
 def test_config_rejects_nonsense(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SimConfig(**kwargs)
