@@ -5,8 +5,8 @@ Built from tenacity's parts. Only failures the provider classified as retryable 
 (400, 422, ...) would fail the same way again and costs money each time.
 
 Waiting: the server's ``Retry-After`` wins when it sent one (it knows when room frees up);
-otherwise exponential backoff with full jitter (a random wait up to the bound), so many requests that failed together do not
-come back together. ``sleep`` is injectable so tests never wait.
+otherwise exponential backoff with full jitter (a random wait up to the bound), so requests
+that failed together do not come back together. ``sleep`` is injectable so tests never wait.
 """
 
 from __future__ import annotations
