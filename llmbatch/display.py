@@ -167,17 +167,19 @@ class Display:
         self.stats = stats
         self.mode = mode
         self.clock = clock
+        self.stream = stream
         self.console = Console(file=stream, highlight=False, soft_wrap=False)
         self.plain_every_s = plain_every_s
         self._live: Live | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _live_view(self) -> _LiveView:
+        return _LiveView(self.stats, self.clock)
+
     def __enter__(self) -> Display:
         if self.mode == "live":
-            self._live = Live(
-                _LiveView(self.stats, self.clock), console=self.console, refresh_per_second=8, transient=True
-            )
+            self._live = Live(self._live_view(), console=self.console, refresh_per_second=8, transient=True)
             self._live.__enter__()
         elif self.mode == "plain":
             self._thread = threading.Thread(target=self._plain_loop, name="llmbatch-progress", daemon=True)
@@ -187,7 +189,9 @@ class Display:
     def _plain_loop(self) -> None:
         rate = _Rate(horizon_s=max(self.plain_every_s * 2, 5.0))
         while not self._stop.wait(self.plain_every_s):
-            self.console.print(_plain_line(self.stats, rate, self.clock()), markup=False)
+            # Straight to the stream: a log line must not be wrapped or styled.
+            self.stream.write(_plain_line(self.stats, rate, self.clock()) + "\n")
+            self.stream.flush()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

@@ -349,6 +349,7 @@ class Engine:
         prompt_tokens, completion_tokens = _usage_tokens(usage)
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
+        latency_ms = round(reply.latency_s * 1000, 1)
         entry = {
             "key": key,
             "stored_at": self.wall_clock(),
@@ -356,7 +357,7 @@ class Engine:
             "model": request.model,
             "endpoint": self._endpoint(request),
             "usage": usage,
-            "latency_ms": round(reply.latency_s * 1000, 1),
+            "latency_ms": latency_ms,
             "response": response,
         }
         # Paid for: into the cache before anything else happens with it.
@@ -378,7 +379,7 @@ class Engine:
             metadata=request.metadata,
             response=response,
             usage=usage,
-            latency_ms=entry["latency_ms"],
+            latency_ms=latency_ms,
             attempts=attempts,
         )
 
