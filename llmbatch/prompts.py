@@ -201,6 +201,7 @@ PARAMS: dict[str, Check] = {
     "reasoning_effort": _reasoning_effort,
     "user": _string,
     "service_tier": _string,
+    "prompt_cache_key": _string,
 }
 
 #: Fields of an OpenAI request body that are real OpenAI parameters but not named in
@@ -217,7 +218,6 @@ _OPENAI_BODY_EXTRAS = frozenset(
         "safety_identifier",
         "functions",
         "function_call",
-        "prompt_cache_key",
     }
 )
 
