@@ -112,8 +112,8 @@ def test_a_batch_line_puts_parameters_in_params_and_openai_only_fields_in_extra(
         provider="openai",
         model="gpt-4o-mini",
         messages=[USER_HI],
-        params={"temperature": 0.2, "max_tokens": 50, "stop": ["\n"]},
-        extra={"store": True, "metadata": {"team": "eval"}, "prompt_cache_key": "k1"},
+        params={"temperature": 0.2, "max_tokens": 50, "stop": ["\n"], "prompt_cache_key": "k1"},
+        extra={"store": True, "metadata": {"team": "eval"}},
         sample=0,
         metadata=None,
     )
