@@ -223,7 +223,7 @@ class Display:
         for name, value in rows:
             table.add_row(name, value)
         self.console.print(table)
-        if s.stopped:
+        if s.stopped and not s.fatal:  # a fatal stop is reported once, as the command's error
             self.console.print(Text(f"stopped early: {s.stopped}", style="bold red"))
         if summary.note:
             self.console.print(Text(summary.note, style="yellow"))

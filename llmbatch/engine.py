@@ -46,6 +46,10 @@ _LOOKUP_CHUNK = 256
 class Provider(Protocol):
     """What the engine needs from a provider (``provider.AnyLLMProvider`` in production)."""
 
+    def prepare(self, request: Request) -> None:
+        """Get ready to send ``request`` (create the client); raise CallError if it cannot be
+        sent at all (no API key, unknown provider). Nothing is sent, so nothing is counted."""
+
     async def complete(self, request: Request, *, timeout_s: float) -> Reply: ...
 
 
@@ -329,6 +333,7 @@ class Engine:
                     async with self._semaphore:
                         if self._stopping:
                             return _SKIPPED
+                        self.provider.prepare(request)
                         if not counted:
                             self.stats.calls += 1
                             counted = True

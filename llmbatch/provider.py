@@ -307,6 +307,10 @@ class AnyLLMProvider:
             return CallError("fatal", type_, f"cannot use provider {route.provider!r}: {detail}")
         return CallError("fatal", type_, redact(str(exc), self._secrets))
 
+    def prepare(self, request: Request) -> None:
+        """Create (once) the client this request needs; a :class:`CallError` if there can be none."""
+        self._client(self.route(request))
+
     async def complete(self, request: Request, *, timeout_s: float) -> Reply:
         """One attempt: the provider's response, or a :class:`CallError` saying what went wrong."""
         route = self.route(request)

@@ -5,6 +5,7 @@ what was paid for."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
@@ -315,3 +316,12 @@ def test_a_base_url_from_the_environment_is_part_of_the_key(tmp_path, simulator,
     assert first.stats()["requests_received"] == 3 and second.stats()["requests_received"] == 3
     assert run_cli(["run", str(path)], env={**env, "OPENAI_BASE_URL": first.url + "/"}).exit_code == 0
     assert first.stats()["requests_received"] == 3  # the same server, spelled with a slash: hits
+
+
+def test_a_missing_api_key_stops_the_run_before_anything_is_sent(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
+    result = run_cli(["run", str(path), "--model", "openai:gpt-4o-mini"], env={**env, "OPENAI_API_KEY": ""})
+    assert result.exit_code == 1
+    assert result.stderr.count("no API key for openai: set OPENAI_API_KEY") == 1
+    assert re.search(r"calls made\s+0\n", result.stderr)  # nothing was sent, so nothing is counted
+    assert not (tmp_path / "p.results.jsonl").exists()
