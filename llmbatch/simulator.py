@@ -27,9 +27,9 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   (e.g. ``"0.3"``, ``"2"``); a request larger than the whole token allowance can never fit and
   gets a 429 without ``Retry-After``, as OpenAI answers "Request too large". Every response from
   the limit check on carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the
-  limits that are set; ``limit`` is the allowance per window (equal to rpm/tpm for the default
-  60 s window) and ``reset`` is OpenAI's Go-style duration (``"250ms"``, ``"1.5s"``, ``"6m0s"``)
-  until the window is empty again.
+  limits that are set. As with OpenAI, ``limit`` is the per-minute figure (rpm/tpm) whatever window
+  enforces it, ``remaining`` is that figure scaled by the room left in the window, and ``reset``
+  is OpenAI's Go-style duration (``"250ms"``, ``"1.5s"``, ``"6m0s"``) until the window is empty.
 * ``GET /stats`` (and :meth:`Simulator.stats`) report counters; ``POST /stats/reset`` zeroes
   them. ``faults`` counts injected faults and directive ones (``fail_first`` 503s under ``"503"``,
   ``[[sim:status=N]]`` under ``str(N)``, added on first use). Resetting keeps the rate-limit logs
@@ -313,9 +313,10 @@ def _plan_completion(body: dict[str, Any]) -> _Plan:
 class _SlidingWindow:
     """Amounts admitted over the last ``window_s`` seconds, as a log of (time, amount)."""
 
-    def __init__(self, allowance: int, window_s: float) -> None:
+    def __init__(self, allowance: int, window_s: float, per_minute: int) -> None:
         self.allowance = allowance
         self.window_s = window_s
+        self.per_minute = per_minute
         self._log: deque[tuple[float, int]] = deque()
         self._used = 0
 
@@ -347,15 +348,18 @@ class _SlidingWindow:
     def headers(self, now: float, kind: str, out: dict[str, str]) -> None:
         self._prune(now)
         reset = self._log[-1][0] + self.window_s - now if self._log else 0.0
-        out[f"x-ratelimit-limit-{kind}"] = str(self.allowance)
-        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, self.allowance - self._used))
+        # As OpenAI does: the limit is stated per minute, whatever window enforces it, and
+        # "remaining" is that minute's budget scaled from what is left in the window.
+        remaining = max(0, self.allowance - self._used) * self.per_minute // self.allowance
+        out[f"x-ratelimit-limit-{kind}"] = str(self.per_minute)
+        out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
         out[f"x-ratelimit-reset-{kind}"] = _go_duration(reset)
 
 
 def _window(per_minute: int | None, window_s: float) -> _SlidingWindow | None:
     if per_minute is None:
         return None
-    return _SlidingWindow(max(1, math.floor(per_minute * window_s / 60.0 + 1e-9)), window_s)
+    return _SlidingWindow(max(1, math.floor(per_minute * window_s / 60.0 + 1e-9)), window_s, per_minute)
 
 
 # --- statistics ------------------------------------------------------------------------------
