@@ -36,6 +36,10 @@ app.add_typer(cache_app, name="cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Per attempt, for chat calls: long enough for a normal answer, short enough that a hung
+#: connection costs half a minute, not ten (the SDKs' own default).
+DEFAULT_TIMEOUT_S = 30.0
+
 #: After the first Ctrl-C, calls in flight get this long past the per-request timeout to finish
 #: (no attempt outlives its timeout, so every paid answer still reaches the cache).
 INTERRUPT_GRACE_S = 5.0
@@ -101,8 +105,15 @@ def run(
     ] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Calls in flight at most.")] = 16,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds before one attempt is abandoned (and retried).")
-    ] = 60.0,
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="Seconds before one attempt is abandoned and retried (default 30, plus 1 s per 50 "
+            "max_tokens beyond 1,000).",
+            show_default=False,
+        ),
+    ] = None,
     max_retries: Annotated[
         int, typer.Option("--max-retries", min=0, help="Retries per request after the first attempt.")
     ] = 6,
@@ -132,6 +143,15 @@ def run(
             "least-recently-used, least-frequently-used, or none.",
         ),
     ] = None,
+    rpm: Annotated[
+        int | None, typer.Option("--rpm", min=1, help="Requests per minute per model, paced evenly (default: learn).")
+    ] = None,
+    tpm: Annotated[
+        int | None, typer.Option("--tpm", min=1, help="Tokens per minute per model, paced evenly (default: learn).")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Per-model defaults (default: ./llmbatch.toml if present).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show only the final summary.")] = False,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in order."""
@@ -151,9 +171,15 @@ def run(
     if simulate and api_base:
         raise UsageError("--simulate sends every call to the simulator; drop --api-base")
     mode = "off" if no_cache else "refresh" if refresh else "only" if cache_only else "normal"
+    from llmbatch.config import load_config, merge_limits
+
+    limits, default_limits = merge_limits(load_config(config_file), rpm=rpm, tpm=tpm)
     options = RunOptions(
         concurrency=concurrency,
-        timeout_s=timeout,
+        timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+        timeout_auto=timeout is None,
+        limits=limits,
+        default_limits=default_limits,
         retry=RetryPolicy(max_retries=max_retries),
         cache_mode=mode,  # type: ignore[arg-type]
         ttl_s=parse_duration(ttl, option="--ttl") if ttl else None,

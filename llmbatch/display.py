@@ -125,11 +125,34 @@ class _LiveView:
             (f"{snap['lines_per_s']:.1f} lines/s, {snap['calls_per_s']:.1f} calls/s", ""),
             ("  tokens ", "dim"),
             (f"{_count(s.prompt_tokens)} in / {_count(s.completion_tokens)} out", ""),
+            ("  ", ""),
+            *_pace_parts(s),
         )
         parts: list[Any] = [head, counters, pace]
         if s.stopped:
             parts.append(Text(f"stopping: {s.stopped}", style="bold red"))
         return Group(*parts)
+
+
+def _pace_text(stats: RunStats) -> str:
+    """The pace we keep: the limits we pace at (given or learned) and the calls allowed in flight."""
+    parts = []
+    if stats.pace_rpm:
+        parts.append(f"{_count(stats.pace_rpm)} req/min")
+    if stats.pace_tpm:
+        parts.append(f"{_count(stats.pace_tpm)} tokens/min")
+    if stats.concurrency_limit is not None:
+        parts.append(f"{stats.concurrency_limit} allowed in flight")
+    return "pace " + ", ".join(parts) if parts else "pace: unlimited"
+
+
+def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
+    parts: list[tuple[str, str]] = [(_pace_text(stats), "dim")]
+    if stats.throttled:
+        parts.append(("  THROTTLED (backing off)", "bold yellow"))
+    if stats.rate_limited:
+        parts.append((f"  429s {_count(stats.rate_limited)}", "yellow"))
+    return parts
 
 
 def _plain_line(stats: RunStats, rate: _Rate, now: float) -> str:
@@ -139,7 +162,9 @@ def _plain_line(stats: RunStats, rate: _Rate, now: float) -> str:
         f"llmbatch: {stats.done}/{total} done, {stats.hits} hits, {stats.calls} calls, "
         f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
         f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
-        f"ETA {format_duration(snap['eta'])}"
+        f"ETA {format_duration(snap['eta'])}, {_pace_text(stats)}"
+        + (", throttled" if stats.throttled else "")
+        + (f", {stats.rate_limited} rate-limited" if stats.rate_limited else "")
     )
 
 
@@ -216,6 +241,7 @@ class Display:
             ("duplicates coalesced", _count(s.coalesced)),
             ("errors", _count(s.errors)),
             ("retries", _count(s.retries)),
+            ("rate-limited (429)", _count(s.rate_limited)),
             ("tokens in / out", f"{_count(s.prompt_tokens)} / {_count(s.completion_tokens)}"),
             ("wall time", f"{wall:.1f}s"),
             ("results", summary.results),

@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
+from llmbatch.limits import Governor, LimitSettings, estimate_tokens
 from llmbatch.prompts import Request
 from llmbatch.provider import CallError, Reply
 from llmbatch.results import Result
@@ -69,6 +70,12 @@ class RunOptions:
     tag_prefix: str = ""
     #: Requests held in memory at most; default 16 x concurrency, at least 1024.
     window: int | None = None
+    #: The timeout was not given: requests with a large max_tokens get more time.
+    timeout_auto: bool = False
+    #: Pacing per provider:model (config file, command line) and for models not listed.
+    limits: dict[str, LimitSettings] = field(default_factory=dict)
+    default_limits: LimitSettings = field(default_factory=LimitSettings)
+    learn_from_headers: bool = True
 
     def effective_window(self) -> int:
         return self.window or max(1024, 16 * self.concurrency)
@@ -91,6 +98,11 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     written: int = 0
+    rate_limited: int = 0  # 429s received
+    throttled: bool = False  # a budget is paused after a 429 or an exhausted window
+    pace_rpm: int | None = None  # the limits being paced at, when known
+    pace_tpm: int | None = None
+    concurrency_limit: int | None = None  # calls currently allowed in flight (after backoff)
     started_at: float = 0.0
     finished_at: float | None = None
     stopped: str | None = None  # why the run ended early, if it did
@@ -149,6 +161,15 @@ class Engine:
         self.clock = clock
         self.wall_clock = wall_clock
         self._semaphore = asyncio.Semaphore(options.concurrency)
+        self.governor = Governor(
+            concurrency=options.concurrency,
+            settings=options.limits,
+            default=options.default_limits,
+            learn_from_headers=options.learn_from_headers,
+            clock=clock,
+            sleep=self._sleep,
+            stopping=lambda: self._stopping,
+        )
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # --refresh must call each key once per run, however far apart its duplicates are.
         self._refreshed: set[str] = set()
@@ -165,7 +186,8 @@ class Engine:
         """Start no new call; let calls in flight finish; write results up to the first gap."""
         if not self._stopping:
             self._stopping = True
-            self._stopped.set()  # wakes requests sleeping before a retry
+            self._stopped.set()  # wakes requests sleeping before a retry or for the pace
+            self.governor.wake_all()
             self.stats.stopped = reason
             self.stats.fatal = fatal
 
@@ -334,15 +356,15 @@ class Engine:
                         if self._stopping:
                             return _SKIPPED
                         self.provider.prepare(request)
+                        budget = self.governor.budget(request.model_ref)
+                        estimate = estimate_tokens(request.messages, request.params, budget.avg_completion)
+                        if not await self.governor.acquire(request.model_ref, estimate):
+                            return _SKIPPED  # stopped while waiting for the pace
                         if not counted:
                             self.stats.calls += 1
                             counted = True
                         attempts += 1
-                        self.stats.in_flight += 1
-                        try:
-                            reply = await self.provider.complete(request, timeout_s=self.options.timeout_s)
-                        finally:
-                            self.stats.in_flight -= 1
+                        reply = await self._attempt(request, estimate)
         except CallError as exc:
             future.set_exception(exc)
             if exc.kind == "fatal":
@@ -387,6 +409,53 @@ class Engine:
             latency_ms=latency_ms,
             attempts=attempts,
         )
+
+    async def _attempt(self, request: Request, estimate: int) -> Reply:
+        """One call, with the governor told how it ended (it paces and backs off from that)."""
+        assert self.provider is not None
+        self.stats.in_flight += 1
+        try:
+            reply = await self.provider.complete(request, timeout_s=self._timeout_for(request))
+        except CallError as exc:
+            await self.governor.release(
+                request.model_ref,
+                status=exc.status_code,
+                headers=exc.headers,
+                estimated_tokens=estimate,
+                actual_tokens=None,
+                retry_after_s=exc.retry_after_s,
+            )
+            if exc.status_code == 429:
+                self.stats.rate_limited += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            self._publish_pace()
+        usage = reply.response.get("usage")
+        prompt_tokens, completion_tokens = _usage_tokens(usage)
+        await self.governor.release(
+            request.model_ref,
+            status=200,
+            headers=reply.headers,
+            estimated_tokens=estimate,
+            actual_tokens=prompt_tokens + completion_tokens if usage else None,
+            completion_tokens=completion_tokens if usage else None,
+        )
+        return reply
+
+    def _timeout_for(self, request: Request) -> float:
+        """--timeout; by default, long generations get longer (a 4,000-token answer takes a while)."""
+        if not self.options.timeout_auto:
+            return self.options.timeout_s
+        cap = request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0
+        return self.options.timeout_s + max(0, cap - 1000) / 50
+
+    def _publish_pace(self) -> None:
+        rpm, tpm = self.governor.pace()
+        self.stats.pace_rpm = rpm
+        self.stats.pace_tpm = tpm
+        self.stats.throttled = self.governor.throttled()
+        self.stats.concurrency_limit = sum(int(b.limit) for b in self.governor.budgets.values()) or None
 
     def _on_retry(self, _state: Any) -> None:
         self.stats.retries += 1

@@ -20,6 +20,7 @@ API keys never leave this module: any text that came back from a provider is pas
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import os
 import re
@@ -123,7 +124,8 @@ def env_endpoints(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 class CallError(Exception):
-    """One failed attempt, classified. ``message`` is safe to show and store."""
+    """One failed attempt, classified. ``message`` is safe to show and store; ``headers`` are the
+    rate-limit headers of the refusal, when there was an HTTP answer."""
 
     def __init__(
         self,
@@ -133,6 +135,7 @@ class CallError(Exception):
         *,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -140,6 +143,7 @@ class CallError(Exception):
         self.message = message
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+        self.headers = headers
 
     @property
     def retryable(self) -> bool:
@@ -226,11 +230,41 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A successful call: the provider's response as JSON-ready data, and how long the call took
-    (measured around the request itself, not the one-off client set-up)."""
+    """A successful call: the provider's response as JSON-ready data, how long the call took
+    (measured around the request itself, not the one-off client set-up), and the rate-limit
+    headers that came with it."""
 
     response: dict[str, Any]
     latency_s: float
+    headers: dict[str, str] | None = None
+
+
+# any-llm returns parsed responses without their HTTP headers, but the limits live there. Each
+# SDK client gets a response hook (httpx and httpx2 both have event hooks) that copies the
+# rate-limit headers into a box owned by the call in progress: a context variable, because the
+# hook runs inside that call's own task.
+_HEADER_BOX: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("llmbatch_headers", default=None)
+_KEPT_HEADERS = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+
+
+async def _capture_headers(response: Any) -> None:
+    box = _HEADER_BOX.get()
+    if box is None:
+        return
+    for name, value in response.headers.items():
+        lower = name.lower()
+        if lower.startswith(_KEPT_HEADERS):
+            box[lower] = value
+
+
+def _attach_header_hook(client: Any) -> bool:
+    """Add the hook to the SDK's HTTP client; False where there is none we know how to reach."""
+    http = getattr(getattr(client, "client", None), "_client", None)
+    hooks = getattr(http, "event_hooks", None)
+    if not isinstance(hooks, dict):
+        return False
+    hooks.setdefault("response", []).append(_capture_headers)  # the client's own dict: it sees this
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +321,7 @@ class AnyLLMProvider:
         except (AnyLLMError, ImportError, ValueError) as exc:
             raise self._setup_error(route, exc) from None
         self._remember_secret(client)
+        _attach_header_hook(client)
         self._clients[route] = client
         return client
 
@@ -316,6 +351,8 @@ class AnyLLMProvider:
         route = self.route(request)
         client = self._client(route)
         timeout_argument = self._timeout_argument(client, timeout_s)
+        box: dict[str, str] = {}
+        token = _HEADER_BOX.set(box)
         started = time.monotonic()
         try:
             # The SDK enforces the timeout itself; wait_for is the backstop for SDKs that do not.
@@ -330,12 +367,16 @@ class AnyLLMProvider:
                 timeout=timeout_s + 5 if timeout_argument else timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - every failure is classified; CancelledError is not one
-            raise classify(exc, self._secrets) from None
+            error = classify(exc, self._secrets)
+            error.headers = box or None
+            raise error from None
+        finally:
+            _HEADER_BOX.reset(token)
         dump = getattr(response, "model_dump", None)
         if dump is None:
             raise CallError("permanent", "UnexpectedResponse", f"unexpected response type {type(response).__name__}")
         latency_s = time.monotonic() - started
-        return Reply(dump(mode="json", exclude_none=True), latency_s)
+        return Reply(dump(mode="json", exclude_none=True), latency_s, box or None)
 
     @staticmethod
     def _timeout_argument(client: Any, timeout_s: float) -> dict[str, float]:

@@ -1,0 +1,96 @@
+"""``llmbatch.toml``: defaults per ``provider:model`` (rpm, tpm, concurrency).
+
+Read from ``--config FILE``, else ``llmbatch.toml`` in the working directory if there is one.
+Command-line options win over the file::
+
+    [models."openai:gpt-4o-mini"]
+    rpm = 500
+    tpm = 200000
+    concurrency = 32
+
+    [models."anthropic:claude-sonnet-4-5"]
+    rpm = 50
+
+Pure parsing (:func:`parse_config`) is separate from reading the file, so every rule is tested
+on strings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmbatch.errors import UsageError
+from llmbatch.limits import LimitSettings
+
+__all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "parse_config"]
+
+CONFIG_NAME = "llmbatch.toml"
+_MODEL_KEYS = ("rpm", "tpm", "concurrency")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str | None = None
+    models: dict[str, LimitSettings] = field(default_factory=dict)
+
+
+def _problem(source: str, text: str) -> UsageError:
+    return UsageError(f"{source}: {text}")
+
+
+def _positive_int(source: str, where: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _problem(source, f"{where}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _problem(source, f"not valid TOML: {exc}") from None
+    for name in data:
+        if name != "models":
+            raise _problem(source, f'unknown table "{name}" (llmbatch reads [models."provider:model"])')
+    models: dict[str, LimitSettings] = {}
+    for model, values in (data.get("models") or {}).items():
+        where = f'[models."{model}"]'
+        if ":" not in model:
+            raise _problem(source, f'{where}: name models as provider:model, like "openai:gpt-4o-mini"')
+        if not isinstance(values, dict):
+            raise _problem(source, f"{where} must be a table")
+        for key in values:
+            if key not in _MODEL_KEYS:
+                close = difflib.get_close_matches(key, _MODEL_KEYS, n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                raise _problem(source, f'{where}: unknown setting "{key}"{hint}')
+        settings = {k: _positive_int(source, where, k, v) for k, v in values.items()}
+        models[model.split(":", 1)[0].lower() + ":" + model.split(":", 1)[1]] = LimitSettings(**settings)
+    return Config(source=source, models=models)
+
+
+def load_config(path: Path | None, cwd: Path | None = None) -> Config:
+    """The file named, or ``llmbatch.toml`` in ``cwd`` when it exists, or no settings at all."""
+    if path is None:
+        candidate = (cwd or Path.cwd()) / CONFIG_NAME
+        if not candidate.is_file():
+            return Config()
+        path = candidate
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    return parse_config(text, str(path))
+
+
+def merge_limits(config: Config, *, rpm: int | None, tpm: int | None) -> tuple[dict[str, LimitSettings], LimitSettings]:
+    """Per-model settings and the default for other models; ``--rpm``/``--tpm`` win everywhere."""
+    models = {
+        model: LimitSettings(rpm=rpm or s.rpm, tpm=tpm or s.tpm, concurrency=s.concurrency)
+        for model, s in config.models.items()
+    }
+    return models, LimitSettings(rpm=rpm, tpm=tpm)

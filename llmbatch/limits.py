@@ -1,0 +1,432 @@
+"""Pacing: when a call may start, so that the provider never has to say no.
+
+One :class:`Budget` per ``provider:model``. Before each attempt the engine calls
+:meth:`Governor.acquire`, which waits until all of these allow a start:
+
+1. **Run-wide backoff.** A 429 pauses every call of that budget until its ``Retry-After`` has
+   passed (not just the request that got it), and halves the calls that budget may have in flight
+   (at most once per pause, so one burst of 429s counts once). Each round of successes without a
+   429 gives one slot back: additive increase, multiplicative decrease.
+2. **Even pacing** of requests and tokens at ``--rpm``/``--tpm`` (or the config file), or, when
+   neither is given, at the limits the provider announces in its headers
+   (``x-ratelimit-limit-*`` from OpenAI and compatible servers, ``anthropic-ratelimit-*``). Pacing
+   is even, a start every ``60/rpm`` seconds, because providers enforce their per-minute limits
+   over much shorter windows: a minute's worth in the first second is a 429 storm. We pace at
+   ``PACE_SAFETY`` of the limit, so timing jitter on the way to the server never tips a window over.
+3. **Header caution.** When a response says the window's remaining requests or tokens are used
+   up, nothing starts before that window resets.
+
+The pacing itself is pyrate-limiter's GCRA (a leaky bucket kept as one timestamp), rather than a
+hand-written token bucket: the same algorithm has a Redis state store, which is what a budget
+shared between machines will need. Tokens are estimated before a call (prompt characters / 4, plus
+``max_tokens`` or the running average of completions) and the difference from the real usage is
+carried into the next reservation, so the long-run token rate is exact.
+
+Clock and sleep are injected, so every rule here is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pyrate_limiter import GCRA, InMemoryStateStore, Rate, RateItem, StateBucket
+
+__all__ = [
+    "PACE_SAFETY",
+    "Budget",
+    "Governor",
+    "LimitSettings",
+    "Pacer",
+    "RateHeaders",
+    "estimate_tokens",
+    "parse_rate_headers",
+]
+
+#: Fraction of a known limit we pace at. 3 % covers scheduling and network jitter between our
+#: send and the server's count; measured against a strict 1-second window in bench/.
+PACE_SAFETY = 0.97
+#: Completion tokens assumed for a request without max_tokens before any answer has been seen.
+DEFAULT_COMPLETION_TOKENS = 256
+#: A 429 without Retry-After pauses the budget this long.
+DEFAULT_PAUSE_S = 1.0
+_MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """What the user set for one ``provider:model`` (command line over config file)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """What a response said about the provider's limits (per minute) and the current window."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _go_duration_s(value: str | None) -> float | None:
+    """OpenAI's reset headers: Go durations (``6m0s``, ``1.5s``, ``250ms``) or plain seconds."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import durationpy
+
+    try:
+        return max(0.0, durationpy.from_str(value.strip()).total_seconds())
+    except Exception:  # noqa: BLE001 - a malformed header is ignored, never fatal
+        return None
+
+
+def _rfc3339_s(value: str | None, now_wall: float) -> float | None:
+    """Anthropic's reset headers: an RFC 3339 time; seconds from now."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def parse_rate_headers(headers: Mapping[str, str], now_wall: float | None = None) -> RateHeaders | None:
+    """Read OpenAI-style or Anthropic-style rate-limit headers; None when there are none."""
+    get = headers.get
+    if get("x-ratelimit-limit-requests") is not None or get("x-ratelimit-limit-tokens") is not None:
+        return RateHeaders(
+            limit_requests=_int(get("x-ratelimit-limit-requests")),
+            remaining_requests=_int(get("x-ratelimit-remaining-requests")),
+            reset_requests_s=_go_duration_s(get("x-ratelimit-reset-requests")),
+            limit_tokens=_int(get("x-ratelimit-limit-tokens")),
+            remaining_tokens=_int(get("x-ratelimit-remaining-tokens")),
+            reset_tokens_s=_go_duration_s(get("x-ratelimit-reset-tokens")),
+        )
+    if get("anthropic-ratelimit-requests-limit") is not None or get("anthropic-ratelimit-tokens-limit") is not None:
+        now_wall = time.time() if now_wall is None else now_wall
+        return RateHeaders(
+            limit_requests=_int(get("anthropic-ratelimit-requests-limit")),
+            remaining_requests=_int(get("anthropic-ratelimit-requests-remaining")),
+            reset_requests_s=_rfc3339_s(get("anthropic-ratelimit-requests-reset"), now_wall),
+            limit_tokens=_int(get("anthropic-ratelimit-tokens-limit")),
+            remaining_tokens=_int(get("anthropic-ratelimit-tokens-remaining")),
+            reset_tokens_s=_rfc3339_s(get("anthropic-ratelimit-tokens-reset"), now_wall),
+        )
+    return None
+
+
+# --- token estimate ----------------------------------------------------------------------------
+
+
+def _text_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+    return 0
+
+
+def estimate_tokens(messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None) -> int:
+    """Tokens a request will cost before we know: about 4 characters a token for the prompt, plus
+    the completion's cap (or the average completion seen so far), times ``n``."""
+    prompt = sum(_text_chars(m.get("content")) for m in messages) // 4 + 4 * len(messages)
+    cap = params.get("max_completion_tokens") or params.get("max_tokens")
+    completion = cap if cap is not None else (avg_completion or DEFAULT_COMPLETION_TOKENS)
+    return int(prompt + completion * int(params.get("n") or 1))
+
+
+# --- pacing ----------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Even pacing of requests and tokens per minute, on pyrate-limiter's GCRA."""
+
+    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self._requests = self._bucket(rpm, burst=1) if rpm else None
+        # Tokens come in lumps of hundreds: a lump of up to a quarter second's worth may go at once;
+        # a larger request pays in several lumps, waiting between them.
+        self._token_burst = max(1, int(tpm * PACE_SAFETY / 60 / 4)) if tpm else 0
+        self._tokens = self._bucket(tpm, burst=self._token_burst) if tpm else None
+        # Tokens paid to the bucket and not yet used (negative: used and not yet paid, when an
+        # answer cost more than its estimate).
+        self.balance = 0
+
+    @staticmethod
+    def _bucket(per_minute: int, *, burst: int) -> StateBucket:
+        limit = max(1, int(per_minute * PACE_SAFETY))
+        return StateBucket([Rate(limit, _MINUTE_MS, burst=min(burst, limit))], GCRA(), InMemoryStateStore())
+
+    def reserve(self, tokens: int, now: float) -> float:
+        """Take room for one request of ``tokens`` at ``now`` (seconds): 0.0 when granted, else
+        the seconds to wait before asking again."""
+        stamp = int(now * 1000)
+        if self._tokens is not None:
+            # Pay the bucket in lumps of at most a burst until this request's tokens are covered;
+            # what is paid stays paid (``balance``) if we have to wait for the rest.
+            while self.balance < tokens:
+                lump = min(tokens - self.balance, self._token_burst)
+                if not self._tokens.put(RateItem("tokens", stamp, lump)):
+                    return self._wait(self._tokens, lump, stamp)
+                self.balance += lump
+        if self._requests is not None and not self._requests.put(RateItem("requests", stamp, 1)):
+            return self._wait(self._requests, 1, stamp)
+        if self._tokens is not None:
+            self.balance -= tokens
+        return 0.0
+
+    @staticmethod
+    def _wait(bucket: StateBucket, weight: int, stamp: int) -> float:
+        waited = bucket.waiting(RateItem("wait", stamp, weight))
+        assert isinstance(waited, int)
+        return max(0.001, waited / 1000)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """The answer came: carry the estimate's error into the next reservations."""
+        if self._tokens is not None:
+            self.balance -= actual - estimated
+
+    def precharge(self, requests: int, now: float) -> None:
+        """Count calls sent before this pacer existed (limits learned from headers mid-run), so
+        the next start waits as if they had been paced too."""
+        if self._requests is None or requests <= 0:
+            return
+        rate = self._requests.rates[0]
+        emission_ms = rate.interval / rate.limit
+        stamp = int(now * 1000)
+        # Items stamped one interval apart from now on are each admitted and leave the bucket's
+        # theoretical arrival time ``requests`` intervals ahead: exactly "already spent".
+        for k in range(requests):
+            self._requests.put(RateItem("requests", stamp + math.ceil(k * emission_ms), 1))
+
+
+# --- the governor ------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """The live state of one ``provider:model``."""
+
+    key: str
+    max_concurrency: int
+    settings: LimitSettings = field(default_factory=LimitSettings)
+    pacer: Pacer | None = None
+    learned_rpm: int | None = None
+    learned_tpm: int | None = None
+    limit: float = 1.0  # calls allowed in flight now (AIMD), <= max_concurrency
+    in_flight: int = 0
+    not_before: float = 0.0  # monotonic time before which nothing starts
+    last_decrease: float = -math.inf
+    successes: int = 0
+    throttles: int = 0  # 429s seen
+    started: int = 0
+    avg_completion: float | None = None
+    avg_estimate: float | None = None  # tokens a call is expected to cost, for header caution
+    changed: asyncio.Condition | None = None
+
+    @property
+    def rpm(self) -> int | None:
+        return self.settings.rpm or self.learned_rpm
+
+    @property
+    def tpm(self) -> int | None:
+        return self.settings.tpm or self.learned_tpm
+
+
+class Governor:
+    """Decides when each call may start, per budget; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        settings: Mapping[str, LimitSettings] | None = None,
+        default: LimitSettings = LimitSettings(),
+        learn_from_headers: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.concurrency = concurrency
+        self.stopping = stopping
+        self.settings = dict(settings or {})
+        self.default = default
+        self.learn_from_headers = learn_from_headers
+        self.clock = clock
+        self.sleep = sleep
+        self.budgets: dict[str, Budget] = {}
+        self._wakers: set[asyncio.Task[None]] = set()
+
+    def budget(self, key: str) -> Budget:
+        budget = self.budgets.get(key)
+        if budget is None:
+            settings = self.settings.get(key, self.default)
+            top = min(self.concurrency, settings.concurrency or self.concurrency)
+            budget = Budget(key=key, max_concurrency=top, settings=settings, limit=float(top))
+            if settings.rpm or settings.tpm:
+                budget.pacer = Pacer(settings.rpm, settings.tpm)
+            self.budgets[key] = budget
+        return budget
+
+    # -- before a call ----------------------------------------------------------------------
+
+    async def acquire(self, key: str, tokens: int) -> bool:
+        """Wait until a call of ``tokens`` may start for ``key``; then it counts as in flight.
+        False when the run stopped meanwhile (nothing is counted then)."""
+        budget = self.budget(key)
+        if budget.changed is None:
+            budget.changed = asyncio.Condition()
+        while True:
+            if self.stopping():
+                return False
+            now = self.clock()
+            if now < budget.not_before:
+                await self._wait(budget, budget.not_before - now)
+                continue
+            if budget.in_flight >= max(1, int(budget.limit)):
+                async with budget.changed:
+                    await budget.changed.wait()
+                continue
+            if budget.pacer is not None:
+                wait = budget.pacer.reserve(tokens, now)
+                if wait > 0:
+                    await self._wait(budget, wait)
+                    continue
+            budget.in_flight += 1
+            budget.started += 1
+            budget.avg_estimate = tokens if budget.avg_estimate is None else 0.9 * budget.avg_estimate + 0.1 * tokens
+            return True
+
+    def wake_all(self) -> None:
+        """Let every waiter look again (the run is stopping)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nobody can be waiting
+            return
+        for budget in self.budgets.values():
+            if budget.changed is not None:
+                task = loop.create_task(self._notify(budget))
+                self._wakers.add(task)  # asyncio keeps only a weak reference to a task
+                task.add_done_callback(self._wakers.discard)
+
+    async def _wait(self, budget: Budget, seconds: float) -> None:
+        # A fresh look after the wait: the budget may have changed meanwhile (a 429 elsewhere).
+        await self.sleep(seconds)
+
+    # -- after a call -----------------------------------------------------------------------
+
+    async def release(
+        self,
+        key: str,
+        *,
+        status: int | None,
+        headers: Mapping[str, str] | None,
+        estimated_tokens: int,
+        actual_tokens: int | None,
+        completion_tokens: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """Record how a call ended and adjust the budget. ``status`` None: no HTTP answer."""
+        budget = self.budget(key)
+        now = self.clock()
+        budget.in_flight = max(0, budget.in_flight - 1)
+        if headers:
+            self._learn(budget, headers, now)
+        if status == 429:
+            self._throttled(budget, retry_after_s, now)
+        elif status is not None and status < 400:
+            self._succeeded(budget, completion_tokens)
+        if budget.pacer is not None and actual_tokens is not None:
+            budget.pacer.settle(estimated_tokens, actual_tokens)
+        await self._notify(budget)
+
+    def _succeeded(self, budget: Budget, completion_tokens: int | None) -> None:
+        budget.successes += 1
+        if budget.limit < budget.max_concurrency and budget.successes >= max(1, int(budget.limit)):
+            budget.limit = min(float(budget.max_concurrency), budget.limit + 1)  # additive increase
+            budget.successes = 0
+        if completion_tokens is not None:
+            previous = budget.avg_completion
+            budget.avg_completion = completion_tokens if previous is None else 0.9 * previous + 0.1 * completion_tokens
+
+    def _throttled(self, budget: Budget, retry_after_s: float | None, now: float) -> None:
+        budget.throttles += 1
+        pause = retry_after_s if retry_after_s is not None else DEFAULT_PAUSE_S
+        budget.not_before = max(budget.not_before, now + pause)
+        # One burst of 429s (every call that was in flight when the window filled) is one signal.
+        if now - budget.last_decrease >= max(pause, DEFAULT_PAUSE_S):
+            budget.limit = max(1.0, budget.limit / 2)  # multiplicative decrease
+            budget.last_decrease = now
+            budget.successes = 0
+
+    def _learn(self, budget: Budget, headers: Mapping[str, str], now: float) -> None:
+        parsed = parse_rate_headers(headers)
+        if parsed is None:
+            return
+        if self.learn_from_headers:
+            rpm = None if budget.settings.rpm else parsed.limit_requests
+            tpm = None if budget.settings.tpm else parsed.limit_tokens
+            if (rpm and rpm != budget.learned_rpm) or (tpm and tpm != budget.learned_tpm):
+                budget.learned_rpm = rpm or budget.learned_rpm
+                budget.learned_tpm = tpm or budget.learned_tpm
+                pacer = Pacer(budget.rpm, budget.tpm)
+                # Calls already sent count against the window the provider is enforcing.
+                pacer.precharge(budget.started, now)
+                budget.pacer = pacer
+        # The window is used up: the next call would be refused. "reset" is the time until the
+        # whole budget is back, but room for one call returns sooner, at the advertised rate: wait
+        # for that much (never longer than the reset).
+        if parsed.remaining_requests == 0 and parsed.reset_requests_s:
+            one = 60 / parsed.limit_requests if parsed.limit_requests else parsed.reset_requests_s
+            budget.not_before = max(budget.not_before, now + min(parsed.reset_requests_s, one))
+        if parsed.remaining_tokens is not None and parsed.reset_tokens_s and parsed.limit_tokens:
+            wanted = budget.avg_estimate or DEFAULT_COMPLETION_TOKENS
+            if parsed.remaining_tokens < wanted:
+                refill = 60 * (wanted - parsed.remaining_tokens) / parsed.limit_tokens
+                budget.not_before = max(budget.not_before, now + min(parsed.reset_tokens_s, refill))
+
+    async def _notify(self, budget: Budget) -> None:
+        if budget.changed is not None:
+            async with budget.changed:
+                budget.changed.notify_all()
+
+    # -- for the display --------------------------------------------------------------------
+
+    def throttled(self) -> bool:
+        now = self.clock()
+        return any(b.not_before > now for b in self.budgets.values())
+
+    def pace(self) -> tuple[int | None, int | None]:
+        """The (rpm, tpm) being paced at, summed over budgets; None where unknown."""
+        rpms = [b.rpm for b in self.budgets.values() if b.rpm]
+        tpms = [b.tpm for b in self.budgets.values() if b.tpm]
+        return (sum(rpms) if rpms else None, sum(tpms) if tpms else None)
