@@ -433,12 +433,17 @@ class Engine:
             self._publish_pace()
         usage = reply.response.get("usage")
         prompt_tokens, completion_tokens = _usage_tokens(usage)
+        # What the call counted against the provider's token limit: OpenAI (and our simulator)
+        # count max_tokens when it is set, whatever the answer used.
+        cap = (request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0) * int(
+            request.params.get("n") or 1
+        )
         await self.governor.release(
             request.model_ref,
             status=200,
             headers=reply.headers,
             estimated_tokens=estimate,
-            actual_tokens=prompt_tokens + completion_tokens if usage else None,
+            actual_tokens=prompt_tokens + max(completion_tokens, cap) if usage else None,
             completion_tokens=completion_tokens if usage else None,
         )
         return reply

@@ -3,6 +3,9 @@
 One :class:`Budget` per ``provider:model``. Before each attempt the engine calls
 :meth:`Governor.acquire`, which waits until all of these allow a start:
 
+0. **A probe first.** Until the provider has answered once, one call at a time: its first
+   answer states its limits, and a full burst of ``--concurrency`` calls at the start could
+   overrun a strict window before we have heard them.
 1. **Run-wide backoff.** A 429 pauses every call of that budget until its ``Retry-After`` has
    passed (not just the request that got it), and halves the calls that budget may have in flight
    (at most once per pause, so one burst of 429s counts once). Each round of successes without a
@@ -173,9 +176,10 @@ class Pacer:
         self.rpm = rpm
         self.tpm = tpm
         self._requests = self._bucket(rpm, burst=1) if rpm else None
-        # Tokens come in lumps of hundreds: a lump of up to a quarter second's worth may go at once;
-        # a larger request pays in several lumps, waiting between them.
-        self._token_burst = max(1, int(tpm * PACE_SAFETY / 60 / 4)) if tpm else 0
+        # A request pays for its tokens in lumps of at most 10 ms worth, waiting between lumps, so
+        # it starts only once its tokens have been paid at the rate. The slack a lump allows is 1 %
+        # of a second's tokens, inside the 3 % safety margin even for a half-second window.
+        self._token_burst = max(1, int(tpm * PACE_SAFETY / 60 / 100)) if tpm else 0
         self._tokens = self._bucket(tpm, burst=self._token_burst) if tpm else None
         # Tokens paid to the bucket and not yet used (negative: used and not yet paid, when an
         # answer cost more than its estimate).
@@ -215,9 +219,11 @@ class Pacer:
         if self._tokens is not None:
             self.balance -= actual - estimated
 
-    def precharge(self, requests: int, now: float) -> None:
-        """Count calls sent before this pacer existed (limits learned from headers mid-run), so
-        the next start waits as if they had been paced too."""
+    def precharge(self, requests: int, tokens: int, now: float) -> None:
+        """Count calls (and their tokens) sent before this pacer existed (limits learned from
+        headers mid-run), so the next start waits as if they had been paced too."""
+        if self._tokens is not None:
+            self.balance -= tokens  # owed: the next reservations pay for them first
         if self._requests is None or requests <= 0:
             return
         rate = self._requests.rates[0]
@@ -249,6 +255,9 @@ class Budget:
     successes: int = 0
     throttles: int = 0  # 429s seen
     started: int = 0
+    tokens_started: int = 0  # estimated tokens of the calls started
+    #: No answer yet: one call at a time, until the provider has had a chance to state its limits.
+    probing: bool = True
     avg_completion: float | None = None
     avg_estimate: float | None = None  # tokens a call is expected to cost, for header caution
     changed: asyncio.Condition | None = None
@@ -312,7 +321,7 @@ class Governor:
             if now < budget.not_before:
                 await self._wait(budget, budget.not_before - now)
                 continue
-            if budget.in_flight >= max(1, int(budget.limit)):
+            if budget.in_flight >= (1 if budget.probing else max(1, int(budget.limit))):
                 async with budget.changed:
                     await budget.changed.wait()
                 continue
@@ -323,6 +332,7 @@ class Governor:
                     continue
             budget.in_flight += 1
             budget.started += 1
+            budget.tokens_started += tokens
             budget.avg_estimate = tokens if budget.avg_estimate is None else 0.9 * budget.avg_estimate + 0.1 * tokens
             return True
 
@@ -359,6 +369,10 @@ class Governor:
         budget = self.budget(key)
         now = self.clock()
         budget.in_flight = max(0, budget.in_flight - 1)
+        if status is not None:
+            # The provider has answered once: its headers (if it sends any) are known, and pacing
+            # takes over from here; a provider without headers is held back by 429s and AIMD.
+            budget.probing = False
         if headers:
             self._learn(budget, headers, now)
         if status == 429:
@@ -400,7 +414,7 @@ class Governor:
                 budget.learned_tpm = tpm or budget.learned_tpm
                 pacer = Pacer(budget.rpm, budget.tpm)
                 # Calls already sent count against the window the provider is enforcing.
-                pacer.precharge(budget.started, now)
+                pacer.precharge(budget.started, budget.tokens_started, now)
                 budget.pacer = pacer
         # The window is used up: the next call would be refused. "reset" is the time until the
         # whole budget is back, but room for one call returns sooner, at the advertised rate: wait
