@@ -360,6 +360,11 @@ class Engine:
                         estimate = estimate_tokens(request.messages, request.params, budget.avg_completion)
                         if not await self.governor.acquire(request.model_ref, estimate):
                             return _SKIPPED  # stopped while waiting for the pace
+                        if not counted and (entry := self._stored_meanwhile(key)) is not None:
+                            # Another run sharing the cache answered it while we waited our turn.
+                            await self.governor.unused(request.model_ref)
+                            future.set_result(entry)
+                            return self._hit(request, key, entry)
                         if not counted:
                             self.stats.calls += 1
                             counted = True
@@ -409,6 +414,11 @@ class Engine:
             latency_ms=latency_ms,
             attempts=attempts,
         )
+
+    def _stored_meanwhile(self, key: str) -> dict[str, Any] | None:
+        if self.cache is None or self.options.cache_mode != "normal":
+            return None
+        return self.cache.get(key)
 
     async def _attempt(self, request: Request, estimate: int) -> Reply:
         """One call, with the governor told how it ended (it paces and backs off from that)."""

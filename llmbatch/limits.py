@@ -383,6 +383,13 @@ class Governor:
             budget.pacer.settle(estimated_tokens, actual_tokens)
         await self._notify(budget)
 
+    async def unused(self, key: str) -> None:
+        """A call that was allowed to start turned out not to be needed (its answer arrived
+        from elsewhere): give its slot back. Its place in the pace is not given back."""
+        budget = self.budget(key)
+        budget.in_flight = max(0, budget.in_flight - 1)
+        await self._notify(budget)
+
     def _succeeded(self, budget: Budget, completion_tokens: int | None) -> None:
         budget.successes += 1
         if budget.limit < budget.max_concurrency and budget.successes >= max(1, int(budget.limit)):

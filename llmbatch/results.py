@@ -94,6 +94,8 @@ class ResultWriter:
         if self.partial_path is None:
             self._stream = sys.stdout.buffer
             return self
+        if self.path is not None and self.path.is_dir():
+            raise UsageError(f"cannot write results to {self.path}: it is a directory")
         try:
             self.partial_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -135,7 +137,12 @@ class ResultWriter:
         try:
             if complete:
                 assert self.path is not None
-                os.replace(self.partial_path, self.path)  # while still holding the lock
+                try:
+                    os.replace(self.partial_path, self.path)  # while still holding the lock
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot write results to {self.path}: {exc.strerror or exc}; they are in {self.partial_path}"
+                    ) from None
                 return self.path
             return self.partial_path
         finally:

@@ -1,0 +1,359 @@
+"""Resilience, end to end: the real CLI against the simulator over 127.0.0.1, with faults, kills,
+Ctrl-C, two runs sharing a cache, unwritable paths, a deleted input and a full disk.
+
+The promise under test everywhere: a paid answer is never paid for twice and never thrown away,
+and a file at the final results name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmbatch.simulator import SimulatorThread
+from tests.support import prompts, read_results, run_cli, write_jsonl
+
+MODEL = "openai:gpt-4o-mini"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def run_args(path: Path, sim: SimulatorThread, *extra: str) -> list[str]:
+    return ["run", str(path), "--api-base", sim.url, "--model", MODEL, *extra]
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """``python -m llmbatch ARGS`` as its own process, as a shell would start it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float, process: subprocess.Popen[str] | None = None, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            _, err = process.communicate()
+            pytest.fail(f"the run ended (exit {process.returncode}) before {what}:\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def cache_entries(env: dict[str, str]) -> int:
+    done = run_cli(["cache", "stats", "--json"], env=env)
+    assert done.exit_code == 0, done.stderr
+    return int(json.loads(done.stdout)["entries"])
+
+
+def complete_lines(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``.partial`` file a killed run left; only a last, unterminated line may be cut."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(line) for line in data.split(b"\n")[:-1]]
+
+
+def ok_lines_from_cache_only(path: Path, sim: SimulatorThread, env: dict[str, str], out: Path) -> set[int]:
+    """The input lines whose answers are in the cache: a --cache-only run never calls anyone."""
+    before = sim.stats()["requests_received"]
+    run_cli(run_args(path, sim, "--cache-only", "-q", "-o", str(out)), env=env)
+    assert sim.stats()["requests_received"] == before
+    return {
+        row["line"] for row in read_results(out if out.exists() else Path(f"{out}.partial")) if row["status"] == "ok"
+    }
+
+
+def assert_complete(path: Path, n: int) -> list[dict[str, Any]]:
+    rows = read_results(path)
+    assert [row["id"] for row in rows] == [f"q{i}" for i in range(n)]
+    assert [row["line"] for row in rows] == list(range(1, n + 1))
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows if row["status"] != "ok"][:3]
+    return rows
+
+
+def assert_one_clear_error(stderr: str, *needles: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("llmbatch: error:")]
+    assert len(errors) == 1, stderr
+    for needle in needles:
+        assert needle in errors[0], stderr
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+def test_a_run_through_429s_5xx_hangs_and_drops_answers_every_line_paying_for_each_once(tmp_path, env, simulator):
+    # "1,000 prompts, 10% 429 (Retry-After 1 s), 5% 500/503, 2% hung, 1% dropped", scaled down.
+    sim = simulator(p429=0.1, retry_after_s=0.1, p500=0.025, p503=0.025, phang=0.02, pdrop=0.01, seed=7)
+    path = write_jsonl(tmp_path / "faults.jsonl", prompts(200))
+
+    done = run_cli(run_args(path, sim, "--timeout", "1", "--max-retries", "10", "-c", "16", "-q"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    rows = assert_complete(tmp_path / "faults.results.jsonl", 200)
+    assert not any(row["cached"] for row in rows)
+    stats = sim.stats()
+    faults = stats["faults"]
+    assert faults["429"] and faults["500"] + faults["503"] and faults["hang"] and faults["drop"], stats
+    assert stats["completions_served"] == 200
+    assert stats["distinct_requests_served"] == 200
+    assert stats["max_serves_per_request"] == 1
+    assert sum(row["attempts"] for row in rows) == stats["requests_received"]
+    assert cache_entries(env) == 200
+
+
+# --- kill -9 -----------------------------------------------------------------------------------
+
+
+def test_after_kill_9_no_results_file_exists_and_a_rerun_finishes_paying_only_for_the_rest(tmp_path, env, simulator):
+    sim = simulator(latency_s=0.05)
+    n = 300
+    path = write_jsonl(tmp_path / "big.jsonl", prompts(n))
+    results = tmp_path / "big.results.jsonl"
+    partial = tmp_path / "big.results.jsonl.partial"
+    args = run_args(path, sim, "-c", "8")
+
+    process = spawn(args, env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["completions_served"] >= 100, timeout=30, process=process, what="100 answers")
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    time.sleep(0.2)  # let the simulator see the dropped connections
+    served_before = sim.stats()["completions_served"]
+    assert served_before < n, "the run finished before it was killed"
+
+    assert not results.exists()
+    written_before = complete_lines(partial)
+    stored = cache_entries(env)
+    # SIGKILL can only lose answers that were on the wire, or being parsed, at that instant: at most
+    # one per call in flight. Everything stored must be a hit on the rerun.
+    lost = served_before - stored
+    assert 0 <= lost <= 8
+    in_cache = ok_lines_from_cache_only(path, sim, env, tmp_path / "in_cache.jsonl")
+    assert len(in_cache) == stored
+    assert {row["line"] for row in written_before} <= in_cache
+
+    sim.reset_stats()
+    again = run_cli(args, env=env)
+
+    assert again.exit_code == 0, again.stderr
+    assert not partial.exists()
+    rows = assert_complete(results, n)
+    assert {row["line"] for row in rows if row["cached"]} == in_cache
+    stats = sim.stats()
+    assert stats["completions_served"] == n - stored  # every stored answer was a hit
+    assert stats["max_serves_per_request"] == 1
+    assert served_before + stats["completions_served"] == n + lost
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def slow_prompts(n: int) -> list[dict[str, Any]]:
+    """Line 1 answers at once (a run sends one probe call before it goes concurrent), the rest are slow."""
+    rows = prompts(n)
+    rows[0]["prompt"] += " [[sim:latency=0]]"
+    return rows
+
+
+def test_one_ctrl_c_lets_calls_in_flight_finish_into_the_cache_and_exits_130(tmp_path, env, simulator):
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "slow.jsonl", slow_prompts(12))
+    process = spawn(run_args(path, sim, "-c", "4", "--timeout", "10"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=30, process=process, what="4 calls in flight")
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    took = time.monotonic() - sent
+
+    assert process.returncode == 130, stderr
+    assert took < 5, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr, stderr
+    said = " ".join(stderr.split())
+    assert "prompts" in said and "incomplete" in said and "run the same command again" in said, stderr
+    assert not (tmp_path / "slow.results.jsonl").exists()
+    stats = sim.stats()
+    served = stats["completions_served"]
+    assert served == stats["requests_received"] == 5, "a call in flight was cut off, or a new one started"
+    answered = set(range(1, served + 1))
+    partial = read_results(tmp_path / "slow.results.jsonl.partial")
+    assert {row["line"] for row in partial} == answered and all(row["status"] == "ok" for row in partial)
+    assert cache_entries(env) == served
+    assert ok_lines_from_cache_only(path, sim, env, tmp_path / "check.jsonl") == answered
+
+
+def test_a_second_ctrl_c_quits_at_once_even_with_slow_calls_in_flight(tmp_path, env, simulator):
+    sim = simulator(latency_s=60.0)
+    path = write_jsonl(tmp_path / "stuck.jsonl", slow_prompts(8))
+    process = spawn(run_args(path, sim, "-c", "4", "--timeout", "120"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=30, process=process, what="4 calls in flight")
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    took = time.monotonic() - sent
+
+    assert process.returncode == 130, stderr
+    assert took < 3, f"took {took:.1f}s to quit"
+    assert "Traceback" not in stderr, stderr
+    assert "incomplete" in stderr, stderr
+    assert not (tmp_path / "stuck.results.jsonl").exists()
+    assert sim.stats()["completions_served"] == 1  # the probe; the slow four were abandoned
+    assert cache_entries(env) == 1
+
+
+# --- two runs, one cache -----------------------------------------------------------------------
+
+
+def test_two_runs_at_once_on_one_cache_both_finish_and_leave_it_consistent(tmp_path, env, simulator):
+    sim = simulator(latency_s=0.05)
+    n = 100
+    path = write_jsonl(tmp_path / "shared.jsonl", prompts(n))
+    outputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    processes = [spawn(run_args(path, sim, "-c", "8", "-o", str(out)), env, tmp_path) for out in outputs]
+    try:
+        finished = [p.communicate(timeout=60) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+    for p, (_, stderr) in zip(processes, finished, strict=True):
+        assert p.returncode == 0, stderr
+        assert "Traceback" not in stderr, stderr
+    a, b = (assert_complete(out, n) for out in outputs)
+    assert [row["content"] for row in a] == [row["content"] for row in b]
+    assert cache_entries(env) == n
+    stats = sim.stats()
+    assert stats["distinct_requests_served"] == n
+    assert stats["max_serves_per_request"] <= 2  # at most once per run
+    assert stats["completions_served"] == 2 * n - sum(row["cached"] for row in a + b)
+
+
+# --- unwritable paths --------------------------------------------------------------------------
+
+
+def test_an_output_path_under_a_regular_file_is_refused_before_anything_is_sent(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+
+    done = run_cli(run_args(path, sim, "-o", str(tmp_path / "blocker" / "out.jsonl")), env=env)
+
+    assert done.exit_code == 2
+    assert_one_clear_error(done.stderr, "cannot write results", "blocker")
+    assert sim.stats()["requests_received"] == 0
+
+
+def test_an_output_path_that_is_a_directory_is_refused_before_anything_is_sent(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    (tmp_path / "outdir").mkdir()
+
+    process = subprocess.run(
+        [sys.executable, "-m", "llmbatch", *run_args(path, sim, "-q", "-o", str(tmp_path / "outdir"))],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert_one_clear_error(process.stderr, "outdir")
+    assert sim.stats()["requests_received"] == 0
+
+
+def test_a_cache_dir_that_cannot_be_created_is_refused_before_anything_is_sent(tmp_path, env, sim):
+    # Tests run as root, which ignores read-only modes: a path under a regular file can never be made.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    unwritable = {**env, "LLMBATCH_CACHE_DIR": str(tmp_path / "blocker" / "cache")}
+
+    done = run_cli(run_args(path, sim), env=unwritable)
+
+    assert done.exit_code == 2
+    assert_one_clear_error(done.stderr, "cache", "blocker")
+    assert sim.stats()["requests_received"] == 0
+    assert not (tmp_path / "p.results.jsonl").exists()
+
+
+# --- the input disappears ----------------------------------------------------------------------
+
+
+def test_deleting_the_input_during_the_run_does_not_stop_it(tmp_path, env, simulator):
+    sim = simulator()
+    # Line 1 is slow (and, as a run's first call, alone in flight), so the reader stops with most of
+    # the file unread while it waits; the rest are duplicates of 10 prompts: 3,000 lines, 11 calls.
+    rows = [{"id": "q0", "prompt": "slow one [[sim:latency=1.5]]"}]
+    rows += [{"id": f"q{i}", "prompt": f"question {i % 10}", "metadata": {"pad": "x" * 40}} for i in range(1, 3000)]
+    path = write_jsonl(tmp_path / "vanishing.jsonl", rows)
+    process = spawn(run_args(path, sim, "-q"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 1, timeout=30, process=process, what="the slow call in flight")
+        path.unlink()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, stderr
+    assert_complete(tmp_path / "vanishing.results.jsonl", 3000)
+    assert sim.stats()["completions_served"] == 11
+
+
+# --- disk full ---------------------------------------------------------------------------------
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answers(tmp_path, env, sim, monkeypatch):
+    from llmbatch.cache import ResponseCache
+    from llmbatch.errors import CacheError
+
+    original = ResponseCache.put
+    puts = 0
+
+    def put(self: ResponseCache, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
+        nonlocal puts
+        puts += 1
+        if puts > 5:
+            raise CacheError(f"cannot write to the cache at {self.directory}: [Errno 28] No space left on device")
+        original(self, key, entry, **kwargs)
+
+    monkeypatch.setattr(ResponseCache, "put", put)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
+
+    done = run_cli(run_args(path, sim, "-c", "4"), env=env)
+
+    assert done.exit_code != 0
+    assert_one_clear_error(done.stderr, "No space left on device")
+    assert not (tmp_path / "p.results.jsonl").exists()
+    written = read_results(tmp_path / "p.results.jsonl.partial")
+    served = sim.stats()["completions_served"]
+    assert served > 5
+    # Every answer paid for is somewhere: the cache (the first 5) or the results (all of them).
+    assert sum(row["status"] == "ok" for row in written) == served
+    assert [row["line"] for row in written] == list(range(1, len(written) + 1))
+    assert cache_entries(env) == 5
