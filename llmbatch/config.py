@@ -57,7 +57,10 @@ def parse_config(text: str, source: str) -> Config:
         if name != "models":
             raise _problem(source, f'unknown table "{name}" (llmbatch reads [models."provider:model"])')
     models: dict[str, LimitSettings] = {}
-    for model, values in (data.get("models") or {}).items():
+    table = data.get("models", {})
+    if not isinstance(table, dict):
+        raise _problem(source, 'models must be a table: [models."provider:model"]')
+    for model, values in table.items():
         where = f'[models."{model}"]'
         if ":" not in model:
             raise _problem(source, f'{where}: name models as provider:model, like "openai:gpt-4o-mini"')
@@ -84,6 +87,8 @@ def load_config(path: Path | None, cwd: Path | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _problem(str(path), f"not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, str(path))
 
 

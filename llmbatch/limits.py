@@ -58,7 +58,8 @@ PACE_SAFETY = 0.97
 DEFAULT_COMPLETION_TOKENS = 256
 #: A 429 without Retry-After pauses the budget this long.
 DEFAULT_PAUSE_S = 1.0
-_MINUTE_MS = 60_000
+#: pyrate-limiter counts in whole units: microseconds, so rounding never slows the pace.
+_MINUTE_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ def _int(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -175,7 +176,9 @@ class Pacer:
     def __init__(self, rpm: int | None, tpm: int | None) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self._requests = self._bucket(rpm, burst=1) if rpm else None
+        # A provider enforcing its limit over one second allows floor(rpm / 60) in any second: pace
+        # under that, not under rpm / 60 (500 rpm: 8 a second, not 8.3).
+        self._requests = self._bucket(rpm // 60 * 60 if rpm >= 60 else rpm, burst=1) if rpm else None
         # A request pays for its tokens in lumps of at most 10 ms worth, waiting between lumps, so
         # it starts only once its tokens have been paid at the rate. The slack a lump allows is 1 %
         # of a second's tokens, inside the 3 % safety margin even for a half-second window.
@@ -188,12 +191,12 @@ class Pacer:
     @staticmethod
     def _bucket(per_minute: int, *, burst: int) -> StateBucket:
         limit = max(1, int(per_minute * PACE_SAFETY))
-        return StateBucket([Rate(limit, _MINUTE_MS, burst=min(burst, limit))], GCRA(), InMemoryStateStore())
+        return StateBucket([Rate(limit, _MINUTE_US, burst=min(burst, limit))], GCRA(), InMemoryStateStore())
 
     def reserve(self, tokens: int, now: float) -> float:
         """Take room for one request of ``tokens`` at ``now`` (seconds): 0.0 when granted, else
         the seconds to wait before asking again."""
-        stamp = int(now * 1000)
+        stamp = int(now * 1_000_000)
         if self._tokens is not None:
             # Pay the bucket in lumps of at most a burst until this request's tokens are covered;
             # what is paid stays paid (``balance``) if we have to wait for the rest.
@@ -212,7 +215,7 @@ class Pacer:
     def _wait(bucket: StateBucket, weight: int, stamp: int) -> float:
         waited = bucket.waiting(RateItem("wait", stamp, weight))
         assert isinstance(waited, int)
-        return max(0.001, waited / 1000)
+        return max(1e-6, waited / 1_000_000)
 
     def settle(self, estimated: int, actual: int) -> None:
         """The answer came: carry the estimate's error into the next reservations."""
@@ -226,13 +229,21 @@ class Pacer:
             self.balance -= tokens  # owed: the next reservations pay for them first
         if self._requests is None or requests <= 0:
             return
-        rate = self._requests.rates[0]
-        emission_ms = rate.interval / rate.limit
-        stamp = int(now * 1000)
-        # Items stamped one interval apart from now on are each admitted and leave the bucket's
-        # theoretical arrival time ``requests`` intervals ahead: exactly "already spent".
-        for k in range(requests):
-            self._requests.put(RateItem("requests", stamp + math.ceil(k * emission_ms), 1))
+        stamp = int(now * 1_000_000)
+        # Each at the bucket's next free moment: admitted, it pushes that moment one interval on.
+        for _ in range(requests):
+            while not self._requests.put(RateItem("requests", stamp, 1)):
+                waited = self._requests.waiting(RateItem("requests", stamp, 1))
+                assert isinstance(waited, int)  # an in-memory store answers at once
+                stamp += max(1, waited)
+
+    def carry(self, old: Pacer) -> None:
+        """Take over from the pacer of an earlier limit: its schedule, not the run's history."""
+        for mine, theirs in ((self._requests, old._requests), (self._tokens, old._tokens)):
+            if mine is not None and theirs is not None:
+                mine.store = theirs.store  # when each bucket is next free
+        if self._tokens is not None and old._tokens is not None:
+            self.balance = old.balance
 
 
 # --- the governor ------------------------------------------------------------------------------
@@ -402,12 +413,13 @@ class Governor:
     def _throttled(self, budget: Budget, retry_after_s: float | None, now: float) -> None:
         budget.throttles += 1
         pause = retry_after_s if retry_after_s is not None else DEFAULT_PAUSE_S
-        budget.not_before = max(budget.not_before, now + pause)
-        # One burst of 429s (every call that was in flight when the window filled) is one signal.
-        if now - budget.last_decrease >= max(pause, DEFAULT_PAUSE_S):
+        # One burst of 429s (every call that was in flight when the window filled) is one signal:
+        # while a pause is in force, only calls sent before it can answer.
+        if now >= budget.not_before and now - budget.last_decrease >= DEFAULT_PAUSE_S:
             budget.limit = max(1.0, budget.limit / 2)  # multiplicative decrease
             budget.last_decrease = now
             budget.successes = 0
+        budget.not_before = max(budget.not_before, now + pause)
 
     def _learn(self, budget: Budget, headers: Mapping[str, str], now: float) -> None:
         parsed = parse_rate_headers(headers)
@@ -419,10 +431,12 @@ class Governor:
             if (rpm and rpm != budget.learned_rpm) or (tpm and tpm != budget.learned_tpm):
                 budget.learned_rpm = rpm or budget.learned_rpm
                 budget.learned_tpm = tpm or budget.learned_tpm
-                pacer = Pacer(budget.rpm, budget.tpm)
-                # Calls already sent count against the window the provider is enforcing.
-                pacer.precharge(budget.started, budget.tokens_started, now)
-                budget.pacer = pacer
+                old, budget.pacer = budget.pacer, Pacer(budget.rpm, budget.tpm)
+                if old is None:
+                    # Calls already sent count against the window the provider is enforcing.
+                    budget.pacer.precharge(budget.started, budget.tokens_started, now)
+                else:
+                    budget.pacer.carry(old)  # a limit changed: what was paid stays paid, no more
         # The window is used up: the next call would be refused. "reset" is the time until the
         # whole budget is back, but room for one call returns sooner, at the advertised rate: wait
         # for that much (never longer than the reset).
