@@ -103,6 +103,8 @@ class CacheStats:
     by_model: dict[str, int]
     hits: int
     misses: int
+    saved_usd: float = 0.0  # lifetime: what hits would have cost as calls
+    stored_value_usd: float = 0.0  # what the stored answers cost when paid
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,8 @@ class CacheStats:
             "by_model": self.by_model,
             "hits": self.hits,
             "misses": self.misses,
+            "saved_usd": round(self.saved_usd, 10),
+            "stored_value_usd": round(self.stored_value_usd, 10),
         }
 
 
@@ -181,7 +185,7 @@ class ResponseCache:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
-    def record_lookups(self, hits: int, misses: int) -> None:
+    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
         """Add a run's hits and misses to the lifetime counters.
 
         diskcache keeps ``hits``/``misses`` rows in its Settings table for its own statistics
@@ -194,6 +198,9 @@ class ResponseCache:
             sql = self._cache._sql
             sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
             sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
+            # Our own row beside diskcache's: the dollars that hits saved over the cache's life.
+            sql("INSERT OR IGNORE INTO Settings VALUES ('llmbatch_saved_usd', 0.0)")
+            sql("UPDATE Settings SET value = value + ? WHERE key = 'llmbatch_saved_usd'", (saved_usd,))
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -205,7 +212,10 @@ class ResponseCache:
             for tag, n in sql("SELECT tag, COUNT(*) FROM Cache GROUP BY tag ORDER BY COUNT(*) DESC").fetchall()
         }
         hits, misses = self._cache.stats(enable=False)
+        saved = sql("SELECT value FROM Settings WHERE key = 'llmbatch_saved_usd'").fetchall()
         return CacheStats(
+            saved_usd=float(saved[0][0]) if saved else 0.0,
+            stored_value_usd=self._stored_value(),
             directory=str(self.directory),
             entries=count,
             size_bytes=self._cache.volume(),
@@ -217,6 +227,23 @@ class ResponseCache:
             hits=hits,
             misses=misses,
         )
+
+    def _stored_value(self) -> float:
+        """What every stored answer cost when it was paid. Read from the raw JSON bytes, without
+        parsing each value: ``"cost_usd":`` is found and only its number is read."""
+        total = 0.0
+        marker = b'"cost_usd":'
+        for (value,) in self._cache._sql("SELECT value FROM Cache WHERE value IS NOT NULL"):
+            at = value.find(marker) if isinstance(value, bytes) else -1
+            if at < 0:
+                continue
+            start = at + len(marker)
+            end = start
+            while end < len(value) and value[end] in b"0123456789.eE+-":
+                end += 1
+            if end > start:
+                total += float(value[start:end])
+        return total
 
     def purge(
         self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False, now: float | None = None

@@ -6,7 +6,8 @@ a message on stderr and an exit code. Heavy modules are imported inside the comm
 ``llmbatch --help`` starts fast.
 
 Exit codes: 0 every line ok; 1 some lines ended in error, or the run stopped early (the message
-says why); 2 bad usage or input, nothing sent; 130 interrupted by Ctrl-C.
+says why); 2 bad usage or input, nothing sent; 3 the --max-cost budget was reached; 130
+interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from llmbatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_ERRORS, InputError, LlmbatchError, UsageError
+from llmbatch.errors import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_ERRORS,
+    InputError,
+    LlmbatchError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="llmbatch",
@@ -152,9 +161,19 @@ def run(
     config_file: Annotated[
         Path | None, typer.Option("--config", help="Per-model defaults (default: ./llmbatch.toml if present).")
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", min=0, help="Stop before spending more than this many USD (exit code 3)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only plan: hits, calls, tokens and cost, without calling anyone.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show only the final summary.")] = False,
 ) -> None:
-    """Run every request in INPUT, writing one result line per input line, in order."""
+    """Run every request in INPUT, writing one result line per input line, in order.
+
+    `llmbatch plan INPUT ...` is `llmbatch run INPUT --dry-run ...`."""
     from llmbatch.display import Display, Summary, choose_mode
     from llmbatch.engine import RunOptions, RunStats
     from llmbatch.prompts import Defaults
@@ -183,6 +202,7 @@ def run(
         retry=RetryPolicy(max_retries=max_retries),
         cache_mode=mode,  # type: ignore[arg-type]
         ttl_s=parse_duration(ttl, option="--ttl") if ttl else None,
+        max_cost_usd=max_cost,
     )
     source = open_input(input)
     try:
@@ -200,6 +220,11 @@ def run(
             cache_eviction=cache_eviction,
         )
         report = validate(config)
+        if dry_run:
+            _print_plan(config, as_json=as_json)
+            return
+        if max_cost is not None:
+            _check_prices(report.models)
         stats = RunStats(total=report.requests)
         display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
         interrupted = False
@@ -211,7 +236,12 @@ def run(
                 outcome = None
         results_at = outcome.results_at if outcome else _partial_name(out)
         note = None
-        if not (outcome and outcome.complete):
+        if stats.budget_reached:
+            note = (
+                f"the budget of ${max_cost:g} is spent; results are incomplete. To go on, run the same command "
+                "again with a new --max-cost (answered prompts come from the cache and cost nothing)"
+            )
+        elif not (outcome and outcome.complete):
             note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"
         display.summary(Summary(results=results_at, complete=bool(outcome and outcome.complete), note=note))
     finally:
@@ -221,7 +251,33 @@ def run(
     if stats.fatal:
         _print_error(stats.stopped or "the run stopped early")
         raise typer.Exit(EXIT_SOME_ERRORS)
+    if stats.budget_reached:
+        raise typer.Exit(EXIT_BUDGET)
     raise typer.Exit(EXIT_SOME_ERRORS if stats.errors or not stats.complete else EXIT_OK)
+
+
+def _print_plan(config: Any, *, as_json: bool) -> None:
+    from llmbatch.display import print_plan
+    from llmbatch.runner import plan
+
+    result = plan(config)
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_plan(result)
+
+
+def _check_prices(models: set[str]) -> None:
+    """--max-cost needs a price for every model it may call: refuse up front, not mid-run."""
+    from llmbatch.pricing import is_priced
+
+    unknown = sorted(m for m in models if not is_priced(*m.split(":", 1)))
+    if unknown:
+        raise UsageError(
+            f"--max-cost: no price is known for {', '.join(unknown)} (genai-prices), so the budget cannot be kept"
+        )
 
 
 def _partial_name(out: Path | None) -> str:
@@ -398,6 +454,9 @@ def sim(
 
 
 def main() -> None:
+    # `llmbatch plan ...` is `llmbatch run --dry-run ...`: one set of options, one code path.
+    if len(sys.argv) > 1 and sys.argv[1] == "plan":
+        sys.argv[1:2] = ["run", "--dry-run"]
     app()
 
 

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from llmbatch.engine import RunStats
 
-__all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "print_cache_stats"]
+__all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "print_cache_stats", "print_plan"]
 
 Mode = Literal["live", "plain", "quiet"]
 
@@ -120,6 +120,12 @@ class _LiveView:
             ("  in flight ", "dim"),
             (_count(s.in_flight), ""),
         )
+        money = Text.assemble(
+            ("spent ", "dim"),
+            (_usd(s.spent_usd), "bold"),
+            ("  saved by the cache ", "dim"),
+            (_usd(s.saved_usd), "green"),
+        )
         pace = Text.assemble(
             ("rate ", "dim"),
             (f"{snap['lines_per_s']:.1f} lines/s, {snap['calls_per_s']:.1f} calls/s", ""),
@@ -128,10 +134,18 @@ class _LiveView:
             ("  ", ""),
             *_pace_parts(s),
         )
-        parts: list[Any] = [head, counters, pace]
+        parts: list[Any] = [head, counters, money, pace]
         if s.stopped:
             parts.append(Text(f"stopping: {s.stopped}", style="bold red"))
         return Group(*parts)
+
+
+def _usd(amount: float | None) -> str:
+    if amount is None:
+        return "unknown"
+    if amount < 0.01:
+        return f"${amount:.6f}"  # small batches of cheap models cost fractions of a cent
+    return f"${amount:,.4f}" if amount < 10 else f"${amount:,.2f}"
 
 
 def _pace_text(stats: RunStats) -> str:
@@ -162,7 +176,8 @@ def _plain_line(stats: RunStats, rate: _Rate, now: float) -> str:
         f"llmbatch: {stats.done}/{total} done, {stats.hits} hits, {stats.calls} calls, "
         f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
         f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
-        f"ETA {format_duration(snap['eta'])}, {_pace_text(stats)}"
+        f"ETA {format_duration(snap['eta'])}, spent {_usd(stats.spent_usd)}, saved {_usd(stats.saved_usd)}, "
+        f"{_pace_text(stats)}"
         + (", throttled" if stats.throttled else "")
         + (f", {stats.rate_limited} rate-limited" if stats.rate_limited else "")
     )
@@ -243,6 +258,8 @@ class Display:
             ("retries", _count(s.retries)),
             ("rate-limited (429)", _count(s.rate_limited)),
             ("tokens in / out", f"{_count(s.prompt_tokens)} / {_count(s.completion_tokens)}"),
+            ("spent this run", _usd(s.spent_usd) + (" (+ unpriced calls)" if s.unpriced_calls else "")),
+            ("saved by the cache", _usd(s.saved_usd)),
             ("wall time", f"{wall:.1f}s"),
             ("results", summary.results),
         ]
@@ -250,9 +267,15 @@ class Display:
             table.add_row(name, value)
         self.console.print(table)
         if s.stopped and not s.fatal:  # a fatal stop is reported once, as the command's error
-            self.console.print(Text(f"stopped early: {s.stopped}", style="bold red"))
+            self.console.print(Text(f"stopped early: {s.stopped}", style="bold red"), soft_wrap=True)
+        if s.unpriced_calls:
+            models = ", ".join(sorted(s.unpriced_models))
+            self.console.print(
+                Text(f"note: {s.unpriced_calls} calls have no known price ({models}): their cost is unknown, not 0"),
+                soft_wrap=True,
+            )
         if summary.note:
-            self.console.print(Text(summary.note, style="yellow"))
+            self.console.print(Text(summary.note, style="yellow"), soft_wrap=True)
 
 
 def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = None) -> None:
@@ -280,6 +303,8 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
         ("size limit", f"{format_size(stats.size_limit)} ({stats.eviction_policy})"),
         ("oldest entry", when(stats.oldest)),
         ("newest entry", when(stats.newest)),
+        ("value of stored answers", _usd(stats.stored_value_usd)),
+        ("lifetime saved by hits", _usd(stats.saved_usd)),
         (
             "lifetime hits / misses",
             f"{_count(stats.hits)} / {_count(stats.misses)}"
@@ -296,3 +321,29 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
         for tag, n in stats.by_model.items():
             by_model.add_row(Text(tag), _count(n))
         console.print(by_model)
+
+
+def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
+    """``llmbatch run --dry-run``: what a run would do and cost."""
+    import sys
+
+    console = Console(file=stream or sys.stdout, highlight=False)
+    table = Table(title="plan (nothing was sent)", show_header=False, box=None, padding=(0, 2), title_justify="left")
+    table.add_column(style="dim")
+    table.add_column(justify="right")
+    rows = [
+        ("prompts", _count(plan.prompts)),
+        ("cache hits", _count(plan.hits)),
+        ("duplicates (no extra call)", _count(plan.duplicates)),
+        ("calls to make", _count(plan.calls)),
+        (
+            "estimated tokens in / out",
+            f"{_count(plan.estimated_input_tokens)} / {_count(plan.estimated_output_tokens)}",
+        ),
+        ("estimated cost", _usd(plan.estimated_cost_usd)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if plan.unpriced_models:
+        console.print(Text(f"note: no known price for {', '.join(plan.unpriced_models)}: the cost is unknown, not 0"))

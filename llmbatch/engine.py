@@ -31,7 +31,8 @@ from typing import Any, Literal, Protocol
 from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
-from llmbatch.limits import Governor, LimitSettings, estimate_tokens
+from llmbatch.limits import Governor, LimitSettings, estimate_split
+from llmbatch.pricing import call_cost, estimate_cost
 from llmbatch.prompts import Request
 from llmbatch.provider import CallError, Reply
 from llmbatch.results import Result
@@ -76,6 +77,8 @@ class RunOptions:
     limits: dict[str, LimitSettings] = field(default_factory=dict)
     default_limits: LimitSettings = field(default_factory=LimitSettings)
     learn_from_headers: bool = True
+    #: --max-cost: no call starts that could take spending past this many USD.
+    max_cost_usd: float | None = None
 
     def effective_window(self) -> int:
         return self.window or max(1024, 16 * self.concurrency)
@@ -103,6 +106,11 @@ class RunStats:
     pace_rpm: int | None = None  # the limits being paced at, when known
     pace_tpm: int | None = None
     concurrency_limit: int | None = None  # calls currently allowed in flight (after backoff)
+    spent_usd: float = 0.0  # what this run's calls cost (priced calls only)
+    saved_usd: float = 0.0  # what the lines answered from the cache cost when first paid
+    unpriced_calls: int = 0  # calls whose model genai-prices does not know
+    unpriced_models: set[str] = field(default_factory=set)
+    budget_reached: bool = False
     started_at: float = 0.0
     finished_at: float | None = None
     stopped: str | None = None  # why the run ended early, if it did
@@ -174,6 +182,8 @@ class Engine:
         # --refresh must call each key once per run, however far apart its duplicates are.
         self._refreshed: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._committed: dict[int, float] = {}  # estimated cost of each call in flight (--max-cost)
+        self._committed_usd = 0.0
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -226,7 +236,7 @@ class Engine:
                 producer.cancel()
             self.stats.finished_at = self.clock()
             if self.cache is not None:
-                self.cache.record_lookups(self.stats.hits, self.stats.calls)
+                self.cache.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
         return self.stats
 
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
@@ -292,7 +302,14 @@ class Engine:
             self.stats.coalesced += 1
         else:
             self.stats.hits += 1
+        # Entries stored before prices were recorded are priced from their usage.
+        cost = (
+            entry["cost_usd"] if "cost_usd" in entry else call_cost(request.provider, request.model, entry.get("usage"))
+        )
+        if cost is not None:
+            self.stats.saved_usd += cost
         return Result(
+            cost_usd=cost,
             line=request.line,
             id=request.id,
             key=key,
@@ -357,9 +374,15 @@ class Engine:
                             return _SKIPPED
                         self.provider.prepare(request)
                         budget = self.governor.budget(request.model_ref)
-                        estimate = estimate_tokens(request.messages, request.params, budget.avg_completion)
+                        estimate_in, estimate_out = estimate_split(
+                            request.messages, request.params, budget.avg_completion
+                        )
+                        estimate = estimate_in + estimate_out
                         if not await self.governor.acquire(request.model_ref, estimate):
                             return _SKIPPED  # stopped while waiting for the pace
+                        if not self._within_budget(request, estimate_in, estimate_out):
+                            await self.governor.unused(request.model_ref)
+                            return _SKIPPED  # the budget is spent: the rerun picks this line up
                         if not counted and (entry := self._stored_meanwhile(key)) is not None:
                             # Another run sharing the cache answered it while we waited our turn.
                             await self.governor.unused(request.model_ref)
@@ -382,6 +405,12 @@ class Engine:
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
         latency_ms = round(reply.latency_s * 1000, 1)
+        cost = call_cost(request.provider, request.model, usage)
+        if cost is None:
+            self.stats.unpriced_calls += 1
+            self.stats.unpriced_models.add(request.model_ref)
+        else:
+            self.stats.spent_usd += cost
         entry = {
             "key": key,
             "stored_at": self.wall_clock(),
@@ -390,6 +419,7 @@ class Engine:
             "endpoint": self._endpoint(request),
             "usage": usage,
             "latency_ms": latency_ms,
+            "cost_usd": cost,
             "response": response,
         }
         # Paid for: into the cache before anything else happens with it.
@@ -413,12 +443,31 @@ class Engine:
             usage=usage,
             latency_ms=latency_ms,
             attempts=attempts,
+            cost_usd=cost,
         )
 
     def _stored_meanwhile(self, key: str) -> dict[str, Any] | None:
         if self.cache is None or self.options.cache_mode != "normal":
             return None
         return self.cache.get(key)
+
+    def _within_budget(self, request: Request, input_tokens: int, output_tokens: int) -> bool:
+        """--max-cost: start a call only if, at its estimate, it cannot take spending past the
+        budget, counting the calls in flight at theirs. Otherwise the run stops here."""
+        limit = self.options.max_cost_usd
+        if limit is None:
+            return True
+        estimate = estimate_cost(request.provider, request.model, input_tokens, output_tokens)
+        if estimate is None:
+            self.stop(f"no price known for {request.model_ref}: --max-cost cannot be kept", fatal=True)
+            return False
+        if self.stats.spent_usd + self._committed_usd + estimate > limit:
+            self.stats.budget_reached = True
+            self.stop(f"the budget of ${limit:g} is reached (${self.stats.spent_usd:.4f} spent)")
+            return False
+        self._committed_usd += estimate
+        self._committed[id(request)] = estimate
+        return True
 
     async def _attempt(self, request: Request, estimate: int) -> Reply:
         """One call, with the governor told how it ended (it paces and backs off from that)."""
@@ -440,6 +489,7 @@ class Engine:
             raise
         finally:
             self.stats.in_flight -= 1
+            self._committed_usd -= self._committed.pop(id(request), 0.0)
             self._publish_pace()
         usage = reply.response.get("usage")
         prompt_tokens, completion_tokens = _usage_tokens(usage)

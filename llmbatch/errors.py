@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "EXIT_BUDGET",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SOME_ERRORS",
@@ -26,6 +27,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_SOME_ERRORS = 1  # the run finished, some lines ended in error (they are in the results)
 EXIT_USAGE = 2  # bad options or input; nothing was sent
+EXIT_BUDGET = 3  # --max-cost reached: the run stopped before spending more (rerun to go on)
 EXIT_INTERRUPTED = 130  # Ctrl-C, after writing every completed line
 
 

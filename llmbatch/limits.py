@@ -47,6 +47,7 @@ __all__ = [
     "LimitSettings",
     "Pacer",
     "RateHeaders",
+    "estimate_split",
     "estimate_tokens",
     "parse_rate_headers",
 ]
@@ -158,13 +159,21 @@ def _text_chars(content: Any) -> int:
     return 0
 
 
-def estimate_tokens(messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None) -> int:
-    """Tokens a request will cost before we know: about 4 characters a token for the prompt, plus
-    the completion's cap (or the average completion seen so far), times ``n``."""
+def estimate_split(
+    messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None
+) -> tuple[int, int]:
+    """``(input, output)`` tokens a request will cost before we know: about 4 characters a token
+    for the prompt; the completion's cap (or the average completion seen so far) times ``n``."""
     prompt = sum(_text_chars(m.get("content")) for m in messages) // 4 + 4 * len(messages)
     cap = params.get("max_completion_tokens") or params.get("max_tokens")
     completion = cap if cap is not None else (avg_completion or DEFAULT_COMPLETION_TOKENS)
-    return int(prompt + completion * int(params.get("n") or 1))
+    return int(prompt), int(completion * int(params.get("n") or 1))
+
+
+def estimate_tokens(messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None) -> int:
+    """Total of :func:`estimate_split`: what a call counts against a tokens-per-minute limit."""
+    prompt, completion = estimate_split(messages, params, avg_completion)
+    return prompt + completion
 
 
 # --- pacing ----------------------------------------------------------------------------------

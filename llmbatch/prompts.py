@@ -457,6 +457,7 @@ class ValidationReport:
     requests: int
     errors: list[LineError]
     total_errors: int
+    models: set[str] = field(default_factory=set)  # every provider:model the file asks for
 
 
 def validate_file(
@@ -467,6 +468,7 @@ def validate_file(
     errors: list[LineError] = []
     total_errors = 0
     seen_ids: dict[str, int] = {}
+    models: set[str] = set()
     count = 0
     with open(path, "rb") as stream:
         for number, raw in iter_raw_lines(stream):
@@ -476,6 +478,7 @@ def validate_file(
                 message = str(exc)
             else:
                 count += 1
+                models.add(request.model_ref)
                 # Ids are compared as text: 3 and "3" would be indistinguishable in results.
                 ident = str(request.id)
                 first = seen_ids.setdefault(ident, number)
@@ -485,7 +488,7 @@ def validate_file(
             total_errors += 1
             if len(errors) < max_errors:
                 errors.append(LineError(source, number, message))
-    return ValidationReport(requests=count, errors=errors, total_errors=total_errors)
+    return ValidationReport(requests=count, errors=errors, total_errors=total_errors, models=models)
 
 
 def read_requests(path: Path, defaults: Defaults = Defaults(), *, source: str | None = None) -> Iterator[Request]:

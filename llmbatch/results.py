@@ -53,6 +53,7 @@ class Result:
     latency_ms: float | None = None
     attempts: int = 0
     error: dict[str, Any] | None = None
+    cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +72,7 @@ class Result:
             "usage": self.usage,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,
+            "cost_usd": self.cost_usd,
             "key": self.key,
             "metadata": self.metadata,
             "error": self.error,

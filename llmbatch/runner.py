@@ -23,7 +23,7 @@ from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.prompts import Defaults, ValidationReport, read_requests, validate_file
 from llmbatch.results import ResultWriter
 
-__all__ = ["Input", "RunConfig", "RunOutcome", "execute", "open_input", "validate"]
+__all__ = ["Input", "Plan", "RunConfig", "RunOutcome", "execute", "open_input", "plan", "validate"]
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
 #: everything downstream (keys, tags, later prices) behaves as it will for real.
@@ -160,3 +160,107 @@ def _replace(options: RunOptions, **changes: Any) -> RunOptions:
     from dataclasses import replace
 
     return replace(options, **changes)
+
+
+@dataclass
+class Plan:
+    """What a run would do, from the cache alone: ``llmbatch run --dry-run``."""
+
+    prompts: int = 0
+    hits: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
+    estimated_cost_usd: float | None = 0.0
+    unpriced_models: list[str] = field(default_factory=list)
+    by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "hits": self.hits,
+            "duplicates": self.duplicates,
+            "calls": self.calls,
+            "estimated_input_tokens": self.estimated_input_tokens,
+            "estimated_output_tokens": self.estimated_output_tokens,
+            "estimated_cost_usd": None if self.estimated_cost_usd is None else round(self.estimated_cost_usd, 10),
+            "unpriced_models": self.unpriced_models,
+            "by_model": self.by_model,
+        }
+
+
+def plan(config: RunConfig) -> Plan:
+    """Count hits, duplicates and the calls a run would make, and estimate their tokens and cost,
+    without calling anyone. Output tokens: ``max_tokens`` where set, else the average completion
+    of the cached answers of that model (or of all cached answers, or 256)."""
+    from llmbatch.cache import default_cache_dir
+    from llmbatch.engine import _LOOKUP_CHUNK, _take
+    from llmbatch.keys import request_key
+    from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
+    from llmbatch.pricing import estimate_cost, usage_tokens
+    from llmbatch.provider import env_endpoints
+
+    options = config.options
+    endpoints = {} if config.api_base or config.simulate else env_endpoints(os.environ)
+
+    def endpoint_for(provider: str) -> str | None:  # the same endpoint rules as execute()
+        return SIMULATOR_ENDPOINT if config.simulate else config.api_base or endpoints.get(provider)
+
+    cache = None
+    directory = config.cache_dir or default_cache_dir()
+    if options.cache_mode in ("normal", "only") and (directory / "cache.db").exists():
+        cache = ResponseCache(directory, create=False)
+    result = Plan()
+    pending: set[str] = set()
+    # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion
+    # tokens of hits, hits with usage]
+    models: dict[str, list[int]] = {}
+    try:
+        requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
+        while chunk := _take(requests, _LOOKUP_CHUNK):
+            keyed = [(r, request_key(r, endpoint_for(r.provider))) for r in chunk]
+            found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
+            for request, key in keyed:
+                result.prompts += 1
+                acc = models.setdefault(request.model_ref, [0, 0, 0, 0, 0])
+                entry = found.get(key)
+                if entry is not None:
+                    result.hits += 1
+                    _, completion, _ = usage_tokens(entry.get("usage"))
+                    acc[3] += completion
+                    acc[4] += 1
+                    continue
+                if key in pending:
+                    result.duplicates += 1
+                    continue
+                pending.add(key)
+                result.calls += 1
+                prompt, _ = estimate_split(request.messages, request.params, None)
+                acc[0] += prompt
+                cap = request.params.get("max_completion_tokens") or request.params.get("max_tokens")
+                n = int(request.params.get("n") or 1)
+                if cap:
+                    acc[1] += cap * n
+                else:
+                    acc[2] += n
+    finally:
+        if cache is not None:
+            cache.close()
+    all_hits = sum(a[4] for a in models.values())
+    overall = sum(a[3] for a in models.values()) / all_hits if all_hits else DEFAULT_COMPLETION_TOKENS
+    total_cost: float | None = 0.0
+    for model_ref, (prompt, capped, uncapped, hit_tokens, hit_count) in models.items():
+        average = hit_tokens / hit_count if hit_count else overall
+        output = capped + int(uncapped * average)
+        result.estimated_input_tokens += prompt
+        result.estimated_output_tokens += output
+        provider, model = model_ref.split(":", 1)
+        cost = estimate_cost(provider, model, prompt, output) if (prompt or output) else 0.0
+        if cost is None:
+            result.unpriced_models.append(model_ref)
+        elif total_cost is not None:
+            total_cost += cost
+        result.by_model[model_ref] = {"input_tokens": prompt, "output_tokens": output, "cost_usd": cost}
+    result.estimated_cost_usd = None if result.unpriced_models else total_cost
+    return result

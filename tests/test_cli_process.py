@@ -60,3 +60,28 @@ def test_sim_serves_requests_until_interrupted(tmp_path, env):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=10) == 0
+
+
+def test_plan_is_run_dry_run(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmbatch",
+            "plan",
+            str(path),
+            "--api-base",
+            sim.url,
+            "-m",
+            "openai:gpt-4o-mini",
+            "--json",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["calls"] == 3
+    assert sim.stats()["requests_received"] == 0

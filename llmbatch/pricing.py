@@ -1,0 +1,82 @@
+"""What a call costs, from genai-prices' bundled price table (it works offline).
+
+Pure functions over (provider, model, usage). Usage is any-llm's normalised, OpenAI-shaped
+``usage`` (``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details.cached_tokens``),
+whatever the provider, so one mapping serves every provider. A model genai-prices does not know
+costs ``None`` — never 0: an unknown price must not look free, and a budget cannot be enforced on
+it. ``multiplier`` is there for discounts such as the batch API's 50 %.
+
+genai-prices is imported on first use: a run that prices nothing does not pay for loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["PROVIDER_IDS", "call_cost", "estimate_cost", "is_priced", "usage_tokens"]
+
+#: any-llm provider names that genai-prices spells differently. Providers that run models on your
+#: own machine (ollama, vllm, lmstudio, llamafile, llamacpp) have no price: their cost is unknown.
+PROVIDER_IDS: dict[str, str] = {
+    "gemini": "google",
+    "vertexai": "google",
+    "bedrock": "aws",
+    "azureopenai": "azure",
+    "xai": "x-ai",
+    "moonshot": "moonshotai",
+    "voyage": "voyageai",
+}
+
+
+def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:
+    """``(input, output, cached input)`` tokens from an OpenAI-shaped usage object."""
+    if not usage:
+        return 0, 0, 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0)
+
+
+@lru_cache(maxsize=256)
+def _model_known(provider: str, model: str) -> bool:
+    return _price(provider, model, 1, 1, 0) is not None
+
+
+def _price(provider: str, model: str, input_tokens: int, output_tokens: int, cached: int) -> float | None:
+    from genai_prices import Usage, calc_price
+
+    try:
+        calculation = calc_price(
+            Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cached or None),
+            model_ref=model,
+            provider_id=PROVIDER_IDS.get(provider, provider),
+        )
+    except LookupError:
+        return None
+    return float(calculation.total_price)
+
+
+def is_priced(provider: str, model: str) -> bool:
+    """Whether genai-prices has a price for this model."""
+    return _model_known(provider, model)
+
+
+def call_cost(provider: str, model: str, usage: Mapping[str, Any] | None, *, multiplier: float = 1.0) -> float | None:
+    """USD a call cost, from its usage; None when the model has no known price or there is no usage."""
+    if not usage or not is_priced(provider, model):
+        return None
+    input_tokens, output_tokens, cached = usage_tokens(usage)
+    price = _price(provider, model, input_tokens, output_tokens, cached)
+    return None if price is None else price * multiplier
+
+
+def estimate_cost(
+    provider: str, model: str, input_tokens: int, output_tokens: int, *, multiplier: float = 1.0
+) -> float | None:
+    """USD that calls of this many tokens would cost (no cache discount assumed)."""
+    if not is_priced(provider, model):
+        return None
+    price = _price(provider, model, input_tokens, output_tokens, 0)
+    return None if price is None else price * multiplier
