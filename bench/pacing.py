@@ -53,9 +53,10 @@ def main() -> None:
             finally:
                 sim.terminate()
                 sim.wait()
-            ok = sum(json.loads(line)["status"] == "ok" for line in open(Path(tmp) / "out.jsonl"))
-            print(f"{label:>13}: exit {run.returncode}, {ok}/{args.prompts} ok, wall {wall:.1f} s, ideal {ideal:.1f} s, "
-                  f"share of ideal {ideal / wall:.3f}, 429s {served['rate_limited']}, "
+            with open(Path(tmp) / "out.jsonl") as results:
+                ok = sum(json.loads(line)["status"] == "ok" for line in results)
+            print(f"{label:>13}: exit {run.returncode}, {ok}/{args.prompts} ok, wall {wall:.1f} s, "
+                  f"ideal {ideal:.1f} s, share of ideal {ideal / wall:.3f}, 429s {served['rate_limited']}, "
                   f"served {served['completions_served']}")
 
 

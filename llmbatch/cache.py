@@ -47,6 +47,8 @@ DEFAULT_SIZE_LIMIT = 20 * 10**9
 #: Least-recently-stored keeps reads read-only (least-recently-used would turn every hit into
 #: a write, which costs warm reruns dearly). "none" never evicts anything.
 DEFAULT_EVICTION = "least-recently-stored"
+#: Keys per SELECT in get_many: well under SQLite's limit of host parameters (32,766).
+_SQL_BATCH = 500
 EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-frequently-used", "none")
 
 
@@ -170,7 +172,38 @@ class ResponseCache:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The stored entries among ``keys``; missing, expired or unreadable keys are absent."""
+        """The stored entries among ``keys``; missing, expired or unreadable keys are absent.
+
+        One SELECT for the whole batch instead of a transaction per key (~3x faster on a cached
+        rerun). Only under policies where a read changes nothing: least-recently-used and
+        least-frequently-used record every read, so they go through diskcache's own ``get``.
+        """
+        keys = list(keys)
+        if self._cache.eviction_policy not in ("least-recently-stored", "none"):
+            return self._get_each(keys)
+        found: dict[str, dict[str, Any]] = {}
+        now = time.time()
+        fetch = self._cache.disk.fetch
+        try:
+            for start in range(0, len(keys), _SQL_BATCH):
+                batch = keys[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self._cache._sql(
+                    f"SELECT key, expire_time, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                    batch,
+                ).fetchall()
+                for key, expire_time, mode, filename, value in rows:
+                    if expire_time is not None and expire_time < now:
+                        continue  # expired: a miss, as diskcache's get would say
+                    try:
+                        found[key] = fetch(mode, filename, value, False)
+                    except (CorruptEntry, OSError):
+                        continue  # unreadable (or a value file removed meanwhile): a miss
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
+        return found
+
+    def _get_each(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         for key in keys:
             value = self.get(key)

@@ -226,6 +226,7 @@ def run(
         if max_cost is not None:
             _check_prices(report.models)
         stats = RunStats(total=report.requests)
+        _tune_gc()
         display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
         interrupted = False
         with display:
@@ -278,6 +279,17 @@ def _check_prices(models: set[str]) -> None:
         raise UsageError(
             f"--max-cost: no price is known for {', '.join(unknown)} (genai-prices), so the budget cannot be kept"
         )
+
+
+def _tune_gc() -> None:
+    """A run makes millions of short-lived dicts (parsed lines, responses). Python's cyclic GC,
+    triggered every 700 allocations, rescans everything alive each time — including every module
+    imported so far. Freezing what exists now and collecting less often cut a cached rerun of
+    100,000 lines by a fifth (bench/run.py); nothing in a run relies on prompt cycle collection."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
 
 
 def _partial_name(out: Path | None) -> str:

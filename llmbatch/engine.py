@@ -186,6 +186,8 @@ class Engine:
         self._committed_usd = 0.0
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._outstanding = 0  # items queued or being awaited by the consumer, not yet emitted
+        self._gap = False
 
     def _endpoint(self, request: Request) -> str | None:
         return self.options.endpoint or self.options.provider_endpoints.get(request.provider)
@@ -251,12 +253,22 @@ class Engine:
                         break
                     entry = found.get(key)
                     if entry is not None:
-                        await queue.put(self._hit(request, key, entry))
+                        hit = self._hit(request, key, entry)
+                        if self._outstanding == 0:
+                            # Nothing is waiting ahead of this line: it can go straight out. On a
+                            # cached rerun that is nearly every line, and the queue costs more
+                            # than the rest of the work.
+                            self._emit(hit)
+                            continue
+                        item: Any = hit
                     else:
-                        task = asyncio.create_task(self._resolve(request, key))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                        await queue.put(task)
+                        item = asyncio.create_task(self._resolve(request, key))
+                        self._tasks.add(item)
+                        item.add_done_callback(self._tasks.discard)
+                    self._outstanding += 1
+                    await queue.put(item)
+                if self._outstanding == 0:
+                    self.flush()  # lines emitted straight out: let a reader see them
         except asyncio.CancelledError:
             raise  # the consumer is gone (run() is failing): nobody waits for the end marker
         except BaseException:
@@ -270,7 +282,6 @@ class Engine:
         return self.cache.get_many(keys)
 
     async def _consume(self, queue: asyncio.Queue[Any]) -> None:
-        gap = False  # once a line is missing, later lines cannot be written in order
         while True:
             if queue.empty():
                 self.flush()  # everything ready is out; let a reader see it before we wait
@@ -278,14 +289,18 @@ class Engine:
             if item is _END:
                 break
             result = await item if isinstance(item, asyncio.Task) else item
+            self._outstanding -= 1
             if result is _SKIPPED:
-                gap = True
+                self._gap = True
                 continue
-            self._count(result)
-            if not gap:
-                self.sink(result)
-                self.stats.written += 1
+            self._emit(result)
         self.flush()
+
+    def _emit(self, result: Result) -> None:
+        self._count(result)
+        if not self._gap:  # once a line is missing, later lines cannot be written in order
+            self.sink(result)
+            self.stats.written += 1
 
     def _count(self, result: Result) -> None:
         s = self.stats

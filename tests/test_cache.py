@@ -139,3 +139,13 @@ def test_a_corrupt_value_reads_as_a_miss(tmp_path):
     with ResponseCache(tmp_path / "c") as cache:
         assert cache.get("v1:a") is None
         assert cache.get_many(["v1:a"]) == {}
+
+
+def test_a_batch_lookup_skips_expired_entries_and_works_under_every_policy(tmp_path):
+    for policy in ("least-recently-stored", "least-recently-used", "none"):
+        with ResponseCache(tmp_path / policy, eviction_policy=policy) as cache:
+            cache.put("v1:live", entry(1), tag="t")
+            cache.put("v1:brief", entry(2), tag="t", ttl_s=0.01)
+            time.sleep(0.05)
+            keys = ["v1:live", "v1:brief", "v1:never"] + [f"v1:x{i}" for i in range(1200)]  # several batches
+            assert cache.get_many(keys) == {"v1:live": entry(1)}, policy

@@ -1,0 +1,41 @@
+"""The benchmark suite still runs end to end (its --tiny sizes); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_bench_run_tiny_writes_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"machine", "params", "ceiling", "cold", "baseline", "warm", "warm_cold_file", "memory", "startup", "targets"} <= set(results)
+    assert results["params"]["mode"] == "tiny"
+    for figures in (results["cold"], results["baseline"]):
+        assert {"wall_s", "req_per_s", "share_of_ideal", "cpu_ms_per_prompt", "peak_rss_mb"} <= set(figures)
+    assert set(results["cold"]["ratio_to_baseline"]) == {"wall_s", "req_per_s", "share_of_ideal", "cpu_ms_per_prompt", "peak_rss_mb"}
+    assert [w["prompts"] for w in results["warm"]] == [50, 200]
+    assert all(w["calls_made"] == 0 for w in results["warm"][0]["runs"] + results["warm"][1]["runs"])
+    assert [m["lines"] for m in results["memory"]["runs"]] == [100, 1000]
+    assert {"latency_10ms", "latency_0ms"} == set(results["ceiling"])
+    assert {"help_s", "zero_miss_rerun_s", "zero_miss_imports_any_llm"} <= set(results["startup"])
+    assert set(results["targets"]) == {
+        "cold_share_of_ideal",
+        "warm_lines_per_s",
+        "memory_peak_rss_mb",
+        "help_s",
+        "zero_miss_imports_any_llm",
+    }
+    assert "targets:" in done.stdout
