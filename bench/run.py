@@ -1,7 +1,7 @@
 """The llmbatch benchmark suite: one command, one table, one JSON file.
 
-    python bench/run.py            # full: ~5 minutes on 2 cores
-    python bench/run.py --quick    # smaller sizes, ~1.5 minutes
+    python bench/run.py            # full: ~3 minutes on 2 cores
+    python bench/run.py --quick    # smaller sizes, ~40 s
     python bench/run.py --tiny     # seconds; what tests/test_bench_smoke.py runs
     python bench/run.py --profile  # also py-spy profiles of a cold and a warm run (top functions)
 
@@ -62,7 +62,7 @@ ROOT = BENCH.parent
 CONCURRENCY = 100
 MODEL = "openai:gpt-4o-mini"
 GNU_TIME = "/usr/bin/time"
-PROVIDER_SDKS = ("any_llm", "openai", "anthropic", "httpx", "mistralai", "google", "ollama")
+PROVIDER_SDKS = ("any_llm", "openai", "anthropic", "httpx", "httpx2", "mistralai", "google", "ollama")
 
 
 @dataclass(frozen=True)
@@ -807,7 +807,7 @@ def table(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="llmbatch benchmarks (see the module docstring and BENCHMARKS.md)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes (~1.5 minutes)")
+    size.add_argument("--quick", action="store_true", help="smaller sizes (~40 s)")
     size.add_argument("--tiny", action="store_true", help="a few seconds: the smoke test")
     parser.add_argument("--profile", action="store_true", help="also profile a cold and a warm run with py-spy")
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "results.json")
