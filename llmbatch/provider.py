@@ -257,6 +257,25 @@ async def _capture_headers(response: Any) -> None:
             box[lower] = value
 
 
+def _fast_transport(provider: str) -> dict[str, Any]:
+    """For providers built on the openai SDK: its aiohttp transport instead of httpx's own.
+
+    Measured on 2 cores against the simulator (bench/run.py): the same calls cost 1.1 ms of CPU
+    instead of 1.9 ms, and a cold run at concurrency 100 went from ~500 to ~660 calls/s.
+    The SDK ships it (``DefaultAioHttpClient``); aiohttp is already a dependency of llmbatch.
+    """
+    try:
+        from any_llm import AnyLLM
+        from any_llm.providers.openai.base import BaseOpenAIProvider
+
+        if not issubclass(AnyLLM.get_provider_class(provider), BaseOpenAIProvider):
+            return {}
+        from openai import DefaultAioHttpClient
+    except Exception:  # noqa: BLE001 - an unknown provider is reported by create(); no fast path then
+        return {}
+    return {"http_client": DefaultAioHttpClient()}
+
+
 def _attach_header_hook(client: Any) -> bool:
     """Add the hook to the SDK's HTTP client; False where there is none we know how to reach."""
     http = getattr(getattr(client, "client", None), "_client", None)
@@ -312,6 +331,7 @@ class AnyLLMProvider:
             env = f"{route.provider.upper()}_API_KEY"
             api_key = os.environ.get(env) or "not-needed"
         options: dict[str, Any] = {"api_key": api_key, "api_base": route.api_base, "unified_exceptions": True}
+        options.update(_fast_transport(route.provider))
         try:
             try:
                 client = AnyLLM.create(route.provider, max_retries=0, **options)
