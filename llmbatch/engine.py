@@ -187,6 +187,8 @@ class Engine:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._outstanding = 0  # items queued or being awaited by the consumer, not yet emitted
+        self._answered = False  # some call got an HTTP answer: the server is there
+        self._unreachable = 0  # connection failures in a row before any answer
         self._gap = False
 
     def _endpoint(self, request: Request) -> str | None:
@@ -501,11 +503,13 @@ class Engine:
             )
             if exc.status_code == 429:
                 self.stats.rate_limited += 1
+            self._note_unreachable(request, exc)
             raise
         finally:
             self.stats.in_flight -= 1
             self._committed_usd -= self._committed.pop(id(request), 0.0)
             self._publish_pace()
+        self._answered = True
         usage = reply.response.get("usage")
         prompt_tokens, completion_tokens = _usage_tokens(usage)
         # What the call counted against the provider's token limit: OpenAI (and our simulator)
@@ -522,6 +526,21 @@ class Engine:
             completion_tokens=completion_tokens if usage else None,
         )
         return reply
+
+    def _note_unreachable(self, request: Request, exc: CallError) -> None:
+        """A server that has never answered and refuses every connection is not coming back in
+        the next hour of retries: after a few such failures in a row, stop with one message."""
+        if exc.status_code is not None:
+            self._answered = True
+        if self._answered or exc.type != "ConnectionError":
+            self._unreachable = 0
+            return
+        self._unreachable += 1
+        if self._unreachable >= max(3, min(self.options.concurrency, 10)):
+            where = self._endpoint(request) or f"the {request.provider} API"
+            self.stop(
+                f"cannot connect to {where} ({self._unreachable} attempts in a row failed): is it running?", fatal=True
+            )
 
     def _timeout_for(self, request: Request) -> float:
         """--timeout; by default, long generations get longer (a 4,000-token answer takes a while)."""

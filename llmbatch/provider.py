@@ -208,6 +208,22 @@ def _kind(type_: str, status: int | None, code: Any) -> Kind:
     return "permanent"
 
 
+_CONNECT_FAILURES = frozenset({"ConnectError", "ConnectTimeout", "ClientConnectorError"})
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """The request never reached a server. httpx says APIConnectionError <- ConnectError; the
+    aiohttp transport says APITimeoutError <- ConnectTimeout, even for a refused connection."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the cause chain is short; never loop on a cyclic one
+        if seen is None:
+            return False
+        if type(seen).__name__ in _CONNECT_FAILURES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
     """Map anything a call raised to a :class:`CallError` (pure: reads attributes only)."""
     if isinstance(exc, CallError):
@@ -225,6 +241,8 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
         retry_after = float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
 
     kind = _kind(type_, status, getattr(exc, "code", None))
+    if status is None and _never_connected(original):
+        type_ = "ConnectionError"  # nothing answered at all (refused, unknown host)
     return CallError(kind, type_, message, status_code=status, retry_after_s=retry_after)
 
 

@@ -21,11 +21,28 @@ def test_bench_run_tiny_writes_every_figure(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"machine", "params", "ceiling", "cold", "baseline", "warm", "warm_cold_file", "memory", "startup", "targets"} <= set(results)
+    assert {
+        "machine",
+        "params",
+        "ceiling",
+        "cold",
+        "baseline",
+        "warm",
+        "warm_cold_file",
+        "memory",
+        "startup",
+        "targets",
+    } <= set(results)
     assert results["params"]["mode"] == "tiny"
     for figures in (results["cold"], results["baseline"]):
         assert {"wall_s", "req_per_s", "share_of_ideal", "cpu_ms_per_prompt", "peak_rss_mb"} <= set(figures)
-    assert set(results["cold"]["ratio_to_baseline"]) == {"wall_s", "req_per_s", "share_of_ideal", "cpu_ms_per_prompt", "peak_rss_mb"}
+    assert set(results["cold"]["ratio_to_baseline"]) == {
+        "wall_s",
+        "req_per_s",
+        "share_of_ideal",
+        "cpu_ms_per_prompt",
+        "peak_rss_mb",
+    }
     assert [w["prompts"] for w in results["warm"]] == [50, 200]
     assert all(w["calls_made"] == 0 for w in results["warm"][0]["runs"] + results["warm"][1]["runs"])
     assert [m["lines"] for m in results["memory"]["runs"]] == [100, 1000]

@@ -325,3 +325,16 @@ def test_a_missing_api_key_stops_the_run_before_anything_is_sent(tmp_path, env):
     assert result.stderr.count("no API key for openai: set OPENAI_API_KEY") == 1
     assert re.search(r"calls made\s+0 *\n", result.stderr)  # nothing was sent, so nothing is counted
     assert not (tmp_path / "p.results.jsonl").exists()
+
+
+def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(50))
+    url = f"http://127.0.0.1:{port}/v1"
+    result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.count("llmbatch: error: cannot connect to") == 1 and url in result.stderr
