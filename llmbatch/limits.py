@@ -255,6 +255,10 @@ class Pacer:
             self.balance = old.balance
 
 
+def _within(ours: int | None, advertised: int | None) -> bool:
+    return ours is not None and advertised is not None and ours <= advertised
+
+
 # --- the governor ------------------------------------------------------------------------------
 
 
@@ -448,11 +452,15 @@ class Governor:
                     budget.pacer.carry(old)  # a limit changed: what was paid stays paid, no more
         # The window is used up: the next call would be refused. "reset" is the time until the
         # whole budget is back, but room for one call returns sooner, at the advertised rate: wait
-        # for that much (never longer than the reset).
-        if parsed.remaining_requests == 0 and parsed.reset_requests_s:
+        # for that much (never longer than the reset). When we already pace at or under the
+        # advertised limit, a full window is our own doing and the pacer spaces the next call
+        # anyway: pausing as well would only slow every run down by a few percent.
+        paced_requests = budget.pacer is not None and _within(budget.rpm, parsed.limit_requests)
+        paced_tokens = budget.pacer is not None and _within(budget.tpm, parsed.limit_tokens)
+        if parsed.remaining_requests == 0 and parsed.reset_requests_s and not paced_requests:
             one = 60 / parsed.limit_requests if parsed.limit_requests else parsed.reset_requests_s
             budget.not_before = max(budget.not_before, now + min(parsed.reset_requests_s, one))
-        if parsed.remaining_tokens is not None and parsed.reset_tokens_s and parsed.limit_tokens:
+        if parsed.remaining_tokens is not None and parsed.reset_tokens_s and parsed.limit_tokens and not paced_tokens:
             wanted = budget.avg_estimate or DEFAULT_COMPLETION_TOKENS
             if parsed.remaining_tokens < wanted:
                 refill = 60 * (wanted - parsed.remaining_tokens) / parsed.limit_tokens

@@ -606,14 +606,35 @@ def test_anthropic_headers_are_learned_and_their_reset_respected():
         "anthropic-ratelimit-tokens-reset": reset,
     }
 
+    starts: list[float] = []
+
     async def main() -> None:
-        await call(governor, OTHER, headers=headers)
+        starts.append(await call(governor, OTHER, headers=headers))
+        starts.append(await call(governor, OTHER))
 
     fake.drive(main)
     budget = governor.budget(OTHER)
     assert (budget.learned_rpm, budget.learned_tpm) == (50, 40000)
-    assert budget.not_before - T0 == pytest.approx(60 / 50)  # room for one call, well before the reset
+    # The window is full, but the pace learned from the same answer spaces the next call at least
+    # 60/50 s later (well before the 30 s reset): no separate pause is needed on top of it.
+    assert 60 / 50 <= starts[1] - starts[0] < 2
     assert governor.pace() == (50, 40000)
+
+
+def test_a_full_window_pauses_when_we_are_not_pacing_under_that_limit():
+    fake = FakeTime()
+    governor = make_governor(fake, default=LimitSettings(rpm=6000))  # the user asked for more than allowed
+    headers = {
+        "x-ratelimit-limit-requests": "50",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "30s",
+    }
+
+    async def main() -> None:
+        await call(governor, OTHER, headers=headers)
+
+    fake.drive(main)
+    assert governor.budget(OTHER).not_before - T0 == pytest.approx(60 / 50)
 
 
 def test_a_learned_limit_that_changes_mid_run_does_not_stall_the_run():
