@@ -285,6 +285,7 @@ class Budget:
     avg_completion: float | None = None
     avg_estimate: float | None = None  # tokens a call is expected to cost, for header caution
     changed: asyncio.Condition | None = None
+    turn: asyncio.Lock | None = None
 
     @property
     def rpm(self) -> int | None:
@@ -338,6 +339,17 @@ class Governor:
         budget = self.budget(key)
         if budget.changed is None:
             budget.changed = asyncio.Condition()
+            budget.turn = asyncio.Lock()
+        assert budget.turn is not None
+        # One waiter at a time, first come first served (asyncio.Lock is fair): calls start in the
+        # order they asked, which is input order, so the results file advances as fast as the pace.
+        # Without it, whichever sleeper woke first took each slot, and an early line could starve
+        # while later ones were answered, holding every result behind it.
+        async with budget.turn:
+            return await self._acquire_in_turn(budget, tokens)
+
+    async def _acquire_in_turn(self, budget: Budget, tokens: int) -> bool:
+        assert budget.changed is not None
         while True:
             if self.stopping():
                 return False

@@ -64,6 +64,8 @@ class FakeTime:
         while self._sleepers:
             self._wake_next()
             await self._idle()
+        # run()'s own loop may have woken the last sleeper while we idled: let it finish too.
+        await self._idle()
 
     async def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         task = asyncio.ensure_future(coroutine)
