@@ -12,16 +12,10 @@ a program must do to send these prompts through any-llm. Prints one JSON object 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import sys
 import time
 
-
-def read_prompts(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as stream:
-        return [json.loads(line)["prompt"] for line in stream if line.strip()]
+from _common import finish, parse_args, read_prompts, send_all  # bench/ is on sys.path when run
 
 
 async def run(prompts: list[str], *, api_base: str, model: str, concurrency: int) -> dict[str, float | int]:
@@ -38,29 +32,18 @@ async def run(prompts: list[str], *, api_base: str, model: str, concurrency: int
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in prompts))
-    loop_s = time.perf_counter() - started
-    if errors:
-        sys.stderr.write(f"baseline: {len(errors)} errors, first: {errors[0]}\n")
-    return {"ok": len(prompts) - len(errors), "errors": len(errors), "loop_s": loop_s}
+    return await send_all(prompts, one, errors, "baseline")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file")
-    parser.add_argument("--api-base", required=True)
-    parser.add_argument("--concurrency", "-c", type=int, default=100)
-    parser.add_argument("--model", default="gpt-4o-mini")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     prompts = read_prompts(args.file)
     started = time.perf_counter()
     import any_llm  # noqa: F401 - timed on its own: the start-up cost llmbatch also pays on a cold run
 
     import_s = time.perf_counter() - started
     result = asyncio.run(run(prompts, api_base=args.api_base, model=args.model, concurrency=args.concurrency))
-    print(json.dumps({**result, "import_s": import_s}))
-    raise SystemExit(0 if not result["errors"] else 1)
+    finish({**result, "import_s": import_s})
 
 
 if __name__ == "__main__":

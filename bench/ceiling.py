@@ -10,18 +10,10 @@ one JSON object on stdout: ``ok``, ``errors``, ``loop_s`` (first request to last
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import sys
-import time
 
 import aiohttp
-
-
-def read_prompts(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as stream:
-        return [json.loads(line)["prompt"] for line in stream if line.strip()]
+from _common import finish, parse_args, read_prompts, send_all  # bench/ is on sys.path when run
 
 
 async def run(prompts: list[str], *, api_base: str, model: str, concurrency: int) -> dict[str, float | int]:
@@ -42,25 +34,14 @@ async def run(prompts: list[str], *, api_base: str, model: str, concurrency: int
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(p) for p in prompts))
-        loop_s = time.perf_counter() - started
-    if errors:
-        sys.stderr.write(f"ceiling: {len(errors)} errors, first: {errors[0]}\n")
-    return {"ok": len(prompts) - len(errors), "errors": len(errors), "loop_s": loop_s}
+        return await send_all(prompts, one, errors, "ceiling")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file")
-    parser.add_argument("--api-base", required=True)
-    parser.add_argument("--concurrency", "-c", type=int, default=100)
-    parser.add_argument("--model", default="gpt-4o-mini")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     prompts = read_prompts(args.file)
     result = asyncio.run(run(prompts, api_base=args.api_base, model=args.model, concurrency=args.concurrency))
-    print(json.dumps(result))
-    raise SystemExit(0 if not result["errors"] else 1)
+    finish(result)
 
 
 if __name__ == "__main__":

@@ -38,16 +38,46 @@ def main() -> None:
         path.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in range(args.prompts)))
         for label, extra in (("--rpm given", ["--rpm", str(args.rpm)]), ("from headers", [])):
             sim = subprocess.Popen(
-                [sys.executable, "-m", "llmbatch", "sim", "--port", "0", "--rpm", str(args.rpm),
-                 "--limit-window", args.window], stderr=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "llmbatch",
+                    "sim",
+                    "--port",
+                    "0",
+                    "--rpm",
+                    str(args.rpm),
+                    "--limit-window",
+                    args.window,
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 url = sim.stderr.readline().split(" on ")[1].split()[0]  # type: ignore[union-attr]
                 env = {**os.environ, "LLMBATCH_CACHE_DIR": str(Path(tmp) / "cache"), "OPENAI_API_KEY": "sk-bench"}
                 started = time.perf_counter()
                 run = subprocess.run(
-                    [sys.executable, "-m", "llmbatch", "run", str(path), "--api-base", url, "-m",
-                     "openai:gpt-4o-mini", "--no-cache", "-q", "-o", str(Path(tmp) / "out.jsonl"), *extra],
-                    env=env, capture_output=True, text=True)
+                    [
+                        sys.executable,
+                        "-m",
+                        "llmbatch",
+                        "run",
+                        str(path),
+                        "--api-base",
+                        url,
+                        "-m",
+                        "openai:gpt-4o-mini",
+                        "--no-cache",
+                        "-q",
+                        "-o",
+                        str(Path(tmp) / "out.jsonl"),
+                        *extra,
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 wall = time.perf_counter() - started
                 served = stats(url)
             finally:
@@ -55,9 +85,11 @@ def main() -> None:
                 sim.wait()
             with open(Path(tmp) / "out.jsonl") as results:
                 ok = sum(json.loads(line)["status"] == "ok" for line in results)
-            print(f"{label:>13}: exit {run.returncode}, {ok}/{args.prompts} ok, wall {wall:.1f} s, "
-                  f"ideal {ideal:.1f} s, share of ideal {ideal / wall:.3f}, 429s {served['rate_limited']}, "
-                  f"served {served['completions_served']}")
+            print(
+                f"{label:>13}: exit {run.returncode}, {ok}/{args.prompts} ok, wall {wall:.1f} s, "
+                f"ideal {ideal:.1f} s, share of ideal {ideal / wall:.3f}, 429s {served['rate_limited']}, "
+                f"served {served['completions_served']}"
+            )
 
 
 if __name__ == "__main__":

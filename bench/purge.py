@@ -30,8 +30,11 @@ def main() -> None:
         for start in range(0, args.entries, batch):
             with inner.transact():
                 for i in range(start, min(start + batch, args.entries)):
-                    inner.set(f"v1:{i:064x}", {"response": {"n": i}, "usage": {"total_tokens": 10}},
-                              tag="openai:gpt-4o-mini" if i % 2 else "anthropic:claude")
+                    inner.set(
+                        f"v1:{i:064x}",
+                        {"response": {"n": i}, "usage": {"total_tokens": 10}},
+                        tag="openai:gpt-4o-mini" if i % 2 else "anthropic:claude",
+                    )
             # spread store times: entry i was stored (i / N * 60) days ago
         inner._sql("UPDATE Cache SET store_time = ? - (rowid * ?)", (now, 60 * day / args.entries))
         fill = time.perf_counter() - started
@@ -45,8 +48,10 @@ def main() -> None:
         t = time.perf_counter()
         removed = cache.purge(30 * day, now=now)
         t_purge = time.perf_counter() - t
-        print(f"entries={stats.entries} fill={fill:.1f}s stats={t_stats:.2f}s dry_run={t_dry:.2f}s "
-              f"(would remove {would}) purge={t_purge:.2f}s (removed {removed}) left={cache.stats().entries}")
+        print(
+            f"entries={stats.entries} fill={fill:.1f}s stats={t_stats:.2f}s dry_run={t_dry:.2f}s "
+            f"(would remove {would}) purge={t_purge:.2f}s (removed {removed}) left={cache.stats().entries}"
+        )
 
 
 if __name__ == "__main__":
