@@ -17,7 +17,7 @@ import contextlib
 import functools
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -226,10 +226,9 @@ def run(
         if max_cost is not None:
             _check_prices(report.models)
         stats = RunStats(total=report.requests)
-        _tune_gc()
         display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
         interrupted = False
-        with display:
+        with display, _tuned_gc():
             try:
                 outcome = asyncio.run(_run_with_signals(config, stats))
             except KeyboardInterrupt:
@@ -281,15 +280,23 @@ def _check_prices(models: set[str]) -> None:
         )
 
 
-def _tune_gc() -> None:
+@contextlib.contextmanager
+def _tuned_gc() -> Iterator[None]:
     """A run makes millions of short-lived dicts (parsed lines, responses). Python's cyclic GC,
     triggered every 700 allocations, rescans everything alive each time — including every module
     imported so far. Freezing what exists now and collecting less often cut a cached rerun of
-    100,000 lines by a fifth (bench/run.py); nothing in a run relies on prompt cycle collection."""
+    100,000 lines by a fifth (bench/run.py); nothing in a run relies on prompt cycle collection.
+    Undone afterwards, for callers that run the command in-process (tests, notebooks)."""
     import gc
 
+    before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def _partial_name(out: Path | None) -> str:
