@@ -148,6 +148,25 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
         )
 
 
+def run_client(script: str, file: Path, url: str) -> tuple[Measured, dict[str, Any]]:
+    """Run bench/baseline.py or bench/ceiling.py on FILE against URL; its measurement and report."""
+    argv = [
+        sys.executable,
+        str(BENCH / script),
+        str(file),
+        "--api-base",
+        url,
+        "-c",
+        str(CONCURRENCY),
+        "--model",
+        MODEL.split(":", 1)[1],
+    ]
+    m = measure(argv)
+    if m.returncode != 0:
+        raise RuntimeError(f"{script} exited {m.returncode}:\n{m.stderr[-2000:]}")
+    return m, json.loads(m.stdout.strip().splitlines()[-1])
+
+
 def llmbatch_cmd() -> list[str]:
     """The installed `llmbatch` command beside this Python, else `python -m llmbatch`."""
     script = Path(sys.executable).parent / "llmbatch"
@@ -336,21 +355,7 @@ class Bench:
                         raise RuntimeError(f"cold run: {counts} of {n}")
                     extra = {"engine_wall_s": engine_wall_s(m.stderr), "cache_dir": str(cache_dir)}
                 else:
-                    argv = [
-                        sys.executable,
-                        str(BENCH / "baseline.py"),
-                        str(file),
-                        "--api-base",
-                        self.sim.url,
-                        "-c",
-                        str(CONCURRENCY),
-                        "--model",
-                        MODEL.split(":", 1)[1],
-                    ]
-                    m = measure(argv)
-                    if m.returncode != 0:
-                        raise RuntimeError(f"baseline exited {m.returncode}:\n{m.stderr[-2000:]}")
-                    extra = json.loads(m.stdout.strip().splitlines()[-1])
+                    m, extra = run_client("baseline.py", file, self.sim.url)
                 stats = self.sim.stats()
                 if stats["completions_served"] != n:
                     raise RuntimeError(f"cold {which}: the simulator served {stats['completions_served']} of {n}")
@@ -395,21 +400,8 @@ class Bench:
             self.log(f"ceiling: bare aiohttp, {n:,} requests at {sim.latency_ms} ms")
             sim.reset()
             sim_cpu = sim.cpu_s()
-            argv = [
-                sys.executable,
-                str(BENCH / "ceiling.py"),
-                str(file),
-                "--api-base",
-                sim.url,
-                "-c",
-                str(CONCURRENCY),
-                "--model",
-                MODEL.split(":", 1)[1],
-            ]
-            m = measure(argv)
-            if m.returncode != 0:
-                raise RuntimeError(f"ceiling exited {m.returncode}:\n{m.stderr[-2000:]}")
-            loop_s = json.loads(m.stdout.strip().splitlines()[-1])["loop_s"]
+            m, report = run_client("ceiling.py", file, sim.url)
+            loop_s = report["loop_s"]
             ideal = n * (sim.latency_ms / 1000) / CONCURRENCY
             result[f"latency_{sim.latency_ms}ms"] = {
                 "latency_ms": sim.latency_ms,

@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal, Protocol
 
 from llmbatch.cache import ResponseCache
@@ -42,7 +43,8 @@ __all__ = ["CacheMode", "Engine", "Provider", "RunOptions", "RunStats", "run_bat
 
 CacheMode = Literal["normal", "refresh", "off", "only"]
 
-_LOOKUP_CHUNK = 256
+#: Requests whose keys are looked up in the cache together.
+LOOKUP_CHUNK = 256
 
 
 class Provider(Protocol):
@@ -79,6 +81,10 @@ class RunOptions:
     learn_from_headers: bool = True
     #: --max-cost: no call starts that could take spending past this many USD.
     max_cost_usd: float | None = None
+
+    def endpoint_for(self, provider: str) -> str | None:
+        """The endpoint recorded in the key of a request to ``provider``."""
+        return self.endpoint or self.provider_endpoints.get(provider)
 
     def effective_window(self) -> int:
         return self.window or max(1024, 16 * self.concurrency)
@@ -192,7 +198,7 @@ class Engine:
         self._gap = False
 
     def _endpoint(self, request: Request) -> str | None:
-        return self.options.endpoint or self.options.provider_endpoints.get(request.provider)
+        return self.options.endpoint_for(request.provider)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -246,7 +252,7 @@ class Engine:
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
         try:
             while not self._stopping:
-                chunk = [(r, request_key(r, self._endpoint(r))) for r in _take(requests, _LOOKUP_CHUNK)]
+                chunk = [(r, request_key(r, self._endpoint(r))) for r in islice(requests, LOOKUP_CHUNK)]
                 if not chunk:
                     break
                 found = self._lookup([k for _, k in chunk])
@@ -577,15 +583,6 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
     # A failed call's future may have no waiter; reading the exception keeps asyncio quiet.
     if not future.cancelled():
         future.exception()
-
-
-def _take(iterator: Iterator[Request], n: int) -> list[Request]:
-    out: list[Request] = []
-    for item in iterator:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
 
 
 async def run_batch(

@@ -17,7 +17,6 @@ __all__ = [
     "EXIT_SOME_ERRORS",
     "EXIT_USAGE",
     "CacheError",
-    "FatalProviderError",
     "InputError",
     "LineError",
     "LlmbatchError",
@@ -64,12 +63,6 @@ class InputError(LlmbatchError):
         self.errors = errors
         self.total_errors = total_errors if total_errors is not None else len(errors)
         super().__init__("\n".join(str(e) for e in errors))
-
-
-class FatalProviderError(LlmbatchError):
-    """A failure every other line would hit too (bad key, unknown model): the run stops at once."""
-
-    exit_code = EXIT_SOME_ERRORS
 
 
 class CacheError(LlmbatchError):

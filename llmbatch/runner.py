@@ -23,7 +23,7 @@ from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.prompts import Defaults, ValidationReport, read_requests, validate_file
 from llmbatch.results import ResultWriter
 
-__all__ = ["Input", "Plan", "RunConfig", "RunOutcome", "execute", "open_input", "plan", "validate"]
+__all__ = ["Input", "Plan", "RunConfig", "RunOutcome", "execute", "keyed_options", "open_input", "plan", "validate"]
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
 #: everything downstream (keys, tags, later prices) behaves as it will for real.
@@ -124,13 +124,9 @@ async def execute(
             simulator = Simulator(config.sim_config or SimConfig())
             base_url = await simulator.start()
             provider = _provider(api_base=base_url, api_key="llmbatch-simulator", force_provider="openai")
-            options = _replace(options, endpoint=SIMULATOR_ENDPOINT, tag_prefix="simulated/")
         else:
-            from llmbatch.provider import env_endpoints
-
             provider = _provider(api_base=config.api_base)
-            endpoints = {} if config.api_base else env_endpoints(os.environ)
-            options = _replace(options, endpoint=config.api_base, provider_endpoints=endpoints)
+        options = keyed_options(config)
         engine = Engine(
             provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
         )
@@ -190,22 +186,32 @@ class Plan:
         }
 
 
+def keyed_options(config: RunConfig) -> RunOptions:
+    """The run's options with what goes into every key: the simulator's namespace, ``--api-base``,
+    or the base URL each provider's environment variable sends its calls to. Run and plan share it,
+    so a plan predicts exactly the hits a run will have."""
+    if config.simulate:
+        return _replace(config.options, endpoint=SIMULATOR_ENDPOINT, tag_prefix="simulated/")
+    if config.api_base:
+        return _replace(config.options, endpoint=config.api_base)
+    from llmbatch.provider import env_endpoints
+
+    return _replace(config.options, provider_endpoints=env_endpoints(os.environ))
+
+
 def plan(config: RunConfig) -> Plan:
     """Count hits, duplicates and the calls a run would make, and estimate their tokens and cost,
     without calling anyone. Output tokens: ``max_tokens`` where set, else the average completion
     of the cached answers of that model (or of all cached answers, or 256)."""
+    from itertools import islice
+
     from llmbatch.cache import default_cache_dir
-    from llmbatch.engine import _LOOKUP_CHUNK, _take
+    from llmbatch.engine import LOOKUP_CHUNK
     from llmbatch.keys import request_key
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
     from llmbatch.pricing import estimate_cost, usage_tokens
-    from llmbatch.provider import env_endpoints
 
-    options = config.options
-    endpoints = {} if config.api_base or config.simulate else env_endpoints(os.environ)
-
-    def endpoint_for(provider: str) -> str | None:  # the same endpoint rules as execute()
-        return SIMULATOR_ENDPOINT if config.simulate else config.api_base or endpoints.get(provider)
+    options = keyed_options(config)
 
     cache = None
     directory = config.cache_dir or default_cache_dir()
@@ -218,8 +224,8 @@ def plan(config: RunConfig) -> Plan:
     models: dict[str, list[int]] = {}
     try:
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
-        while chunk := _take(requests, _LOOKUP_CHUNK):
-            keyed = [(r, request_key(r, endpoint_for(r.provider))) for r in chunk]
+        while chunk := list(islice(requests, LOOKUP_CHUNK)):
+            keyed = [(r, request_key(r, options.endpoint_for(r.provider))) for r in chunk]
             found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
             for request, key in keyed:
                 result.prompts += 1
