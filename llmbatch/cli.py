@@ -325,7 +325,7 @@ async def _run_with_signals(config: Any, stats: Any) -> Any:
         presses += 1
         if presses == 1 and engines:
             engines[0].stop("interrupted by Ctrl-C: finishing calls in flight (Ctrl-C again to quit now)")
-            loop.call_later(config.options.timeout_s + INTERRUPT_GRACE_S, _cancel, main)
+            loop.call_later(engines[0].longest_timeout_s + INTERRUPT_GRACE_S, _cancel, main)
         else:
             _cancel(main)
 

@@ -194,6 +194,8 @@ class Engine:
         self._stopped = asyncio.Event()
         self._outstanding = 0  # items queued or being awaited by the consumer, not yet emitted
         self._answered = False  # some call got an HTTP answer: the server is there
+        #: The longest timeout any attempt has had: no call in flight outlives it (Ctrl-C's grace).
+        self.longest_timeout_s = options.timeout_s
         self._unreachable = 0  # connection failures in a row before any answer
         self._gap = False
 
@@ -497,7 +499,9 @@ class Engine:
         assert self.provider is not None
         self.stats.in_flight += 1
         try:
-            reply = await self.provider.complete(request, timeout_s=self._timeout_for(request))
+            timeout_s = self._timeout_for(request)
+            self.longest_timeout_s = max(self.longest_timeout_s, timeout_s)
+            reply = await self.provider.complete(request, timeout_s=timeout_s)
         except CallError as exc:
             await self.governor.release(
                 request.model_ref,
