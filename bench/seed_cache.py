@@ -24,12 +24,12 @@ from typing import Any
 class InstantProvider:
     """The engine's provider protocol, answering at once."""
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, *_: Any, **__: Any) -> None:
         from llmbatch.provider import Reply
 
         self._reply = Reply
 
-    def prepare(self, request: Any) -> None:
+    async def prepare(self, request: Any) -> None:
         pass
 
     async def complete(self, request: Any, *, timeout_s: float) -> Any:

@@ -113,6 +113,14 @@ def run(
         bool, typer.Option("--simulate", help="Answer every call from the built-in simulator: no API key, no cost.")
     ] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Calls in flight at most.")] = 16,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="Processes making the calls: a number (0: this process only) or auto (several when -c is "
+            "64 or more and there are spare cores).",
+        ),
+    ] = "auto",
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -218,6 +226,7 @@ def run(
             cache_dir=cache_dir,
             cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit") if cache_size_limit else None,
             cache_eviction=cache_eviction,
+            workers=_parse_workers(workers),
         )
         report = validate(config)
         if dry_run:
@@ -254,6 +263,14 @@ def run(
     if stats.budget_reached:
         raise typer.Exit(EXIT_BUDGET)
     raise typer.Exit(EXIT_SOME_ERRORS if stats.errors or not stats.complete else EXIT_OK)
+
+
+def _parse_workers(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if value.isdigit() and int(value) <= 64:
+        return int(value)
+    raise UsageError(f"--workers {value}: give a number from 0 to 64, or auto")
 
 
 def _print_plan(config: Any, *, as_json: bool) -> None:

@@ -50,7 +50,7 @@ LOOKUP_CHUNK = 256
 class Provider(Protocol):
     """What the engine needs from a provider (``provider.AnyLLMProvider`` in production)."""
 
-    def prepare(self, request: Request) -> None:
+    async def prepare(self, request: Request) -> None:
         """Get ready to send ``request`` (create the client); raise CallError if it cannot be
         sent at all (no API key, unknown provider). Nothing is sent, so nothing is counted."""
 
@@ -397,7 +397,7 @@ class Engine:
                     async with self._semaphore:
                         if self._stopping:
                             return _SKIPPED
-                        self.provider.prepare(request)
+                        await self.provider.prepare(request)
                         budget = self.governor.budget(request.model_ref)
                         estimate_in, estimate_out = estimate_split(
                             request.messages, request.params, budget.avg_completion

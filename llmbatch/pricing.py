@@ -44,6 +44,10 @@ def _model_known(provider: str, model: str) -> bool:
     return _price(provider, model, 1, 1, 0) is not None
 
 
+# genai-prices works out every price from its unit registry (~0.3 ms a call on a slow core,
+# a fifth of the engine's own work per call in a fast cold run); a batch repeats the same token
+# counts often (same template, same max_tokens), so the answers are worth keeping.
+@lru_cache(maxsize=16384)
 def _price(provider: str, model: str, input_tokens: int, output_tokens: int, cached: int) -> float | None:
     from genai_prices import Usage, calc_price
 

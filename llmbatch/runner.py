@@ -69,6 +69,7 @@ class RunConfig:
     cache_dir: Path | None = None
     cache_size_limit: int | None = None
     cache_eviction: str | None = None
+    workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
 
 
 @dataclass
@@ -123,9 +124,11 @@ async def execute(
 
             simulator = Simulator(config.sim_config or SimConfig())
             base_url = await simulator.start()
-            provider = _provider(api_base=base_url, api_key="llmbatch-simulator", force_provider="openai")
+            provider = _provider(
+                _workers(config), api_base=base_url, api_key="llmbatch-simulator", force_provider="openai"
+            )
         else:
-            provider = _provider(api_base=config.api_base)
+            provider = _provider(_workers(config), api_base=config.api_base)
         options = keyed_options(config)
         engine = Engine(
             provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
@@ -146,10 +149,23 @@ async def execute(
     return RunOutcome(stats=stats, results_at=str(where) if where is not None else "stdout", complete=complete)
 
 
-def _provider(**kwargs: Any) -> Any:
+def _provider(workers: int, **kwargs: Any) -> Any:
+    if workers > 0:
+        from llmbatch.workers import WorkerPool
+
+        return WorkerPool(workers, **kwargs)
     from llmbatch.provider import AnyLLMProvider
 
     return AnyLLMProvider(**kwargs)
+
+
+def _workers(config: RunConfig) -> int:
+    if config.workers is not None:
+        return config.workers
+    from llmbatch.workers import auto_workers
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return auto_workers(config.options.concurrency, cpus)
 
 
 def _replace(options: RunOptions, **changes: Any) -> RunOptions:

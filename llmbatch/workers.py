@@ -1,0 +1,318 @@
+"""Calls made by worker processes, so that a fast provider can use more than one core.
+
+Each call through any-llm and the provider's SDK costs about a millisecond of CPU (pydantic
+models, request building, the HTTP client): one process tops out near 600-700 calls a second
+however fast the provider answers. With ``--workers N`` the engine stays in this process (cache,
+pacing, retries, budget, ordering, display: everything that needs one view of the run) and only
+the calls themselves are handed to N child processes, each running the ordinary
+:class:`~llmbatch.provider.AnyLLMProvider` on its own event loop.
+
+The protocol is one JSON object per line over each child's stdin/stdout:
+
+- parent → child: ``{"op": "init", ...}`` once (the API key travels here, never in argv or the
+  environment's listing), then ``{"op": "prepare"|"call", "id": N, ...}``;
+- child → parent: ``{"id": N, "reply": {...}}`` or ``{"id": N, "error": {...}}``, the error being a
+  :class:`~llmbatch.provider.CallError` already classified and redacted in the child.
+
+A child makes one attempt per call and never retries; the parent's retry policy decides. Children
+ignore Ctrl-C (the terminal sends it to the whole process group): the parent decides when to
+stop, and a child exits when its stdin closes, which also happens if the parent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections import deque
+from typing import Any
+
+import orjson
+
+from llmbatch.prompts import Request
+from llmbatch.provider import AnyLLMProvider, CallError, Reply
+
+__all__ = ["WorkerPool", "auto_workers"]
+
+#: Lines between the processes can be large (a long answer); asyncio's default limit is 64 KiB.
+_LINE_LIMIT = 1 << 30
+#: Past the call's own timeout, how long the parent waits for a silent child before giving up.
+_GRACE_S = 15.0
+
+
+def auto_workers(concurrency: int, cpus: int | None) -> int:
+    """How many worker processes ``--workers auto`` uses: none (calls in this process) unless
+    the run can keep enough calls in flight for one core to be the limit.
+
+    At ~1 ms of CPU a call, one process keeps up with ~100 calls in flight at a latency of
+    ~150 ms; below that a second process only adds start-up time and memory (~80 MB each).
+    """
+    cpus = cpus or 1
+    if cpus < 2 or concurrency < 64:
+        return 0
+    return max(2, min(cpus, 8, concurrency // 50))
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self.reader: asyncio.Task[None] | None = None
+        self.drain: asyncio.Task[None] | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(orjson.dumps(message) + b"\n")
+
+
+class WorkerPool:
+    """The engine's :class:`~llmbatch.engine.Provider`, with the calls made by child processes.
+
+    Children are started on the first call that needs them (a rerun that is all cache hits starts
+    none, and never imports the provider SDKs).
+    """
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        force_provider: str | None = None,
+    ) -> None:
+        if count < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self._count = count
+        self._init = {"op": "init", "api_base": api_base, "api_key": api_key, "force_provider": force_provider}
+        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s)
+        self._workers: list[_Worker] = []
+        self._starting: asyncio.Task[None] | None = None
+        self._prepared: dict[str, CallError | None] = {}
+        self._next_id = 0
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    # --- the Provider protocol ---------------------------------------------------------------
+
+    async def prepare(self, request: Request) -> None:
+        """Start the children (once) and have every one of them create this provider's client:
+        a missing API key or an unknown provider is a :class:`CallError` here, before any call."""
+        provider = request.provider
+        if provider not in self._prepared:
+            await self._started()
+            if provider not in self._prepared:
+                replies = await asyncio.gather(
+                    *(self._ask(w, {"op": "prepare", "provider": provider}, None) for w in self._workers),
+                    return_exceptions=True,
+                )
+                errors = [r for r in replies if isinstance(r, BaseException)]
+                self._prepared.setdefault(provider, self._as_call_error(errors[0]) if errors else None)
+        error = self._prepared[provider]
+        if error is not None:
+            raise error
+
+    async def complete(self, request: Request, *, timeout_s: float) -> Reply:
+        if not self._workers:
+            await self._started()
+        worker = min(self._workers, key=lambda w: len(w.pending))
+        message = {
+            "op": "call",
+            "provider": request.provider,
+            "model": request.model,
+            "messages": request.messages,
+            "params": request.params,
+            "extra": request.extra,
+            "timeout_s": timeout_s,
+        }
+        try:
+            reply = await self._ask(worker, message, timeout_s + _GRACE_S)
+        except TimeoutError:
+            raise CallError("retryable", "Timeout", f"no answer from a worker process within {timeout_s:g} s") from None
+        return Reply(reply["response"], reply["latency_s"], reply.get("headers"))
+
+    async def aclose(self) -> None:
+        """Close every child's stdin (it finishes and exits) and wait for it; kill a straggler."""
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+        for worker in self._workers:
+            if worker.process.stdin is not None and not worker.process.stdin.is_closing():
+                worker.process.stdin.close()
+        for worker in self._workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), timeout=5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+            for task in (worker.reader, worker.drain):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        self._workers.clear()
+
+    # --- parent side -----------------------------------------------------------------------
+
+    async def _started(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        for _ in range(self._count):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llmbatch.workers",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_LINE_LIMIT,
+            )
+            worker = _Worker(process)
+            worker.send(self._init)
+            worker.reader = asyncio.ensure_future(self._read(worker))
+            worker.drain = asyncio.ensure_future(self._drain_stderr(worker))
+            self._workers.append(worker)
+
+    async def _ask(self, worker: _Worker, message: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+        if worker.reader is not None and worker.reader.done():
+            raise self._died(worker)
+        self._next_id += 1
+        call_id = self._next_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        worker.pending[call_id] = future
+        try:
+            worker.send({**message, "id": call_id})
+            return await asyncio.wait_for(future, timeout_s) if timeout_s is not None else await future
+        finally:
+            worker.pending.pop(call_id, None)
+
+    async def _read(self, worker: _Worker) -> None:
+        assert worker.process.stdout is not None
+        stdout = worker.process.stdout
+        while line := await stdout.readline():
+            message = orjson.loads(line)
+            future = worker.pending.get(message["id"])
+            if future is None or future.done():
+                continue  # the parent gave up on it (timeout)
+            if "error" in message:
+                future.set_exception(_call_error(message["error"]))
+            else:
+                future.set_result(message["reply"])
+        await worker.process.wait()
+        error = self._died(worker)
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _drain_stderr(self, worker: _Worker) -> None:
+        assert worker.process.stderr is not None
+        while line := await worker.process.stderr.readline():
+            worker.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+
+    def _died(self, worker: _Worker) -> CallError:
+        last = next((t for t in reversed(worker.stderr_tail) if t.strip()), "")
+        detail = f": {last}" if last else ""
+        return CallError(
+            "fatal",
+            "WorkerDied",
+            f"a worker process stopped unexpectedly (exit code {worker.process.returncode}){detail}",
+        )
+
+    @staticmethod
+    def _as_call_error(exc: BaseException) -> CallError:
+        if isinstance(exc, CallError):
+            return exc
+        return CallError("fatal", type(exc).__name__, f"a worker process failed to start: {exc}")
+
+
+def _call_error(data: dict[str, Any]) -> CallError:
+    return CallError(
+        data["kind"],
+        data["type"],
+        data["message"],
+        status_code=data.get("status_code"),
+        retry_after_s=data.get("retry_after_s"),
+        headers=data.get("headers"),
+    )
+
+
+def _error_data(error: CallError) -> dict[str, Any]:
+    return {
+        "kind": error.kind,
+        "type": error.type,
+        "message": error.message,
+        "status_code": error.status_code,
+        "retry_after_s": error.retry_after_s,
+        "headers": error.headers,
+    }
+
+
+# --- child side ------------------------------------------------------------------------------
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+    init = orjson.loads(await reader.readline())
+    provider = AnyLLMProvider(api_base=init["api_base"], api_key=init["api_key"], force_provider=init["force_provider"])
+    tasks: set[asyncio.Task[None]] = set()
+
+    def answer(call_id: int, body: dict[str, Any]) -> None:
+        transport.write(orjson.dumps({"id": call_id, **body}) + b"\n")
+
+    async def handle(message: dict[str, Any]) -> None:
+        call_id = message["id"]
+        request = Request(
+            line=0,
+            id=call_id,
+            provider=message["provider"],
+            model=message.get("model", ""),
+            messages=message.get("messages", []),
+            params=message.get("params", {}),
+            extra=message.get("extra", {}),
+        )
+        try:
+            if message["op"] == "prepare":
+                await provider.prepare(request)
+                answer(call_id, {"reply": {}})
+                return
+            reply = await provider.complete(request, timeout_s=message["timeout_s"])
+        except CallError as exc:
+            answer(call_id, {"error": _error_data(exc)})
+            return
+        answer(call_id, {"reply": {"response": reply.response, "latency_s": reply.latency_s, "headers": reply.headers}})
+
+    try:
+        while line := await reader.readline():
+            task = asyncio.ensure_future(handle(orjson.loads(line)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        # stdin closed: the parent is done (or gone). Calls still in flight have nowhere to go.
+        for task in tasks:
+            task.cancel()
+    finally:
+        await provider.aclose()
+        while transport.get_write_buffer_size():  # answers already written must reach the parent
+            await asyncio.sleep(0.005)
+        transport.close()
+
+
+def main() -> None:
+    # Ctrl-C reaches every process in the terminal's group; only the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):
+        asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    main()

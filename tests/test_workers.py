@@ -1,0 +1,212 @@
+"""Calls made by worker processes (``--workers N``): the same promises as a run in one process.
+
+Each test drives the real CLI against the simulator over 127.0.0.1; the workers are real child
+processes running ``python -m llmbatch.workers``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmbatch.workers import auto_workers
+from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
+from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, wait_for
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The ``llmbatch.workers`` processes among ``parent``'s children."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"llmbatch.workers" in cmdline:
+                found.append(int(pid))
+    return found
+
+
+def spawn_in_own_group(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """The command as a terminal starts it: its own process group, which Ctrl-C signals as a whole."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_auto_uses_workers_only_with_spare_cores_and_enough_calls_in_flight():
+    assert auto_workers(16, 8) == 0  # the default -c: one process keeps up
+    assert auto_workers(100, 1) == 0  # no second core to use
+    assert auto_workers(64, 2) == 2
+    assert auto_workers(100, 2) == 2
+    assert auto_workers(400, 4) == 4
+    assert auto_workers(1000, 64) == 8  # past a few, the parent is the limit
+
+
+def test_workers_answer_every_line_in_order_paying_once_and_a_rerun_is_free(tmp_path, env, simulator):
+    sim = simulator(latency_s=0.02)
+    n = 300
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+
+    done = run_cli(run_args(path, sim, "-c", "32", "--workers", "2", "-q"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    rows = assert_complete(tmp_path / "p.results.jsonl", n)
+    assert all(
+        f"question number {i}" in row["response"]["choices"][0]["message"]["content"] for i, row in enumerate(rows)
+    )
+    stats = sim.stats()
+    assert stats["completions_served"] == n and stats["max_serves_per_request"] == 1
+    assert cache_entries(env) == n
+
+    sim.reset_stats()
+    again = run_cli(run_args(path, sim, "-c", "32", "--workers", "2", "-q"), env=env)
+    assert again.exit_code == 0, again.stderr
+    assert all(row["cached"] for row in read_results(tmp_path / "p.results.jsonl"))
+    assert sim.stats()["requests_received"] == 0
+
+
+def test_workers_go_through_429s_5xx_and_hangs_paying_for_each_line_once(tmp_path, env, simulator):
+    sim = simulator(p429=0.1, retry_after_s=0.1, p500=0.025, p503=0.025, phang=0.02, pdrop=0.01, seed=11)
+    path = write_jsonl(tmp_path / "faults.jsonl", prompts(200))
+
+    args = run_args(path, sim, "--timeout", "1", "--max-retries", "10", "-c", "16", "--workers", "2", "-q")
+    done = run_cli(args, env=env)
+
+    assert done.exit_code == 0, done.stderr
+    rows = assert_complete(tmp_path / "faults.results.jsonl", 200)
+    stats = sim.stats()
+    assert stats["faults"]["429"] and stats["faults"]["hang"], stats
+    assert stats["completions_served"] == 200 and stats["max_serves_per_request"] == 1
+    assert sum(row["attempts"] for row in rows) == stats["requests_received"]
+    assert done.stderr.count("Traceback") == 0
+
+
+def test_workers_report_the_rate_limit_headers_so_a_strict_limit_is_never_exceeded(tmp_path, env, simulator):
+    # The limit is learned from the simulator's x-ratelimit-* headers, which only the workers see.
+    sim = simulator(rpm=1200, limit_window_s=1.0)  # 20 requests in any second
+    path = write_jsonl(tmp_path / "paced.jsonl", prompts(60))
+
+    done = run_cli(run_args(path, sim, "-c", "16", "--workers", "2", "--no-cache", "-q"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    assert_complete(tmp_path / "paced.results.jsonl", 60)
+    assert sim.stats()["rate_limited"] == 0
+    assert sim.stats()["completions_served"] == 60
+
+
+def test_with_workers_an_invalid_api_key_stops_the_run_with_one_message(tmp_path, env, simulator):
+    sim = simulator(require_api_key="sk-the-right-key-0000000000")
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(30))
+
+    done = run_cli(run_args(path, sim, "-c", "8", "--workers", "2", "-q"), env=env)
+
+    assert done.exit_code == 1
+    assert_one_clear_error(done.stderr, "Incorrect API key")
+    assert TEST_API_KEY not in done.stderr
+    assert sim.stats()["requests_received"] <= 8
+
+
+def test_with_workers_a_missing_api_key_stops_the_run_before_anything_is_sent(tmp_path, env, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
+
+    done = run_cli(
+        ["run", str(path), "-m", "openai:gpt-4o-mini", "--workers", "2", "-q"], env={**env, "OPENAI_API_KEY": ""}
+    )
+
+    assert done.exit_code == 1
+    assert_one_clear_error(done.stderr, "no API key for openai: set OPENAI_API_KEY")
+
+
+def test_a_worker_killed_mid_run_stops_it_with_one_message_and_a_rerun_finishes(tmp_path, env, simulator):
+    sim = simulator(latency_s=0.05)
+    n = 400
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+    args = run_args(path, sim, "-c", "8", "--workers", "2")
+    process = spawn_in_own_group(args, env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["completions_served"] >= 50, timeout=60, process=process, what="50 answers")
+        victim = worker_pids(process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == 1, stderr
+    assert_one_clear_error(stderr, "a worker process stopped unexpectedly")
+    assert not (tmp_path / "p.results.jsonl").exists()
+    stored = cache_entries(env)
+    served = sim.stats()["completions_served"]
+    assert served < n
+    assert served - stored <= 8  # at most the calls that were in the killed worker's hands
+
+    sim.reset_stats()
+    again = run_cli(run_args(path, sim, "-c", "8", "--workers", "2", "-q"), env=env)
+    assert again.exit_code == 0, again.stderr
+    rows = assert_complete(tmp_path / "p.results.jsonl", n)
+    assert sum(row["cached"] for row in rows) == stored
+    assert sim.stats()["completions_served"] == n - stored
+
+
+def test_ctrl_c_at_the_terminal_lets_the_workers_finish_their_calls_into_the_cache(tmp_path, env, simulator):
+    sim = simulator(latency_s=1.0)
+    rows = prompts(12)
+    rows[0]["prompt"] += " [[sim:latency=0]]"  # the probe call answers at once
+    path = write_jsonl(tmp_path / "slow.jsonl", rows)
+    process = spawn_in_own_group(run_args(path, sim, "-c", "4", "--workers", "2", "--timeout", "10"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=60, process=process, what="4 calls in flight")
+        workers = worker_pids(process.pid)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal does: the whole group
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    stats = sim.stats()
+    assert stats["completions_served"] == stats["requests_received"] == 5, "a call in flight was cut off"
+    assert cache_entries(env) == 5
+    assert len(workers) == 2
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the run"
+
+
+def test_the_api_key_is_not_on_a_worker_command_line(tmp_path, env, simulator):
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(6))
+    process = spawn_in_own_group(
+        [*run_args(path, sim, "-c", "4", "--workers", "2"), "--timeout", "10"],
+        {**env, "OPENAI_API_KEY": TEST_API_KEY},
+        tmp_path,
+    )
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 1, timeout=60, process=process, what="a call in flight")
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in worker_pids(process.pid)]
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert cmdlines and all(TEST_API_KEY.encode() not in c for c in cmdlines)
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "65"])
+def test_a_bad_workers_value_is_one_usage_error(tmp_path, env, sim, value):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    done = run_cli(["run", str(path), "--api-base", sim.url, "-m", "openai:gpt-4o-mini", "--workers", value], env=env)
+    assert done.exit_code == 2
+    assert "--workers" in done.stderr and "Traceback" not in done.stderr
+    assert sim.stats()["requests_received"] == 0
