@@ -218,6 +218,20 @@ class ResponseCache:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
+    def put_many(self, items: list[tuple[str, dict[str, Any], str]], *, ttl_s: float | None = None) -> None:
+        """Store ``(key, entry, tag)`` items in one transaction: all of them, or none (and
+        :class:`CacheError`)."""
+        if len(items) == 1:
+            key, entry, tag = items[0]
+            self.put(key, entry, tag=tag, ttl_s=ttl_s)
+            return
+        try:
+            with self._cache.transact(retry=True):
+                for key, entry, tag in items:
+                    self.put(key, entry, tag=tag, ttl_s=ttl_s)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
     def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
         """Add a run's hits and misses to the lifetime counters.
 

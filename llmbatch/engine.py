@@ -198,6 +198,8 @@ class Engine:
         self.longest_timeout_s = options.timeout_s
         self._unreachable = 0  # connection failures in a row before any answer
         self._gap = False
+        #: Answers waiting for the next cache write (see _store), each with the future its call awaits.
+        self._writes: list[tuple[str, dict[str, Any], str, asyncio.Future[CacheError | None]]] = []
 
     def _endpoint(self, request: Request) -> str | None:
         return self.options.endpoint_for(request.provider)
@@ -449,10 +451,9 @@ class Engine:
         }
         # Paid for: into the cache before anything else happens with it.
         if self.cache is not None and _cacheable(response):
-            try:
-                self.cache.put(key, entry, tag=self.options.tag_prefix + request.model_ref, ttl_s=self.options.ttl_s)
-            except CacheError as exc:
-                self.stop(f"{exc} — stopping so that no more answers are paid for and lost", fatal=True)
+            failed = await self._store(key, entry, self.options.tag_prefix + request.model_ref)
+            if failed is not None:
+                self.stop(f"{failed} — stopping so that no more answers are paid for and lost", fatal=True)
             if self.options.cache_mode == "refresh":
                 self._refreshed.add(key)
         future.set_result(entry)
@@ -470,6 +471,41 @@ class Engine:
             attempts=attempts,
             cost_usd=cost,
         )
+
+    async def _store(self, key: str, entry: dict[str, Any], tag: str) -> CacheError | None:
+        """Write ``entry`` to the cache; return only once it is there (or could not be put there).
+
+        Answers that arrive together are written together: the first one schedules a write for the
+        end of this turn of the event loop, and every answer that arrives before then joins it.
+        One transaction per turn instead of one per answer (~80 µs of CPU each, ~30 in a batch)
+        adds no waiting when the run is quiet, and batches grow by themselves when it is busy.
+        """
+        done: asyncio.Future[CacheError | None] = asyncio.get_running_loop().create_future()
+        self._writes.append((key, entry, tag, done))
+        if len(self._writes) == 1:
+            asyncio.get_running_loop().call_soon(self._write_batch)
+        return await done
+
+    def _write_batch(self) -> None:
+        writes, self._writes = self._writes, []
+        assert self.cache is not None
+        ttl_s = self.options.ttl_s
+        try:
+            self.cache.put_many([(key, entry, tag) for key, entry, tag, _ in writes], ttl_s=ttl_s)
+            outcomes: list[CacheError | None] = [None] * len(writes)
+        except CacheError:
+            # The batch was rolled back: store what can be stored one by one, so that one answer
+            # the disk refuses does not take the others with it.
+            outcomes = []
+            for key, entry, tag, _ in writes:
+                try:
+                    self.cache.put(key, entry, tag=tag, ttl_s=ttl_s)
+                    outcomes.append(None)
+                except CacheError as exc:
+                    outcomes.append(exc)
+        for (*_, done), outcome in zip(writes, outcomes, strict=True):
+            if not done.done():
+                done.set_result(outcome)
 
     def _stored_meanwhile(self, key: str) -> dict[str, Any] | None:
         if self.cache is None or self.options.cache_mode != "normal":

@@ -23,6 +23,16 @@ def test_a_stored_answer_comes_back_equal(tmp_path):
         assert cache.get_many(["v1:a", "v1:missing"]) == {"v1:a": entry(1)}
 
 
+def test_answers_written_together_are_all_stored_or_none_is(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        cache.put_many([("v1:a", entry(1), "openai:m"), ("v1:b", entry(2), "openai:m")])
+        assert cache.get_many(["v1:a", "v1:b"]) == {"v1:a": entry(1), "v1:b": entry(2)}
+        with pytest.raises(TypeError):
+            cache.put_many([("v1:c", entry(3), "openai:m"), ("v1:d", [4], "openai:m")])  # type: ignore[list-item]
+        assert cache.get("v1:c") is None  # rolled back with the bad one
+        assert cache.stats().entries == 2
+
+
 def test_the_directory_is_private_to_the_user(tmp_path):
     ResponseCache(tmp_path / "c").close()
     assert (tmp_path / "c").stat().st_mode & 0o777 == 0o700
