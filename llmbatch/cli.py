@@ -117,8 +117,8 @@ def run(
         str,
         typer.Option(
             "--workers",
-            help="Processes making the calls: a number (0: this process only) or auto (several when -c is "
-            "64 or more and there are spare cores).",
+            help="Processes making the calls: a number (0: this process only) or auto (several for runs of "
+            "2,000+ requests at -c 64 or more, when there are spare cores).",
         ),
     ] = "auto",
     timeout: Annotated[

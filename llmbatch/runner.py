@@ -125,10 +125,13 @@ async def execute(
             simulator = Simulator(config.sim_config or SimConfig())
             base_url = await simulator.start()
             provider = _provider(
-                _workers(config), api_base=base_url, api_key="llmbatch-simulator", force_provider="openai"
+                _workers(config, stats.total or 0),
+                api_base=base_url,
+                api_key="llmbatch-simulator",
+                force_provider="openai",
             )
         else:
-            provider = _provider(_workers(config), api_base=config.api_base)
+            provider = _provider(_workers(config, stats.total or 0), api_base=config.api_base)
         options = keyed_options(config)
         engine = Engine(
             provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
@@ -159,13 +162,13 @@ def _provider(workers: int, **kwargs: Any) -> Any:
     return AnyLLMProvider(**kwargs)
 
 
-def _workers(config: RunConfig) -> int:
+def _workers(config: RunConfig, requests: int) -> int:
     if config.workers is not None:
         return config.workers
     from llmbatch.workers import auto_workers
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return auto_workers(config.options.concurrency, cpus)
+    return auto_workers(config.options.concurrency, cpus, requests)
 
 
 def _replace(options: RunOptions, **changes: Any) -> RunOptions:

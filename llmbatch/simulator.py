@@ -34,7 +34,8 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   them. ``faults`` counts injected faults and directive ones (``fail_first`` 503s under ``"503"``,
   ``[[sim:status=N]]`` under ``str(N)``, added on first use). Resetting keeps the rate-limit logs
   and the ``fail_first`` attempt counts, which are server state rather than statistics, and keeps
-  ``in_flight`` (requests still running).
+  ``in_flight`` (requests still running). ``serving_s`` is the time from the first request received
+  to the last completion served since the last reset: a client's throughput while running.
 * The API key a client sends is never echoed in a response or a log.
 """
 
@@ -380,6 +381,8 @@ class _Stats:
     completion_tokens: int = 0
     max_serves_per_request: int = 0
     serves: dict[str, int] = field(default_factory=dict)  # digest -> successful serves
+    first_request_at: float | None = None  # time.monotonic() of the first request received
+    last_completion_at: float | None = None  # ... and of the last completion served
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -396,6 +399,13 @@ class _Stats:
             "max_in_flight": self.max_in_flight,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            # From the first request in to the last completion out: a client's throughput while it
+            # runs, its start-up excluded, measured the same way for every client.
+            "serving_s": (
+                round(self.last_completion_at - self.first_request_at, 6)
+                if self.first_request_at is not None and self.last_completion_at is not None
+                else None
+            ),
         }
 
 
@@ -474,6 +484,8 @@ class Simulator:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         stats = self._stats
         stats.requests_received += 1
+        if stats.first_request_at is None:
+            stats.first_request_at = time.monotonic()
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
@@ -615,6 +627,7 @@ class Simulator:
     def _success(self, model: str, plan: _Plan, headers: dict[str, str]) -> web.Response:
         stats = self._stats
         stats.completions_served += 1
+        stats.last_completion_at = time.monotonic()
         stats.prompt_tokens += plan.prompt_tokens
         stats.completion_tokens += plan.completion_tokens
         serves = stats.serves.get(plan.digest, 0) + 1

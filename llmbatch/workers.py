@@ -41,15 +41,20 @@ _LINE_LIMIT = 1 << 30
 _GRACE_S = 15.0
 
 
-def auto_workers(concurrency: int, cpus: int | None) -> int:
-    """How many worker processes ``--workers auto`` uses: none (calls in this process) unless
-    the run can keep enough calls in flight for one core to be the limit.
+#: ``--workers auto`` starts workers only for runs of at least this many requests: each worker
+#: pays for importing any-llm and the SDKs (1-2.5 s of CPU), which a short run never earns back.
+AUTO_MIN_REQUESTS = 2000
 
-    At ~1 ms of CPU a call, one process keeps up with ~100 calls in flight at a latency of
+
+def auto_workers(concurrency: int, cpus: int | None, requests: int) -> int:
+    """How many worker processes ``--workers auto`` uses: none (calls in this process) unless the
+    run is long and keeps enough calls in flight for one core to be the limit.
+
+    At 1-3 ms of CPU a call, one process is saturated by ~100 calls in flight at a latency of
     ~150 ms; below that a second process only adds start-up time and memory (~80 MB each).
     """
     cpus = cpus or 1
-    if cpus < 2 or concurrency < 64:
+    if cpus < 2 or concurrency < 64 or requests < AUTO_MIN_REQUESTS:
         return 0
     return max(2, min(cpus, 8, concurrency // 50))
 

@@ -47,13 +47,14 @@ def spawn_in_own_group(args: list[str], env: dict[str, str], cwd: Path) -> subpr
     )
 
 
-def test_auto_uses_workers_only_with_spare_cores_and_enough_calls_in_flight():
-    assert auto_workers(16, 8) == 0  # the default -c: one process keeps up
-    assert auto_workers(100, 1) == 0  # no second core to use
-    assert auto_workers(64, 2) == 2
-    assert auto_workers(100, 2) == 2
-    assert auto_workers(400, 4) == 4
-    assert auto_workers(1000, 64) == 8  # past a few, the parent is the limit
+def test_auto_uses_workers_only_for_long_runs_with_spare_cores_and_enough_calls_in_flight():
+    assert auto_workers(16, 8, 100_000) == 0  # the default -c: one process keeps up
+    assert auto_workers(100, 1, 100_000) == 0  # no second core to use
+    assert auto_workers(100, 8, 500) == 0  # over before the workers have started
+    assert auto_workers(64, 2, 5000) == 2
+    assert auto_workers(100, 2, 5000) == 2
+    assert auto_workers(400, 4, 5000) == 4
+    assert auto_workers(1000, 64, 5000) == 8  # past a few, the parent is the limit
 
 
 def test_workers_answer_every_line_in_order_paying_once_and_a_rerun_is_free(tmp_path, env, simulator):
