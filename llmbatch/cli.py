@@ -12,7 +12,6 @@ interrupted by Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import signal
@@ -239,6 +238,8 @@ def run(
         interrupted = False
         with display, _tuned_gc():
             try:
+                import asyncio  # here, not at the top: --help and usage errors do not need it
+
                 outcome = asyncio.run(_run_with_signals(config, stats))
             except KeyboardInterrupt:
                 interrupted = True
@@ -330,6 +331,8 @@ def _sim_config_for_run() -> Any:
 async def _run_with_signals(config: Any, stats: Any) -> Any:
     """Run, with Ctrl-C handled in two steps: the first stops new calls and lets the ones in
     flight finish (they are paid for); the second, or the grace period running out, quits."""
+    import asyncio
+
     from llmbatch.runner import execute
 
     loop = asyncio.get_running_loop()
@@ -357,7 +360,7 @@ async def _run_with_signals(config: Any, stats: Any) -> Any:
             loop.remove_signal_handler(signal.SIGINT)
 
 
-def _cancel(task: asyncio.Task[Any] | None) -> None:
+def _cancel(task: Any) -> None:
     if task is not None and not task.done():
         task.cancel()
 
