@@ -184,6 +184,7 @@ class ResponseCache:
         found: dict[str, dict[str, Any]] = {}
         now = time.time()
         fetch = self._cache.disk.fetch
+        raw_mode = diskcache.core.MODE_RAW
         try:
             for start in range(0, len(keys), _SQL_BATCH):
                 batch = keys[start : start + _SQL_BATCH]
@@ -196,8 +197,14 @@ class ResponseCache:
                     if expire_time is not None and expire_time < now:
                         continue  # expired: a miss, as diskcache's get would say
                     try:
+                        if mode == raw_mode and filename is None and type(value) is bytes:
+                            # The common row: our JSON bytes inline. What fetch does, minus two calls.
+                            entry = orjson.loads(value)
+                            if type(entry) is dict:
+                                found[key] = entry
+                            continue
                         found[key] = fetch(mode, filename, value, False)
-                    except (CorruptEntry, OSError):
+                    except (CorruptEntry, OSError, orjson.JSONDecodeError):
                         continue  # unreadable (or a value file removed meanwhile): a miss
         except sqlite3.Error as exc:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None

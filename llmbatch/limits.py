@@ -36,9 +36,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyrate_limiter import GCRA, InMemoryStateStore, Rate, RateItem, StateBucket
+if TYPE_CHECKING:
+    from pyrate_limiter import StateBucket
+
 
 __all__ = [
     "PACE_SAFETY",
@@ -201,6 +203,8 @@ class Pacer:
 
     @staticmethod
     def _bucket(per_minute: int, *, burst: int) -> StateBucket:
+        from pyrate_limiter import GCRA, InMemoryStateStore, Rate, StateBucket  # only when pacing: start-up
+
         limit = max(1, int(per_minute * PACE_SAFETY))
         return StateBucket([Rate(limit, _MINUTE_US, burst=min(burst, limit))], GCRA(), InMemoryStateStore())
 
@@ -209,6 +213,8 @@ class Pacer:
         the seconds to wait before asking again. ``slot``: the time an earlier answer said to come
         back, when we are slightly late for it; the request schedule keeps that slot's place.
         (Token lumps always count from ``now``: a token window has no slack to spare.)"""
+        from pyrate_limiter import RateItem
+
         stamp = int(now * 1_000_000)
         request_stamp = int(slot * 1_000_000) if slot is not None else stamp
         if self._tokens is not None:
@@ -228,6 +234,8 @@ class Pacer:
 
     @staticmethod
     def _wait(bucket: StateBucket, weight: int, stamp: int) -> float:
+        from pyrate_limiter import RateItem
+
         waited = bucket.waiting(RateItem("wait", stamp, weight))
         assert isinstance(waited, int)
         return max(1e-6, waited / 1_000_000)
@@ -244,6 +252,8 @@ class Pacer:
             self.balance -= tokens  # owed: the next reservations pay for them first
         if self._requests is None or requests <= 0:
             return
+        from pyrate_limiter import RateItem
+
         stamp = int(now * 1_000_000)
         # Each at the bucket's next free moment: admitted, it pushes that moment one interval on.
         for _ in range(requests):

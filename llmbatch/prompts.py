@@ -44,7 +44,7 @@ __all__ = [
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
 class Request:
     """One validated request. ``messages`` is normalised: a prompt/system line and the
     equivalent messages line give equal values, and so equal keys."""

@@ -37,7 +37,7 @@ def first_choice(response: dict[str, Any] | None) -> tuple[str | None, str | Non
     return (content if isinstance(content, str) else None), choice.get("finish_reason")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
 class Result:
     """What happened to one input line."""
 
@@ -117,7 +117,7 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         assert self._stream is not None, "open() first"
-        self._stream.write(orjson.dumps(result.to_dict()) + b"\n")
+        self._stream.write(orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
         self.lines += 1
         if self.partial_path is None:
             self._stream.flush()
