@@ -185,7 +185,7 @@ def run(
     from llmbatch.engine import RunOptions, RunStats
     from llmbatch.prompts import Defaults
     from llmbatch.retry import RetryPolicy
-    from llmbatch.runner import RunConfig, default_output, open_input, validate
+    from llmbatch.runner import HitPrefix, RunConfig, default_output, open_input, validate
     from llmbatch.units import parse_duration, parse_size
 
     if sum((no_cache, refresh, cache_only)) > 1:
@@ -227,23 +227,31 @@ def run(
             cache_eviction=cache_eviction,
             workers=_parse_workers(workers),
         )
-        report = validate(config)
-        if dry_run:
-            _print_plan(config, as_json=as_json)
-            return
-        if max_cost is not None:
-            _check_prices(report.models)
-        stats = RunStats(total=report.requests)
-        display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
-        interrupted = False
-        with display, _tuned_gc():
-            try:
-                import asyncio  # here, not at the top: --help and usage errors do not need it
+        stats = RunStats()
+        # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
+        prefix = HitPrefix(config, stats) if not dry_run and mode in ("normal", "only") else None
+        try:
+            with _tuned_gc():
+                report = validate(config, prefix)
+                if dry_run:
+                    _print_plan(config, as_json=as_json)
+                    return
+                if max_cost is not None:
+                    _check_prices(report.models)
+                stats.total = report.requests
+                display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
+                interrupted = False
+                with display:
+                    try:
+                        import asyncio  # here, not at the top: --help and usage errors do not need it
 
-                outcome = asyncio.run(_run_with_signals(config, stats))
-            except KeyboardInterrupt:
-                interrupted = True
-                outcome = None
+                        outcome = asyncio.run(_run_with_signals(config, stats, prefix))
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        outcome = None
+        finally:
+            if prefix is not None:
+                prefix.close()
         results_at = outcome.results_at if outcome else _partial_name(out)
         note = None
         if stats.budget_reached:
@@ -328,7 +336,7 @@ def _sim_config_for_run() -> Any:
     return SimConfig(latency_s=0.05, latency_dist="lognormal", latency_sigma=0.4)
 
 
-async def _run_with_signals(config: Any, stats: Any) -> Any:
+async def _run_with_signals(config: Any, stats: Any, prefix: Any = None) -> Any:
     """Run, with Ctrl-C handled in two steps: the first stops new calls and lets the ones in
     flight finish (they are paid for); the second, or the grace period running out, quits."""
     import asyncio
@@ -352,7 +360,7 @@ async def _run_with_signals(config: Any, stats: Any) -> Any:
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        return await execute(config, stats, on_engine=engines.append)
+        return await execute(config, stats, on_engine=engines.append, prefix=prefix)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:

@@ -231,7 +231,8 @@ class Engine:
     # -- the run ------------------------------------------------------------------------------
 
     async def run(self, requests: Iterable[Request]) -> RunStats:
-        self.stats.started_at = self.clock()
+        if not self.stats.started_at:  # runner.HitPrefix may have begun the run while validating
+            self.stats.started_at = self.clock()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.options.effective_window())
         producer = asyncio.create_task(self._produce(iter(requests), queue))
         try:
@@ -287,6 +288,18 @@ class Engine:
             await queue.put(_END)  # let the consumer finish what is queued; run() re-raises this
             raise
         await queue.put(_END)
+
+    def answer_from_cache(self, requests: list[Request]) -> int:
+        """Emit the results of the leading requests that are cache hits, up to the first that is
+        not; return how many there were. Nothing is sent: this is for the start of a run only."""
+        keyed = [(r, request_key(r, self._endpoint(r))) for r in requests]
+        found = self._lookup([k for _, k in keyed])
+        for answered, (request, key) in enumerate(keyed):
+            entry = found.get(key)
+            if entry is None:
+                return answered
+            self._emit(self._hit(request, key, entry))
+        return len(keyed)
 
     def _lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         if self.cache is None or self.options.cache_mode == "refresh":

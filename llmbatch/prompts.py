@@ -463,10 +463,19 @@ class ValidationReport:
 
 
 def validate_file(
-    path: Path, defaults: Defaults = Defaults(), *, source: str | None = None, max_errors: int = 100
+    path: Path,
+    defaults: Defaults = Defaults(),
+    *,
+    source: str | None = None,
+    max_errors: int = 100,
+    on_valid: Callable[[Request], bool] | None = None,
 ) -> ValidationReport:
-    """Read the whole file once and collect every invalid line (up to ``max_errors`` listed)."""
+    """Read the whole file once and collect every invalid line (up to ``max_errors`` listed).
+
+    ``on_valid`` sees each valid request in order, until it returns False or a line is invalid
+    (``runner.HitPrefix`` answers a cached rerun's leading hits this way, in the same pass)."""
     source = source or str(path)
+    feeding = on_valid is not None
     found: list[LineError] = []
     total_errors = 0
     # Ids are checked for duplicates through 8-byte hashes in a flat array rather than a dict of
@@ -480,9 +489,12 @@ def validate_file(
                 request = parse_line(raw, number, defaults)
             except InvalidLine as exc:
                 total_errors += 1
+                feeding = False
                 if len(found) < max_errors:
                     found.append(LineError(source, number, str(exc)))
                 continue
+            if feeding:
+                feeding = on_valid(request)  # type: ignore[misc]
             count += 1
             models.add(request.model_ref)
             id_hashes.append(hash(str(request.id)))
@@ -525,8 +537,10 @@ def _duplicate_ids(path: Path, defaults: Defaults, id_hashes: array[int], source
     return errors
 
 
-def read_requests(path: Path, defaults: Defaults = Defaults(), *, source: str | None = None) -> Iterator[Request]:
-    """Stream the requests of an already validated file, one at a time.
+def read_requests(
+    path: Path, defaults: Defaults = Defaults(), *, source: str | None = None, start_line: int = 1
+) -> Iterator[Request]:
+    """Stream the requests of an already validated file, one at a time, from ``start_line`` on.
 
     A line that fails now passed validation a moment ago: the file changed under us, which
     is reported rather than guessed around.
@@ -534,6 +548,8 @@ def read_requests(path: Path, defaults: Defaults = Defaults(), *, source: str | 
     source = source or str(path)
     with open(path, "rb") as stream:
         for number, raw in iter_raw_lines(stream):
+            if number < start_line:
+                continue  # answered already (runner.HitPrefix)
             try:
                 yield parse_line(raw, number, defaults)
             except InvalidLine as exc:

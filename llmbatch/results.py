@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,11 @@ class Result:
         }
 
 
+def encode(result: Result) -> bytes:
+    """One result line, newline included."""
+    return orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+
+
 class ResultWriter:
     """Appends result lines to ``<path>.partial`` and renames it to ``path`` once complete.
 
@@ -117,10 +123,18 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         assert self._stream is not None, "open() first"
-        self._stream.write(orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        self._stream.write(encode(result))
         self.lines += 1
         if self.partial_path is None:
             self._stream.flush()
+
+    def adopt(self, spool: IO[bytes], lines: int) -> None:
+        """Append ``lines`` result lines already encoded in ``spool`` (``runner.HitPrefix``)."""
+        assert self._stream is not None, "open() first"
+        spool.flush()
+        spool.seek(0)
+        shutil.copyfileobj(spool, self._stream, 1 << 20)
+        self.lines += lines
 
     def flush(self) -> None:
         if self._stream is not None:

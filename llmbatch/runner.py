@@ -17,13 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from llmbatch.cache import ResponseCache
-from llmbatch.engine import Engine, RunOptions, RunStats
+from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
 from llmbatch.errors import InputError, UsageError
 from llmbatch.keys import SIMULATOR_ENDPOINT
-from llmbatch.prompts import Defaults, ValidationReport, read_requests, validate_file
-from llmbatch.results import ResultWriter
+from llmbatch.prompts import Defaults, Request, ValidationReport, read_requests, validate_file
+from llmbatch.results import Result, ResultWriter, encode
 
-__all__ = ["Input", "Plan", "RunConfig", "RunOutcome", "execute", "keyed_options", "open_input", "plan", "validate"]
+__all__ = [
+    "HitPrefix",
+    "Input",
+    "Plan",
+    "RunConfig",
+    "RunOutcome",
+    "execute",
+    "keyed_options",
+    "open_input",
+    "plan",
+    "validate",
+]
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
 #: everything downstream (keys, tags, later prices) behaves as it will for real.
@@ -92,9 +103,68 @@ def effective_defaults(config: RunConfig) -> Defaults:
     return config.defaults
 
 
-def validate(config: RunConfig) -> ValidationReport:
+class HitPrefix:
+    """The leading cache hits of a run, answered in the validation pass.
+
+    A cached rerun would otherwise parse every line twice: once to validate the whole file, once
+    to run it. While validating, each valid request is looked up (a chunk at a time); the leading
+    hits become result lines in a private, unnamed spool file, and the run later resumes at the
+    first line that was not a hit. Nothing is sent from here, and the results file gets the spooled
+    lines only once the whole input is known to be valid (:func:`execute`): a bad line still
+    means exit code 2 and no results file.
+    """
+
+    def __init__(self, config: RunConfig, stats: RunStats) -> None:
+        self.cache = _open_cache(config)
+        # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
+        where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
+        self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - closed by close()
+        self.lines = 0
+        self.resume_line = 1  # the first line not answered here
+        self._pending: list[Request] = []
+        self._open = True
+        self._engine = Engine(
+            provider=None, cache=self.cache, options=keyed_options(config), sink=self._write, stats=stats
+        )
+        stats.started_at = self._engine.clock()
+
+    def _write(self, result: Result) -> None:
+        self.spool.write(encode(result))
+        self.lines += 1
+
+    def feed(self, request: Request) -> bool:
+        """Take the next valid request; False once a miss has been seen (feed no more)."""
+        self._pending.append(request)
+        if len(self._pending) >= LOOKUP_CHUNK:
+            self.drain()
+        return self._open
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, []
+        if not self._open or not pending:
+            return
+        answered = self._engine.answer_from_cache(pending)
+        if answered < len(pending):
+            self._open = False
+            self.resume_line = pending[answered].line
+        else:
+            self.resume_line = pending[-1].line + 1
+
+    def close(self) -> None:
+        self.spool.close()
+        self.cache.close()
+
+
+def validate(config: RunConfig, prefix: HitPrefix | None = None) -> ValidationReport:
     """Check every line; raise :class:`InputError` listing each bad one. Nothing is sent."""
-    report = validate_file(config.input.path, effective_defaults(config), source=config.input.source)
+    report = validate_file(
+        config.input.path,
+        effective_defaults(config),
+        source=config.input.source,
+        on_valid=prefix.feed if prefix is not None else None,
+    )
+    if prefix is not None:
+        prefix.drain()
     if report.errors:
         raise InputError(report.errors, report.total_errors)
     if report.requests == 0:
@@ -103,22 +173,22 @@ def validate(config: RunConfig) -> ValidationReport:
 
 
 async def execute(
-    config: RunConfig, stats: RunStats, *, on_engine: Callable[[Engine], None] | None = None
+    config: RunConfig,
+    stats: RunStats,
+    *,
+    on_engine: Callable[[Engine], None] | None = None,
+    prefix: HitPrefix | None = None,
 ) -> RunOutcome:
-    """Run the validated input to the end (or to a stop) and finish the results file."""
+    """Run the validated input to the end (or to a stop) and finish the results file;
+    ``prefix``: the leading hits :func:`validate` already answered."""
     options = config.options
-    cache = None
-    if options.cache_mode != "off":
-        from llmbatch.cache import default_cache_dir
-
-        cache = ResponseCache(
-            config.cache_dir or default_cache_dir(),
-            size_limit=config.cache_size_limit,
-            eviction_policy=config.cache_eviction,
-        )
+    cache = prefix.cache if prefix is not None else _open_cache(config) if options.cache_mode != "off" else None
     writer = ResultWriter(config.output).open()
     simulator = None
     try:
+        if prefix is not None:
+            writer.adopt(prefix.spool, prefix.lines)
+            prefix.spool.close()
         if config.simulate:
             from llmbatch.simulator import SimConfig, Simulator
 
@@ -139,7 +209,13 @@ async def execute(
         if on_engine is not None:
             on_engine(engine)
         try:
-            await engine.run(read_requests(config.input.path, effective_defaults(config), source=config.input.source))
+            requests = read_requests(
+                config.input.path,
+                effective_defaults(config),
+                source=config.input.source,
+                start_line=prefix.resume_line if prefix is not None else 1,
+            )
+            await engine.run(requests)
         finally:
             await provider.aclose()
     finally:
@@ -150,6 +226,16 @@ async def execute(
         if cache is not None:
             cache.close()
     return RunOutcome(stats=stats, results_at=str(where) if where is not None else "stdout", complete=complete)
+
+
+def _open_cache(config: RunConfig) -> ResponseCache:
+    from llmbatch.cache import default_cache_dir
+
+    return ResponseCache(
+        config.cache_dir or default_cache_dir(),
+        size_limit=config.cache_size_limit,
+        eviction_policy=config.cache_eviction,
+    )
 
 
 def _provider(workers: int, **kwargs: Any) -> Any:
