@@ -128,6 +128,15 @@ class ResultWriter:
         if self.partial_path is None:
             self._stream.flush()
 
+    def discard(self) -> None:
+        """Remove the ``.partial`` file this writer created and holds (a run that never started)."""
+        if self._stream is None or self.partial_path is None:
+            return
+        self.partial_path.unlink(missing_ok=True)  # while still holding the lock
+        self._stream.close()
+        self._stream = None
+        self.lines = 0
+
     def adopt(self, spool: IO[bytes], lines: int) -> None:
         """Append ``lines`` result lines already encoded in ``spool`` (``runner.HitPrefix``)."""
         assert self._stream is not None, "open() first"

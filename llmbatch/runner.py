@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from llmbatch.cache import ResponseCache
 from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
@@ -108,17 +108,24 @@ class HitPrefix:
 
     A cached rerun would otherwise parse every line twice: once to validate the whole file, once
     to run it. While validating, each valid request is looked up (a chunk at a time); the leading
-    hits become result lines in a private, unnamed spool file, and the run later resumes at the
-    first line that was not a hit. Nothing is sent from here, and the results file gets the spooled
-    lines only once the whole input is known to be valid (:func:`execute`): a bad line still
-    means exit code 2 and no results file.
+    hits become result lines, and the run later resumes at the first line that was not a hit.
+    Nothing is sent from here, and a bad line anywhere still means exit code 2 and no results file.
+
+    Where the lines go meanwhile: when no ``.partial`` results file exists (the usual rerun), one
+    is created and locked now and written directly, and removed again if the input turns out bad.
+    Otherwise (an interrupted run's ``.partial`` is there, or the results go to stdout) they go to
+    a private, unnamed spool file, copied into the results only once the whole input is valid, so
+    that a bad line leaves the earlier file as it was.
     """
 
     def __init__(self, config: RunConfig, stats: RunStats) -> None:
         self.cache = _open_cache(config)
-        # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
-        where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
-        self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - closed by close()
+        self.writer = _early_writer(config.output)
+        self.spool: IO[bytes] | None = None
+        if self.writer is None:
+            # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
+            where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
+            self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - see close()
         self.lines = 0
         self.resume_line = 1  # the first line not answered here
         self._pending: list[Request] = []
@@ -129,8 +136,23 @@ class HitPrefix:
         stats.started_at = self._engine.clock()
 
     def _write(self, result: Result) -> None:
-        self.spool.write(encode(result))
+        if self.writer is not None:
+            self.writer.write(result)
+        else:
+            assert self.spool is not None
+            self.spool.write(encode(result))
         self.lines += 1
+
+    def results_writer(self, output: Path | None) -> ResultWriter:
+        """The results file, holding every line answered so far (the input is valid by now)."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            return writer
+        writer = ResultWriter(output).open()
+        assert self.spool is not None
+        writer.adopt(self.spool, self.lines)
+        self.spool.close()
+        return writer
 
     def feed(self, request: Request) -> bool:
         """Take the next valid request; False once a miss has been seen (feed no more)."""
@@ -151,8 +173,23 @@ class HitPrefix:
             self.resume_line = pending[-1].line + 1
 
     def close(self) -> None:
-        self.spool.close()
+        """Release what the run did not take over (after a bad input, nothing is left behind)."""
+        if self.writer is not None:
+            self.writer.discard()
+        if self.spool is not None:
+            self.spool.close()
         self.cache.close()
+
+
+def _early_writer(output: Path | None) -> ResultWriter | None:
+    """The results writer opened now, if that cannot spoil anything: a file output with no
+    ``.partial`` yet. Any trouble opening it is left for the run to report after validation."""
+    if output is None or output.with_name(output.name + ".partial").exists():
+        return None
+    try:
+        return ResultWriter(output).open()
+    except UsageError:
+        return None
 
 
 def validate(config: RunConfig, prefix: HitPrefix | None = None) -> ValidationReport:
@@ -183,12 +220,9 @@ async def execute(
     ``prefix``: the leading hits :func:`validate` already answered."""
     options = config.options
     cache = prefix.cache if prefix is not None else _open_cache(config) if options.cache_mode != "off" else None
-    writer = ResultWriter(config.output).open()
+    writer = prefix.results_writer(config.output) if prefix is not None else ResultWriter(config.output).open()
     simulator = None
     try:
-        if prefix is not None:
-            writer.adopt(prefix.spool, prefix.lines)
-            prefix.spool.close()
         if config.simulate:
             from llmbatch.simulator import SimConfig, Simulator
 

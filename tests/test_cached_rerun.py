@@ -73,3 +73,16 @@ def test_a_cached_rerun_to_stdout_prints_every_line_once_in_order(tmp_path, sim,
     assert [row["id"] for row in rows] == [f"q{i}" for i in range(302)]
     assert [row["cached"] for row in rows] == [True] * 300 + [False] * 2
     assert sim.stats()["completions_served"] == 2
+
+
+def test_a_cached_rerun_with_a_bad_last_line_leaves_no_results_file_at_all(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(300))
+    assert llmbatch("run", str(path), "-q").exit_code == 0
+    (tmp_path / "p.results.jsonl").unlink()
+    write_jsonl(path, [*prompts(300), "{not json"])
+
+    done = llmbatch("run", str(path), "-q")
+
+    assert done.exit_code == 2
+    assert "p.jsonl:301:" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.jsonl"]
