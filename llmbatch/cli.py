@@ -232,7 +232,11 @@ def run(
         prefix = HitPrefix(config, stats) if not dry_run and mode in ("normal", "only") else None
         try:
             with _tuned_gc():
-                report = validate(config, prefix)
+                try:
+                    report = validate(config, prefix)
+                except KeyboardInterrupt:
+                    _print_error("interrupted while checking the input; nothing was sent")
+                    raise typer.Exit(EXIT_INTERRUPTED) from None
                 if dry_run:
                     _print_plan(config, as_json=as_json)
                     return
