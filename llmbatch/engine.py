@@ -50,9 +50,10 @@ LOOKUP_CHUNK = 256
 class Provider(Protocol):
     """What the engine needs from a provider (``provider.AnyLLMProvider`` in production)."""
 
-    async def prepare(self, request: Request) -> None:
+    def prepare(self, request: Request) -> Awaitable[None] | None:
         """Get ready to send ``request`` (create the client); raise CallError if it cannot be
-        sent at all (no API key, unknown provider). Nothing is sent, so nothing is counted."""
+        sent at all (no API key, unknown provider). Nothing is sent, so nothing is counted.
+        May be a coroutine (``workers.WorkerPool`` asks its children) or a plain function."""
 
     async def complete(self, request: Request, *, timeout_s: float) -> Reply: ...
 
@@ -412,7 +413,9 @@ class Engine:
                     async with self._semaphore:
                         if self._stopping:
                             return _SKIPPED
-                        await self.provider.prepare(request)
+                        ready = self.provider.prepare(request)
+                        if ready is not None:
+                            await ready
                         budget = self.governor.budget(request.model_ref)
                         estimate_in, estimate_out = estimate_split(
                             request.messages, request.params, budget.avg_completion
@@ -506,9 +509,9 @@ class Engine:
         try:
             self.cache.put_many([(key, entry, tag) for key, entry, tag, _ in writes], ttl_s=ttl_s)
             outcomes: list[CacheError | None] = [None] * len(writes)
-        except CacheError:
+        except Exception:  # noqa: BLE001 - whatever it was, every call waiting here must hear back
             # The batch was rolled back: store what can be stored one by one, so that one answer
-            # the disk refuses does not take the others with it.
+            # the disk (or the JSON encoder) refuses does not take the others with it.
             outcomes = []
             for key, entry, tag, _ in writes:
                 try:
@@ -516,6 +519,8 @@ class Engine:
                     outcomes.append(None)
                 except CacheError as exc:
                     outcomes.append(exc)
+                except Exception as exc:  # noqa: BLE001 - e.g. a number too large for JSON
+                    outcomes.append(CacheError(f"cannot store an answer in the cache: {exc}"))
         for (*_, done), outcome in zip(writes, outcomes, strict=True):
             if not done.done():
                 done.set_result(outcome)

@@ -380,7 +380,7 @@ class AnyLLMProvider:
             return CallError("fatal", type_, f"cannot use provider {route.provider!r}: {detail}")
         return CallError("fatal", type_, redact(str(exc), self._secrets))
 
-    async def prepare(self, request: Request) -> None:
+    def prepare(self, request: Request) -> None:
         """Create (once) the client this request needs; a :class:`CallError` if there can be none."""
         self._client(self.route(request))
 

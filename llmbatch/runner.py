@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from llmbatch.cache import ResponseCache
 from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
-from llmbatch.errors import InputError, UsageError
+from llmbatch.errors import InputError, LlmbatchError, UsageError
 from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.prompts import Defaults, Request, ValidationReport, read_requests, validate_file
 from llmbatch.results import Result, ResultWriter, encode
@@ -119,21 +119,36 @@ class HitPrefix:
     """
 
     def __init__(self, config: RunConfig, stats: RunStats) -> None:
-        self.cache = _open_cache(config)
-        self.writer = _early_writer(config.output)
+        self._config = config
+        self._stats = stats
+        # Opened by the first lookup, so that a file that is bad from its first lines touches
+        # nothing (and a cache that cannot be opened is reported by the run, after validation).
+        self.cache: ResponseCache | None = None
+        self.writer: ResultWriter | None = None
         self.spool: IO[bytes] | None = None
-        if self.writer is None:
-            # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
-            where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
-            self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - see close()
+        self._engine: Engine | None = None
         self.lines = 0
         self.resume_line = 1  # the first line not answered here
         self._pending: list[Request] = []
         self._open = True
-        self._engine = Engine(
-            provider=None, cache=self.cache, options=keyed_options(config), sink=self._write, stats=stats
+
+    def _begin(self) -> Engine | None:
+        config = self._config
+        try:
+            self.cache = _open_cache(config)
+        except LlmbatchError:
+            self._open = False
+            return None
+        self.writer = _early_writer(config.output)
+        if self.writer is None:
+            # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
+            where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
+            self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - see close()
+        engine = Engine(
+            provider=None, cache=self.cache, options=keyed_options(config), sink=self._write, stats=self._stats
         )
-        stats.started_at = self._engine.clock()
+        self._stats.started_at = engine.clock()
+        return engine
 
     def _write(self, result: Result) -> None:
         if self.writer is not None:
@@ -149,9 +164,9 @@ class HitPrefix:
             writer, self.writer = self.writer, None
             return writer
         writer = ResultWriter(output).open()
-        assert self.spool is not None
-        writer.adopt(self.spool, self.lines)
-        self.spool.close()
+        if self.spool is not None:
+            writer.adopt(self.spool, self.lines)
+            self.spool.close()
         return writer
 
     def feed(self, request: Request) -> bool:
@@ -165,6 +180,10 @@ class HitPrefix:
         pending, self._pending = self._pending, []
         if not self._open or not pending:
             return
+        if self._engine is None:
+            self._engine = self._begin()
+            if self._engine is None:
+                return
         answered = self._engine.answer_from_cache(pending)
         if answered < len(pending):
             self._open = False
@@ -178,13 +197,14 @@ class HitPrefix:
             self.writer.discard()
         if self.spool is not None:
             self.spool.close()
-        self.cache.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 def _early_writer(output: Path | None) -> ResultWriter | None:
     """The results writer opened now, if that cannot spoil anything: a file output with no
     ``.partial`` yet. Any trouble opening it is left for the run to report after validation."""
-    if output is None or output.with_name(output.name + ".partial").exists():
+    if output is None or not output.parent.is_dir() or output.with_name(output.name + ".partial").exists():
         return None
     try:
         return ResultWriter(output).open()
@@ -200,7 +220,7 @@ def validate(config: RunConfig, prefix: HitPrefix | None = None) -> ValidationRe
         source=config.input.source,
         on_valid=prefix.feed if prefix is not None else None,
     )
-    if prefix is not None:
+    if prefix is not None and not report.errors:
         prefix.drain()
     if report.errors:
         raise InputError(report.errors, report.total_errors)
@@ -219,7 +239,10 @@ async def execute(
     """Run the validated input to the end (or to a stop) and finish the results file;
     ``prefix``: the leading hits :func:`validate` already answered."""
     options = config.options
-    cache = prefix.cache if prefix is not None else _open_cache(config) if options.cache_mode != "off" else None
+    if prefix is not None and prefix.cache is not None:
+        cache: ResponseCache | None = prefix.cache
+    else:
+        cache = _open_cache(config) if options.cache_mode != "off" else None
     writer = prefix.results_writer(config.output) if prefix is not None else ResultWriter(config.output).open()
     simulator = None
     try:
@@ -229,13 +252,13 @@ async def execute(
             simulator = Simulator(config.sim_config or SimConfig())
             base_url = await simulator.start()
             provider = _provider(
-                _workers(config, stats.total or 0),
+                _workers(config, _left(stats, prefix)),
                 api_base=base_url,
                 api_key="llmbatch-simulator",
                 force_provider="openai",
             )
         else:
-            provider = _provider(_workers(config, stats.total or 0), api_base=config.api_base)
+            provider = _provider(_workers(config, _left(stats, prefix)), api_base=config.api_base)
         options = keyed_options(config)
         engine = Engine(
             provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
@@ -280,6 +303,11 @@ def _provider(workers: int, **kwargs: Any) -> Any:
     from llmbatch.provider import AnyLLMProvider
 
     return AnyLLMProvider(**kwargs)
+
+
+def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
+    """Requests not yet answered: what worker processes could be needed for."""
+    return (stats.total or 0) - (prefix.lines if prefix is not None else 0)
 
 
 def _workers(config: RunConfig, requests: int) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections import deque
@@ -31,7 +32,7 @@ from typing import Any
 import orjson
 
 from llmbatch.prompts import Request
-from llmbatch.provider import AnyLLMProvider, CallError, Reply
+from llmbatch.provider import AnyLLMProvider, CallError, Reply, redact
 
 __all__ = ["WorkerPool", "auto_workers"]
 
@@ -39,6 +40,8 @@ __all__ = ["WorkerPool", "auto_workers"]
 _LINE_LIMIT = 1 << 30
 #: Past the call's own timeout, how long the parent waits for a silent child before giving up.
 _GRACE_S = 15.0
+#: Creating a client in a child (importing any-llm and the SDK): seconds on a slow machine.
+_PREPARE_TIMEOUT_S = 120.0
 
 
 #: ``--workers auto`` starts workers only for runs of at least this many requests: each worker
@@ -66,6 +69,11 @@ class _Worker:
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.reader: asyncio.Task[None] | None = None
         self.drain: asyncio.Task[None] | None = None
+        self.retired = False  # stopped by us for not answering: its calls are retried elsewhere
+
+    @property
+    def alive(self) -> bool:
+        return not self.retired and not (self.reader is not None and self.reader.done())
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.process.stdin is not None
@@ -111,7 +119,7 @@ class WorkerPool:
             await self._started()
             if provider not in self._prepared:
                 replies = await asyncio.gather(
-                    *(self._ask(w, {"op": "prepare", "provider": provider}, None) for w in self._workers),
+                    *(self._ask(w, {"op": "prepare", "provider": provider}, _PREPARE_TIMEOUT_S) for w in self._workers),
                     return_exceptions=True,
                 )
                 errors = [r for r in replies if isinstance(r, BaseException)]
@@ -123,7 +131,10 @@ class WorkerPool:
     async def complete(self, request: Request, *, timeout_s: float) -> Reply:
         if not self._workers:
             await self._started()
-        worker = min(self._workers, key=lambda w: len(w.pending))
+        live = [w for w in self._workers if w.alive]
+        if not live:
+            raise CallError("fatal", "WorkerDied", "no worker process is left to make the calls")
+        worker = min(live, key=lambda w: len(w.pending))
         message = {
             "op": "call",
             "provider": request.provider,
@@ -136,8 +147,17 @@ class WorkerPool:
         try:
             reply = await self._ask(worker, message, timeout_s + _GRACE_S)
         except TimeoutError:
-            raise CallError("retryable", "Timeout", f"no answer from a worker process within {timeout_s:g} s") from None
+            # Its own timeouts (the SDK's, then asyncio's) should have answered long ago: the child
+            # is stuck. Stop sending it calls and stop it; what it had is retried elsewhere.
+            self._retire(worker)
+            waited = timeout_s + _GRACE_S
+            raise CallError("retryable", "Timeout", f"no answer from a worker process within {waited:g} s") from None
         return Reply(reply["response"], reply["latency_s"], reply.get("headers"))
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.retired = True
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
 
     async def aclose(self) -> None:
         """Close every child's stdin (it finishes and exits) and wait for it; kill a straggler."""
@@ -171,15 +191,23 @@ class WorkerPool:
 
     async def _start(self) -> None:
         for _ in range(self._count):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "llmbatch.workers",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=_LINE_LIMIT,
-            )
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "llmbatch.workers",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    limit=_LINE_LIMIT,
+                    # Its own session: a Ctrl-C at the terminal is for the parent alone (the child
+                    # may not have set SIGINT aside yet), and it ends at EOF when the parent does.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise CallError(
+                    "fatal", "WorkerStart", f"cannot start a worker process: {exc.strerror or exc}"
+                ) from None
             worker = _Worker(process)
             worker.send(self._init)
             worker.reader = asyncio.ensure_future(self._read(worker))
@@ -203,7 +231,13 @@ class WorkerPool:
         assert worker.process.stdout is not None
         stdout = worker.process.stdout
         while line := await stdout.readline():
-            message = orjson.loads(line)
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                worker.stderr_tail.append("it wrote something that is not llmbatch's protocol to its stdout")
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                break
             future = worker.pending.get(message["id"])
             if future is None or future.done():
                 continue  # the parent gave up on it (timeout)
@@ -223,8 +257,10 @@ class WorkerPool:
             worker.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
 
     def _died(self, worker: _Worker) -> CallError:
+        if worker.retired:
+            return CallError("retryable", "Timeout", "a worker process stopped answering and was stopped")
         last = next((t for t in reversed(worker.stderr_tail) if t.strip()), "")
-        detail = f": {last}" if last else ""
+        detail = f": {redact(last, self._secrets)}" if last else ""
         return CallError(
             "fatal",
             "WorkerDied",
@@ -235,6 +271,8 @@ class WorkerPool:
     def _as_call_error(exc: BaseException) -> CallError:
         if isinstance(exc, CallError):
             return exc
+        if isinstance(exc, TimeoutError):
+            return CallError("fatal", "WorkerStart", f"a worker process was not ready within {_PREPARE_TIMEOUT_S:g} s")
         return CallError("fatal", type(exc).__name__, f"a worker process failed to start: {exc}")
 
 
@@ -267,7 +305,11 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+    # The protocol gets the real stdout; anything a library prints goes to stderr instead of
+    # corrupting it.
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, protocol_out)
     init = orjson.loads(await reader.readline())
     provider = AnyLLMProvider(api_base=init["api_base"], api_key=init["api_key"], force_provider=init["force_provider"])
     tasks: set[asyncio.Task[None]] = set()
@@ -288,14 +330,18 @@ async def _serve() -> None:
         )
         try:
             if message["op"] == "prepare":
-                await provider.prepare(request)
+                provider.prepare(request)
                 answer(call_id, {"reply": {}})
                 return
             reply = await provider.complete(request, timeout_s=message["timeout_s"])
+            answer(
+                call_id, {"reply": {"response": reply.response, "latency_s": reply.latency_s, "headers": reply.headers}}
+            )
         except CallError as exc:
             answer(call_id, {"error": _error_data(exc)})
-            return
-        answer(call_id, {"reply": {"response": reply.response, "latency_s": reply.latency_s, "headers": reply.headers}})
+        except Exception as exc:  # noqa: BLE001 - the parent must hear back about every call
+            text = redact(f"{type(exc).__name__}: {exc}", provider.secrets)
+            answer(call_id, {"error": _error_data(CallError("permanent", type(exc).__name__, text))})
 
     try:
         while line := await reader.readline():

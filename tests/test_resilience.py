@@ -301,6 +301,39 @@ def test_a_cache_dir_that_cannot_be_created_is_refused_before_anything_is_sent(t
     assert not (tmp_path / "p.results.jsonl").exists()
 
 
+def test_a_bad_line_is_reported_even_when_the_cache_cannot_be_opened(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "p.jsonl", [*prompts(3), {"id": "x", "prompt": 7}])
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    unwritable = {**env, "LLMBATCH_CACHE_DIR": str(tmp_path / "blocker" / "cache")}
+
+    done = run_cli(run_args(path, sim), env=unwritable)
+
+    assert done.exit_code == 2
+    assert "p.jsonl:4:" in done.stderr and "Traceback" not in done.stderr
+    assert sim.stats()["requests_received"] == 0
+
+
+def test_an_answer_the_cache_cannot_encode_stops_the_run_with_one_message(tmp_path, env, sim, monkeypatch):
+    # A provider's answer that JSON cannot hold (orjson refuses integers past 64 bits) must end the
+    # run with a message, never leave it waiting for a cache write that will not come.
+    from llmbatch.cache import ResponseCache
+
+    original = ResponseCache.put
+
+    def put(self: ResponseCache, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
+        if "question number 2" in json.dumps(entry):
+            raise TypeError("Integer exceeds 64-bit range")
+        original(self, key, entry, **kwargs)
+
+    monkeypatch.setattr(ResponseCache, "put", put)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(6))
+
+    done = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=env)
+
+    assert done.exit_code == 1
+    assert_one_clear_error(done.stderr, "cannot store an answer", "64-bit")
+
+
 # --- the input disappears ----------------------------------------------------------------------
 
 
