@@ -15,8 +15,9 @@ The protocol is one JSON object per line over each child's stdin/stdout:
   :class:`~llmbatch.provider.CallError` already classified and redacted in the child.
 
 A child makes one attempt per call and never retries; the parent's retry policy decides. Children
-ignore Ctrl-C (the terminal sends it to the whole process group): the parent decides when to
-stop, and a child exits when its stdin closes, which also happens if the parent dies.
+run in their own session, so a terminal's Ctrl-C reaches only the parent, which decides when to
+stop; a child exits when its stdin closes, which also happens if the parent dies. One that stops
+answering is killed, and its calls are retried by the others.
 """
 
 from __future__ import annotations
@@ -359,7 +360,8 @@ async def _serve() -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches every process in the terminal's group; only the parent decides what it means.
+    # Only the parent decides what Ctrl-C means (the child has its own session; this is for a
+    # child started some other way, e.g. by hand in a terminal).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError):
         asyncio.run(_serve())
