@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from run import BENCH, CONCURRENCY, MODEL, ROOT, SimProcess, measure, result_counts, write_prompts
+from run import BENCH, CONCURRENCY, MODEL, ROOT, SimProcess, measure, result_counts, seed_argv, write_prompts
 
 WARM_BASE = "http://127.0.0.1:9/v1"  # never called: a warm rerun makes no call (checked)
 
@@ -93,20 +93,7 @@ def warm(args: Any, trees: dict[str, Path], tmp: Path, work: Path) -> dict[str, 
     cache = tmp / "warm-cache"
     sys.stderr.write(f"[compare] seeding {n:,} answers (bench/seed_cache.py, untimed)\n")
     seed = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "seed_cache.py"),
-            str(file),
-            "--api-base",
-            WARM_BASE,
-            "-m",
-            MODEL,
-            "-c",
-            "200",
-            "-q",
-            "-o",
-            str(tmp / "seed.jsonl"),
-        ],
+        seed_argv(file, WARM_BASE, tmp / "seed.jsonl"),
         env=env_for(ROOT, cache),
         cwd=work,
         capture_output=True,

@@ -82,6 +82,17 @@ MODES = {
     "tiny": Mode("tiny", 50, 10, (50, 200), (100, 1_000), 1, 2),
 }
 
+#: The cold figures also given as a ratio to the baseline's.
+RATIO_KEYS = (
+    "wall_s",
+    "req_per_s",
+    "share_of_ideal",
+    "running_req_per_s",
+    "running_share_of_ideal",
+    "cpu_ms_per_prompt",
+    "peak_tree_rss_mb",
+)
+
 TARGETS = {
     "cold_share_of_ideal": ">= 0.9 of ideal while running (5,000 prompts, 100 ms, C=100: ideal 1,000 req/s)",
     "warm_lines_per_s": ">= 50,000 lines/s end to end, 100,000 cached prompts",
@@ -202,6 +213,12 @@ def run_client(script: str, file: Path, url: str) -> tuple[Measured, dict[str, A
     if m.returncode != 0:
         raise RuntimeError(f"{script} exited {m.returncode}:\n{m.stderr[-2000:]}")
     return m, json.loads(m.stdout.strip().splitlines()[-1])
+
+
+def seed_argv(file: Path, api_base: str, out: Path) -> list[str]:
+    """bench/seed_cache.py: fill the cache for FILE as a cold run against ``api_base`` would."""
+    argv = [str(BENCH / "seed_cache.py"), str(file), "--api-base", api_base, "-m", MODEL, "-c", "200", "-q"]
+    return [sys.executable, *argv, "-o", str(out)]
 
 
 def llmbatch_cmd() -> list[str]:
@@ -470,21 +487,7 @@ class Bench:
         seeded_by = "real cold run against the 0 ms simulator, -c 200"
         started = time.perf_counter()
         if instant_seed:
-            argv = [
-                sys.executable,
-                str(BENCH / "seed_cache.py"),
-                str(file),
-                "--api-base",
-                self.sim0.url,
-                "-m",
-                MODEL,
-                "-c",
-                "200",
-                "-q",
-                "-o",
-                str(self.tmp / "seed.results.jsonl"),
-            ]
-            seed = measure(argv, env=self.env(cache_dir))
+            seed = measure(seed_argv(file, self.sim0.url, self.tmp / "seed.results.jsonl"), env=self.env(cache_dir))
             if seed.returncode == 0:
                 seeded_by = "bench/seed_cache.py (llmbatch run, instant in-process answers)"
             elif seed.returncode != 3:
@@ -899,18 +902,7 @@ def main() -> None:
         variants = bench.cold_and_baseline(cold_file)
         baseline = variants["baseline"]
         for name in ("llmbatch", "llmbatch_one_process"):
-            variants[name]["ratio_to_baseline"] = {
-                k: round(variants[name][k] / baseline[k], 3)
-                for k in (
-                    "wall_s",
-                    "req_per_s",
-                    "share_of_ideal",
-                    "running_req_per_s",
-                    "running_share_of_ideal",
-                    "cpu_ms_per_prompt",
-                    "peak_tree_rss_mb",
-                )
-            }
+            variants[name]["ratio_to_baseline"] = {k: round(variants[name][k] / baseline[k], 3) for k in RATIO_KEYS}
         results["cold"], results["cold_one_process"], results["baseline"] = (
             variants["llmbatch"],
             variants["llmbatch_one_process"],

@@ -32,8 +32,9 @@ def run_args(path: Path, sim: SimulatorThread, *extra: str) -> list[str]:
     return ["run", str(path), "--api-base", sim.url, "--model", MODEL, *extra]
 
 
-def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """``python -m llmbatch ARGS`` as its own process, as a shell would start it."""
+def spawn(args: list[str], env: dict[str, str], cwd: Path, *, own_group: bool = False) -> subprocess.Popen[str]:
+    """``python -m llmbatch ARGS`` as its own process, as a shell would start it; ``own_group``:
+    as a terminal starts it, in a process group of its own that Ctrl-C signals as a whole."""
     return subprocess.Popen(
         [sys.executable, "-m", "llmbatch", *args],
         env={**os.environ, **env},
@@ -41,6 +42,7 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[s
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from llmbatch.workers import auto_workers
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
-from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, wait_for
+from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, spawn, wait_for
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -35,16 +34,7 @@ def worker_pids(parent: int) -> list[int]:
 
 
 def spawn_in_own_group(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """The command as a terminal starts it: its own process group, which Ctrl-C signals as a whole."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return spawn(args, env, cwd, own_group=True)
 
 
 def test_auto_uses_workers_only_for_long_runs_with_spare_cores_and_enough_calls_in_flight():
