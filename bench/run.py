@@ -19,7 +19,8 @@ on a noisy machine:
    bench/seed_cache.py), plus a rerun of the cold file itself.
 5. memory: peak RSS of `--cache-only` on an empty cache for a small and a large file (every line
    becomes a "not in the cache" error line: reading, validation, keys, lookups and ordered
-   writing all run, no network).
+   writing all run, no network); and of a cold run at two sizes, every line a call and a cache
+   write, answered at once in-process (bench/seed_cache.py) so that it takes seconds, not minutes.
 6. start-up: `llmbatch --help`, and a rerun of a 1-line file that is a cache hit (median of
    several), and whether that rerun imports any_llm (`python -X importtime`).
 
@@ -71,15 +72,16 @@ class Mode:
     cold: int  # prompts in the cold run (and the baseline, and the ceiling runs)
     latency_ms: int
     warm: tuple[int, int]  # small (seeded by a real cold run), large (seeded by seed_cache.py)
-    memory: tuple[int, int]
+    memory: tuple[int, int]  # --cache-only on an empty cache
+    memory_cold: tuple[int, int]  # cold runs with instant answers (bench/seed_cache.py)
     repeats: int  # cold/baseline pairs, warm reruns
     startup_repeats: int
 
 
 MODES = {
-    "full": Mode("full", 5_000, 100, (2_000, 100_000), (10_000, 1_000_000), 3, 5),
-    "quick": Mode("quick", 500, 100, (2_000, 10_000), (10_000, 100_000), 2, 5),
-    "tiny": Mode("tiny", 50, 10, (50, 200), (100, 1_000), 1, 2),
+    "full": Mode("full", 5_000, 100, (2_000, 100_000), (10_000, 1_000_000), (10_000, 200_000), 3, 5),
+    "quick": Mode("quick", 500, 100, (2_000, 10_000), (10_000, 100_000), (2_000, 20_000), 2, 5),
+    "tiny": Mode("tiny", 50, 10, (50, 200), (100, 1_000), (100, 1_000), 1, 2),
 }
 
 #: The cold figures also given as a ratio to the baseline's.
@@ -546,9 +548,45 @@ class Bench:
             )
             out.unlink()
             file.unlink()
-        small, large = runs[0], runs[-1]
         return {
             "method": "--cache-only on an empty cache (every line an error line: 'not in the cache')",
+            **self.growth(runs),
+            "cold": self.memory_cold(),
+        }
+
+    def memory_cold(self) -> dict[str, Any]:
+        runs = []
+        for n in self.mode.memory_cold:
+            self.log(f"memory: a cold run with instant answers, {n:,} lines")
+            file = write_prompts(self.tmp / f"memory-cold-{n}.jsonl", n, f"memcold{n}")
+            cache_dir = self.fresh_dir(f"memory-cold{n}")
+            out = cache_dir.parent / f"{cache_dir.name}.results.jsonl"
+            m = measure(seed_argv(file, self.sim0.url, out), env=self.env(cache_dir))
+            counts = result_counts(out)
+            if m.returncode != 0 or counts["ok"] != n:
+                raise RuntimeError(f"cold run with instant answers, {n:,} lines: {counts}\n{m.stderr[-2000:]}")
+            runs.append(
+                {
+                    "lines": n,
+                    "peak_rss_mb": round(m.peak_rss_mb, 1),
+                    "wall_s": round(m.wall_s, 2),
+                    "lines_per_s": round(n / m.wall_s),
+                    "cpu_us_per_line": round(1e6 * m.cpu_s / n, 1),
+                }
+            )
+            out.unlink()
+            file.unlink()
+            shutil.rmtree(cache_dir)
+        return {
+            "method": "a cold run (every line a call and a cache write), answered at once in-process "
+            "by bench/seed_cache.py: the engine's state over a long run, without the provider SDK",
+            **self.growth(runs),
+        }
+
+    @staticmethod
+    def growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        small, large = runs[0], runs[-1]
+        return {
             "runs": runs,
             "growth_mb": round(large["peak_rss_mb"] - small["peak_rss_mb"], 1),
             "growth_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
@@ -778,6 +816,13 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def memory_row(m: dict[str, Any]) -> str:
+    return (
+        f"  {m['lines']:>9,} lines{'':<12}{m['wall_s']:>9.2f}{m['lines_per_s']:>10,.0f}"
+        f"{m['cpu_us_per_line']:>13.1f}{m['peak_rss_mb']:>13.1f}"
+    )
+
+
 def table(r: dict[str, Any]) -> str:
     p = r["params"]
     cold, one, base = r["cold"], r["cold_one_process"], r["baseline"]
@@ -833,11 +878,9 @@ def table(r: dict[str, Any]) -> str:
         "",
         f"{'memory (--cache-only, empty)':<30}{'wall s':>9}{'lines/s':>10}{'CPU us/line':>13}{'peak RSS MB':>13}",
     ]
-    for m in r["memory"]["runs"]:
-        lines.append(
-            f"  {m['lines']:>9,} lines{'':<12}{m['wall_s']:>9.2f}{m['lines_per_s']:>10,.0f}"
-            f"{m['cpu_us_per_line']:>13.1f}{m['peak_rss_mb']:>13.1f}"
-        )
+    lines += [memory_row(m) for m in r["memory"]["runs"]]
+    lines.append("memory (cold, instant answers)")
+    lines += [memory_row(m) for m in r["memory"]["cold"]["runs"]]
     s = r["startup"]
     lines += [
         "",

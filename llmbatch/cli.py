@@ -313,15 +313,21 @@ def _check_prices(models: set[str]) -> None:
 @contextlib.contextmanager
 def _tuned_gc() -> Iterator[None]:
     """A run makes millions of short-lived dicts (parsed lines, responses). Python's cyclic GC,
-    triggered every 700 allocations, rescans everything alive each time — including every module
-    imported so far. Freezing what exists now and collecting less often cut a cached rerun of
-    100,000 lines by a fifth (bench/run.py); nothing in a run relies on prompt cycle collection.
-    Undone afterwards, for callers that run the command in-process (tests, notebooks)."""
+    triggered every 700 allocations, rescans everything alive each time, including every module
+    imported so far. Freezing what exists now and collecting the young generation less often cut a
+    cached rerun of 100,000 lines by a fifth (bench/run.py).
+
+    The oldest generation must still be collected regularly: each call leaves reference cycles
+    behind (tenacity's retry state, asyncio's tasks), ~0.75 KB of them, which only a full
+    collection frees. Collecting it only every 50 million allocations let a 1,000,000-line cold
+    run grow by ~1 GB; every 1.25 million (here), it stays flat, and after ``freeze()`` a full
+    collection scans only what the run itself made. Undone afterwards, for callers that run the
+    command in-process (tests, notebooks)."""
     import gc
 
     before = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
+    gc.set_threshold(50_000, 5, 5)
     try:
         yield
     finally:

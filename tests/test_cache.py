@@ -73,6 +73,20 @@ def test_the_size_limit_is_explicit_and_survives_reopening_without_the_option(tm
         assert cache.stats().size_limit == 50 * 10**9
 
 
+def test_the_database_is_read_without_a_memory_map_even_in_a_cache_made_by_diskcache_defaults(tmp_path):
+    # Mapped pages count in the run's RSS (up to 64 MB more on a large cache, for no speed).
+    import diskcache
+
+    legacy = diskcache.Cache(str(tmp_path / "c"))
+    assert legacy._sql("PRAGMA mmap_size").fetchone()[0] > 0  # what diskcache does by default
+    legacy.close()
+    with ResponseCache(tmp_path / "c") as cache:
+        assert cache._cache._sql("PRAGMA mmap_size").fetchone()[0] == 0
+    reopened = diskcache.Cache(str(tmp_path / "c"))  # the setting is kept with the cache
+    assert reopened._sql("PRAGMA mmap_size").fetchone()[0] == 0
+    reopened.close()
+
+
 def test_an_unknown_eviction_policy_is_a_clear_error(tmp_path):
     with pytest.raises(CacheError, match="unknown eviction policy"):
         ResponseCache(tmp_path / "c", eviction_policy="random")
