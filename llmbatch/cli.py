@@ -319,15 +319,15 @@ def _tuned_gc() -> Iterator[None]:
 
     The oldest generation must still be collected regularly: each call leaves reference cycles
     behind (tenacity's retry state, asyncio's tasks), ~0.75 KB of them, which only a full
-    collection frees. Collecting it only every 50 million allocations let a 1,000,000-line cold
-    run grow by ~1 GB; every 1.25 million (here), it stays flat, and after ``freeze()`` a full
-    collection scans only what the run itself made. Undone afterwards, for callers that run the
-    command in-process (tests, notebooks)."""
+    collection frees. Collected only every 50 million allocations, a 1,000,000-line cold run
+    (bench/seed_cache.py) peaked at 512 MB, still growing; every 500,000 (here) it stays flat, and
+    after ``freeze()`` a full collection scans only what the run itself made. Undone afterwards,
+    for callers that run the command in-process (tests, notebooks)."""
     import gc
 
     before = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(50_000, 5, 5)
+    gc.set_threshold(50_000, 5, 2)
     try:
         yield
     finally:
