@@ -52,6 +52,8 @@ def test_bench_run_tiny_writes_every_figure(tmp_path):
     assert [w["prompts"] for w in results["warm"]] == [50, 200]
     assert all(w["calls_made"] == 0 for w in results["warm"][0]["runs"] + results["warm"][1]["runs"])
     assert [m["lines"] for m in results["memory"]["runs"]] == [100, 1000]
+    assert [m["lines"] for m in results["memory"]["cold"]["runs"]] == [100, 1000]
+    assert results["targets"]["memory_peak_rss_mb"]["cold_run"]["lines"] == [100, 1000]
     assert {"latency_10ms", "latency_0ms"} == set(results["ceiling"])
     assert {"help_s", "zero_miss_rerun_s", "zero_miss_imports_any_llm"} <= set(results["startup"])
     assert set(results["targets"]) == {
