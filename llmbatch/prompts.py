@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import heapq
+import tempfile
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -478,9 +479,9 @@ def validate_file(
     feeding = on_valid is not None
     found: list[LineError] = []
     total_errors = 0
-    # Ids are checked for duplicates through 8-byte hashes in a flat array rather than a dict of
-    # strings: a million ids cost 8 MB, not 120 MB. Equal hashes are confirmed on the text below.
-    id_hashes = array("q")
+    # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million ids
+    # would cost 120 MB); equal hashes are confirmed on the text afterwards.
+    id_hashes = _SortedRuns()
     models: set[str] = set()
     count = 0
     with open(path, "rb") as stream:
@@ -497,26 +498,73 @@ def validate_file(
                 feeding = on_valid(request)  # type: ignore[misc]
             count += 1
             models.add(request.model_ref)
-            id_hashes.append(hash(str(request.id)))
-    duplicates = _duplicate_ids(path, defaults, id_hashes, source)
+            id_hashes.add(hash(str(request.id)))
+    duplicates = _duplicate_ids(path, defaults, id_hashes.repeated(), source)
     total_errors += len(duplicates)
     errors = sorted(found + duplicates, key=lambda e: e.line)[:max_errors]
     return ValidationReport(requests=count, errors=errors, total_errors=total_errors, models=models)
 
 
-def _duplicate_ids(path: Path, defaults: Defaults, id_hashes: array[int], source: str) -> list[LineError]:
-    """Every line whose id (compared as text: 3 and "3" look alike in results) was used before."""
-    # Sorted in slices and merged lazily, so that finding equal neighbours needs no second copy of
-    # the whole array (a sorted list of a million Python ints would be another 40 MB).
-    step = 65_536
-    runs = [array("q", sorted(id_hashes[i : i + step])) for i in range(0, len(id_hashes), step)]
-    suspects: set[int] = set()
-    previous = None
-    for value in heapq.merge(*runs):
-        if value == previous:
-            suspects.add(value)
-        previous = value
-    del runs
+class _SortedRuns:
+    """Integers kept in sorted runs of 65,536, spilled to an unnamed temporary file once there
+    is more than one: however long the input, memory holds one run and a small block of each
+    other (the hashes of a million ids would otherwise be 8 MB, of a hundred million 800 MB)."""
+
+    RUN = 65_536
+    BLOCK = 1_024  # read back from each spilled run at a time, while merging
+
+    def __init__(self) -> None:
+        self._current = array("q")
+        self._spill: BinaryIO | None = None
+        self._runs: list[tuple[int, int]] = []  # (offset in the spill file, count)
+
+    def add(self, value: int) -> None:
+        self._current.append(value)
+        if len(self._current) >= self.RUN:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix=".llmbatch-ids-")  # noqa: SIM115 - closed in repeated()
+        run = array("q", sorted(self._current))
+        self._runs.append((self._spill.tell(), len(run)))
+        run.tofile(self._spill)
+        self._current = array("q")
+
+    def _read(self, offset: int, count: int) -> Iterator[int]:
+        assert self._spill is not None
+        while count:
+            block = array("q")
+            self._spill.seek(offset)  # the runs are read in turns, through one file
+            block.fromfile(self._spill, min(self.BLOCK, count))
+            offset += 8 * len(block)
+            count -= len(block)
+            yield from block
+
+    def repeated(self) -> set[int]:
+        """Every value added more than once."""
+        if self._spill is None:
+            merged: Iterator[int] = iter(sorted(self._current))
+        else:
+            if self._current:
+                self._flush()
+            merged = heapq.merge(*(self._read(offset, count) for offset, count in self._runs))
+        repeated: set[int] = set()
+        previous = None
+        try:
+            for value in merged:
+                if value == previous:
+                    repeated.add(value)
+                previous = value
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+        return repeated
+
+
+def _duplicate_ids(path: Path, defaults: Defaults, suspects: set[int], source: str) -> list[LineError]:
+    """Every line whose id (compared as text: 3 and "3" look alike in results) was used before;
+    ``suspects``: the hashes of ids seen more than once (equal hashes may be a collision)."""
     if not suspects:
         return []
     # Rare: read the file again, looking only at the lines whose id hash is suspect.

@@ -469,6 +469,21 @@ def test_validate_file_reports_duplicate_ids_with_the_first_line(tmp_path):
     assert report.total_errors == 3
 
 
+def test_duplicate_ids_far_apart_in_a_long_file_are_found(tmp_path):
+    # Long enough for the id hashes to be sorted in several runs, spilled to a temporary file.
+    rows: list[dict[str, Any] | str] = [{"id": f"q{i}", "prompt": "p"} for i in range(150_000)]
+    rows[70_000] = {"id": "q5", "prompt": "the second q5, in another run"}
+    rows[149_999] = {"id": "q70001", "prompt": "a neighbour's id, in the last run"}
+    rows.append({"id": "q5", "prompt": "the third q5"})
+    report = validate_file(write(tmp_path / "p.jsonl", rows), MODEL)
+    assert [(e.line, e.message) for e in report.errors] == [
+        (70_001, "duplicate id 'q5' (first used on line 6)"),
+        (150_000, "duplicate id 'q70001' (first used on line 70002)"),
+        (150_001, "duplicate id 'q5' (first used on line 6)"),
+    ]
+    assert report.requests == 150_001
+
+
 def test_ids_are_compared_as_text_and_a_custom_id_can_clash_with_an_id(tmp_path):
     path = write(
         tmp_path / "p.jsonl",
