@@ -320,9 +320,11 @@ def _tuned_gc() -> Iterator[None]:
     The oldest generation must still be collected regularly: each call leaves reference cycles
     behind (tenacity's retry state, asyncio's tasks), ~0.75 KB of them, which only a full
     collection frees. Collected only every 50 million allocations, a 1,000,000-line cold run
-    (bench/seed_cache.py) peaked at 512 MB, still growing; every 500,000 (here) it stays flat, and
-    after ``freeze()`` a full collection scans only what the run itself made. Undone afterwards,
-    for callers that run the command in-process (tests, notebooks)."""
+    (bench/seed_cache.py) peaked at 512 MB, still growing; at most every 500,000 (here; Python
+    also waits until a quarter of the tracked objects await it) it stays flat. ``freeze()`` keeps
+    what was imported before the run out of those collections; in a run without worker processes
+    the provider SDK is imported later and is scanned (0.1-0.35 s a collection, one per ~30,000
+    calls). Undone afterwards, for callers that run the command in-process (tests, notebooks)."""
     import gc
 
     before = gc.get_threshold()

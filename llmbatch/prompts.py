@@ -479,27 +479,28 @@ def validate_file(
     feeding = on_valid is not None
     found: list[LineError] = []
     total_errors = 0
-    # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million ids
-    # would cost 120 MB); equal hashes are confirmed on the text afterwards.
-    id_hashes = _SortedRuns()
     models: set[str] = set()
     count = 0
-    with open(path, "rb") as stream:
-        for number, raw in iter_raw_lines(stream):
-            try:
-                request = parse_line(raw, number, defaults)
-            except InvalidLine as exc:
-                total_errors += 1
-                feeding = False
-                if len(found) < max_errors:
-                    found.append(LineError(source, number, str(exc)))
-                continue
-            if feeding:
-                feeding = on_valid(request)  # type: ignore[misc]
-            count += 1
-            models.add(request.model_ref)
-            id_hashes.add(hash(str(request.id)))
-    duplicates = _duplicate_ids(path, defaults, id_hashes.repeated(), source)
+    # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million ids
+    # would cost 120 MB); equal hashes are confirmed on the text afterwards.
+    with _SortedRuns() as id_hashes:
+        with open(path, "rb") as stream:
+            for number, raw in iter_raw_lines(stream):
+                try:
+                    request = parse_line(raw, number, defaults)
+                except InvalidLine as exc:
+                    total_errors += 1
+                    feeding = False
+                    if len(found) < max_errors:
+                        found.append(LineError(source, number, str(exc)))
+                    continue
+                if feeding:
+                    feeding = on_valid(request)  # type: ignore[misc]
+                count += 1
+                models.add(request.model_ref)
+                id_hashes.add(hash(str(request.id)))
+        suspects = id_hashes.repeated()
+    duplicates = _duplicate_ids(path, defaults, suspects, source)
     total_errors += len(duplicates)
     errors = sorted(found + duplicates, key=lambda e: e.line)[:max_errors]
     return ValidationReport(requests=count, errors=errors, total_errors=total_errors, models=models)
@@ -508,7 +509,11 @@ def validate_file(
 class _SortedRuns:
     """Integers kept in sorted runs of 65,536, spilled to an unnamed temporary file once there
     is more than one: however long the input, memory holds one run and a small block of each
-    other (the hashes of a million ids would otherwise be 8 MB, of a hundred million 800 MB)."""
+    other (the hashes of a million ids would otherwise be 8 MB, of a hundred million 800 MB).
+
+    If the temporary file cannot be written (no room, no usable temporary directory), the runs
+    stay in memory instead: 8 bytes an id, which no input is refused for. A context manager, so
+    that the file is closed however the reading ends."""
 
     RUN = 65_536
     BLOCK = 1_024  # read back from each spilled run at a time, while merging
@@ -516,20 +521,49 @@ class _SortedRuns:
     def __init__(self) -> None:
         self._current = array("q")
         self._spill: BinaryIO | None = None
-        self._runs: list[tuple[int, int]] = []  # (offset in the spill file, count)
+        self._spill_end = 0
+        self._spilled: list[tuple[int, int]] = []  # (offset in the spill file, count)
+        self._kept: list[array[int]] = []  # runs that could not be spilled
+        self._can_spill = True
+
+    def __enter__(self) -> _SortedRuns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
     def add(self, value: int) -> None:
-        self._current.append(value)
         if len(self._current) >= self.RUN:
-            self._flush()
+            self._flush()  # a full run moves out only when the next value needs room
+        self._current.append(value)
 
     def _flush(self) -> None:
-        if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix=".llmbatch-ids-")  # noqa: SIM115 - closed in repeated()
         run = array("q", sorted(self._current))
-        self._runs.append((self._spill.tell(), len(run)))
-        run.tofile(self._spill)
         self._current = array("q")
+        if self._can_spill:
+            try:
+                self._write(run)
+                return
+            except OSError:
+                self._can_spill = False  # what is in the file so far stays readable
+        self._kept.append(run)
+
+    def _write(self, run: array[int]) -> None:
+        if self._spill is None:
+            # Unbuffered: a write that fails leaves nothing half-written behind in a buffer.
+            self._spill = tempfile.TemporaryFile(prefix=".llmbatch-ids-", buffering=0)  # noqa: SIM115 - see close()
+        view = memoryview(run.tobytes())
+        self._spill.seek(self._spill_end)
+        while view:
+            written = self._spill.write(view) or 0
+            view = view[written:]
+        self._spilled.append((self._spill_end, len(run)))
+        self._spill_end += 8 * len(run)
 
     def _read(self, offset: int, count: int) -> Iterator[int]:
         assert self._spill is not None
@@ -543,22 +577,19 @@ class _SortedRuns:
 
     def repeated(self) -> set[int]:
         """Every value added more than once."""
-        if self._spill is None:
+        if not self._spilled and not self._kept:
             merged: Iterator[int] = iter(sorted(self._current))
         else:
             if self._current:
                 self._flush()
-            merged = heapq.merge(*(self._read(offset, count) for offset, count in self._runs))
+            spilled = (self._read(offset, count) for offset, count in self._spilled)
+            merged = heapq.merge(*spilled, *self._kept)
         repeated: set[int] = set()
         previous = None
-        try:
-            for value in merged:
-                if value == previous:
-                    repeated.add(value)
-                previous = value
-        finally:
-            if self._spill is not None:
-                self._spill.close()
+        for value in merged:
+            if value == previous:
+                repeated.add(value)
+            previous = value
         return repeated
 
 

@@ -10,6 +10,7 @@ were never answered (the rest are cache hits).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -123,10 +124,22 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         assert self._stream is not None, "open() first"
-        self._stream.write(encode(result))
-        self.lines += 1
         if self.partial_path is None:
+            self._stream.write(encode(result))
             self._stream.flush()
+        else:
+            try:
+                self._stream.write(encode(result))
+            except OSError as exc:
+                raise self._cannot_write(exc) from None
+        self.lines += 1
+
+    def _cannot_write(self, exc: OSError) -> UsageError:
+        # Every line written here was answered (and stored) first: nothing paid for is lost.
+        return UsageError(
+            f"cannot write results to {self.partial_path}: {exc.strerror or exc}; "
+            "the answers are in the cache, so a rerun writes them without paying again"
+        )
 
     def discard(self) -> None:
         """Remove the ``.partial`` file this writer created and holds (a run that never started)."""
@@ -140,14 +153,24 @@ class ResultWriter:
     def adopt(self, spool: IO[bytes], lines: int) -> None:
         """Append ``lines`` result lines already encoded in ``spool`` (``runner.HitPrefix``)."""
         assert self._stream is not None, "open() first"
-        spool.flush()
-        spool.seek(0)
-        shutil.copyfileobj(spool, self._stream, 1 << 20)
+        try:
+            spool.flush()
+            spool.seek(0)
+            shutil.copyfileobj(spool, self._stream, 1 << 20)
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
         self.lines += lines
 
     def flush(self) -> None:
-        if self._stream is not None:
+        if self._stream is None:
+            return
+        if self.partial_path is None:
             self._stream.flush()
+            return
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
 
     def finish(self, complete: bool) -> Path | None:
         """Close; rename into place if ``complete``. Returns where the lines are."""
@@ -157,9 +180,12 @@ class ResultWriter:
             self._stream.flush()
             self._stream = None
             return None
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
         try:
+            try:
+                self._stream.flush()
+                os.fsync(self._stream.fileno())
+            except OSError as exc:
+                raise self._cannot_write(exc) from None
             if complete:
                 assert self.path is not None
                 try:
@@ -171,5 +197,6 @@ class ResultWriter:
                 return self.path
             return self.partial_path
         finally:
-            self._stream.close()
+            with contextlib.suppress(OSError):  # what could not be flushed was reported above
+                self._stream.close()
             self._stream = None

@@ -57,9 +57,7 @@ class Input:
 
 def open_input(name: str) -> Input:
     if name == "-":
-        with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool)
-        return Input(Path(spool.name), "<stdin>", temporary=True)
+        return Input(_copy_of_stdin(), "<stdin>", temporary=True)
     path = Path(name)
     if not path.exists():
         raise UsageError(f"input file not found: {name}")
@@ -143,7 +141,11 @@ class HitPrefix:
         if self.writer is None:
             # Beside the results (a million result lines is ~1 GB; /tmp may be small), or in $TMPDIR for stdout.
             where = config.output.parent if config.output is not None and config.output.parent.is_dir() else None
-            self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - see close()
+            try:
+                self.spool = tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)  # noqa: SIM115 - see close()
+            except OSError:
+                self._open = False  # nowhere to keep them: the run answers these lines itself
+                return None
         engine = Engine(
             provider=None, cache=self.cache, options=keyed_options(config), sink=self._write, stats=self._stats
         )
@@ -155,7 +157,13 @@ class HitPrefix:
             self.writer.write(result)
         else:
             assert self.spool is not None
-            self.spool.write(encode(result))
+            try:
+                self.spool.write(encode(result))
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot keep the answers found in the cache in a temporary file ({exc.strerror or exc}): "
+                    "free some space, or set TMPDIR"
+                ) from None
         self.lines += 1
 
     def results_writer(self, output: Path | None) -> ResultWriter:
@@ -199,6 +207,21 @@ class HitPrefix:
             self.spool.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def _copy_of_stdin() -> Path:
+    spool = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+    except OSError as exc:
+        if spool is not None:
+            Path(spool.name).unlink(missing_ok=True)
+        raise UsageError(
+            f"cannot keep a copy of stdin in a temporary file ({exc.strerror or exc}): "
+            "set TMPDIR to a directory with room, or give the input as a file"
+        ) from None
+    return Path(spool.name)
 
 
 def _early_writer(output: Path | None) -> ResultWriter | None:

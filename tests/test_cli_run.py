@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
@@ -128,6 +129,20 @@ def test_stdin_in_and_stdout_out(sim, llmbatch):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["id"] for r in lines] == ["q0", "q1", "q2"]
     assert "prompts" in result.stderr  # the summary goes to stderr, never into the results
+
+
+def test_stdin_with_no_room_for_its_copy_is_one_clear_error_and_nothing_is_sent(tmp_path, sim, llmbatch, monkeypatch):
+    # No usable temporary directory (as on a full disk): a path under a regular file.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))
+    text = "\n".join(json.dumps(row) for row in prompts(3)) + "\n"
+    result = llmbatch("run", "-", "-o", "-", "-q", stdin=text)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("llmbatch: error: cannot keep a copy of stdin in a temporary file (")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert sim.stats()["requests_received"] == 0
 
 
 def test_output_option_writes_where_asked_and_leaves_no_partial_file(tmp_path, sim, llmbatch):

@@ -4,6 +4,7 @@ message saying exactly what is wrong with the line. No network, no CLI."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -469,8 +470,14 @@ def test_validate_file_reports_duplicate_ids_with_the_first_line(tmp_path):
     assert report.total_errors == 3
 
 
-def test_duplicate_ids_far_apart_in_a_long_file_are_found(tmp_path):
-    # Long enough for the id hashes to be sorted in several runs, spilled to a temporary file.
+@pytest.mark.parametrize("temporary_files", ["usable", "unusable"])
+def test_duplicate_ids_far_apart_in_a_long_file_are_found(tmp_path, monkeypatch, temporary_files):
+    # Long enough for the id hashes to be sorted in several runs, spilled to a temporary file; or,
+    # where none can be written (a full disk), kept in memory.
+    if temporary_files == "unusable":
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        monkeypatch.setattr(tempfile, "tempdir", str(blocker))
     rows: list[dict[str, Any] | str] = [{"id": f"q{i}", "prompt": "p"} for i in range(150_000)]
     rows[70_000] = {"id": "q5", "prompt": "the second q5, in another run"}
     rows[149_999] = {"id": "q70001", "prompt": "a neighbour's id, in the last run"}

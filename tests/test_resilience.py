@@ -390,3 +390,54 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answe
     assert sum(row["status"] == "ok" for row in written) == served
     assert [row["line"] for row in written] == list(range(1, len(written) + 1))
     assert cache_entries(env) == 5
+
+
+class _SmallDisk:
+    """A results file on a disk with room for ``room`` more bytes (a real full disk cannot be
+    made without privileges); everything else goes to the real file."""
+
+    def __init__(self, stream: Any, room: int) -> None:
+        self._stream = stream
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(28, "No space left on device")
+        self._room -= len(data)
+        return self._stream.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def test_a_full_disk_under_the_results_stops_the_run_with_a_clear_message_and_a_rerun_pays_nothing_more(
+    tmp_path, env, sim, monkeypatch
+):
+    from llmbatch.results import ResultWriter
+
+    original_open = ResultWriter.open
+
+    def open_on_a_small_disk(self: ResultWriter) -> ResultWriter:
+        original_open(self)
+        self._stream = _SmallDisk(self._stream, room=2_500)  # two or three result lines
+        return self
+
+    monkeypatch.setattr(ResultWriter, "open", open_on_a_small_disk)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(12))
+
+    done = run_cli(run_args(path, sim, "-c", "2"), env=env)
+
+    assert done.exit_code == 2
+    assert_one_clear_error(done.stderr, "cannot write results to", "No space left on device", "in the cache")
+    assert not (tmp_path / "p.results.jsonl").exists()
+    served = sim.stats()["completions_served"]
+    assert 2 <= served < 12
+    assert cache_entries(env) == served  # every answer paid for was stored before it was written
+
+    monkeypatch.setattr(ResultWriter, "open", original_open)  # room again
+    sim.reset_stats()
+    again = run_cli(run_args(path, sim), env=env)
+    assert again.exit_code == 0, again.stderr
+    rows = assert_complete(tmp_path / "p.results.jsonl", 12)
+    assert sum(row["cached"] for row in rows) == served
+    assert sim.stats()["completions_served"] == 12 - served
