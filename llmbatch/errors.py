@@ -20,6 +20,7 @@ __all__ = [
     "InputError",
     "LineError",
     "LlmbatchError",
+    "OutputError",
     "UsageError",
 ]
 
@@ -40,6 +41,11 @@ class UsageError(LlmbatchError):
     """Bad options or environment, found before anything was sent."""
 
     exit_code = EXIT_USAGE
+
+
+class OutputError(LlmbatchError):
+    """The results could not be written once calls had been made: the run stops early (exit 1),
+    and what was answered is in the cache for the rerun."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import orjson
 
-from llmbatch.errors import UsageError
+from llmbatch.errors import OutputError, UsageError
 
 __all__ = ["Result", "ResultWriter", "first_choice"]
 
@@ -134,9 +134,9 @@ class ResultWriter:
                 raise self._cannot_write(exc) from None
         self.lines += 1
 
-    def _cannot_write(self, exc: OSError) -> UsageError:
+    def _cannot_write(self, exc: OSError) -> OutputError:
         # Every line written here was answered (and stored) first: nothing paid for is lost.
-        return UsageError(
+        return OutputError(
             f"cannot write results to {self.partial_path}: {exc.strerror or exc}; "
             "the answers are in the cache, so a rerun writes them without paying again"
         )
@@ -191,7 +191,7 @@ class ResultWriter:
                 try:
                     os.replace(self.partial_path, self.path)  # while still holding the lock
                 except OSError as exc:
-                    raise UsageError(
+                    raise OutputError(
                         f"cannot write results to {self.path}: {exc.strerror or exc}; they are in {self.partial_path}"
                     ) from None
                 return self.path
