@@ -537,15 +537,7 @@ class Bench:
                 raise RuntimeError(
                     f"--cache-only on {n:,} lines: exit {m.returncode}, {lines:,} lines\n{m.stderr[-2000:]}"
                 )
-            runs.append(
-                {
-                    "lines": n,
-                    "peak_rss_mb": round(m.peak_rss_mb, 1),
-                    "wall_s": round(m.wall_s, 2),
-                    "lines_per_s": round(n / m.wall_s),
-                    "cpu_us_per_line": round(1e6 * m.cpu_s / n, 1),
-                }
-            )
+            runs.append(self.memory_run(n, m))
             out.unlink()
             file.unlink()
         return {
@@ -565,15 +557,7 @@ class Bench:
             counts = result_counts(out)
             if m.returncode != 0 or counts["ok"] != n:
                 raise RuntimeError(f"cold run with instant answers, {n:,} lines: {counts}\n{m.stderr[-2000:]}")
-            runs.append(
-                {
-                    "lines": n,
-                    "peak_rss_mb": round(m.peak_rss_mb, 1),
-                    "wall_s": round(m.wall_s, 2),
-                    "lines_per_s": round(n / m.wall_s),
-                    "cpu_us_per_line": round(1e6 * m.cpu_s / n, 1),
-                }
-            )
+            runs.append(self.memory_run(n, m))
             out.unlink()
             file.unlink()
             shutil.rmtree(cache_dir)
@@ -581,6 +565,16 @@ class Bench:
             "method": "a cold run (every line a call and a cache write), answered at once in-process "
             "by bench/seed_cache.py: the engine's state over a long run, without the provider SDK",
             **self.growth(runs),
+        }
+
+    @staticmethod
+    def memory_run(n: int, m: Measured) -> dict[str, Any]:
+        return {
+            "lines": n,
+            "peak_rss_mb": round(m.peak_rss_mb, 1),
+            "wall_s": round(m.wall_s, 2),
+            "lines_per_s": round(n / m.wall_s),
+            "cpu_us_per_line": round(1e6 * m.cpu_s / n, 1),
         }
 
     @staticmethod
