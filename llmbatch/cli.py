@@ -318,7 +318,7 @@ def _tuned_gc() -> Iterator[None]:
     cached rerun of 100,000 lines by a fifth (bench/run.py).
 
     The oldest generation must still be collected regularly: each call leaves reference cycles
-    behind (tenacity's retry state, asyncio's tasks), ~0.75 KB of them, which only a full
+    behind (tenacity's retry state, asyncio's tasks), about a kilobyte, which only a full
     collection frees. Collected only every 50 million allocations, a 1,000,000-line cold run
     (bench/seed_cache.py) peaked at 512 MB, still growing; at most every 500,000 (here; Python
     also waits until a quarter of the tracked objects await it) it stays flat. ``freeze()`` keeps

@@ -258,10 +258,9 @@ class Engine:
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
         try:
             while not self._stopping:
-                chunk = [(r, request_key(r, self._endpoint(r))) for r in islice(requests, LOOKUP_CHUNK)]
+                chunk, found = self._keyed_lookup(list(islice(requests, LOOKUP_CHUNK)))
                 if not chunk:
                     break
-                found = self._lookup([k for _, k in chunk])
                 for request, key in chunk:
                     if self._stopping:
                         break
@@ -293,8 +292,7 @@ class Engine:
     def answer_from_cache(self, requests: list[Request]) -> int:
         """Emit the results of the leading requests that are cache hits, up to the first that is
         not; return how many there were. Nothing is sent: this is for the start of a run only."""
-        keyed = [(r, request_key(r, self._endpoint(r))) for r in requests]
-        found = self._lookup([k for _, k in keyed])
+        keyed, found = self._keyed_lookup(requests)
         for answered, (request, key) in enumerate(keyed):
             entry = found.get(key)
             if entry is None:
@@ -302,10 +300,12 @@ class Engine:
             self._emit(self._hit(request, key, entry))
         return len(keyed)
 
-    def _lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        if self.cache is None or self.options.cache_mode == "refresh":
-            return {}
-        return self.cache.get_many(keys)
+    def _keyed_lookup(self, requests: list[Request]) -> tuple[list[tuple[Request, str]], dict[str, dict[str, Any]]]:
+        """Each request with its key, and the stored entries found for those keys (one batch)."""
+        keyed = [(r, request_key(r, self._endpoint(r))) for r in requests]
+        if not keyed or self.cache is None or self.options.cache_mode == "refresh":
+            return keyed, {}
+        return keyed, self.cache.get_many([k for _, k in keyed])
 
     async def _consume(self, queue: asyncio.Queue[Any]) -> None:
         while True:

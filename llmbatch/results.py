@@ -124,17 +124,17 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         assert self._stream is not None, "open() first"
-        if self.partial_path is None:
+        try:
             self._stream.write(encode(result))
-            self._stream.flush()
-        else:
-            try:
-                self._stream.write(encode(result))
-            except OSError as exc:
-                raise self._cannot_write(exc) from None
+            if self.partial_path is None:
+                self._stream.flush()  # on stdout, each line goes out as soon as it is known
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.lines += 1
 
-    def _cannot_write(self, exc: OSError) -> OutputError:
+    def _failed(self, exc: OSError) -> Exception:
+        if self.partial_path is None:
+            return exc  # stdout's own trouble (a reader that went away) is not ours to word
         # Every line written here was answered (and stored) first: nothing paid for is lost.
         return OutputError(
             f"cannot write results to {self.partial_path}: {exc.strerror or exc}; "
@@ -158,19 +158,16 @@ class ResultWriter:
             spool.seek(0)
             shutil.copyfileobj(spool, self._stream, 1 << 20)
         except OSError as exc:
-            raise self._cannot_write(exc) from None
+            raise self._failed(exc) from None
         self.lines += lines
 
     def flush(self) -> None:
         if self._stream is None:
             return
-        if self.partial_path is None:
-            self._stream.flush()
-            return
         try:
             self._stream.flush()
         except OSError as exc:
-            raise self._cannot_write(exc) from None
+            raise self._failed(exc) from None
 
     def finish(self, complete: bool) -> Path | None:
         """Close; rename into place if ``complete``. Returns where the lines are."""
@@ -185,7 +182,7 @@ class ResultWriter:
                 self._stream.flush()
                 os.fsync(self._stream.fileno())
             except OSError as exc:
-                raise self._cannot_write(exc) from None
+                raise self._failed(exc) from None
             if complete:
                 assert self.path is not None
                 try:
