@@ -116,8 +116,9 @@ def run(
         str,
         typer.Option(
             "--workers",
-            help="Processes making the calls: a number (0: this process only) or auto (several for runs of "
-            "2,000+ requests at -c 64 or more, when there are spare cores).",
+            help="Processes making the calls: a number (0: everything in this process, which otherwise checks "
+            "an input of 4 MB or more in two halves at once) or auto (several for runs of 2,000+ requests at "
+            "-c 64 or more, when there are spare cores).",
         ),
     ] = "auto",
     timeout: Annotated[
@@ -226,6 +227,7 @@ def run(
             cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit") if cache_size_limit else None,
             cache_eviction=cache_eviction,
             workers=_parse_workers(workers),
+            split=True,  # a big input is checked in two halves at once, unless --workers 0
         )
         stats = RunStats()
         # A cached rerun's leading hits are answered in the validation pass: each line parsed once.

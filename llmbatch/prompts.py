@@ -33,10 +33,16 @@ from llmbatch.errors import InputError, LineError
 
 __all__ = [
     "Defaults",
+    "IdHashes",
     "InvalidLine",
+    "PartReport",
     "Request",
     "ValidationReport",
+    "check_lines",
+    "combine_parts",
+    "count_lines_before",
     "iter_raw_lines",
+    "line_start_near",
     "parse_line",
     "read_requests",
     "validate_file",
@@ -443,14 +449,51 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
 # --- files -----------------------------------------------------------------------------------
 
 
-def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, content)`` for every non-blank line, BOM and line endings removed."""
-    for number, raw in enumerate(stream, start=1):
+def iter_raw_lines(stream: BinaryIO, *, first_line: int = 1, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, content)`` for every non-blank line, BOM and line endings removed.
+
+    ``first_line``: the number of the line the stream is positioned at; ``end``: stop at this byte
+    offset, which must be the start of a line (``line_start_near``)."""
+    lines: Iterator[bytes] = iter(stream)
+    if end is not None:
+        lines = _until(lines, end - stream.tell())
+    for number, raw in enumerate(lines, start=first_line):
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         raw = raw.rstrip(b"\r\n")
         if raw.strip():
             yield number, raw
+
+
+def _until(lines: Iterator[bytes], left: int) -> Iterator[bytes]:
+    for raw in lines:
+        if left <= 0:
+            return
+        left -= len(raw)
+        yield raw
+
+
+def line_start_near(path: Path, offset: int) -> int:
+    """The offset of the first line that starts at or after ``offset`` (the file's size if none)."""
+    if offset <= 0:
+        return 0
+    with open(path, "rb") as stream:
+        stream.seek(offset - 1)
+        stream.readline()  # the rest of the line holding the byte before: just b"\n" if it ends there
+        return stream.tell()
+
+
+def count_lines_before(path: Path, offset: int) -> int:
+    """How many lines end before ``offset``: the line starting there is this plus one."""
+    count = 0
+    with open(path, "rb") as stream:
+        while offset > 0:
+            chunk = stream.read(min(offset, 1 << 20))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            offset -= len(chunk)
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,71 +519,134 @@ def validate_file(
     ``on_valid`` sees each valid request in order, until it returns False or a line is invalid
     (``runner.HitPrefix`` answers a cached rerun's leading hits this way, in the same pass)."""
     source = source or str(path)
+    with IdHashes() as ids:
+        part = check_lines(path, defaults, ids, source=source, max_errors=max_errors, on_valid=on_valid)
+        return combine_parts(path, defaults, [part], ids, source=source, max_errors=max_errors)
+
+
+@dataclass(slots=True)
+class PartReport:
+    """What :func:`check_lines` found in one stretch of a file; :func:`combine_parts` makes the
+    file's :class:`ValidationReport` of its parts (``runner`` checks a big file in two at once)."""
+
+    requests: int = 0
+    errors: list[LineError] = field(default_factory=list)  # the first max_errors of the part
+    total_errors: int = 0
+    models: set[str] = field(default_factory=set)
+
+
+def check_lines(
+    path: Path,
+    defaults: Defaults,
+    ids: IdHashes,
+    *,
+    source: str,
+    start: int = 0,
+    end: int | None = None,
+    first_line: int = 1,
+    max_errors: int = 100,
+    on_valid: Callable[[Request], bool] | None = None,
+) -> PartReport:
+    """Check the lines from byte ``start`` (line number ``first_line``) to ``end``, adding each
+    valid request's id hash to ``ids``; ``on_valid`` as in :func:`validate_file`."""
     feeding = on_valid is not None
-    found: list[LineError] = []
-    total_errors = 0
-    models: set[str] = set()
-    count = 0
-    # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million ids
-    # would cost 120 MB); equal hashes are confirmed on the text afterwards.
-    with _SortedRuns() as id_hashes:
-        with open(path, "rb") as stream:
-            for number, raw in iter_raw_lines(stream):
-                try:
-                    request = parse_line(raw, number, defaults)
-                except InvalidLine as exc:
-                    total_errors += 1
-                    feeding = False
-                    if len(found) < max_errors:
-                        found.append(LineError(source, number, str(exc)))
-                    continue
-                if feeding:
-                    feeding = on_valid(request)  # type: ignore[misc]
-                count += 1
-                models.add(request.model_ref)
-                id_hashes.add(hash(str(request.id)))
-        suspects = id_hashes.repeated()
-    duplicates = _duplicate_ids(path, defaults, suspects, source)
-    total_errors += len(duplicates)
-    errors = sorted(found + duplicates, key=lambda e: e.line)[:max_errors]
-    return ValidationReport(requests=count, errors=errors, total_errors=total_errors, models=models)
+    part = PartReport()
+    found = part.errors
+    models = part.models
+    count = total_errors = 0
+    with open(path, "rb") as stream:
+        stream.seek(start)
+        for number, raw in iter_raw_lines(stream, first_line=first_line, end=end):
+            try:
+                request = parse_line(raw, number, defaults)
+            except InvalidLine as exc:
+                total_errors += 1
+                feeding = False
+                if len(found) < max_errors:
+                    found.append(LineError(source, number, str(exc)))
+                continue
+            if feeding:
+                feeding = on_valid(request)  # type: ignore[misc]
+            count += 1
+            models.add(request.model_ref)
+            # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million
+            # ids would cost 120 MB); equal hashes are confirmed on the text afterwards.
+            ids.add(hash(str(request.id)))
+    part.requests, part.total_errors = count, total_errors
+    return part
 
 
-class _SortedRuns:
+def combine_parts(
+    path: Path, defaults: Defaults, parts: list[PartReport], ids: IdHashes, *, source: str, max_errors: int = 100
+) -> ValidationReport:
+    """The file's report: its parts' findings, and every id used twice anywhere in it."""
+    duplicates = _duplicate_ids(path, defaults, ids.repeated(), source)
+    found = [error for part in parts for error in part.errors]
+    return ValidationReport(
+        requests=sum(part.requests for part in parts),
+        errors=sorted(found + duplicates, key=lambda e: e.line)[:max_errors],
+        total_errors=sum(part.total_errors for part in parts) + len(duplicates),
+        models=set().union(*(part.models for part in parts)),
+    )
+
+
+class IdHashes:
     """Integers kept in sorted runs of 65,536, spilled to an unnamed temporary file once there
     is more than one: however long the input, memory holds one run and a small block of each
     other (the hashes of a million ids would otherwise be 8 MB, of a hundred million 800 MB).
 
     If the temporary file cannot be written (no room, no usable temporary directory), the runs
     stay in memory instead: 8 bytes an id, which no input is refused for. A context manager, so
-    that the file is closed however the reading ends."""
+    that the file is closed however the reading ends.
+
+    Another process can add its share: it writes its runs into a file it was given (``spill``,
+    then :meth:`spill_all`), and this one reads them from there (:meth:`include`). Python's
+    ``hash`` of a string differs between interpreters, so that process must be a fork of this one."""
 
     RUN = 65_536
     BLOCK = 1_024  # read back from each spilled run at a time, while merging
 
-    def __init__(self) -> None:
+    def __init__(self, spill: BinaryIO | None = None) -> None:
         self._current = array("q")
-        self._spill: BinaryIO | None = None
+        self._spill = spill  # unbuffered: a write that fails leaves nothing half-written behind
+        self._owned = spill is None
         self._spill_end = 0
-        self._spilled: list[tuple[int, int]] = []  # (offset in the spill file, count)
+        self._spilled: list[tuple[BinaryIO, int, int]] = []  # (file, offset, count)
         self._kept: list[array[int]] = []  # runs that could not be spilled
         self._can_spill = True
+        self._included: list[BinaryIO] = []
 
-    def __enter__(self) -> _SortedRuns:
+    def __enter__(self) -> IdHashes:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._spill is not None:
+        if self._spill is not None and self._owned:
             self._spill.close()
             self._spill = None
+        for file in self._included:
+            file.close()
 
     def add(self, value: int) -> None:
         if len(self._current) >= self.RUN:
             self._flush()  # a full run moves out only when the next value needs room
         self._current.append(value)
+
+    def spill_all(self) -> list[tuple[int, int]]:
+        """Write every run to the spill file; ``(offset, count)`` of each. OSError if it cannot."""
+        if self._current:
+            self._flush()
+        if self._kept:
+            raise OSError("the id hashes could not all be written to the temporary file")
+        return [(offset, count) for _, offset, count in self._spilled]
+
+    def include(self, file: BinaryIO, runs: list[tuple[int, int]]) -> None:
+        """Count the runs another process wrote to ``file`` (:meth:`spill_all`) as this one's;
+        the file is closed with this."""
+        self._included.append(file)
+        self._spilled.extend((file, offset, count) for offset, count in runs)
 
     def _flush(self) -> None:
         run = array("q", sorted(self._current))
@@ -555,22 +661,20 @@ class _SortedRuns:
 
     def _write(self, run: array[int]) -> None:
         if self._spill is None:
-            # Unbuffered: a write that fails leaves nothing half-written behind in a buffer.
             self._spill = tempfile.TemporaryFile(prefix=".llmbatch-ids-", buffering=0)  # noqa: SIM115 - see close()
         view = memoryview(run.tobytes())
         self._spill.seek(self._spill_end)
         while view:
             written = self._spill.write(view) or 0
             view = view[written:]
-        self._spilled.append((self._spill_end, len(run)))
+        self._spilled.append((self._spill, self._spill_end, len(run)))
         self._spill_end += 8 * len(run)
 
-    def _read(self, offset: int, count: int) -> Iterator[int]:
-        assert self._spill is not None
+    def _read(self, file: BinaryIO, offset: int, count: int) -> Iterator[int]:
         while count:
             block = array("q")
-            self._spill.seek(offset)  # the runs are read in turns, through one file
-            block.fromfile(self._spill, min(self.BLOCK, count))
+            file.seek(offset)  # the runs are read in turns, through one file
+            block.fromfile(file, min(self.BLOCK, count))
             offset += 8 * len(block)
             count -= len(block)
             yield from block
@@ -582,7 +686,7 @@ class _SortedRuns:
         else:
             if self._current:
                 self._flush()
-            spilled = (self._read(offset, count) for offset, count in self._spilled)
+            spilled = (self._read(file, offset, count) for file, offset, count in self._spilled)
             merged = heapq.merge(*spilled, *self._kept)
         repeated: set[int] = set()
         previous = None

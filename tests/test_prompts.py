@@ -12,7 +12,19 @@ import pytest
 
 from llmbatch.errors import InputError, LineError
 from llmbatch.keys import request_key
-from llmbatch.prompts import Defaults, InvalidLine, Request, parse_line, read_requests, validate_file
+from llmbatch.prompts import (
+    Defaults,
+    IdHashes,
+    InvalidLine,
+    Request,
+    check_lines,
+    combine_parts,
+    count_lines_before,
+    line_start_near,
+    parse_line,
+    read_requests,
+    validate_file,
+)
 
 MODEL = Defaults(model="openai:gpt-4o-mini")
 USER_HI = {"role": "user", "content": "Say hi"}
@@ -489,6 +501,38 @@ def test_duplicate_ids_far_apart_in_a_long_file_are_found(tmp_path, monkeypatch,
         (150_001, "duplicate id 'q5' (first used on line 6)"),
     ]
     assert report.requests == 150_001
+
+
+def test_a_split_point_is_always_the_start_of_a_line_and_knows_its_line_number(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"ab\r\n\ncd\n" + b"e" * 10)  # lines start at 0, 4, 5, 8; the last has no newline
+    starts = [line_start_near(path, offset) for offset in range(0, 19)]
+    assert starts == [0, 4, 4, 4, 4, 5, 8, 8, 8, *[18] * 10]
+    assert [count_lines_before(path, offset) + 1 for offset in (0, 4, 5, 8, 18)] == [1, 2, 3, 4, 4]
+
+
+@pytest.mark.parametrize("split_near", [1, 500, 20_000, 40_000])
+def test_a_file_checked_in_two_parts_reports_exactly_what_one_pass_does(tmp_path, split_near):
+    rows: list[dict[str, Any] | str] = [{"id": f"q{i}", "prompt": f"p{i}"} for i in range(1_000)]
+    rows[2] = ""
+    rows[10] = "{broken"
+    rows[600] = {"id": "q3", "prompt": "a reused id"}
+    rows[990] = {"id": "q991", "prompt": 5}
+    path = write(tmp_path / "p.jsonl", rows)
+    whole = validate_file(path, MODEL)
+
+    split = line_start_near(path, split_near)
+    with IdHashes() as ids, tempfile.TemporaryFile(buffering=0) as other_file:
+        first = check_lines(path, MODEL, ids, source=str(path), end=split)
+        other = IdHashes(spill=other_file)  # the second part's ids, as a forked child keeps them
+        second = check_lines(
+            path, MODEL, other, source=str(path), start=split, first_line=count_lines_before(path, split) + 1
+        )
+        ids.include(other_file, other.spill_all())
+        two = combine_parts(path, MODEL, [first, second], ids, source=str(path))
+
+    assert two == whole
+    assert [e.line for e in whole.errors] == [11, 601, 991]
 
 
 def test_ids_are_compared_as_text_and_a_custom_id_can_clash_with_an_id(tmp_path):
