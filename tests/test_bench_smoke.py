@@ -51,7 +51,7 @@ def test_bench_run_tiny_writes_every_figure(tmp_path):
         assert set(figures["ratio_to_baseline"]) == ratios
     assert [w["prompts"] for w in results["warm"]] == [50, 200]
     assert all(w["calls_made"] == 0 for w in results["warm"][0]["runs"] + results["warm"][1]["runs"])
-    assert [m["lines"] for m in results["memory"]["runs"]] == [100, 1000]
+    assert [m["lines"] for m in results["memory"]["runs"]] == [100, 500, 1000]
     assert [m["lines"] for m in results["memory"]["cold"]["runs"]] == [100, 1000]
     assert results["targets"]["memory_peak_rss_mb"]["cold_run"]["lines"] == [100, 1000]
     assert {"latency_10ms", "latency_0ms"} == set(results["ceiling"])
