@@ -17,7 +17,8 @@ The protocol is one JSON object per line over each child's stdin/stdout:
 A child makes one attempt per call and never retries; the parent's retry policy decides. Children
 run in their own session, so a terminal's Ctrl-C reaches only the parent, which decides when to
 stop; a child exits when its stdin closes, which also happens if the parent dies. One that stops
-answering is killed, and its calls are retried by the others.
+answering is killed, and its calls are retried by the others; so are those of one that dies, as
+long as another is alive (the last one's death stops the run).
 """
 
 from __future__ import annotations
@@ -262,11 +263,12 @@ class WorkerPool:
             return CallError("retryable", "Timeout", "a worker process stopped answering and was stopped")
         last = next((t for t in reversed(worker.stderr_tail) if t.strip()), "")
         detail = f": {redact(last, self._secrets)}" if last else ""
-        return CallError(
-            "fatal",
-            "WorkerDied",
-            f"a worker process stopped unexpectedly (exit code {worker.process.returncode}){detail}",
-        )
+        what = f"a worker process stopped unexpectedly (exit code {worker.process.returncode}){detail}"
+        if any(other.alive for other in self._workers if other is not worker):
+            # The others carry on (killed by the OOM killer, say, or by hand): what it had in hand is
+            # retried there. A call it had sent is paid for again, as it would be by a rerun.
+            return CallError("retryable", "WorkerDied", f"{what}; its calls are retried by the other workers")
+        return CallError("fatal", "WorkerDied", what)
 
     @staticmethod
     def _as_call_error(exc: BaseException) -> CallError:

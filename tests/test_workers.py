@@ -127,7 +127,26 @@ def test_with_workers_a_missing_api_key_stops_the_run_before_anything_is_sent(tm
     assert_one_clear_error(done.stderr, "no API key for openai: set OPENAI_API_KEY")
 
 
-def test_a_worker_killed_mid_run_stops_it_with_one_message_and_a_rerun_finishes(tmp_path, env, simulator):
+def test_a_worker_killed_mid_run_leaves_its_calls_to_the_others_and_the_run_finishes(tmp_path, env, simulator):
+    sim = simulator(latency_s=0.05)
+    n = 400
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+    process = spawn_in_own_group(run_args(path, sim, "-c", "8", "--workers", "2"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["completions_served"] >= 50, timeout=60, process=process, what="50 answers")
+        os.kill(worker_pids(process.pid)[0], signal.SIGKILL)  # as the OOM killer would
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert_complete(tmp_path / "p.results.jsonl", n)
+    assert cache_entries(env) == n
+    assert sim.stats()["completions_served"] - n <= 8  # paid twice: at most what the killed one had in hand
+
+
+def test_when_every_worker_is_killed_the_run_stops_with_one_message_and_a_rerun_finishes(tmp_path, env, simulator):
     sim = simulator(latency_s=0.05)
     n = 400
     path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
@@ -135,19 +154,19 @@ def test_a_worker_killed_mid_run_stops_it_with_one_message_and_a_rerun_finishes(
     process = spawn_in_own_group(args, env, tmp_path)
     try:
         wait_for(lambda: sim.stats()["completions_served"] >= 50, timeout=60, process=process, what="50 answers")
-        victim = worker_pids(process.pid)[0]
-        os.kill(victim, signal.SIGKILL)
+        for victim in worker_pids(process.pid):
+            os.kill(victim, signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
 
     assert process.returncode == 1, stderr
-    assert_one_clear_error(stderr, "a worker process stopped unexpectedly")
+    assert_one_clear_error(stderr, "worker process")
     assert not (tmp_path / "p.results.jsonl").exists()
     stored = cache_entries(env)
     served = sim.stats()["completions_served"]
     assert served < n
-    assert served - stored <= 8  # at most the calls that were in the killed worker's hands
+    assert served - stored <= 8  # at most the calls that were in the killed workers' hands
 
     sim.reset_stats()
     again = run_cli(run_args(path, sim, "-c", "8", "--workers", "2", "-q"), env=env)
