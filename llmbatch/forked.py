@@ -45,9 +45,16 @@ def can_fork() -> bool:
 
 
 class Forked:
-    """``job()`` running in a forked child; its JSON-able result comes back through a pipe."""
+    """``job()`` run by a forked child (:meth:`start`); its JSON-able result comes back through a pipe."""
 
     def __init__(self, job: Callable[[], Any]) -> None:
+        self._job = job
+        self._pid: int | None = None
+        self._read: int | None = None
+
+    def start(self) -> None:
+        """Fork. OSError if the system refuses (a process limit): the caller does the work itself."""
+        parent = os.getpid()
         read, write = os.pipe()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -58,20 +65,21 @@ class Forked:
             os.close(write)
             raise
         if pid == 0:
-            _child(job, read, write, old_mask)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            _child(self._job, parent, read, write, old_mask)  # never returns
+        # Recorded before a pending Ctrl-C can be raised here, so that cancel() always finds the child.
+        self._pid, self._read = pid, read
         os.close(write)
-        self._pid: int | None = pid
-        self._read = read
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def result(self) -> Any | None:
         """Wait for the child to finish; what ``job()`` returned, or None if it did not succeed."""
-        if self._pid is None:
+        if self._pid is None or self._read is None:
             return None
         chunks = []
-        with open(self._read, "rb", closefd=True) as stream:
-            while chunk := stream.read(1 << 16):
-                chunks.append(chunk)
+        while chunk := os.read(self._read, 1 << 16):
+            chunks.append(chunk)
+        os.close(self._read)
+        self._read = None
         _, status = os.waitpid(self._pid, 0)
         self._pid = None
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
@@ -82,21 +90,23 @@ class Forked:
             return None
 
     def cancel(self) -> None:
-        """Stop the child if it is still there (after :meth:`result`, nothing to do)."""
-        if self._pid is None:
-            return
-        pid, self._pid = self._pid, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(self._read)
+        """Stop and reap the child if it is still there; nothing to do after :meth:`result`."""
+        if self._pid is not None:
+            pid, self._pid = self._pid, None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if self._read is not None:
+            read, self._read = self._read, None
+            os.close(read)
 
 
-def _child(job: Callable[[], Any], read: int, write: int, old_mask: Any) -> None:
+def _child(job: Callable[[], Any], parent: int, read: int, write: int, old_mask: Any) -> None:
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        _die_with(parent)
         os.close(read)
         payload = orjson.dumps(job())
         with open(write, "wb", closefd=True) as out:
@@ -106,3 +116,20 @@ def _child(job: Callable[[], Any], read: int, write: int, old_mask: Any) -> None
         pass
     finally:
         os._exit(status)
+
+
+def _die_with(parent: int) -> None:
+    """Be killed if the parent is (kill -9): the work would be for nobody, and under some cache
+    eviction policies reading the cache writes to it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # without it, the child finishes its share and exits: bounded work
+    if os.getppid() != parent:  # the parent was gone before the request took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -161,6 +161,17 @@ class ResultWriter:
             raise self._failed(exc) from None
         self.lines += lines
 
+    def take_over(self, spool: IO[bytes], lines: int) -> bool:
+        """As :meth:`adopt`, for a file, but if the copy fails the file is cut back to where it
+        was and False returned: the caller can produce those lines another way."""
+        assert self._stream is not None and self.partial_path is not None
+        try:
+            append_or_undo(spool, self._stream)
+        except OSError:
+            return False
+        self.lines += lines
+        return True
+
     def flush(self) -> None:
         if self._stream is None:
             return
@@ -197,3 +208,27 @@ class ResultWriter:
             with contextlib.suppress(OSError):  # what could not be flushed was reported above
                 self._stream.close()
             self._stream = None
+
+
+def append_or_undo(source: IO[bytes], target: IO[bytes]) -> None:
+    """Append the whole of file ``source`` to file ``target``. If that fails (a full disk),
+    ``target`` is cut back to its length before, and the OSError raised.
+
+    The copy goes from descriptor to descriptor: a buffered write that failed would keep its
+    bytes in the buffer and try them again on the next flush."""
+    target.flush()  # what is already there is target's own: a failure here is not undone
+    source.flush()
+    out, src = target.fileno(), source.fileno()
+    start = os.lseek(out, 0, os.SEEK_END)
+    offset = 0
+    try:
+        while chunk := os.pread(src, 1 << 20, offset):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view) :]
+            offset += len(chunk)
+    except OSError:
+        os.ftruncate(out, start)
+        target.seek(start)
+        raise
+    target.seek(0, os.SEEK_END)  # the buffered object learns where the descriptor is now

@@ -7,6 +7,7 @@ here knows typer or rich; a notebook or a script can drive the same steps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from typing import IO, Any, BinaryIO
 
 from llmbatch.cache import ResponseCache, default_cache_dir
 from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
-from llmbatch.errors import InputError, LineError, LlmbatchError, UsageError
+from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, UsageError
 from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.prompts import (
     Defaults,
@@ -32,7 +33,7 @@ from llmbatch.prompts import (
     line_start_near,
     read_requests,
 )
-from llmbatch.results import Result, ResultWriter, encode
+from llmbatch.results import Result, ResultWriter, append_or_undo, encode
 
 __all__ = [
     "HitPrefix",
@@ -129,13 +130,21 @@ class HitPrefix:
     """
 
     def __init__(
-        self, config: RunConfig, stats: RunStats, *, spool: IO[bytes] | None = None, first_line: int = 1
+        self,
+        config: RunConfig,
+        stats: RunStats,
+        *,
+        spool: IO[bytes] | None = None,
+        first_line: int = 1,
+        open_cache: Callable[[], ResponseCache] | None = None,
     ) -> None:
-        """``spool``, ``first_line``: for the second half of a big input, checked by a forked child
-        (:func:`validate`): its hits go to ``spool``, and it only reads a cache that exists."""
+        """``spool``, ``first_line``, ``open_cache``: for the second half of a big input, answered
+        by a forked child (:func:`validate`): its hits go to ``spool``."""
         self._config = config
         self._stats = stats
-        self._second_half = spool is not None
+        self._open_cache = open_cache or (lambda: _open_cache(config))
+        #: Told whether the cache could be opened, once that has been tried (validate's child waits for it).
+        self.after_open: Callable[[bool], None] | None = None
         # Opened by the first lookup, so that a file that is bad from its first lines touches
         # nothing (and a cache that cannot be opened is reported by the run, after validation).
         self.cache: ResponseCache | None = None
@@ -153,6 +162,9 @@ class HitPrefix:
             self.cache = self._open_cache()
         except LlmbatchError:
             self._open = False
+        if self.after_open is not None:
+            self.after_open(self.cache is not None)
+        if self.cache is None:
             return None
         if self.spool is None:
             self.writer = _early_writer(config.output)
@@ -166,12 +178,6 @@ class HitPrefix:
         )
         self._stats.started_at = engine.clock()
         return engine
-
-    def _open_cache(self) -> ResponseCache:
-        if self._second_half:
-            # Only a cache that exists: the first half may be creating it at this very moment.
-            return ResponseCache(self._config.cache_dir or default_cache_dir(), create=False)
-        return _open_cache(self._config)
 
     def _write(self, result: Result) -> None:
         if self.writer is not None:
@@ -241,28 +247,31 @@ class HitPrefix:
             "counters": {name: getattr(self._stats, name) for name in self._COUNTERS},
         }
 
-    def take_over(self, spool: IO[bytes], handed: dict[str, Any]) -> None:
+    def take_over(self, spool: IO[bytes], handed: dict[str, Any]) -> bool:
         """Append the child's hits (the lines straight after this half's, all answered). Only
-        called when every request of this half was answered here (:attr:`open`)."""
+        called when every request of this half was answered here (:attr:`open`). False if there
+        is no room for them (they were beside the results until now): nothing has changed, and
+        the caller answers those lines here instead."""
         if self._engine is None:  # this half held no request
             self._engine = self._begin()
             if self._engine is None:
-                return
+                return True  # nothing can be answered here: the run does it all
         lines = handed["lines"]
         if self.writer is not None:
-            self.writer.adopt(spool, lines)
+            if not self.writer.take_over(spool, lines):
+                return False
         else:
             assert self.spool is not None
             try:
-                spool.seek(0)
-                shutil.copyfileobj(spool, self.spool, 1 << 20)
-            except OSError as exc:
-                raise _spool_failed(exc) from None
+                append_or_undo(spool, self.spool)
+            except OSError:
+                return False
         self.lines += lines
         for name, value in handed["counters"].items():
             setattr(self._stats, name, getattr(self._stats, name) + value)
         self.resume_line = handed["resume_line"]
         self._open = handed["open"]
+        return True
 
     def close(self) -> None:
         """Release what the run did not take over (after a bad input, nothing is left behind)."""
@@ -371,20 +380,42 @@ def _check_in_two(config: RunConfig, prefix: HitPrefix | None, ids: IdHashes, sp
     path, defaults, source = config.input.path, effective_defaults(config), config.input.source
     # Made before the fork, so that both processes hold them: the child writes, this one reads.
     spool = _hits_spool(config.output) if prefix is not None else None
+    gate = _CacheGate() if spool is not None else None
     id_runs = _unbuffered_temporary_file()
     feed = prefix.feed if prefix is not None else None
     child = None
     try:
         if id_runs is not None:
             runs_file = id_runs
-            child = Forked(lambda: _second_half(config, split, spool, runs_file))
+            child = Forked(lambda: _second_half(config, split, spool, runs_file, gate))
+            try:
+                child.start()
+            except OSError:
+                child = None  # no process to spare: all of it here
+        if gate is not None and child is None:
+            gate.close()
+            gate = None
+        if gate is not None:
+            gate.opened_in_parent()
+            if prefix is not None:
+                prefix.after_open = gate.release
         first = check_lines(path, defaults, ids, source=source, end=split, on_valid=feed)
+        if gate is not None:
+            gate.release(False)  # this half never opened the cache: the child must not either
         # The child's hits can follow only if every request of this half was answered here.
         answered_all = False
         if prefix is not None and first.total_errors == 0:
             prefix.drain()
             answered_all = prefix.open
         handed = child.result() if child is not None else None
+        if handed is not None and prefix is not None:
+            if not (answered_all and spool is not None and handed["hits"] is not None):
+                prefix.stop()
+            elif not prefix.take_over(spool, handed["hits"]):
+                handed = None  # no room to take its hits over (freed now): its half is answered here
+        if spool is not None:
+            spool.close()
+            spool = None
         if handed is None:  # no child, or it failed: its half is checked here, as in one pass
             second = check_lines(
                 path,
@@ -398,28 +429,76 @@ def _check_in_two(config: RunConfig, prefix: HitPrefix | None, ids: IdHashes, sp
             return [first, second]
         ids.include(runs_file, [(offset, count) for offset, count in handed["runs"]])
         id_runs = None  # ids closes it now
-        if prefix is not None:
-            if answered_all and spool is not None and handed["hits"] is not None:
-                prefix.take_over(spool, handed["hits"])
-            else:
-                prefix.stop()
         errors = [LineError(source, line, message) for line, message in handed["errors"]]
         return [first, PartReport(handed["requests"], errors, handed["total_errors"], set(handed["models"]))]
     finally:
         if child is not None:
             child.cancel()  # still running only after an exception here (Ctrl-C, say)
+        if gate is not None:
+            gate.close()
         if spool is not None:
             spool.close()
         if id_runs is not None:
             id_runs.close()
 
 
-def _second_half(config: RunConfig, start: int, spool: IO[bytes] | None, id_runs: BinaryIO) -> dict[str, Any]:
+class _CacheGate:
+    """The child opens the cache only once this process has opened it, and only if it could.
+
+    diskcache writes every setting back on each open: a child opening a new cache while this
+    process is creating it can find no settings yet and store diskcache's defaults (a 1 GB size
+    limit), and one opening an existing cache alongside can undo ``--cache-eviction`` or
+    ``--cache-size-limit``. A pipe: one byte means "opened"; closed without one, "do not"."""
+
+    def __init__(self) -> None:
+        self._read: int | None
+        self._write: int | None
+        self._read, self._write = os.pipe()
+
+    def opened_in_parent(self) -> None:
+        self._close("_read")
+
+    def release(self, opened: bool) -> None:
+        """In the parent: the cache was opened (True) or will not be (False). Only the first call counts."""
+        if self._write is not None:
+            if opened:
+                with contextlib.suppress(OSError):  # the child is gone already: it does not matter
+                    os.write(self._write, b"1")
+            self._close("_write")
+
+    def wait(self) -> bool:
+        """In the child: whether it may open the cache (blocks until the parent knows)."""
+        self._close("_write")
+        assert self._read is not None
+        return os.read(self._read, 1) == b"1"
+
+    def close(self) -> None:
+        self._close("_read")
+        self._close("_write")
+
+    def _close(self, end: str) -> None:
+        fd = getattr(self, end)
+        if fd is not None:
+            setattr(self, end, None)
+            os.close(fd)
+
+
+def _second_half(
+    config: RunConfig, start: int, spool: IO[bytes] | None, id_runs: BinaryIO, gate: _CacheGate | None
+) -> dict[str, Any]:
     """In the forked child: check the lines from byte ``start`` on and answer their leading hits
     into ``spool``; what the parent needs back, as JSON-able values."""
     path, defaults, source = config.input.path, effective_defaults(config), config.input.source
     first_line = count_lines_before(path, start) + 1
-    prefix = HitPrefix(config, RunStats(), spool=spool, first_line=first_line) if spool is not None else None
+
+    def open_cache() -> ResponseCache:
+        if gate is None or not gate.wait():
+            raise CacheError("the first half did not open the cache")
+        return ResponseCache(config.cache_dir or default_cache_dir(), create=False)
+
+    prefix = None
+    if spool is not None:
+        prefix = HitPrefix(config, RunStats(), spool=spool, first_line=first_line, open_cache=open_cache)
     try:
         ids = IdHashes(spill=id_runs)
         feed = prefix.feed if prefix is not None else None

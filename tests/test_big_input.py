@@ -200,6 +200,30 @@ def test_ctrl_c_while_checking_a_big_input_stops_both_processes_and_sends_nothin
     assert not left  # the child was stopped and reaped before the command returned
 
 
+def test_a_parent_killed_with_9_takes_the_child_with_it(tmp_path, env):
+    path = tmp_path / "huge.jsonl"
+    line = b'{"id": "%d", "prompt": "a question that is long enough to take a while to check"}\n'
+    with path.open("wb") as out:
+        for start in range(0, 1_000_000, 10_000):
+            out.write(b"".join(line % i for i in range(start, start + 10_000)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
+        env={**os.environ, **env},
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (children := _children(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert children, "the second half was not given to a child"
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 2  # its half alone takes seconds more
+    while _processes_reading(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _processes_reading(path)
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -218,3 +242,161 @@ def _processes_reading(path: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def settings_of(cache_dir: Path) -> tuple[int, str]:
+    from llmbatch.cache import ResponseCache
+
+    cache = ResponseCache(cache_dir, create=False)
+    try:
+        stats = cache.stats()
+        return stats.size_limit, stats.eviction_policy
+    finally:
+        cache.close()
+
+
+def test_a_first_split_run_on_a_new_cache_leaves_llmbatchs_settings_not_diskcaches(tmp_path, env, halves):
+    from llmbatch.cache import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT
+
+    path = write_big(tmp_path / "big.jsonl", big_prompts())
+    for attempt in range(3):  # the two opens raced: most runs, not every one, lost the settings
+        cache_dir = tmp_path / f"cache{attempt}"
+        done = run(
+            str(path),
+            "--cache-only",
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            env={**env, "LLMBATCH_CACHE_DIR": str(cache_dir)},
+        )
+        assert done.exit_code == 1  # every line "not in the cache"
+        assert settings_of(cache_dir) == (DEFAULT_SIZE_LIMIT, DEFAULT_EVICTION)
+    assert len(halves) == 3 and all(h is not None for h in halves)
+
+
+def test_cache_options_given_to_a_split_run_are_kept(tmp_path, env, cached, halves):
+    for policy, limit in [("least-recently-used", "30GB"), ("least-frequently-used", "40GB"), ("none", "50GB")]:
+        done = run(
+            str(cached),
+            "--cache-eviction",
+            policy,
+            "--cache-size-limit",
+            limit,
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            env=env,
+        )
+        assert done.exit_code == 0, done.stderr
+        assert settings_of(Path(env["LLMBATCH_CACHE_DIR"])) == (int(limit[:2]) * 10**9, policy)
+    assert len(halves) == 3 and all(h is not None and h["hits"]["lines"] > 0 for h in halves)
+
+
+def test_a_refused_fork_means_one_process_does_it_all(tmp_path, env, cached, halves, monkeypatch):
+    one = tmp_path / "one.jsonl"
+    assert run(str(cached), "--workers", "0", "-o", str(one), env=env).exit_code == 0
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # a container's pids limit
+
+    monkeypatch.setattr(os, "fork", refused)
+    done = run(str(cached), "-o", str(tmp_path / "two.jsonl"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    assert halves == []
+    assert (tmp_path / "two.jsonl").read_bytes() == one.read_bytes()
+
+
+class _OsWithLittleRoom:
+    """``os`` as llmbatch.results sees it, on a disk with room for ``room`` more bytes written
+    through descriptors (a real full disk cannot be made without privileges)."""
+
+    def __init__(self, room: int) -> None:
+        self._room = room
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if len(data) > self._room:
+            self._room = 0
+            raise OSError(28, "No space left on device")
+        self._room -= len(data)
+        return os.write(fd, data)
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+
+@pytest.mark.parametrize("output", ["file", "stdout"])
+def test_with_no_room_to_take_the_childs_answers_over_this_process_answers_its_half(
+    tmp_path, env, cached, halves, monkeypatch, output
+):
+    from llmbatch import results
+
+    one = tmp_path / "one.jsonl"
+    assert run(str(cached), "--workers", "0", "-o", str(one), env=env).exit_code == 0
+    monkeypatch.setattr(results, "os", _OsWithLittleRoom(room=1 << 20))  # about a fifth of the child's lines
+
+    done = run(str(cached), "-o", "-" if output == "stdout" else str(tmp_path / "two.jsonl"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    assert [h is not None for h in halves] == [True]
+    assert calls_made(done.stderr) == 0
+    got = done.stdout.encode() if output == "stdout" else (tmp_path / "two.jsonl").read_bytes()
+    assert got == one.read_bytes()
+
+
+def test_a_ctrl_c_that_arrives_during_the_fork_stops_the_child_too(tmp_path, env, cached, monkeypatch):
+    real_fork = os.fork
+    children: list[int] = []
+
+    def fork_then_ctrl_c() -> int:
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+            os.kill(os.getpid(), signal.SIGINT)  # held back until the fork is done: as a Ctrl-C then would be
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_then_ctrl_c)
+    done = run(str(cached), "-o", str(tmp_path / "out.jsonl"), env=env)
+
+    assert done.exit_code == 130
+    assert "interrupted while checking the input; nothing was sent" in done.stderr
+    [child] = children
+    assert not Path(f"/proc/{child}").exists()  # killed and reaped, not left running
+
+
+def test_ctrl_c_while_waiting_for_the_child_is_a_clean_interrupt(tmp_path, env):
+    # The first half is a few long lines, quick to check; the second, many short ones: this
+    # process soon waits for the child, and the Ctrl-C comes then.
+    path = tmp_path / "skewed.jsonl"
+    long_prompt = "y" * (1 << 21)
+    short = b'{"id": "s%d", "prompt": "a short question"}\n'
+    with path.open("wb") as out:
+        for i in range(10):
+            out.write(b'{"id": "long%d", "prompt": "%s"}\n' % (i, long_prompt.encode()))
+        out.write(b"".join(short % i for i in range(500_000)))
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
+            env={**os.environ, **env},
+            stderr=stderr_file,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not (_children(process.pid) and _waiting_on_a_pipe(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _waiting_on_a_pipe(process.pid), "this process never waited for the child"
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    left = _processes_reading(path)
+    stderr = log.read_text()
+
+    assert process.returncode == 130, stderr
+    assert "interrupted while checking the input; nothing was sent" in stderr
+    assert "Traceback" not in stderr
+    assert not left
+
+
+def _waiting_on_a_pipe(pid: int) -> bool:
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
