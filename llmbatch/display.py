@@ -274,6 +274,16 @@ class Display:
                 Text(f"note: {s.unpriced_calls} calls have no known price ({models}): their cost is unknown, not 0"),
                 soft_wrap=True,
             )
+        if s.workers_lost and not s.fatal:
+            many = s.workers_lost > 1
+            lost = f"{s.workers_lost} worker process{'es' if many else ''}"
+            self.console.print(
+                Text(
+                    f"note: {lost} stopped unexpectedly during the run; "
+                    f"the others made the calls {'they' if many else 'it'} had"
+                ),
+                soft_wrap=True,
+            )
         if summary.note:
             self.console.print(Text(summary.note, style="yellow"), soft_wrap=True)
 

@@ -117,6 +117,7 @@ class RunStats:
     saved_usd: float = 0.0  # what the lines answered from the cache cost when first paid
     unpriced_calls: int = 0  # calls whose model genai-prices does not know
     unpriced_models: set[str] = field(default_factory=set)
+    workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
     budget_reached: bool = False
     started_at: float = 0.0
     finished_at: float | None = None

@@ -571,6 +571,7 @@ async def execute(
             await engine.run(requests)
         finally:
             await provider.aclose()
+            stats.workers_lost = getattr(provider, "lost", 0)
     finally:
         complete = stats.complete
         where = writer.finish(complete)

@@ -106,6 +106,8 @@ class WorkerPool:
         self._starting: asyncio.Task[None] | None = None
         self._prepared: dict[str, CallError | None] = {}
         self._next_id = 0
+        self._closing = False
+        self.lost = 0  # children that died on their own (not stopped by us, not at the end)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -163,6 +165,7 @@ class WorkerPool:
 
     async def aclose(self) -> None:
         """Close every child's stdin (it finishes and exits) and wait for it; kill a straggler."""
+        self._closing = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             with contextlib.suppress(BaseException):
@@ -248,6 +251,8 @@ class WorkerPool:
             else:
                 future.set_result(message["reply"])
         await worker.process.wait()
+        if not worker.retired and not self._closing:
+            self.lost += 1
         error = self._died(worker)
         for future in worker.pending.values():
             if not future.done():

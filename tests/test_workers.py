@@ -55,6 +55,7 @@ def test_workers_answer_every_line_in_order_paying_once_and_a_rerun_is_free(tmp_
     done = run_cli(run_args(path, sim, "-c", "32", "--workers", "2", "-q"), env=env)
 
     assert done.exit_code == 0, done.stderr
+    assert "stopped unexpectedly" not in done.stderr  # the workers' ordinary exit at the end is not a loss
     rows = assert_complete(tmp_path / "p.results.jsonl", n)
     assert all(
         f"question number {i}" in row["response"]["choices"][0]["message"]["content"] for i, row in enumerate(rows)
@@ -141,6 +142,9 @@ def test_a_worker_killed_mid_run_leaves_its_calls_to_the_others_and_the_run_fini
 
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert "note: 1 worker process stopped unexpectedly during the run; the others made the calls it had" in (
+        " ".join(stderr.split())
+    )
     assert_complete(tmp_path / "p.results.jsonl", n)
     assert cache_entries(env) == n
     assert sim.stats()["completions_served"] - n <= 8  # paid twice: at most what the killed one had in hand
