@@ -608,7 +608,7 @@ class IdHashes:
 
     def __init__(self, spill: BinaryIO | None = None) -> None:
         self._current = array("q")
-        self._spill = spill  # unbuffered: a write that fails leaves nothing half-written behind
+        self._spill = spill  # see spill_file
         self._owned = spill is None
         self._spill_end = 0
         self._spilled: list[tuple[BinaryIO, int, int]] = []  # (file, offset, count)
@@ -633,6 +633,15 @@ class IdHashes:
         if len(self._current) >= self.RUN:
             self._flush()  # a full run moves out only when the next value needs room
         self._current.append(value)
+
+    @staticmethod
+    def spill_file() -> BinaryIO | None:
+        """A new unnamed file for runs (unbuffered: a write that fails leaves nothing half-written
+        behind in a buffer); None if none can be made."""
+        try:
+            return tempfile.TemporaryFile(prefix=".llmbatch-ids-", buffering=0)
+        except OSError:
+            return None
 
     def spill_all(self) -> list[tuple[int, int]]:
         """Write every run to the spill file; ``(offset, count)`` of each. OSError if it cannot."""
@@ -661,7 +670,9 @@ class IdHashes:
 
     def _write(self, run: array[int]) -> None:
         if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix=".llmbatch-ids-", buffering=0)  # noqa: SIM115 - see close()
+            self._spill = self.spill_file()
+            if self._spill is None:
+                raise OSError("no temporary file for the id hashes")
         view = memoryview(run.tobytes())
         self._spill.seek(self._spill_end)
         while view:

@@ -142,7 +142,7 @@ class HitPrefix:
         by a forked child (:func:`validate`): its hits go to ``spool``."""
         self._config = config
         self._stats = stats
-        self._open_cache = open_cache or (lambda: _open_cache(config))
+        self._opener = open_cache or (lambda: _open_cache(config))
         #: Told whether the cache could be opened, once that has been tried (validate's child waits for it).
         self.after_open: Callable[[bool], None] | None = None
         # Opened by the first lookup, so that a file that is bad from its first lines touches
@@ -159,7 +159,7 @@ class HitPrefix:
     def _begin(self) -> Engine | None:
         config = self._config
         try:
-            self.cache = self._open_cache()
+            self.cache = self._opener()
         except LlmbatchError:
             self._open = False
         if self.after_open is not None:
@@ -381,7 +381,7 @@ def _check_in_two(config: RunConfig, prefix: HitPrefix | None, ids: IdHashes, sp
     # Made before the fork, so that both processes hold them: the child writes, this one reads.
     spool = _hits_spool(config.output) if prefix is not None else None
     gate = _CacheGate() if spool is not None else None
-    id_runs = _unbuffered_temporary_file()
+    id_runs = IdHashes.spill_file()
     feed = prefix.feed if prefix is not None else None
     child = None
     try:
@@ -516,13 +516,6 @@ def _second_half(
     finally:
         if prefix is not None:
             prefix.close()
-
-
-def _unbuffered_temporary_file() -> BinaryIO | None:
-    try:
-        return tempfile.TemporaryFile(prefix=".llmbatch-ids-", buffering=0)
-    except OSError:
-        return None
 
 
 async def execute(

@@ -170,30 +170,50 @@ def test_when_the_child_fails_this_process_does_its_half_with_the_same_outcome(
     ]
 
 
-def test_ctrl_c_while_checking_a_big_input_stops_both_processes_and_sends_nothing(tmp_path, env):
+def huge_input(tmp_path: Path) -> Path:
+    """1,000,000 short lines: seconds to check, even in two halves."""
     path = tmp_path / "huge.jsonl"
     line = b'{"id": "%d", "prompt": "a question that is long enough to take a while to check"}\n'
     with path.open("wb") as out:
         for start in range(0, 1_000_000, 10_000):
             out.write(b"".join(line % i for i in range(start, start + 10_000)))
-    log = tmp_path / "stderr.txt"
+    return path
+
+
+def start(path: Path, env: dict[str, str], stderr) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
+        env={**os.environ, **env},
+        stderr=stderr,
+        start_new_session=True,  # its own process group, as a terminal's foreground job is
+    )
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def ctrl_c_when(path: Path, env: dict[str, str], ready, what: str) -> tuple[int, str, list[int]]:
+    """Run on ``path``, press Ctrl-C once ``ready(pid)``; the exit code, stderr, and the processes
+    still reading ``path`` right after the command returned."""
+    log = path.with_suffix(".stderr.txt")
     with log.open("w") as stderr_file:  # a file, not a pipe: reading a pipe would wait for the child too
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
-            env={**os.environ, **env},
-            stderr=stderr_file,
-            start_new_session=True,  # its own process group, as a terminal's foreground job is
-        )
-        deadline = time.monotonic() + 30
-        while not _children(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _children(process.pid), "the second half was not given to a child"
+        process = start(path, env, stderr_file)
+        assert wait_until(lambda: ready(process.pid), 30), what
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets it
         process.wait(timeout=60)
     left = _processes_reading(path)
-    stderr = log.read_text()
+    return process.returncode, log.read_text(), left
 
-    assert process.returncode == 130, stderr
+
+def test_ctrl_c_while_checking_a_big_input_stops_both_processes_and_sends_nothing(tmp_path, env):
+    path = huge_input(tmp_path)
+    returncode, stderr, left = ctrl_c_when(path, env, _children, "the second half was not given to a child")
+
+    assert returncode == 130, stderr
     assert "interrupted while checking the input; nothing was sent" in stderr
     assert "Traceback" not in stderr
     assert not any(tmp_path.glob("huge.results*"))
@@ -201,26 +221,12 @@ def test_ctrl_c_while_checking_a_big_input_stops_both_processes_and_sends_nothin
 
 
 def test_a_parent_killed_with_9_takes_the_child_with_it(tmp_path, env):
-    path = tmp_path / "huge.jsonl"
-    line = b'{"id": "%d", "prompt": "a question that is long enough to take a while to check"}\n'
-    with path.open("wb") as out:
-        for start in range(0, 1_000_000, 10_000):
-            out.write(b"".join(line % i for i in range(start, start + 10_000)))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
-        env={**os.environ, **env},
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while not (children := _children(process.pid)) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert children, "the second half was not given to a child"
+    path = huge_input(tmp_path)
+    process = start(path, env, subprocess.DEVNULL)
+    assert wait_until(lambda: _children(process.pid), 30), "the second half was not given to a child"
     process.kill()
     process.wait(timeout=10)
-    deadline = time.monotonic() + 2  # its half alone takes seconds more
-    while _processes_reading(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not _processes_reading(path), 2)  # its half alone takes seconds more
     assert not _processes_reading(path)
 
 
@@ -372,24 +378,11 @@ def test_ctrl_c_while_waiting_for_the_child_is_a_clean_interrupt(tmp_path, env):
         for i in range(10):
             out.write(b'{"id": "long%d", "prompt": "%s"}\n' % (i, long_prompt.encode()))
         out.write(b"".join(short % i for i in range(500_000)))
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as stderr_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"],
-            env={**os.environ, **env},
-            stderr=stderr_file,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while not (_children(process.pid) and _waiting_on_a_pipe(process.pid)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _waiting_on_a_pipe(process.pid), "this process never waited for the child"
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=60)
-    left = _processes_reading(path)
-    stderr = log.read_text()
+    returncode, stderr, left = ctrl_c_when(
+        path, env, lambda pid: _children(pid) and _waiting_on_a_pipe(pid), "this process never waited for the child"
+    )
 
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert "interrupted while checking the input; nothing was sent" in stderr
     assert "Traceback" not in stderr
     assert not left
