@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, Protocol
 
+from llmbatch import answers
 from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
@@ -146,11 +147,6 @@ def _usage_tokens(usage: Any) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def _cacheable(response: dict[str, Any]) -> bool:
-    """A filtered answer is the provider declining, not an answer: never keep it."""
-    return all(c.get("finish_reason") != "content_filter" for c in response.get("choices") or [])
-
-
 class Engine:
     """One run. Build it, then ``await engine.run(requests)``; ``stop()`` may be called meanwhile."""
 
@@ -202,6 +198,10 @@ class Engine:
         self._gap = False
         #: Answers waiting for the next cache write (see _store), each with the future its call awaits.
         self._writes: list[tuple[str, dict[str, Any], str, asyncio.Future[CacheError | None]]] = []
+
+    def _secrets(self) -> tuple[str, ...]:
+        """The API keys in use: never stored, never written (a provider may echo one back)."""
+        return tuple(getattr(self.provider, "secrets", ()))
 
     def _endpoint(self, request: Request) -> str | None:
         return self.options.endpoint_for(request.provider)
@@ -437,13 +437,18 @@ class Engine:
                             counted = True
                         attempts += 1
                         reply = await self._attempt(request, estimate)
+                        # A 200 that is not an answer fails this attempt (retried when transient);
+                        # an answer is made safe to keep before anything else sees it.
+                        failure = answers.problem(reply.response)
+                        if failure is not None:
+                            raise failure
+                        response = answers.keepable(reply.response, self._secrets())
         except CallError as exc:
             future.set_exception(exc)
             if exc.kind == "fatal":
                 self.stop(f"{exc.message}", fatal=True)
             return self._error(request, key, exc, attempts)
 
-        response = reply.response
         usage = response.get("usage")
         prompt_tokens, completion_tokens = _usage_tokens(usage)
         self.stats.prompt_tokens += prompt_tokens
@@ -467,7 +472,7 @@ class Engine:
             "response": response,
         }
         # Paid for: into the cache before anything else happens with it.
-        if self.cache is not None and _cacheable(response):
+        if self.cache is not None and answers.cacheable(response):
             failed = await self._store(key, entry, self.options.tag_prefix + request.model_ref)
             if failed is not None:
                 self.stop(f"{failed} — stopping so that no more answers are paid for and lost", fatal=True)

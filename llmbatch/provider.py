@@ -48,6 +48,11 @@ _FATAL_TYPES = frozenset(
         "ModelNotFoundError",
     }
 )
+#: The key sent to local servers that need none (the SDK insists on one), and the simulator's:
+#: not secrets, so never redacted (an answer may well say "not-needed").
+PLACEHOLDER_KEY = "not-needed"
+SIMULATOR_KEY = "llmbatch-simulator"
+PLACEHOLDER_KEYS = frozenset({PLACEHOLDER_KEY, SIMULATOR_KEY})
 # Things that look like secret keys, in case a provider echoes one we did not send ourselves.
 _KEYLIKE = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{8,}\b", re.IGNORECASE)
 
@@ -330,7 +335,7 @@ class AnyLLMProvider:
         self._api_key = api_key
         self._force_provider = force_provider
         self._clients: dict[Route, Any] = {}
-        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s)
+        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s and s not in PLACEHOLDER_KEYS)
 
     def route(self, request: Request) -> Route:
         return Route(self._force_provider or request.provider, self._api_base)
@@ -347,7 +352,7 @@ class AnyLLMProvider:
             # Local OpenAI-compatible servers (vLLM, LM Studio, Ollama) usually need no key, but
             # the SDK insists on one: give a placeholder unless the environment has a real key.
             env = f"{route.provider.upper()}_API_KEY"
-            api_key = os.environ.get(env) or "not-needed"
+            api_key = os.environ.get(env) or PLACEHOLDER_KEY
         options: dict[str, Any] = {"api_key": api_key, "api_base": route.api_base, "unified_exceptions": True}
         options.update(_fast_transport(route.provider))
         try:
@@ -367,7 +372,7 @@ class AnyLLMProvider:
         # Whatever key the SDK resolved (argument or environment) must never be echoed back.
         inner = getattr(client, "client", None)
         key = getattr(inner, "api_key", None)
-        if isinstance(key, str) and key and key not in self._secrets:
+        if isinstance(key, str) and key and key not in self._secrets and key not in PLACEHOLDER_KEYS:
             self._secrets = (*self._secrets, key)
 
     def _setup_error(self, route: Route, exc: BaseException) -> CallError:
@@ -414,7 +419,11 @@ class AnyLLMProvider:
         if dump is None:
             raise CallError("permanent", "UnexpectedResponse", f"unexpected response type {type(response).__name__}")
         latency_s = time.monotonic() - started
-        return Reply(dump(mode="json", exclude_none=True), latency_s, box or None)
+        try:
+            data = dump(mode="json", exclude_none=True)
+        except ValueError as exc:  # pydantic's "Maximum serialization depth exceeded", and kin
+            raise CallError("permanent", "UnstorableAnswer", f"the answer cannot be read as JSON: {exc}") from None
+        return Reply(data, latency_s, box or None)
 
     @staticmethod
     def _timeout_argument(client: Any, timeout_s: float) -> dict[str, float]:

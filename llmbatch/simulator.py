@@ -16,6 +16,12 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   ``[[sim:finish=content_filter]]`` (or ``stop``/``length``) sets the finish reason,
   ``[[sim:fail_first=N]]`` answers 503 to the first N attempts of the exact same body,
   ``[[sim:latency=0.5]]`` (any :func:`parse_duration_s` text) sets this request's latency.
+  ``[[sim:quirk=NAME]]`` answers 200 with a body that real providers send now and then:
+  ``no_choices`` (``"choices": []``), ``choice_error`` (OpenRouter's ``finish_reason: "error"``
+  with an ``error`` object, code 502, and no content), ``bigint`` (an integer over 64 bits in the
+  body), ``deep`` (an object nested 300 deep in the body) or ``echo_key`` (the API key the client
+  sent, quoted in the content: the one exception to never echoing it, asked for by the prompt);
+  ``[[sim:quirk_first=N]]`` applies the quirk to the first N attempts of the same body only.
   The directive text stays in the echoed content.
 * Faults: ``429`` (``Retry-After: retry_after_s``), ``500``, ``503``, ``hang`` (the handler sleeps
   ``hang_s``; it is cancelled when the client disconnects) and ``drop`` (the connection is closed
@@ -72,6 +78,7 @@ _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINISH_REASONS = ("stop", "length", "content_filter")
+_QUIRKS = ("no_choices", "choice_error", "bigint", "deep", "echo_key")
 _FAULTS = ("429", "500", "503", "hang", "drop")
 
 
@@ -204,6 +211,8 @@ class _Directives:
     finish: str | None = None
     fail_first: int = 0
     latency_s: float | None = None
+    quirk: str | None = None
+    quirk_first: int = 0  # 0: every attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +244,8 @@ def _parse_directives(text: str) -> _Directives:
         finish = found.pop("finish", None)
         fail_first = int(found.pop("fail_first", "0"))
         latency = parse_duration_s(found.pop("latency")) if "latency" in found else None
+        quirk = found.pop("quirk", None)
+        quirk_first = int(found.pop("quirk_first", "0"))
     except ValueError as exc:
         raise _InvalidRequest(f"bad sim directive: {exc}", "messages") from None
     if found:
@@ -243,7 +254,9 @@ def _parse_directives(text: str) -> _Directives:
         raise _InvalidRequest("sim directive status must be between 400 and 599", "messages")
     if finish is not None and finish not in _FINISH_REASONS:
         raise _InvalidRequest(f"sim directive finish must be one of {', '.join(_FINISH_REASONS)}", "messages")
-    return _Directives(status, finish, max(fail_first, 0), latency)
+    if quirk is not None and quirk not in _QUIRKS:
+        raise _InvalidRequest(f"sim directive quirk must be one of {', '.join(_QUIRKS)}", "messages")
+    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0))
 
 
 def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
@@ -426,7 +439,7 @@ class Simulator:
         self._tokens = _window(config.tpm, config.limit_window_s)
         self._models = frozenset(config.models) if config.models is not None else None
         self._expected_key = config.require_api_key.encode() if config.require_api_key is not None else None
-        self._attempts: dict[str, int] = {}  # digest -> attempts, for [[sim:fail_first=N]]
+        self._attempts: dict[str, int] = {}  # digest -> attempts, for [[sim:fail_first=N]] and quirk_first
         self._stats = _Stats()
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
@@ -537,7 +550,20 @@ class Simulator:
             delay = self._draw_latency()
         if delay > 0 and await self._sleep(delay):
             return self._drop(request)  # shutting down: an answer now would be a lie about latency
-        return self._success(model, plan, headers)
+        return self._success(model, plan, headers, self._quirk(plan, request))
+
+    def _quirk(self, plan: _Plan, request: web.Request) -> tuple[str, str] | None:
+        """The directive's quirk for this attempt, with the key the client sent (for echo_key)."""
+        directives = plan.directives
+        if directives.quirk is None:
+            return None
+        if directives.quirk_first:
+            attempt = self._attempts.get(plan.digest, 0) + 1
+            self._attempts[plan.digest] = attempt
+            if attempt > directives.quirk_first:
+                return None
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        return directives.quirk, token
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -624,7 +650,9 @@ class Simulator:
         # client disconnecting: no byte is sent and nothing is logged.
         return web.Response(status=499)
 
-    def _success(self, model: str, plan: _Plan, headers: dict[str, str]) -> web.Response:
+    def _success(
+        self, model: str, plan: _Plan, headers: dict[str, str], quirk: tuple[str, str] | None = None
+    ) -> web.Response:
         stats = self._stats
         stats.completions_served += 1
         stats.last_completion_at = time.monotonic()
@@ -646,7 +674,30 @@ class Simulator:
             },
             "system_fingerprint": "llmbatch-sim",
         }
+        if quirk is not None:
+            return web.Response(body=_quirky(completion, *quirk), headers=headers, content_type="application/json")
         return _json(completion, headers=headers)
+
+
+def _quirky(completion: dict[str, Any], quirk: str, token: str) -> bytes:
+    """A 200 body as some real providers send it now and then (``[[sim:quirk=NAME]]``)."""
+    if quirk == "no_choices":
+        completion["choices"] = []
+    elif quirk == "choice_error":
+        for choice in completion["choices"]:
+            choice["finish_reason"] = "error"
+            choice["message"]["content"] = None
+            choice["error"] = {"code": 502, "message": "Upstream provider error (simulated)"}
+    elif quirk == "echo_key":
+        for choice in completion["choices"]:
+            choice["message"]["content"] += f" (you sent the key {token})"
+    elif quirk == "bigint":
+        # orjson cannot write an integer over 64 bits: spliced into the text by hand.
+        body = orjson.dumps({**completion, "big": 0})
+        return body.replace(b'"big":0', b'"big":123456789012345678901234567890')
+    elif quirk == "deep":
+        return orjson.dumps(completion)[:-1] + b',"deep":' + b"[" * 300 + b"]" * 300 + b"}"
+    return orjson.dumps(completion)
 
 
 # --- running it --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.answers import keepable
 from llmbatch.prompts import Request
 from llmbatch.provider import AnyLLMProvider, CallError, Reply, redact
 
@@ -342,9 +343,9 @@ async def _serve() -> None:
                 answer(call_id, {"reply": {}})
                 return
             reply = await provider.complete(request, timeout_s=message["timeout_s"])
-            answer(
-                call_id, {"reply": {"response": reply.response, "latency_s": reply.latency_s, "headers": reply.headers}}
-            )
+            # Made writable here too: the answer crosses the pipe as JSON (big integers, say).
+            response = keepable(reply.response, provider.secrets)
+            answer(call_id, {"reply": {"response": response, "latency_s": reply.latency_s, "headers": reply.headers}})
         except CallError as exc:
             answer(call_id, {"error": _error_data(exc)})
         except Exception as exc:  # noqa: BLE001 - the parent must hear back about every call

@@ -132,6 +132,21 @@ def test_directive_status_answers_that_status(sim: SimulatorThread) -> None:
     assert sim.stats()["faults"]["400"] == 1
 
 
+def test_directive_quirks_answer_200_with_bodies_real_providers_send_now_and_then(sim: SimulatorThread) -> None:
+    assert chat(sim, "x [[sim:quirk=no_choices]]").json()["choices"] == []
+    [choice] = chat(sim, "x [[sim:quirk=choice_error]]").json()["choices"]
+    assert choice["finish_reason"] == "error" and choice["error"]["code"] == 502
+    assert choice["message"]["content"] is None
+    assert b'"big":123456789012345678901234567890' in chat(sim, "x [[sim:quirk=bigint]]").content
+    assert b"[" * 300 in chat(sim, "x [[sim:quirk=deep]]").content
+    echoed = chat(sim, "x [[sim:quirk=echo_key]]", key="sk-echo-me").json()
+    assert echoed["choices"][0]["message"]["content"].endswith("(you sent the key sk-echo-me)")
+    # quirk_first: only the first N attempts of the same body
+    assert chat(sim, "y [[sim:quirk=no_choices]] [[sim:quirk_first=1]]").json()["choices"] == []
+    assert len(chat(sim, "y [[sim:quirk=no_choices]] [[sim:quirk_first=1]]").json()["choices"]) == 1
+    assert chat(sim, "x [[sim:quirk=nonsense]]").status_code == 400
+
+
 def test_directive_finish_content_filter(sim: SimulatorThread) -> None:
     choice = chat(sim, "x [[sim:finish=content_filter]]").json()["choices"][0]
     assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] is None
