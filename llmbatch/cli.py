@@ -173,6 +173,16 @@ def run(
         float | None,
         typer.Option("--max-cost", min=0, help="Stop before spending more than this many USD (exit code 3)."),
     ] = None,
+    max_line_size: Annotated[
+        str | None,
+        typer.Option("--max-line-size", help="Refuse input lines larger than this (default 50MB).", show_default=False),
+    ] = None,
+    max_messages: Annotated[
+        int | None,
+        typer.Option(
+            "--max-messages", min=1, help="Refuse lines with more messages (default 10,000).", show_default=False
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only plan: hits, calls, tokens and cost, without calling anyone.")
     ] = False,
@@ -184,7 +194,7 @@ def run(
     `llmbatch plan INPUT ...` is `llmbatch run INPUT --dry-run ...`."""
     from llmbatch.display import Display, Summary, choose_mode
     from llmbatch.engine import RunOptions, RunStats
-    from llmbatch.prompts import Defaults
+    from llmbatch.prompts import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
     from llmbatch.retry import RetryPolicy
     from llmbatch.runner import HitPrefix, RunConfig, default_output, open_input, validate
     from llmbatch.units import parse_duration, parse_size
@@ -218,7 +228,12 @@ def run(
         config = RunConfig(
             input=source,
             output=out,
-            defaults=Defaults(model=model, provider=provider),
+            defaults=Defaults(
+                model=model,
+                provider=provider,
+                max_line_bytes=parse_size(max_line_size, option="--max-line-size") if max_line_size else MAX_LINE_BYTES,
+                max_messages=max_messages or MAX_MESSAGES,
+            ),
             options=options,
             api_base=api_base,
             simulate=simulate,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import heapq
+import re
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator
@@ -72,12 +73,25 @@ class Request:
         return f"{self.provider}:{self.model}"
 
 
+#: A line larger than this is refused by default (``--max-line-size``): what no provider takes in one
+#: request is almost surely a mistake, and a huge line can hold the run up while it is prepared.
+MAX_LINE_BYTES = 50 * 1000 * 1000
+#: More messages than this in one line is refused by default (``--max-messages``): the SDKs build a
+#: request message by message, without yielding, and 300,000 messages held a run for a minute.
+MAX_MESSAGES = 10_000
+#: How deeply a line may nest. Results and keys wrap a line's values in a few more levels, and JSON
+#: writers stop at 255: a deeper line would be paid for and then fail to be written.
+MAX_DEPTH = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Defaults:
     """File-wide defaults from the command line: a line's own ``model`` wins."""
 
     model: str | None = None
     provider: str | None = None
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_messages: int = MAX_MESSAGES
 
 
 class InvalidLine(ValueError):
@@ -257,11 +271,33 @@ def _check_id(name: str, value: Any) -> str | int:
     return value
 
 
-def _check_messages(value: Any) -> list[dict[str, Any]]:
+def _check_depth(raw: bytes | str) -> None:
+    """Refuse a line nested deeper than :data:`MAX_DEPTH`. Counting the brackets is nearly free and
+    settles it for almost every line: fewer openers than the limit cannot nest deeper than it."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
+        return
+    depth = deepest = 0
+    for token in _STRING_OR_BRACKET.findall(data):  # strings are skipped whole, brackets counted
+        if token in (b"{", b"["):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"}", b"]"):
+            depth -= 1
+    if deepest > MAX_DEPTH:
+        raise InvalidLine(f"the line nests {deepest} levels deep; at most {MAX_DEPTH} can be stored and written")
+
+
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _check_messages(value: Any, limit: int = MAX_MESSAGES) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise InvalidLine(f'"messages" must be an array, got {_type_name(value)}')
     if not value:
         raise InvalidLine('"messages" must not be empty')
+    if len(value) > limit:
+        raise InvalidLine(f'"messages" has {len(value):,} messages, over the limit of {limit:,} (--max-messages)')
     for i, message in enumerate(value):
         where = f'"messages"[{i}]'
         if not isinstance(message, dict):
@@ -355,7 +391,7 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
     else:
         if "system" in obj:
             raise InvalidLine('"system" goes with "prompt"; with "messages", add a {"role": "system"} message')
-        messages = _check_messages(obj["messages"])
+        messages = _check_messages(obj["messages"], defaults.max_messages)
 
     provider, model = _resolve_model(obj.get("model"), defaults)
     params = _take_params(obj, _LINE_FIELDS, _LINE_KNOWN)
@@ -407,7 +443,7 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
         raise InvalidLine(f'"body" must be an object, got {_type_name(body)}')
     if "messages" not in body:
         raise InvalidLine('"body" has no "messages"')
-    messages = _check_messages(body["messages"])
+    messages = _check_messages(body["messages"], defaults.max_messages)
     # A Batch API file is an OpenAI file: a bare model name means OpenAI unless --provider says otherwise.
     provider, model = _resolve_model(body.get("model"), defaults, implied_provider="openai")
     params = _take_params(body, _BODY_STRUCTURAL | _OPENAI_BODY_EXTRAS, _BODY_KNOWN, where_body=True)
@@ -427,6 +463,11 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
 
 def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> Request:
     """One JSONL line to a Request, or :class:`InvalidLine` saying what is wrong."""
+    if len(raw) > defaults.max_line_bytes:
+        raise InvalidLine(
+            f"the line is {len(raw):,} bytes, over the limit of {defaults.max_line_bytes:,} (--max-line-size)"
+        )
+    _check_depth(raw)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -162,3 +162,40 @@ def test_a_bare_model_option_without_provider_is_one_usage_error(tmp_path, sim, 
         "(or another provider) or add --provider\n"
     )
     assert sim.stats()["requests_received"] == 0
+
+
+# --- lines that could be paid for and then never written (poison lines) -----------------------
+
+
+def test_lines_nested_too_deep_to_write_are_refused_before_anything_is_sent(tmp_path, sim, llmbatch):
+    deep_metadata = '{"id": "m", "prompt": "x", "metadata": ' + "[" * 255 + "]" * 255 + "}"
+    deep_extra = '{"id": "e", "prompt": "y", "extra": {"a": ' + '{"b": ' * 120 + "1" + "}" * 120 + "}}"
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "ok", "prompt": "fine"}, deep_metadata, deep_extra])
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:2: the line nests 256 levels deep; at most 100 can be stored and written" in result.stderr
+    assert f"{path}:3: the line nests 122 levels deep" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sim.stats()["requests_received"] == 0
+    assert not (tmp_path / "p.results.jsonl").exists()
+
+
+def test_a_line_with_absurdly_many_messages_is_refused_unless_the_limit_is_raised(tmp_path, sim, llmbatch):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] * 150_000
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "huge", "messages": messages}])
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 2
+    assert f'{path}:1: "messages" has 300,000 messages, over the limit of 10,000 (--max-messages)' in result.stderr
+    assert sim.stats()["requests_received"] == 0
+
+    small = write_jsonl(tmp_path / "s.jsonl", [{"id": "s", "messages": messages[:12] + messages[:1]}])
+    assert llmbatch("run", str(small), "--max-messages", "12").exit_code == 2
+    assert llmbatch("run", str(small), "--max-messages", "13").exit_code == 0
+
+
+def test_a_line_over_the_size_limit_is_refused_and_the_limit_can_be_raised(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "big", "prompt": "x" * 2000}])
+    result = llmbatch("run", str(path), "--max-line-size", "1KB")
+    assert result.exit_code == 2
+    assert f"{path}:1: the line is 2,027 bytes, over the limit of 1,000 (--max-line-size)" in result.stderr
+    assert llmbatch("run", str(path), "--max-line-size", "1MB").exit_code == 0
