@@ -46,6 +46,8 @@ CacheMode = Literal["normal", "refresh", "off", "only"]
 
 #: Requests whose keys are looked up in the cache together.
 LOOKUP_CHUNK = 256
+#: The longest a derived per-attempt timeout can be (without --timeout): ten minutes.
+MAX_DERIVED_TIMEOUT_S = 600.0
 
 
 class Provider(Protocol):
@@ -613,11 +615,12 @@ class Engine:
             )
 
     def _timeout_for(self, request: Request) -> float:
-        """--timeout; by default, long generations get longer (a 4,000-token answer takes a while)."""
+        """--timeout; by default, long generations get longer (a 4,000-token answer takes a while),
+        up to a ceiling: a hung call must be abandoned some time, and Ctrl-C waits that long at most."""
         if not self.options.timeout_auto:
             return self.options.timeout_s
         cap = request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0
-        return self.options.timeout_s + max(0, cap - 1000) / 50
+        return min(self.options.timeout_s + max(0, cap - 1000) / 50, MAX_DERIVED_TIMEOUT_S)
 
     def _publish_pace(self) -> None:
         rpm, tpm = self.governor.pace()

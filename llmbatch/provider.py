@@ -398,7 +398,8 @@ class AnyLLMProvider:
         token = _HEADER_BOX.set(box)
         started = time.monotonic()
         try:
-            # The SDK enforces the timeout itself; wait_for is the backstop for SDKs that do not.
+            # The SDK's timeout is per read: a server trickling a byte every half second never
+            # trips it. wait_for bounds the whole attempt, headers and body, at exactly the timeout.
             response = await asyncio.wait_for(
                 client.acompletion(
                     model=request.model,
@@ -407,7 +408,7 @@ class AnyLLMProvider:
                     **request.params,
                     **request.extra,
                 ),
-                timeout=timeout_s + 5 if timeout_argument else timeout_s,
+                timeout=timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - every failure is classified; CancelledError is not one
             error = classify(exc, self._secrets)

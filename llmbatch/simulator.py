@@ -22,6 +22,8 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   body), ``deep`` (an object nested 300 deep in the body) or ``echo_key`` (the API key the client
   sent, quoted in the content: the one exception to never echoing it, asked for by the prompt);
   ``[[sim:quirk_first=N]]`` applies the quirk to the first N attempts of the same body only.
+  ``[[sim:trickle=0.5]]`` sends the headers at once and then the body one byte per interval (a
+  stalled upstream that keeps the connection alive: per-read timeouts never fire).
   The directive text stays in the echoed content.
 * Faults: ``429`` (``Retry-After: retry_after_s``), ``500``, ``503``, ``hang`` (the handler sleeps
   ``hang_s``; it is cancelled when the client disconnects) and ``drop`` (the connection is closed
@@ -213,6 +215,7 @@ class _Directives:
     latency_s: float | None = None
     quirk: str | None = None
     quirk_first: int = 0  # 0: every attempt
+    trickle_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,7 @@ def _parse_directives(text: str) -> _Directives:
         latency = parse_duration_s(found.pop("latency")) if "latency" in found else None
         quirk = found.pop("quirk", None)
         quirk_first = int(found.pop("quirk_first", "0"))
+        trickle = parse_duration_s(found.pop("trickle")) if "trickle" in found else None
     except ValueError as exc:
         raise _InvalidRequest(f"bad sim directive: {exc}", "messages") from None
     if found:
@@ -256,7 +260,7 @@ def _parse_directives(text: str) -> _Directives:
         raise _InvalidRequest(f"sim directive finish must be one of {', '.join(_FINISH_REASONS)}", "messages")
     if quirk is not None and quirk not in _QUIRKS:
         raise _InvalidRequest(f"sim directive quirk must be one of {', '.join(_QUIRKS)}", "messages")
-    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0))
+    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0), trickle)
 
 
 def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
@@ -550,7 +554,23 @@ class Simulator:
             delay = self._draw_latency()
         if delay > 0 and await self._sleep(delay):
             return self._drop(request)  # shutting down: an answer now would be a lie about latency
-        return self._success(model, plan, headers, self._quirk(plan, request))
+        response = self._success(model, plan, headers, self._quirk(plan, request))
+        if plan.directives.trickle_s is not None:
+            return await self._trickle(request, response, plan.directives.trickle_s)
+        return response
+
+    async def _trickle(self, request: web.Request, response: web.Response, every_s: float) -> web.StreamResponse:
+        body = response.body
+        assert isinstance(body, bytes)
+        stream = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        for i in range(len(body)):
+            await stream.write(body[i : i + 1])
+            if await self._sleep(every_s):
+                break
+        await stream.write_eof()
+        return stream
 
     def _quirk(self, plan: _Plan, request: web.Request) -> tuple[str, str] | None:
         """The directive's quirk for this attempt, with the key the client sent (for echo_key)."""

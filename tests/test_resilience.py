@@ -441,3 +441,33 @@ def test_a_full_disk_under_the_results_stops_the_run_with_a_clear_message_and_a_
     rows = assert_complete(tmp_path / "p.results.jsonl", 12)
     assert sum(row["cached"] for row in rows) == served
     assert sim.stats()["completions_served"] == 12 - served
+
+
+# --- timeouts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_timeout_bounds_the_whole_attempt_even_when_the_server_trickles_bytes(tmp_path, env, sim, workers):
+    # A stalled upstream that sends a byte every 0.2 s never trips a per-read timeout; --timeout must
+    # still end the attempt (headers and body) at its limit, not several seconds later.
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "slow", "prompt": "x [[sim:trickle=0.2]]"}])
+    started = time.monotonic()
+    done = run_cli(run_args(path, sim, "--timeout", "1", "--max-retries", "0", "--workers", workers), env=env)
+    took = time.monotonic() - started
+    assert done.exit_code == 1
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    assert row["status"] == "error" and row["error"]["type"] == "Timeout"
+    assert took < 4.5, f"an attempt limited to 1 s took {took:.1f} s"  # before: timeout + 5 s, at least
+
+
+def test_the_timeout_derived_from_max_tokens_has_a_ceiling():
+    from llmbatch.engine import Engine, RunOptions
+    from llmbatch.prompts import Request
+
+    engine = Engine(provider=None, cache=None, options=RunOptions(timeout_s=30, timeout_auto=True), sink=print)
+    huge = Request(line=1, id=1, provider="openai", model="m", messages=[], params={"max_tokens": 10**18})
+    assert engine._timeout_for(huge) == 600
+    modest = Request(line=1, id=1, provider="openai", model="m", messages=[], params={"max_tokens": 4000})
+    assert engine._timeout_for(modest) == 90
+    given = Engine(provider=None, cache=None, options=RunOptions(timeout_s=2000), sink=print)
+    assert given._timeout_for(huge) == 2000  # --timeout given: the user's choice stands
