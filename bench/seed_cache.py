@@ -24,9 +24,13 @@ from typing import Any
 class InstantProvider:
     """The engine's provider protocol, answering at once."""
 
-    def __init__(self, *_: Any, **__: Any) -> None:
+    secrets: tuple[str, ...] = ()
+    lost = 0
+
+    def __init__(self, _workers: int, destination: Any) -> None:
         from llmbatch.provider import Reply
 
+        self.destination = destination  # the keys record where the real calls would have gone
         self._reply = Reply
 
     async def prepare(self, request: Any) -> None:

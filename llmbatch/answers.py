@@ -25,7 +25,7 @@ import orjson
 
 from llmbatch.provider import CallError
 
-__all__ = ["cacheable", "keepable", "problem", "truncated"]
+__all__ = ["cacheable", "keepable", "problem"]
 
 #: How deep an answer may nest: orjson writes at most 255 levels, and a line's key material and
 #: result line wrap the response in a few more.
@@ -62,13 +62,6 @@ def _choice_error(error: Any) -> CallError:
 def cacheable(response: dict[str, Any]) -> bool:
     """A filtered answer is the provider declining, not an answer: never keep it."""
     return all(c.get("finish_reason") != "content_filter" for c in response.get("choices") or [])
-
-
-def truncated(response: dict[str, Any] | None) -> bool:
-    """Some choice was cut off at ``max_tokens``."""
-    if not response:
-        return False
-    return any(isinstance(c, dict) and c.get("finish_reason") == "length" for c in response.get("choices") or [])
 
 
 def keepable(response: dict[str, Any], secrets: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -6,8 +6,9 @@ a message on stderr and an exit code. Heavy modules are imported inside the comm
 ``llmbatch --help`` starts fast.
 
 Exit codes: 0 every line ok; 1 some lines ended in error, or the run stopped early (the message
-says why); 2 bad usage or input, nothing sent; 3 the --max-cost budget was reached; 130
-interrupted by Ctrl-C.
+says why); 2 bad usage or input, nothing sent; 3 the --max-cost budget was reached; 130, 143 and
+129 stopped by Ctrl-C (SIGINT), SIGTERM and SIGHUP (128 + the signal's number), after finishing
+the calls in flight and writing what there is.
 """
 
 from __future__ import annotations
@@ -18,26 +19,29 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from types import FrameType
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 
 from llmbatch.errors import (
     EXIT_BUDGET,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_ERRORS,
     InputError,
     LlmbatchError,
     UsageError,
+    printable,
 )
 
 app = typer.Typer(
     name="llmbatch",
     help="Run a JSONL file of LLM prompts against any provider, with a cache that never pays twice.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help, as click writes it: flags without a misleading <bool>, and --help needs no rich.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 cache_app = typer.Typer(help="Look after the response cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
@@ -48,14 +52,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: connection costs half a minute, not ten (the SDKs' own default).
 DEFAULT_TIMEOUT_S = 30.0
 
-#: After the first Ctrl-C, calls in flight get this long past the per-request timeout to finish
-#: (no attempt outlives its timeout, so every paid answer still reaches the cache).
+#: After the first Ctrl-C (or SIGTERM, SIGHUP), calls in flight get this long past the per-request
+#: timeout to finish (no attempt outlives its timeout, so every paid answer still reaches the cache).
 INTERRUPT_GRACE_S = 5.0
 
 
 def _print_error(text: str) -> None:
-    # Plain stderr, not rich: messages may contain [brackets] that markup would swallow.
-    sys.stderr.write(f"llmbatch: error: {text}\n")
+    # Plain stderr, not rich: messages may contain [brackets] that markup would swallow, and
+    # control characters from a provider or an input file are shown, never obeyed.
+    sys.stderr.write(f"llmbatch: error: {printable(text)}\n")
     sys.stderr.flush()
 
 
@@ -68,7 +73,7 @@ def _handles_errors(command: F) -> F:
             return command(*args, **kwargs)
         except InputError as exc:
             for error in exc.errors:
-                sys.stderr.write(f"{error}\n")
+                sys.stderr.write(f"{printable(str(error))}\n")
             hidden = exc.total_errors - len(exc.errors)
             if hidden > 0:
                 sys.stderr.write(f"... and {hidden} more invalid lines\n")
@@ -82,40 +87,176 @@ def _handles_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from llmbatch import __version__
+
+        sys.stdout.write(f"llmbatch {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Run a JSONL file of LLM prompts against any provider, with a cache that never pays twice."""
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived before the run started (reading stdin, checking the input): nothing
+    was sent, so nothing needs finishing. A KeyboardInterrupt, so that whatever cleans up after
+    Ctrl-C cleans up after SIGTERM too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``, a scheduler) and SIGHUP (a closed
+    terminal) all mean "stop". While calls are being made, the first stops new calls, lets the
+    ones in flight finish and be stored (they are paid for), and writes what there is; a second
+    signal, or the grace period running out, quits at once. Before that, they stop at once.
+    The exit code is 128 + the first signal's number, as a shell reports it."""
+
+    NAMES: ClassVar[dict[int, str]] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.count = 0
+        #: While the run is in progress: told of each signal, on the event loop's thread.
+        self.during_run: Callable[[int], None] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in self.NAMES:
+            with contextlib.suppress(ValueError):  # not the main thread (a test runner, say)
+                self._previous[signum] = signal.signal(signum, self._received)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _received(self, signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = signum
+        if self.during_run is None:
+            raise Interrupted(signum)
+        self.during_run(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.first or signal.SIGINT)
+
+    def reason(self, signum: int) -> str:
+        return "interrupted by Ctrl-C" if signum == signal.SIGINT else f"stopped by {self.NAMES[signum]}"
+
+
+# --- options shared by run and plan ---------------------------------------------------------------
+
+InputArgument = Annotated[str, typer.Argument(help="JSONL file of requests, or - to read stdin.", show_default=False)]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="LLMBATCH_MODEL",
+        show_envvar=True,
+        help="Model for lines without one, as provider:model (openai:gpt-4o-mini).",
+    ),
+]
+ProviderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--provider",
+        envvar="LLMBATCH_PROVIDER",
+        show_envvar=True,
+        help="Provider for bare model names (e.g. openai, anthropic, mistral).",
+    ),
+]
+ApiBaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-base", help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server)."
+    ),
+]
+SimulateOption = Annotated[
+    bool, typer.Option("--simulate", help="Answer every call from the built-in simulator: no API key, no cost.")
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="LLMBATCH_CACHE_DIR",
+        show_envvar=True,
+        help="Cache directory (default: the user cache dir).",
+    ),
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
+RefreshOption = Annotated[bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them.")]
+CacheOnlyOption = Annotated[bool, typer.Option("--cache-only", help="Never call a provider; misses become errors.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="LLMBATCH_CONFIG",
+        show_envvar=True,
+        help="Per-model limits (default: ./llmbatch.toml if present).",
+    ),
+]
+MaxLineSizeOption = Annotated[
+    str | None,
+    typer.Option("--max-line-size", help="Refuse input lines larger than this (default 50MB).", show_default=False),
+]
+MaxMessagesOption = Annotated[
+    int | None,
+    typer.Option("--max-messages", min=1, help="Refuse lines with more messages (default 10,000).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")]
+
+
 # --- run ---------------------------------------------------------------------------------------
 
 
 @app.command()
 @_handles_errors
 def run(
-    input: Annotated[str, typer.Argument(help="JSONL file of requests, or - to read stdin.", show_default=False)],
+    input: InputArgument,
     output: Annotated[
         str | None,
         typer.Option(
             "--output", "-o", help="Results file (default: <input>.results.jsonl beside the input; - for stdout)."
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Model for lines without one, as provider:model (openai:gpt-4o-mini)."),
-    ] = None,
-    provider: Annotated[
-        str | None, typer.Option("--provider", help="Provider for bare model names (e.g. openai, anthropic, mistral).")
-    ] = None,
-    api_base: Annotated[
-        str | None,
+    model: ModelOption = None,
+    provider: ProviderOption = None,
+    api_base: ApiBaseOption = None,
+    simulate: SimulateOption = False,
+    concurrency: Annotated[
+        int,
         typer.Option(
-            "--api-base", help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server)."
+            "--concurrency",
+            "-c",
+            min=1,
+            envvar="LLMBATCH_CONCURRENCY",
+            show_envvar=True,
+            help="Calls in flight at most.",
         ),
-    ] = None,
-    simulate: Annotated[
-        bool, typer.Option("--simulate", help="Answer every call from the built-in simulator: no API key, no cost.")
-    ] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Calls in flight at most.")] = 16,
+    ] = 16,
     workers: Annotated[
         str,
         typer.Option(
             "--workers",
+            envvar="LLMBATCH_WORKERS",
+            show_envvar=True,
             help="Processes making the calls: a number (0: everything in this process, which otherwise checks "
             "an input of 4 MB or more in two halves at once) or auto (several for runs of 2,000+ requests at "
             "-c 64 or more, when there are spare cores).",
@@ -126,25 +267,27 @@ def run(
         typer.Option(
             "--timeout",
             min=0.1,
+            envvar="LLMBATCH_TIMEOUT",
+            show_envvar=True,
             help="Seconds before one attempt is abandoned and retried (default 30, plus 1 s per 50 "
-            "max_tokens beyond 1,000).",
+            "max_tokens beyond 1,000, up to 10 minutes).",
             show_default=False,
         ),
     ] = None,
     max_retries: Annotated[
-        int, typer.Option("--max-retries", min=0, help="Retries per request after the first attempt.")
+        int,
+        typer.Option(
+            "--max-retries",
+            min=0,
+            envvar="LLMBATCH_MAX_RETRIES",
+            show_envvar=True,
+            help="Retries per request after the first attempt.",
+        ),
     ] = 6,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir)."),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
-    refresh: Annotated[
-        bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them with fresh ones.")
-    ] = False,
-    cache_only: Annotated[
-        bool, typer.Option("--cache-only", help="Never call a provider; misses become error lines.")
-    ] = False,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    refresh: RefreshOption = False,
+    cache_only: CacheOnlyOption = False,
     ttl: Annotated[
         str | None, typer.Option("--ttl", help="Expire new cache entries after this long (7d, 12h).")
     ] = None,
@@ -166,51 +309,37 @@ def run(
     tpm: Annotated[
         int | None, typer.Option("--tpm", min=1, help="Tokens per minute per model, paced evenly (default: learn).")
     ] = None,
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="Per-model defaults (default: ./llmbatch.toml if present).")
-    ] = None,
+    config_file: ConfigOption = None,
     max_cost: Annotated[
         float | None,
         typer.Option("--max-cost", min=0, help="Stop before spending more than this many USD (exit code 3)."),
     ] = None,
-    max_line_size: Annotated[
-        str | None,
-        typer.Option("--max-line-size", help="Refuse input lines larger than this (default 50MB).", show_default=False),
-    ] = None,
-    max_messages: Annotated[
-        int | None,
-        typer.Option(
-            "--max-messages", min=1, help="Refuse lines with more messages (default 10,000).", show_default=False
-        ),
-    ] = None,
+    max_line_size: MaxLineSizeOption = None,
+    max_messages: MaxMessagesOption = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only plan: hits, calls, tokens and cost, without calling anyone.")
+        bool, typer.Option("--dry-run", help="Only plan (as `llmbatch plan`): hits, calls, tokens and cost.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show only the final summary.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each retry, 429 and failed line as it happens (stderr).")
+    ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log", help="Append each retry, 429, failed line and stop to FILE, as JSON lines."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; one summary line at the end.")] = False,
 ) -> None:
-    """Run every request in INPUT, writing one result line per input line, in order.
-
-    `llmbatch plan INPUT ...` is `llmbatch run INPUT --dry-run ...`."""
-    from llmbatch.display import Display, Summary, choose_mode
-    from llmbatch.engine import RunOptions, RunStats
-    from llmbatch.prompts import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
+    """Run every request in INPUT, writing one result line per input line, in input order."""
+    from llmbatch.engine import RunOptions
     from llmbatch.retry import RetryPolicy
-    from llmbatch.runner import HitPrefix, RunConfig, default_output, open_input, validate
     from llmbatch.units import parse_duration, parse_size
 
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
-    if model is not None and ":" not in model and provider is None:
-        raise UsageError(
-            f"--model {model} has no provider: write --model openai:{model} (or another provider) or add --provider"
-        )
-    if simulate and api_base:
-        raise UsageError("--simulate sends every call to the simulator; drop --api-base")
-    mode = "off" if no_cache else "refresh" if refresh else "only" if cache_only else "normal"
     from llmbatch.config import load_config, merge_limits
 
-    limits, default_limits = merge_limits(load_config(config_file), rpm=rpm, tpm=tpm)
+    config_in_use = load_config(config_file)
+    limits, default_limits = merge_limits(config_in_use, rpm=rpm, tpm=tpm)
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
@@ -218,81 +347,312 @@ def run(
         limits=limits,
         default_limits=default_limits,
         retry=RetryPolicy(max_retries=max_retries),
-        cache_mode=mode,  # type: ignore[arg-type]
+        cache_mode=_cache_mode(no_cache, refresh, cache_only),
         ttl_s=parse_duration(ttl, option="--ttl") if ttl else None,
         max_cost_usd=max_cost,
     )
-    source = open_input(input)
-    try:
-        out = None if output == "-" else Path(output) if output else default_output(source)
-        config = RunConfig(
-            input=source,
-            output=out,
-            defaults=Defaults(
+    with _Signals() as signals:
+        source = _open_input(input)
+        try:
+            config = _run_config(
+                source,
+                output=output,
                 model=model,
                 provider=provider,
-                max_line_bytes=parse_size(max_line_size, option="--max-line-size") if max_line_size else MAX_LINE_BYTES,
-                max_messages=max_messages or MAX_MESSAGES,
-            ),
-            options=options,
-            api_base=api_base,
-            simulate=simulate,
-            sim_config=_sim_config_for_run() if simulate else None,
-            cache_dir=cache_dir,
-            cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit") if cache_size_limit else None,
-            cache_eviction=cache_eviction,
-            workers=_parse_workers(workers),
-            split=True,  # a big input is checked in two halves at once, unless --workers 0
-        )
-        stats = RunStats()
-        # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
-        prefix = HitPrefix(config, stats) if not dry_run and mode in ("normal", "only") else None
-        try:
-            with _tuned_gc():
-                try:
-                    report = validate(config, prefix)
-                except KeyboardInterrupt:
-                    _print_error("interrupted while checking the input; nothing was sent")
-                    raise typer.Exit(EXIT_INTERRUPTED) from None
-                if dry_run:
-                    _print_plan(config, as_json=as_json)
-                    return
-                if max_cost is not None:
-                    _check_prices(report.models)
-                stats.total = report.requests
-                display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr)
-                interrupted = False
-                with display:
-                    try:
-                        import asyncio  # here, not at the top: --help and usage errors do not need it
-
-                        outcome = asyncio.run(_run_with_signals(config, stats, prefix))
-                    except KeyboardInterrupt:
-                        interrupted = True
-                        outcome = None
-        finally:
-            if prefix is not None:
-                prefix.close()
-        results_at = outcome.results_at if outcome else _partial_name(out)
-        note = None
-        if stats.budget_reached:
-            note = (
-                f"the budget of ${max_cost:g} is spent; results are incomplete. To go on, run the same command "
-                "again with a new --max-cost (answered prompts come from the cache and cost nothing)"
+                api_base=api_base,
+                simulate=simulate,
+                options=options,
+                cache_dir=cache_dir,
+                cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit")
+                if cache_size_limit
+                else None,
+                cache_eviction=cache_eviction,
+                workers=_parse_workers(workers),
+                max_line_size=max_line_size,
+                max_messages=max_messages,
             )
-        elif not (outcome and outcome.complete):
-            note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"
-        display.summary(Summary(results=results_at, complete=bool(outcome and outcome.complete), note=note))
+            if dry_run:
+                _validate(config, None)
+                _print_plan(config, as_json=as_json)
+                return
+            _run(
+                config,
+                signals,
+                config_source=config_in_use.source if config_in_use.models else None,
+                quiet=quiet,
+                verbose=verbose,
+                log_file=log_file,
+            )
+        finally:
+            source.cleanup()
+
+
+@app.command()
+@_handles_errors
+def plan(
+    input: InputArgument,
+    model: ModelOption = None,
+    provider: ProviderOption = None,
+    api_base: ApiBaseOption = None,
+    simulate: SimulateOption = False,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    refresh: RefreshOption = False,
+    cache_only: CacheOnlyOption = False,
+    max_line_size: MaxLineSizeOption = None,
+    max_messages: MaxMessagesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what a run of INPUT would do and cost, from the cache alone: nothing is sent."""
+    from llmbatch.engine import RunOptions
+
+    if sum((no_cache, refresh, cache_only)) > 1:
+        raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
+    with _Signals():
+        source = _open_input(input)
+        try:
+            config = _run_config(
+                source,
+                output=None,
+                model=model,
+                provider=provider,
+                api_base=api_base,
+                simulate=simulate,
+                options=RunOptions(cache_mode=_cache_mode(no_cache, refresh, cache_only)),
+                cache_dir=cache_dir,
+                max_line_size=max_line_size,
+                max_messages=max_messages,
+            )
+            _validate(config, None)
+            _print_plan(config, as_json=as_json)
+        finally:
+            source.cleanup()
+
+
+def _cache_mode(no_cache: bool, refresh: bool, cache_only: bool) -> Any:
+    return "off" if no_cache else "refresh" if refresh else "only" if cache_only else "normal"
+
+
+def _open_input(name: str) -> Any:
+    from llmbatch.runner import open_input
+
+    try:
+        return open_input(name)
+    except Interrupted:
+        _print_error("interrupted while reading the input; nothing was sent")
+        raise typer.Exit(128 + signal.SIGINT) from None
+
+
+def _run_config(
+    source: Any,
+    *,
+    output: str | None,
+    model: str | None,
+    provider: str | None,
+    api_base: str | None,
+    simulate: bool,
+    options: Any,
+    cache_dir: Path | None,
+    max_line_size: str | None,
+    max_messages: int | None,
+    cache_size_limit: int | None = None,
+    cache_eviction: str | None = None,
+    workers: int | None = None,
+) -> Any:
+    from llmbatch.prompts import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
+    from llmbatch.runner import RunConfig, default_output
+    from llmbatch.units import parse_size
+
+    if model is not None and ":" not in model and provider is None:
+        raise UsageError(
+            f"--model {model} has no provider: write --model openai:{model} (or another provider) or add --provider"
+        )
+    if simulate and api_base:
+        raise UsageError("--simulate sends every call to the simulator; drop --api-base")
+    return RunConfig(
+        input=source,
+        output=None if output == "-" else Path(output) if output else default_output(source),
+        defaults=Defaults(
+            model=model,
+            provider=provider,
+            max_line_bytes=parse_size(max_line_size, option="--max-line-size") if max_line_size else MAX_LINE_BYTES,
+            max_messages=max_messages or MAX_MESSAGES,
+        ),
+        options=options,
+        api_base=api_base,
+        simulate=simulate,
+        sim_config=_sim_config_for_run() if simulate else None,
+        cache_dir=cache_dir,
+        cache_size_limit=cache_size_limit,
+        cache_eviction=cache_eviction,
+        workers=workers,
+        split=True,  # a big input is checked in two halves at once, unless --workers 0
+    )
+
+
+def _validate(config: Any, prefix: Any) -> Any:
+    from llmbatch.runner import validate
+
+    with _tuned_gc():
+        try:
+            return validate(config, prefix)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: nothing has been sent yet
+            _print_error("interrupted while checking the input; nothing was sent")
+            signum = exc_signal(sys.exc_info()[1])
+            raise typer.Exit(128 + signum) from None
+
+
+def exc_signal(exc: BaseException | None) -> int:
+    return exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+
+
+def _run(
+    config: Any, signals: _Signals, *, config_source: str | None, quiet: bool, verbose: bool, log_file: Path | None
+) -> None:
+    """Check the input, prepare every provider it uses, run it under the display, and end with the
+    exit code the run earned."""
+    import asyncio
+
+    from llmbatch.display import Display, Summary, choose_mode
+    from llmbatch.engine import RunStats, StopReason
+    from llmbatch.runner import HitPrefix
+
+    stats = RunStats()
+    # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
+    prefix = HitPrefix(config, stats) if config.options.cache_mode in ("normal", "only") else None
+    display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr, simulated=config.simulate)
+    events = _EventLog(display if verbose else None, log_file)
+    outcome = None
+    try:
+        report = _validate(config, prefix)
+        if config.options.max_cost_usd is not None:
+            _check_prices(report.models)
+        stats.total = report.requests
+        if config_source is not None and not quiet:
+            display.message(f"limits from {config_source}: {_describe_limits(config)}", style="dim")
+        try:
+            outcome = asyncio.run(_execute(config, stats, prefix, report.models, display, signals, events))
+        except KeyboardInterrupt:  # a second signal, or the grace period ran out
+            outcome = None
     finally:
-        source.cleanup()
-    if interrupted or (stats.stopped and "Ctrl-C" in stats.stopped):
-        raise typer.Exit(EXIT_INTERRUPTED)
+        if prefix is not None:
+            prefix.close()
+        events.close()
+    results_at = outcome.results_at if outcome else _partial_name(config.output)
+    note = None
+    if stats.budget_reached:
+        note = (
+            f"the budget of {_usd(config.options.max_cost_usd)} is spent; results are incomplete. To go on, run the "
+            "same command again with a larger --max-cost (answered prompts come from the cache and cost nothing)"
+        )
+    elif not (outcome and outcome.complete):
+        note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"
+    display.summary(
+        Summary(results=results_at, complete=bool(outcome and outcome.complete), note=note, config=config_source)
+    )
+    if signals.first is not None or stats.stop_reason is StopReason.INTERRUPTED:
+        raise typer.Exit(signals.exit_code)
     if stats.fatal:
         _print_error(stats.stopped or "the run stopped early")
         raise typer.Exit(EXIT_SOME_ERRORS)
     if stats.budget_reached:
         raise typer.Exit(EXIT_BUDGET)
     raise typer.Exit(EXIT_SOME_ERRORS if stats.errors or not stats.complete else EXIT_OK)
+
+
+async def _execute(
+    config: Any, stats: Any, prefix: Any, models: set[str], display: Any, signals: _Signals, events: _EventLog
+) -> Any:
+    """Prepare (a failure is a usage error: no display, no summary, no results file), then run
+    under the display, with the stop signals handled in two steps."""
+    import asyncio
+
+    from llmbatch.runner import execute, start
+
+    started = await start(config, stats, models=models, prefix=prefix)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    engines: list[Any] = []
+
+    def on_signal(signum: int) -> None:
+        if signals.count == 1 and engines:
+            engines[0].stop(signals.reason(signum))
+            loop.call_later(engines[0].longest_timeout_s + INTERRUPT_GRACE_S, _cancel, main)
+        else:
+            _cancel(main)
+
+    def on_engine(engine: Any) -> None:
+        engine.on_event = events
+        engines.append(engine)
+
+    def during_run(signum: int) -> None:
+        loop.call_soon_threadsafe(on_signal, signum)
+
+    signals.during_run = during_run
+    try:
+        with display:
+            return await execute(config, stats, started, on_engine=on_engine, prefix=prefix)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        signals.during_run = None
+
+
+class _EventLog:
+    """``-v``: each retry, 429, failed line and stop, as one line on stderr (above the live
+    display); ``--log FILE``: the same events appended to FILE as JSON lines."""
+
+    def __init__(self, display: Any, path: Path | None) -> None:
+        self._display = display
+        self._file = None
+        if path is not None:
+            try:
+                self._file = open(path, "ab")  # noqa: SIM115 - held for the run, closed by close()
+            except OSError as exc:
+                raise UsageError(f"cannot write the log to {path}: {exc.strerror or exc}") from None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import time
+
+        if self._file is not None:
+            import orjson
+
+            self._file.write(orjson.dumps({"time": round(time.time(), 3), **event}, option=orjson.OPT_APPEND_NEWLINE))
+            self._file.flush()
+        if self._display is not None:
+            self._display.message(_describe_event(event), style="dim")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    if event["event"] == "stop":
+        return f"stop: {event['message']}"
+    status = f" {event['status_code']}" if event.get("status_code") else ""
+    what = f"line {event['line']} ({event['id']}), attempt {event['attempt']}: {event.get('type')}{status}"
+    message = f": {event['message']}" if event.get("message") else ""
+    if event["event"] == "retry":
+        wait = f"; retrying in {event['wait_s']:.1f}s" if event.get("wait_s") is not None else ""
+        return f"retry {what}{message}{wait}"
+    return f"failed {what}{message}"
+
+
+def _describe_limits(config: Any) -> str:
+    limits = config.options.limits
+    parts = []
+    for model, setting in sorted(limits.items()):
+        named = [(name, getattr(setting, name)) for name in ("rpm", "tpm", "concurrency")]
+        parts.append(f"{model} " + ", ".join(f"{name} {value:,}" for name, value in named if value))
+    return "; ".join(parts) or "none"
+
+
+def _usd(amount: float | None) -> str:
+    from llmbatch.pricing import format_usd
+
+    return format_usd(amount)
 
 
 def _parse_workers(value: str) -> int | None:
@@ -365,49 +725,12 @@ def _sim_config_for_run() -> Any:
     return SimConfig(latency_s=0.05, latency_dist="lognormal", latency_sigma=0.4)
 
 
-async def _run_with_signals(config: Any, stats: Any, prefix: Any = None) -> Any:
-    """Run, with Ctrl-C handled in two steps: the first stops new calls and lets the ones in
-    flight finish (they are paid for); the second, or the grace period running out, quits."""
-    import asyncio
-
-    from llmbatch.runner import execute
-
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    engines: list[Any] = []
-    presses = 0
-
-    def on_sigint() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1 and engines:
-            engines[0].stop("interrupted by Ctrl-C: finishing calls in flight (Ctrl-C again to quit now)")
-            loop.call_later(engines[0].longest_timeout_s + INTERRUPT_GRACE_S, _cancel, main)
-        else:
-            _cancel(main)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        return await execute(config, stats, on_engine=engines.append, prefix=prefix)
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
-
-
 def _cancel(task: Any) -> None:
     if task is not None and not task.done():
         task.cancel()
 
 
 # --- cache -------------------------------------------------------------------------------------
-
-CacheDirOption = Annotated[
-    Path | None,
-    typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir)."),
-]
 
 
 @cache_app.command("stats")
@@ -530,9 +853,6 @@ def sim(
 
 
 def main() -> None:
-    # `llmbatch plan ...` is `llmbatch run --dry-run ...`: one set of options, one code path.
-    if len(sys.argv) > 1 and sys.argv[1] == "plan":
-        sys.argv[1:2] = ["run", "--dry-run"]
     app()
 
 

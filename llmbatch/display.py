@@ -28,7 +28,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from llmbatch.engine import RunStats
+from llmbatch.engine import RunStats, StopReason
+from llmbatch.errors import printable
+from llmbatch.pricing import format_usd
 
 __all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "print_cache_stats", "print_plan"]
 
@@ -58,40 +60,63 @@ def _count(n: int) -> str:
 
 
 class _Rate:
-    """Lines and calls per second over the last few seconds (steadier than instantaneous)."""
+    """Lines, calls and answered calls per second over the last few seconds (steadier than
+    instantaneous)."""
 
     def __init__(self, horizon_s: float = 5.0) -> None:
         self.horizon_s = horizon_s
-        self.samples: deque[tuple[float, int, int]] = deque()
+        self.samples: deque[tuple[float, int, int, int]] = deque()
 
-    def update(self, now: float, done: int, calls: int) -> tuple[float, float]:
-        self.samples.append((now, done, calls))
+    def update(self, now: float, done: int, calls: int, answered: int) -> tuple[float, float, float]:
+        self.samples.append((now, done, calls, answered))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.horizon_s:
             self.samples.popleft()
-        t0, d0, c0 = self.samples[0]
+        t0, d0, c0, a0 = self.samples[0]
         dt = now - t0
         if dt <= 0:
-            return 0.0, 0.0
-        return (done - d0) / dt, (calls - c0) / dt
+            return 0.0, 0.0, 0.0
+        return (done - d0) / dt, (calls - c0) / dt, (answered - a0) / dt
+
+
+def calls_left(stats: RunStats) -> float | None:
+    """Lines still waiting for a call: those read and not answered yet (each waits for a call, or
+    for a duplicate's), plus the unread rest at the share of read lines that were not hits."""
+    if stats.total is None:
+        return None
+    waiting = stats.read - stats.done
+    unread = stats.total - stats.read
+    misses = (stats.read - stats.hits) / stats.read if stats.read else 1.0
+    return max(0.0, waiting + unread * misses)
 
 
 def _snapshot(stats: RunStats, rate: _Rate, now: float) -> dict[str, Any]:
     elapsed = stats.elapsed(now) if stats.started_at else 0.0
-    lines_per_s, calls_per_s = rate.update(now, stats.done, stats.calls)
-    remaining = (stats.total - stats.done) if stats.total is not None else None
-    if remaining is not None and lines_per_s > 0:
-        eta: float | None = remaining / lines_per_s
-    elif remaining is not None and elapsed > 0 and stats.done:
-        eta = remaining / (stats.done / elapsed)
+    answered_by_calls = stats.done - stats.hits
+    lines_per_s, calls_per_s, answers_per_s = rate.update(now, stats.done, stats.calls, answered_by_calls)
+    # The ETA counts what is left to call at the rate calls are being answered: cache hits come
+    # at once and say nothing about how long the calls will take.
+    left = calls_left(stats)
+    if left is not None and left <= 0:
+        eta: float | None = 0.0
+    elif left is not None and answers_per_s > 0:
+        eta = left / answers_per_s
     else:
         eta = None
     return {"elapsed": elapsed, "lines_per_s": lines_per_s, "calls_per_s": calls_per_s, "eta": eta}
 
 
+def _stopping_text(stats: RunStats) -> str:
+    text = f"stopping: {printable(stats.stopped or '')}"
+    if stats.stop_reason is StopReason.INTERRUPTED and stats.in_flight:
+        text += f"; finishing {_count(stats.in_flight)} calls in flight (a second signal quits now)"
+    return text
+
+
 class _LiveView:
-    def __init__(self, stats: RunStats, clock: Callable[[], float]) -> None:
+    def __init__(self, stats: RunStats, clock: Callable[[], float], simulated: bool = False) -> None:
         self.stats = stats
         self.clock = clock
+        self.simulated = simulated
         self.rate = _Rate()
 
     def __rich__(self) -> Group:
@@ -103,6 +128,7 @@ class _LiveView:
             ProgressBar(total=max(total, 1), completed=s.done, width=40),
             Text(f"{_count(s.done)}/{_count(total)}", style="bold"),
             Text(f"{(100 * s.done / total) if total else 0:.0f}%"),
+            *_written_parts(s),
             Text(f"elapsed {format_duration(snap['elapsed'])}", style="dim"),
             Text(f"ETA {format_duration(snap['eta'])}", style="dim"),
         )
@@ -121,10 +147,11 @@ class _LiveView:
             (_count(s.in_flight), ""),
         )
         money = Text.assemble(
-            ("spent ", "dim"),
+            (_spent_label(self.simulated) + " ", "dim"),
             (_usd(s.spent_usd), "bold"),
             ("  saved by the cache ", "dim"),
             (_usd(s.saved_usd), "green"),
+            *((("  saved by duplicates ", "dim"), (_usd(s.deduplicated_usd), "green")) if s.deduplicated_usd else ()),
         )
         pace = Text.assemble(
             ("rate ", "dim"),
@@ -136,16 +163,23 @@ class _LiveView:
         )
         parts: list[Any] = [head, counters, money, pace]
         if s.stopped:
-            parts.append(Text(f"stopping: {s.stopped}", style="bold red"))
+            parts.append(Text(_stopping_text(s), style="bold red"))
         return Group(*parts)
 
 
-def _usd(amount: float | None) -> str:
-    if amount is None:
-        return "unknown"
-    if amount < 0.01:
-        return f"${amount:.6f}"  # small batches of cheap models cost fractions of a cent
-    return f"${amount:,.4f}" if amount < 10 else f"${amount:,.2f}"
+def _written_parts(stats: RunStats) -> tuple[Text, ...]:
+    """Lines wait to be written until every line before them is answered: say so when some do."""
+    if stats.written >= stats.done:
+        return ()
+    return (Text(f"({_count(stats.written)} written in order)", style="dim"),)
+
+
+def _spent_label(simulated: bool) -> str:
+    # Simulated calls cost nothing: the figure is what they would have cost.
+    return "would have cost" if simulated else "spent"
+
+
+_usd = format_usd
 
 
 def _pace_text(stats: RunStats) -> str:
@@ -169,17 +203,19 @@ def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
     return parts
 
 
-def _plain_line(stats: RunStats, rate: _Rate, now: float) -> str:
+def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = False) -> str:
     snap = _snapshot(stats, rate, now)
     total = stats.total if stats.total is not None else "?"
+    written = f" ({stats.written} written in order)" if stats.written < stats.done else ""
     return (
-        f"llmbatch: {stats.done}/{total} done, {stats.hits} hits, {stats.calls} calls, "
+        f"llmbatch: {stats.done}/{total} done{written}, {stats.hits} hits, {stats.calls} calls, "
         f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
         f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
-        f"ETA {format_duration(snap['eta'])}, spent {_usd(stats.spent_usd)}, saved {_usd(stats.saved_usd)}, "
-        f"{_pace_text(stats)}"
+        f"ETA {format_duration(snap['eta'])}, {_spent_label(simulated)} {_usd(stats.spent_usd)}, "
+        f"saved {_usd(stats.saved_usd)}, {_pace_text(stats)}"
         + (", throttled" if stats.throttled else "")
         + (f", {stats.rate_limited} rate-limited" if stats.rate_limited else "")
+        + (f"; {_stopping_text(stats)}" if stats.stopped else "")
     )
 
 
@@ -190,6 +226,7 @@ class Summary:
     results: str  # where the result lines went
     complete: bool
     note: str | None = None  # e.g. how to resume
+    config: str | None = None  # the config file whose limits applied
 
 
 class Display:
@@ -203,9 +240,12 @@ class Display:
         stream: IO[str],
         plain_every_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        simulated: bool = False,
     ) -> None:
+        """``simulated``: the calls go to the simulator, so money is what they would have cost."""
         self.stats = stats
         self.mode = mode
+        self.simulated = simulated
         self.clock = clock
         self.stream = stream
         self.console = Console(file=stream, highlight=False, soft_wrap=False)
@@ -215,7 +255,7 @@ class Display:
         self._thread: threading.Thread | None = None
 
     def _live_view(self) -> _LiveView:
-        return _LiveView(self.stats, self.clock)
+        return _LiveView(self.stats, self.clock, self.simulated)
 
     def __enter__(self) -> Display:
         if self.mode == "live":
@@ -230,7 +270,7 @@ class Display:
         rate = _Rate(horizon_s=max(self.plain_every_s * 2, 5.0))
         while not self._stop.wait(self.plain_every_s):
             # Straight to the stream: a log line must not be wrapped or styled.
-            self.stream.write(_plain_line(self.stats, rate, self.clock()) + "\n")
+            self.stream.write(_plain_line(self.stats, rate, self.clock(), simulated=self.simulated) + "\n")
             self.stream.flush()
 
     def __exit__(self, *exc: object) -> None:
@@ -241,10 +281,15 @@ class Display:
             self._live.__exit__(None, None, None)
 
     def message(self, text: str, *, style: str = "") -> None:
-        self.console.print(Text(text, style=style))
+        """One line above the live view (or in the log), control characters shown, not obeyed."""
+        self.console.print(Text(printable(text), style=style), soft_wrap=True)
 
     def summary(self, summary: Summary) -> None:
         s = self.stats
+        if self.mode == "quiet":
+            self.stream.write(self._summary_line(summary) + "\n")
+            self.stream.flush()
+            return
         wall = s.elapsed(self.clock())
         table = Table(title="llmbatch run", show_header=False, title_justify="left", box=None, padding=(0, 2))
         table.add_column(style="dim")
@@ -255,37 +300,66 @@ class Display:
             ("calls made", _count(s.calls)),
             ("duplicates coalesced", _count(s.coalesced)),
             ("errors", _count(s.errors)),
+            *((("cut off at max_tokens", _count(s.truncated)),) if s.truncated else ()),
             ("retries", _count(s.retries)),
             ("rate-limited (429)", _count(s.rate_limited)),
             ("tokens in / out", f"{_count(s.prompt_tokens)} / {_count(s.completion_tokens)}"),
-            ("spent this run", _usd(s.spent_usd) + (" (+ unpriced calls)" if s.unpriced_calls else "")),
+            (
+                _spent_label(self.simulated) + (" (simulated)" if self.simulated else " this run"),
+                _usd(s.spent_usd) + (" (+ unpriced calls)" if s.unpriced_calls else ""),
+            ),
             ("saved by the cache", _usd(s.saved_usd)),
+            *((("saved by duplicates", _usd(s.deduplicated_usd)),) if s.deduplicated_usd else ()),
             ("wall time", f"{wall:.1f}s"),
+            *((("limits from", summary.config),) if summary.config else ()),
             ("results", summary.results),
         ]
         for name, value in rows:
-            table.add_row(name, value)
+            table.add_row(name, Text(printable(value)))
         self.console.print(table)
+        for note in self._notes(summary):
+            self.console.print(Text(printable(note), style="yellow" if note is summary.note else ""), soft_wrap=True)
+
+    def _notes(self, summary: Summary) -> list[str]:
+        s = self.stats
+        notes = []
         if s.stopped and not s.fatal:  # a fatal stop is reported once, as the command's error
-            self.console.print(Text(f"stopped early: {s.stopped}", style="bold red"), soft_wrap=True)
+            notes.append(f"stopped early: {s.stopped}")
+        if s.truncated:
+            notes.append(
+                f"note: {s.truncated} answer{'s were' if s.truncated != 1 else ' was'} cut off at max_tokens "
+                '(finish_reason "length", marked "truncated" in the results); a larger max_tokens asks again'
+            )
         if s.unpriced_calls:
             models = ", ".join(sorted(s.unpriced_models))
-            self.console.print(
-                Text(f"note: {s.unpriced_calls} calls have no known price ({models}): their cost is unknown, not 0"),
-                soft_wrap=True,
-            )
+            notes.append(f"note: {s.unpriced_calls} calls have no known price ({models}): their cost is unknown, not 0")
         if s.workers_lost and not s.fatal:
             many = s.workers_lost > 1
             lost = f"{s.workers_lost} worker process{'es' if many else ''}"
-            self.console.print(
-                Text(
-                    f"note: {lost} stopped unexpectedly during the run; "
-                    f"the others made the calls {'they' if many else 'it'} had"
-                ),
-                soft_wrap=True,
-            )
+            they = "they" if many else "it"
+            notes.append(f"note: {lost} stopped unexpectedly during the run; the others made the calls {they} had")
         if summary.note:
-            self.console.print(Text(summary.note, style="yellow"), soft_wrap=True)
+            notes.append(summary.note)
+        return notes
+
+    def _summary_line(self, summary: Summary) -> str:
+        """``-q``: the whole summary on one line."""
+        s = self.stats
+        parts = [
+            f"{_count(s.total or s.done)} prompts",
+            f"{_count(s.ok)} ok",
+            f"{_count(s.errors)} errors",
+            f"{_count(s.hits)} from cache",
+            f"{_count(s.calls)} calls",
+            f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}",
+            f"{s.elapsed(self.clock()):.1f}s",
+            f"results: {summary.results}" + ("" if summary.complete else " (incomplete)"),
+        ]
+        if s.truncated:
+            parts.insert(3, f"{_count(s.truncated)} cut off")
+        if s.stopped and not s.fatal:
+            parts.append(f"stopped early: {s.stopped}")
+        return printable("llmbatch: " + ", ".join(parts))
 
 
 def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = None) -> None:

@@ -12,17 +12,23 @@ Memory does not grow with the file: requests are pulled lazily from an iterator 
 ``sink`` strictly in input order, as soon as the order allows. Cache lookups are made a chunk at
 a time, so a mostly-cached rerun does not pay per-line overhead.
 
-A fatal failure (bad API key, unknown model) or :meth:`Engine.stop` ends the run early: no new
-call starts, calls in flight finish and are stored, results are written up to the first line
-that was not answered, and ``RunStats.stopped`` says why.
+A fatal failure (bad API key, unknown model), the budget, or :meth:`Engine.stop` ends the run
+early: no new call starts, calls in flight finish and are stored, results are written up to the
+first line that was not answered, and ``RunStats.stop_reason`` says why (it decides the exit code).
 
 Progress is reported through :class:`RunStats`, a plain object of counters that the display
-reads a few times a second (cheaper than an event per line on a 100,000-line rerun).
+reads a few times a second (cheaper than an event per line on a 100,000-line rerun). Lines are
+counted as they are answered (``done``), whatever their place in the output (``written``).
+
+Where the keys' endpoint comes from: the provider's :class:`~llmbatch.provider.Destination`, the
+same value that decides where its calls go, so a local server's answers can never be filed under
+a real provider's keys. A run without a provider (answers from the cache only) is given one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,13 +40,13 @@ from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
 from llmbatch.limits import Governor, LimitSettings, estimate_split
-from llmbatch.pricing import call_cost, estimate_cost
+from llmbatch.pricing import call_cost, estimate_cost, format_usd
 from llmbatch.prompts import Request
-from llmbatch.provider import CallError, Reply
+from llmbatch.provider import CallError, Destination, Reply
 from llmbatch.results import Result
 from llmbatch.retry import RetryPolicy
 
-__all__ = ["CacheMode", "Engine", "Provider", "RunOptions", "RunStats", "run_batch"]
+__all__ = ["CacheMode", "Engine", "Provider", "RunOptions", "RunStats", "StopReason"]
 
 CacheMode = Literal["normal", "refresh", "off", "only"]
 
@@ -51,7 +57,11 @@ MAX_DERIVED_TIMEOUT_S = 600.0
 
 
 class Provider(Protocol):
-    """What the engine needs from a provider (``provider.AnyLLMProvider`` in production)."""
+    """What the engine needs from a provider (``provider.AnyLLMProvider`` in production,
+    ``workers.WorkerPool`` for calls made by child processes)."""
+
+    #: Where the calls go; the keys record its endpoint.
+    destination: Destination
 
     def prepare(self, request: Request) -> Awaitable[None] | None:
         """Get ready to send ``request`` (create the client); raise CallError if it cannot be
@@ -59,6 +69,25 @@ class Provider(Protocol):
         May be a coroutine (``workers.WorkerPool`` asks its children) or a plain function."""
 
     async def complete(self, request: Request, *, timeout_s: float) -> Reply: ...
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The API keys in use: redacted from anything stored or written."""
+
+    @property
+    def lost(self) -> int:
+        """Worker processes that died during the run (0 for a provider in this process)."""
+
+    async def aclose(self) -> None: ...
+
+
+class StopReason(enum.Enum):
+    """Why a run ended before its last line; it decides the exit code."""
+
+    INTERRUPTED = "interrupted"  # a signal (Ctrl-C, SIGTERM, SIGHUP): calls in flight were finished
+    BUDGET = "budget"  # --max-cost: the next call could not fit, even alone
+    FATAL = "fatal"  # what every line would share (a bad key, an unknown model), or nowhere to keep answers
+    ERROR = "error"  # something around the calls failed (the results file, a changed input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +98,6 @@ class RunOptions:
     #: normal: read and write; refresh: ignore hits, overwrite; off: neither; only: never call.
     cache_mode: CacheMode = "normal"
     ttl_s: float | None = None
-    #: Recorded in every key: the base URL every call goes to (or the simulator's namespace) ...
-    endpoint: str | None = None
-    #: ... else, per provider, the base URL the environment sends its calls to (OPENAI_BASE_URL, ...).
-    provider_endpoints: dict[str, str] = field(default_factory=dict)
-    #: Prefix of the cache tag (``provider:model``); "simulated/" keeps simulator entries apart.
-    tag_prefix: str = ""
     #: Requests held in memory at most; default 16 x concurrency, at least 1024.
     window: int | None = None
     #: The timeout was not given: requests with a large max_tokens get more time.
@@ -86,10 +109,6 @@ class RunOptions:
     #: --max-cost: no call starts that could take spending past this many USD.
     max_cost_usd: float | None = None
 
-    def endpoint_for(self, provider: str) -> str | None:
-        """The endpoint recorded in the key of a request to ``provider``."""
-        return self.endpoint or self.provider_endpoints.get(provider)
-
     def effective_window(self) -> int:
         return self.window or max(1024, 16 * self.concurrency)
 
@@ -97,9 +116,11 @@ class RunOptions:
 @dataclass
 class RunStats:
     """Live counters of one run. ``hits`` counts lines answered from the cache, ``coalesced``
-    lines that waited for an identical call in flight, ``calls`` calls started (misses)."""
+    lines that waited for an identical call in flight, ``calls`` calls started (misses).
+    ``done`` counts lines answered, in whatever order; ``written`` those written in input order."""
 
     total: int | None = None
+    read: int = 0  # lines taken from the input so far
     done: int = 0
     ok: int = 0
     errors: int = 0
@@ -111,6 +132,7 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     written: int = 0
+    truncated: int = 0  # lines whose answer was cut off at max_tokens
     rate_limited: int = 0  # 429s received
     throttled: bool = False  # a budget is paused after a 429 or an exhausted window
     pace_rpm: int | None = None  # the limits being paced at, when known
@@ -118,14 +140,14 @@ class RunStats:
     concurrency_limit: int | None = None  # calls currently allowed in flight (after backoff)
     spent_usd: float = 0.0  # what this run's calls cost (priced calls only)
     saved_usd: float = 0.0  # what the lines answered from the cache cost when first paid
+    deduplicated_usd: float = 0.0  # what the duplicates that shared a call would have cost
     unpriced_calls: int = 0  # calls whose model genai-prices does not know
     unpriced_models: set[str] = field(default_factory=set)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
-    budget_reached: bool = False
     started_at: float = 0.0
     finished_at: float | None = None
-    stopped: str | None = None  # why the run ended early, if it did
-    fatal: bool = False
+    stopped: str | None = None  # why the run ended early, if it did, for people ...
+    stop_reason: StopReason | None = None  # ... and for the exit code
 
     def elapsed(self, now: float) -> float:
         return (self.finished_at or now) - self.started_at
@@ -133,6 +155,14 @@ class RunStats:
     @property
     def complete(self) -> bool:
         return self.stopped is None and (self.total is None or self.written == self.total)
+
+    @property
+    def fatal(self) -> bool:
+        return self.stop_reason in (StopReason.FATAL, StopReason.ERROR)
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.stop_reason is StopReason.BUDGET
 
 
 class _Skipped:
@@ -161,15 +191,24 @@ class Engine:
         sink: Callable[[Result], None],
         flush: Callable[[], None] = lambda: None,
         stats: RunStats | None = None,
+        destination: Destination | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``destination``: only for a run without a provider (answers from the cache alone);
+        otherwise it is the provider's own. ``on_event``: told of each retry, 429, failed line and
+        stop as it happens, as a JSON-ready dict (``llmbatch run -v`` and ``--log``)."""
+        if provider is not None and destination is not None and destination != provider.destination:
+            raise ValueError("the keys' destination must be the provider's own: give one or the other")
         self.provider = provider
+        self.destination = provider.destination if provider is not None else destination or Destination.of()
         self.cache = cache if options.cache_mode != "off" else None
         self.options = options
         self.sink = sink
         self.flush = flush
+        self.on_event = on_event
         self.stats = stats or RunStats()
         self.sleep = sleep
         self.clock = clock
@@ -188,8 +227,8 @@ class Engine:
         # --refresh must call each key once per run, however far apart its duplicates are.
         self._refreshed: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._committed: dict[int, float] = {}  # estimated cost of each call in flight (--max-cost)
-        self._committed_usd = 0.0
+        self._committed_usd = 0.0  # --max-cost: estimates of the calls that hold a reservation
+        self._budget_freed = asyncio.Event()  # a reservation was settled: waiters look again
         self._stopping = False
         self._stopped = asyncio.Event()
         self._outstanding = 0  # items queued or being awaited by the consumer, not yet emitted
@@ -203,21 +242,24 @@ class Engine:
 
     def _secrets(self) -> tuple[str, ...]:
         """The API keys in use: never stored, never written (a provider may echo one back)."""
-        return tuple(getattr(self.provider, "secrets", ()))
+        return self.provider.secrets if self.provider is not None else ()
 
-    def _endpoint(self, request: Request) -> str | None:
-        return self.options.endpoint_for(request.provider)
+    def key_of(self, request: Request) -> str:
+        return request_key(request, self.destination.key_endpoint(request.provider))
 
     # -- control ------------------------------------------------------------------------------
 
-    def stop(self, reason: str, *, fatal: bool = False) -> None:
-        """Start no new call; let calls in flight finish; write results up to the first gap."""
+    def stop(self, reason: str, kind: StopReason = StopReason.INTERRUPTED) -> None:
+        """Start no new call; let calls in flight finish; write results up to the first gap.
+        The first stop's reason stands."""
         if not self._stopping:
             self._stopping = True
             self._stopped.set()  # wakes requests sleeping before a retry or for the pace
+            self._budget_freed.set()
             self.governor.wake_all()
             self.stats.stopped = reason
-            self.stats.fatal = fatal
+            self.stats.stop_reason = kind
+            self._event({"event": "stop", "reason": kind.value, "message": reason})
 
     async def _sleep(self, seconds: float) -> None:
         """The retry wait, cut short when the run stops: a 401 elsewhere must not leave us
@@ -246,7 +288,7 @@ class Engine:
             # Something went wrong around the calls (a results file that cannot be written, a
             # changed input): calls already in flight are paid for, so let them finish and be
             # stored before the error propagates.
-            self.stop("stopped by an error", fatal=True)
+            self.stop("stopped by an error", StopReason.ERROR)
             producer.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             raise
@@ -267,9 +309,11 @@ class Engine:
                 for request, key in chunk:
                     if self._stopping:
                         break
+                    self.stats.read += 1
                     entry = found.get(key)
                     if entry is not None:
                         hit = self._hit(request, key, entry)
+                        self._count(hit)
                         if self._outstanding == 0:
                             # Nothing is waiting ahead of this line: it can go straight out. On a
                             # cached rerun that is nearly every line, and the queue costs more
@@ -300,12 +344,15 @@ class Engine:
             entry = found.get(key)
             if entry is None:
                 return answered
-            self._emit(self._hit(request, key, entry))
+            self.stats.read += 1
+            hit = self._hit(request, key, entry)
+            self._count(hit)
+            self._emit(hit)
         return len(keyed)
 
     def _keyed_lookup(self, requests: list[Request]) -> tuple[list[tuple[Request, str]], dict[str, dict[str, Any]]]:
         """Each request with its key, and the stored entries found for those keys (one batch)."""
-        keyed = [(r, request_key(r, self._endpoint(r))) for r in requests]
+        keyed = [(r, self.key_of(r)) for r in requests]
         if not keyed or self.cache is None or self.options.cache_mode == "refresh":
             return keyed, {}
         return keyed, self.cache.get_many([k for _, k in keyed])
@@ -326,32 +373,36 @@ class Engine:
         self.flush()
 
     def _emit(self, result: Result) -> None:
-        self._count(result)
         if not self._gap:  # once a line is missing, later lines cannot be written in order
             self.sink(result)
             self.stats.written += 1
 
     def _count(self, result: Result) -> None:
+        """A line is answered: counted now, whatever its place in the output."""
         s = self.stats
         s.done += 1
         if result.ok:
             s.ok += 1
+            if result.truncated:
+                s.truncated += 1
         else:
             s.errors += 1
 
     # -- one request --------------------------------------------------------------------------
 
     def _hit(self, request: Request, key: str, entry: dict[str, Any], *, coalesced: bool = False) -> Result:
-        if coalesced:
-            self.stats.coalesced += 1
-        else:
-            self.stats.hits += 1
         # Entries stored before prices were recorded are priced from their usage.
         cost = (
             entry["cost_usd"] if "cost_usd" in entry else call_cost(request.provider, request.model, entry.get("usage"))
         )
-        if cost is not None:
-            self.stats.saved_usd += cost
+        if coalesced:
+            self.stats.coalesced += 1
+            if cost is not None:
+                self.stats.deduplicated_usd += cost
+        else:
+            self.stats.hits += 1
+            if cost is not None:
+                self.stats.saved_usd += cost
         return Result(
             cost_usd=cost,
             line=request.line,
@@ -359,6 +410,7 @@ class Engine:
             key=key,
             status="ok",
             cached=True,
+            hit="duplicate" if coalesced else "exact",
             model=request.model_ref,
             metadata=request.metadata,
             response=entry.get("response"),
@@ -368,6 +420,13 @@ class Engine:
         )
 
     async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
+        result = await self._answer(request, key)
+        if result is not _SKIPPED:
+            assert isinstance(result, Result)
+            self._count(result)
+        return result
+
+    async def _answer(self, request: Request, key: str) -> Result | _Skipped:
         mode = self.options.cache_mode
         pending = self._in_flight.get(key)
         if pending is not None:
@@ -379,7 +438,7 @@ class Engine:
                 # The identical call failed after its retries: so would this one.
                 assert isinstance(failure, CallError)
                 self.stats.coalesced += 1
-                return self._error(request, key, failure, 0)
+                return self._error(request, key, failure, 0, hit="duplicate")
             # The other call never ran (the run is stopping): fall through and decide afresh.
         if self.cache is not None and (mode == "normal" or (mode == "refresh" and key in self._refreshed)):
             # The chunk lookup may be stale: an identical call can have finished since.
@@ -404,7 +463,7 @@ class Engine:
     async def _call(self, request: Request, key: str, future: asyncio.Future[dict[str, Any]]) -> Result | _Skipped:
         assert self.provider is not None, "a run with cache misses needs a provider"
         attempts = 0
-        retrying = self.options.retry.retrying(sleep=self._sleep, on_retry=self._on_retry)
+        retrying = self.options.retry.retrying(sleep=self._sleep, on_retry=lambda state: self._on_retry(request, state))
         counted = False
         try:
             async for attempt in retrying:
@@ -413,61 +472,57 @@ class Engine:
                     # and the rerun picks this line up.
                     if self._stopping:
                         return _SKIPPED
-                    async with self._semaphore:
-                        if self._stopping:
-                            return _SKIPPED
-                        ready = self.provider.prepare(request)
-                        if ready is not None:
-                            await ready
-                        budget = self.governor.budget(request.model_ref)
-                        estimate_in, estimate_out = estimate_split(
-                            request.messages, request.params, budget.avg_completion
-                        )
-                        estimate = estimate_in + estimate_out
-                        if not await self.governor.acquire(request.model_ref, estimate):
+                    ready = self.provider.prepare(request)
+                    if ready is not None:
+                        await ready
+                    budget = self.governor.budget(request.model_ref)
+                    self._publish_pace()  # a configured pace shows before the first call waits for it
+                    estimate_in, estimate_out = estimate_split(request.messages, request.params, budget.avg_completion)
+                    reserved = await self._reserve_budget(request, estimate_in, estimate_out)
+                    if reserved is None:
+                        return _SKIPPED  # the budget is spent (or the run stopped): the rerun picks it up
+                    try:
+                        # The model's pace first, then a slot of --concurrency: a call waiting for
+                        # a slowly paced model must not hold a slot another model could use.
+                        if not await self.governor.acquire(request.model_ref, estimate_in + estimate_out):
                             return _SKIPPED  # stopped while waiting for the pace
-                        if not self._within_budget(request, estimate_in, estimate_out):
-                            await self.governor.unused(request.model_ref)
-                            return _SKIPPED  # the budget is spent: the rerun picks this line up
-                        if not counted and (entry := self._stored_meanwhile(key)) is not None:
-                            # Another run sharing the cache answered it while we waited our turn.
-                            await self.governor.unused(request.model_ref)
-                            future.set_result(entry)
-                            return self._hit(request, key, entry)
-                        if not counted:
-                            self.stats.calls += 1
-                            counted = True
-                        attempts += 1
-                        reply = await self._attempt(request, estimate)
-                        # A 200 that is not an answer fails this attempt (retried when transient);
-                        # an answer is made safe to keep before anything else sees it.
-                        failure = answers.problem(reply.response)
-                        if failure is not None:
-                            raise failure
-                        response = answers.keepable(reply.response, self._secrets())
+                        async with self._semaphore:
+                            if self._stopping:
+                                await self.governor.unused(request.model_ref)
+                                return _SKIPPED
+                            if not counted and (entry := self._stored_meanwhile(key)) is not None:
+                                # Another run sharing the cache answered it while we waited our turn.
+                                await self.governor.unused(request.model_ref)
+                                future.set_result(entry)
+                                return self._hit(request, key, entry)
+                            if not counted:
+                                self.stats.calls += 1
+                                counted = True
+                            attempts += 1
+                            reply, cost = await self._attempt(request, estimate_in + estimate_out)
+                    finally:
+                        self._settle_budget(reserved)
+                    # A 200 that is not an answer fails this attempt (retried when transient); an
+                    # answer is made safe to keep before anything else sees it.
+                    failure = answers.problem(reply.response)
+                    if failure is not None:
+                        raise failure
+                    response = answers.keepable(reply.response, self._secrets())
         except CallError as exc:
             future.set_exception(exc)
+            self._event(_line_event("error", request, exc, attempt=attempts))
             if exc.kind == "fatal":
-                self.stop(f"{exc.message}", fatal=True)
+                self.stop(exc.message, StopReason.FATAL)
             return self._error(request, key, exc, attempts)
 
         usage = response.get("usage")
-        prompt_tokens, completion_tokens = _usage_tokens(usage)
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
         latency_ms = round(reply.latency_s * 1000, 1)
-        cost = call_cost(request.provider, request.model, usage)
-        if cost is None:
-            self.stats.unpriced_calls += 1
-            self.stats.unpriced_models.add(request.model_ref)
-        else:
-            self.stats.spent_usd += cost
         entry = {
             "key": key,
             "stored_at": self.wall_clock(),
             "provider": request.provider,
             "model": request.model,
-            "endpoint": self._endpoint(request),
+            "endpoint": self.destination.key_endpoint(request.provider),
             "usage": usage,
             "latency_ms": latency_ms,
             "cost_usd": cost,
@@ -475,9 +530,9 @@ class Engine:
         }
         # Paid for: into the cache before anything else happens with it.
         if self.cache is not None and answers.cacheable(response):
-            failed = await self._store(key, entry, self.options.tag_prefix + request.model_ref)
+            failed = await self._store(key, entry, self.destination.tag_prefix + request.model_ref)
             if failed is not None:
-                self.stop(f"{failed} — stopping so that no more answers are paid for and lost", fatal=True)
+                self.stop(f"{failed} — stopping so that no more answers are paid for and lost", StopReason.FATAL)
             if self.options.cache_mode == "refresh":
                 self._refreshed.add(key)
         future.set_result(entry)
@@ -538,26 +593,47 @@ class Engine:
             return None
         return self.cache.get(key)
 
-    def _within_budget(self, request: Request, input_tokens: int, output_tokens: int) -> bool:
-        """--max-cost: start a call only if, at its estimate, it cannot take spending past the
-        budget, counting the calls in flight at theirs. Otherwise the run stops here."""
+    # -- --max-cost ---------------------------------------------------------------------------
+
+    async def _reserve_budget(self, request: Request, input_tokens: int, output_tokens: int) -> float | None:
+        """--max-cost: reserve this call's estimated cost, so that no call starts that could take
+        spending past the budget, counting every call in flight at its estimate. Near the budget,
+        fewer calls run at once: a call that does not fit waits for one in flight to finish. Only
+        when it cannot fit even with nothing in flight does the run stop. The amount reserved
+        (0.0 without a budget), or None when the call must not start."""
         limit = self.options.max_cost_usd
         if limit is None:
-            return True
+            return 0.0
         estimate = estimate_cost(request.provider, request.model, input_tokens, output_tokens)
         if estimate is None:
-            self.stop(f"no price known for {request.model_ref}: --max-cost cannot be kept", fatal=True)
-            return False
-        if self.stats.spent_usd + self._committed_usd + estimate > limit:
-            self.stats.budget_reached = True
-            self.stop(f"the budget of ${limit:g} is reached (${self.stats.spent_usd:.4f} spent)")
-            return False
+            self.stop(f"no price known for {request.model_ref}: --max-cost cannot be kept", StopReason.FATAL)
+            return None
+        while self.stats.spent_usd + self._committed_usd + estimate > limit:
+            if self._stopping:
+                return None
+            if self._committed_usd <= 0:
+                self.stop(
+                    f"the budget of {format_usd(limit)} is reached ({format_usd(self.stats.spent_usd)} spent; the "
+                    f"next call would cost about {format_usd(estimate)})",
+                    StopReason.BUDGET,
+                )
+                return None
+            self._budget_freed.clear()
+            await self._budget_freed.wait()
         self._committed_usd += estimate
-        self._committed[id(request)] = estimate
-        return True
+        return estimate
 
-    async def _attempt(self, request: Request, estimate: int) -> Reply:
-        """One call, with the governor told how it ended (it paces and backs off from that)."""
+    def _settle_budget(self, reserved: float) -> None:
+        """A call's reservation ends (its real cost, if any, is already in ``spent_usd``)."""
+        if reserved:
+            self._committed_usd = max(0.0, self._committed_usd - reserved)
+            self._budget_freed.set()
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    async def _attempt(self, request: Request, estimate: int) -> tuple[Reply, float | None]:
+        """One call, with the governor told how it ended (it paces and backs off from that), and
+        what it cost, counted in the run's spending as the answer arrives."""
         assert self.provider is not None
         self.stats.in_flight += 1
         try:
@@ -579,16 +655,21 @@ class Engine:
             raise
         finally:
             self.stats.in_flight -= 1
-            self._committed_usd -= self._committed.pop(id(request), 0.0)
             self._publish_pace()
         self._answered = True
         usage = reply.response.get("usage")
         prompt_tokens, completion_tokens = _usage_tokens(usage)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        cost = call_cost(request.provider, request.model, usage)
+        if cost is None:
+            self.stats.unpriced_calls += 1
+            self.stats.unpriced_models.add(request.model_ref)
+        else:
+            self.stats.spent_usd += cost
         # What the call counted against the provider's token limit: OpenAI (and our simulator)
         # count max_tokens when it is set, whatever the answer used.
-        cap = (request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0) * int(
-            request.params.get("n") or 1
-        )
+        cap = request.output_cap or 0
         await self.governor.release(
             request.model_ref,
             status=200,
@@ -597,7 +678,7 @@ class Engine:
             actual_tokens=prompt_tokens + max(completion_tokens, cap) if usage else None,
             completion_tokens=completion_tokens if usage else None,
         )
-        return reply
+        return reply, cost
 
     def _note_unreachable(self, request: Request, exc: CallError) -> None:
         """A server that has never answered and refuses every connection is not coming back in
@@ -609,9 +690,11 @@ class Engine:
             return
         self._unreachable += 1
         if self._unreachable >= max(3, min(self.options.concurrency, 10)):
-            where = self._endpoint(request) or f"the {request.provider} API"
+            where = self.destination.api_base or self.destination.env.get(request.provider)
+            where = where or f"the {request.provider} API"
             self.stop(
-                f"cannot connect to {where} ({self._unreachable} attempts in a row failed): is it running?", fatal=True
+                f"cannot connect to {where} ({self._unreachable} attempts in a row failed): is it running?",
+                StopReason.FATAL,
             )
 
     def _timeout_for(self, request: Request) -> float:
@@ -619,7 +702,7 @@ class Engine:
         up to a ceiling: a hung call must be abandoned some time, and Ctrl-C waits that long at most."""
         if not self.options.timeout_auto:
             return self.options.timeout_s
-        cap = request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0
+        cap = request.output_cap or 0
         return min(self.options.timeout_s + max(0, cap - 1000) / 50, MAX_DERIVED_TIMEOUT_S)
 
     def _publish_pace(self) -> None:
@@ -629,16 +712,26 @@ class Engine:
         self.stats.throttled = self.governor.throttled()
         self.stats.concurrency_limit = sum(int(b.limit) for b in self.governor.budgets.values()) or None
 
-    def _on_retry(self, _state: Any) -> None:
+    def _on_retry(self, request: Request, state: Any) -> None:
         self.stats.retries += 1
+        if self.on_event is not None:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            wait_s = state.next_action.sleep if state.next_action is not None else None
+            event = _line_event("retry", request, failure, attempt=state.attempt_number)
+            self.on_event({**event, "wait_s": None if wait_s is None else round(wait_s, 3)})
 
-    def _error(self, request: Request, key: str, exc: CallError, attempts: int) -> Result:
+    def _event(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _error(self, request: Request, key: str, exc: CallError, attempts: int, *, hit: str | None = None) -> Result:
         return Result(
             line=request.line,
             id=request.id,
             key=key,
             status="error",
-            cached=False,
+            cached=False,  # as it always was for errors; ``hit`` tells a failed duplicate apart
+            hit=hit,
             model=request.model_ref,
             metadata=request.metadata,
             attempts=attempts,
@@ -646,21 +739,19 @@ class Engine:
         )
 
 
+def _line_event(kind: str, request: Request, failure: BaseException | None, *, attempt: int) -> dict[str, Any]:
+    error = failure.to_dict() if isinstance(failure, CallError) else {"type": type(failure).__name__}
+    return {
+        "event": kind,
+        "line": request.line,
+        "id": request.id,
+        "model": request.model_ref,
+        "attempt": attempt,
+        **error,
+    }
+
+
 def _consume_exception(future: asyncio.Future[Any]) -> None:
     # A failed call's future may have no waiter; reading the exception keeps asyncio quiet.
     if not future.cancelled():
         future.exception()
-
-
-async def run_batch(
-    requests: Iterable[Request],
-    *,
-    provider: Provider | None,
-    cache: ResponseCache | None,
-    sink: Callable[[Result], None],
-    options: RunOptions = RunOptions(),
-    stats: RunStats | None = None,
-) -> RunStats:
-    """Run ``requests`` to completion; the simplest way to use the engine as a library."""
-    engine = Engine(provider=provider, cache=cache, options=options, sink=sink, stats=stats)
-    return await engine.run(requests)

@@ -22,6 +22,7 @@ __all__ = [
     "LlmbatchError",
     "OutputError",
     "UsageError",
+    "printable",
 ]
 
 EXIT_OK = 0
@@ -75,3 +76,17 @@ class CacheError(LlmbatchError):
     """The cache directory cannot be created, opened or written."""
 
     exit_code = EXIT_USAGE
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal, on one line: control characters (escape sequences,
+    carriage returns, newlines) from input files or providers' error messages are shown as
+    ``\\xNN`` instead of being obeyed, so they can neither retitle the window nor clear the screen."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from llmbatch.prompts import output_cap
+
 if TYPE_CHECKING:
     from pyrate_limiter import StateBucket
 
@@ -167,11 +169,12 @@ def estimate_split(
     messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None
 ) -> tuple[int, int]:
     """``(input, output)`` tokens a request will cost before we know: about 4 characters a token
-    for the prompt; the completion's cap (or the average completion seen so far) times ``n``."""
+    for the prompt; the completion's cap (or the average completion seen so far, times ``n``)."""
     prompt = sum(_text_chars(m.get("content")) for m in messages) // 4 + 4 * len(messages)
-    cap = params.get("max_completion_tokens") or params.get("max_tokens")
-    completion = cap if cap is not None else (avg_completion or DEFAULT_COMPLETION_TOKENS)
-    return int(prompt), int(completion * int(params.get("n") or 1))
+    cap = output_cap(params)
+    if cap is None:
+        cap = int((avg_completion or DEFAULT_COMPLETION_TOKENS) * int(params.get("n") or 1))
+    return int(prompt), cap
 
 
 def estimate_tokens(messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None) -> int:

@@ -11,11 +11,12 @@ genai-prices is imported on first use: a run that prices nothing does not pay fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["PROVIDER_IDS", "call_cost", "estimate_cost", "is_priced", "usage_tokens"]
+__all__ = ["PROVIDER_IDS", "call_cost", "estimate_cost", "format_usd", "is_priced", "usage_tokens"]
 
 #: any-llm provider names that genai-prices spells differently. Providers that run models on your
 #: own machine (ollama, vllm, lmstudio, llamafile, llamacpp) have no price: their cost is unknown.
@@ -84,3 +85,21 @@ def estimate_cost(
         return None
     price = _price(provider, model, input_tokens, output_tokens, 0)
     return None if price is None else price * multiplier
+
+
+def format_usd(amount: float | None) -> str:
+    """Dollars for people: ``$12.35``, ``$0.0150``, ``$0.000085``. Never ``$0.0000`` for an amount
+    that is not zero (a small batch of a cheap model costs fractions of a cent), never scientific
+    notation; ``unknown`` for None (an unknown price is not 0)."""
+    if amount is None:
+        return "unknown"
+    if amount == 0:
+        return "$0.00"
+    size = abs(amount)
+    if size >= 10:
+        return f"${amount:,.2f}"
+    if size >= 0.01:
+        return f"${amount:,.4f}"
+    decimals = 2 - math.floor(math.log10(size))  # three significant digits
+    text = f"{amount:.{decimals}f}".rstrip("0")
+    return f"${text}"

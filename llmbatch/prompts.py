@@ -23,7 +23,7 @@ import heapq
 import re
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +44,7 @@ __all__ = [
     "count_lines_before",
     "iter_raw_lines",
     "line_start_near",
+    "output_cap",
     "parse_line",
     "read_requests",
     "validate_file",
@@ -71,6 +72,17 @@ class Request:
     def model_ref(self) -> str:
         """``provider:model``, as the user writes it."""
         return f"{self.provider}:{self.model}"
+
+    @property
+    def output_cap(self) -> int | None:
+        """The most output tokens the answer can have, or None when the request sets no cap."""
+        return output_cap(self.params)
+
+
+def output_cap(params: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` (else ``max_tokens``) times ``n``; None when neither is set."""
+    cap = params.get("max_completion_tokens") or params.get("max_tokens")
+    return None if cap is None else int(cap) * int(params.get("n") or 1)
 
 
 #: A line larger than this is refused by default (``--max-line-size``): what no provider takes in one

@@ -26,13 +26,22 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from llmbatch.prompts import Request
 
-__all__ = ["ENV_API_BASE", "AnyLLMProvider", "CallError", "Reply", "env_endpoints", "parse_retry_after", "redact"]
+__all__ = [
+    "ENV_API_BASE",
+    "AnyLLMProvider",
+    "CallError",
+    "Destination",
+    "Reply",
+    "env_endpoints",
+    "parse_retry_after",
+    "redact",
+]
 
 Kind = Literal["retryable", "permanent", "fatal"]
 
@@ -310,6 +319,48 @@ def _attach_header_hook(client: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    """Where calls go, and so the endpoint their keys record.
+
+    One value, handed to the provider that sends the calls (:class:`AnyLLMProvider`,
+    ``workers.WorkerPool``) and read back from it by whatever computes keys: the base URL that
+    enters a key is the one the calls really go to, so a local server's answers can never be filed
+    under a real provider's keys. ``api_base``: every call goes there. ``namespace``: recorded
+    instead of any URL (the simulator's answers get their own, whatever port it has). ``env``: per
+    provider, the base URL its environment variable sends calls to (``OPENAI_BASE_URL``, ...).
+    """
+
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    force_provider: str | None = None
+    namespace: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        force_provider: str | None = None,
+        namespace: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Destination:
+        """A destination, with the environment's base URLs read now (they are read once per run)."""
+        env = env_endpoints(os.environ if environ is None else environ) if api_base is None else {}
+        return cls(api_base, api_key, force_provider, namespace, env)
+
+    def key_endpoint(self, provider: str) -> str | None:
+        """The endpoint recorded in the key of a request to ``provider``."""
+        return self.namespace or self.api_base or self.env.get(provider)
+
+    @property
+    def tag_prefix(self) -> str:
+        """Prefix of each entry's ``provider:model`` tag: simulated answers are listed apart."""
+        return "simulated/" if self.namespace is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """Where a request goes: the any-llm provider name and base URL actually used."""
 
@@ -320,25 +371,31 @@ class Route:
 class AnyLLMProvider:
     """Completes requests through any-llm, one client per (provider, base URL).
 
-    ``force_provider``/``api_base``/``api_key`` redirect every call (``--simulate`` sends all of
-    them to the simulator through the OpenAI provider, whatever provider the line names).
+    Built from a :class:`Destination` (or its parts as keywords): ``force_provider``/``api_base``/
+    ``api_key`` redirect every call (``--simulate`` sends all of them to the simulator through the
+    OpenAI provider, whatever provider the line names). ``destination`` says what keys record.
     """
 
     def __init__(
         self,
+        destination: Destination | None = None,
         *,
         api_base: str | None = None,
         api_key: str | None = None,
         force_provider: str | None = None,
     ) -> None:
-        self._api_base = api_base
-        self._api_key = api_key
-        self._force_provider = force_provider
+        if destination is None:
+            destination = Destination.of(api_base=api_base, api_key=api_key, force_provider=force_provider)
+        elif api_base is not None or api_key is not None or force_provider is not None:
+            raise TypeError("give a Destination or its parts, not both")
+        self.destination = destination
+        self.lost = 0  # no worker processes here to lose (the Provider protocol asks)
         self._clients: dict[Route, Any] = {}
-        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s and s not in PLACEHOLDER_KEYS)
+        key = destination.api_key
+        self._secrets: tuple[str, ...] = (key,) if key and key not in PLACEHOLDER_KEYS else ()
 
     def route(self, request: Request) -> Route:
-        return Route(self._force_provider or request.provider, self._api_base)
+        return Route(self.destination.force_provider or request.provider, self.destination.api_base)
 
     def _client(self, route: Route) -> Any:
         client = self._clients.get(route)
@@ -347,7 +404,7 @@ class AnyLLMProvider:
         from any_llm import AnyLLM
         from any_llm.exceptions import AnyLLMError, UnsupportedParameterError
 
-        api_key = self._api_key
+        api_key = self.destination.api_key
         if api_key is None and route.api_base is not None:
             # Local OpenAI-compatible servers (vLLM, LM Studio, Ollama) usually need no key, but
             # the SDK insists on one: give a placeholder unless the environment has a real key.

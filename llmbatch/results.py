@@ -56,10 +56,22 @@ class Result:
     attempts: int = 0
     error: dict[str, Any] | None = None
     cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
+    hit: str | None = None  # "exact" (from the cache), "duplicate" (shared a call in flight), or None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def content(self) -> str | None:
+        """The first choice's text, or None."""
+        return first_choice(self.response)[0]
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut off at ``max_tokens`` (some choice ended with ``length``)."""
+        choices = (self.response or {}).get("choices") or []
+        return any(isinstance(c, dict) and c.get("finish_reason") == "length" for c in choices)
 
     def to_dict(self) -> dict[str, Any]:
         content, finish_reason = first_choice(self.response)
@@ -68,8 +80,10 @@ class Result:
             "line": self.line,
             "status": self.status,
             "cached": self.cached,
+            "hit": self.hit,
             "content": content,
             "finish_reason": finish_reason,
+            "truncated": self.truncated,
             "model": self.model,
             "usage": self.usage,
             "latency_ms": self.latency_ms,

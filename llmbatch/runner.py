@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -33,6 +33,7 @@ from llmbatch.prompts import (
     line_start_near,
     read_requests,
 )
+from llmbatch.provider import SIMULATOR_KEY, CallError, Destination
 from llmbatch.results import Result, ResultWriter, append_or_undo, encode
 
 __all__ = [
@@ -42,9 +43,9 @@ __all__ = [
     "RunConfig",
     "RunOutcome",
     "execute",
-    "keyed_options",
     "open_input",
     "plan",
+    "start",
     "validate",
 ]
 
@@ -92,6 +93,18 @@ class RunConfig:
     cache_eviction: str | None = None
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
+    #: Where the calls go, and so what the keys record; made from the fields above when not given.
+    destination: Destination = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.destination is None:
+            # Once per run: the environment's base URLs are read now, for every key of the run.
+            if self.simulate:
+                self.destination = Destination.of(
+                    api_key=SIMULATOR_KEY, force_provider="openai", namespace=SIMULATOR_ENDPOINT
+                )
+            else:
+                self.destination = Destination.of(api_base=self.api_base)
 
 
 @dataclass
@@ -174,7 +187,12 @@ class HitPrefix:
                     self._open = False  # nowhere to keep them: the run answers these lines itself
                     return None
         engine = Engine(
-            provider=None, cache=self.cache, options=keyed_options(config), sink=self._write, stats=self._stats
+            provider=None,
+            cache=self.cache,
+            options=config.options,
+            sink=self._write,
+            stats=self._stats,
+            destination=config.destination,
         )
         self._stats.started_at = engine.clock()
         return engine
@@ -518,61 +536,114 @@ def _second_half(
             prefix.close()
 
 
+@dataclass
+class Started:
+    """What a run holds once :func:`start` has prepared it: close it with :meth:`close` (or let
+    :func:`execute` do it)."""
+
+    provider: Any
+    cache: ResponseCache | None
+    writer: ResultWriter
+    simulator: Any = None
+
+    async def close(self, complete: bool = False) -> Path | None:
+        """Finish the results file (renamed into place if ``complete``), close everything."""
+        try:
+            await self.provider.aclose()
+        finally:
+            where = self.writer.finish(complete)
+            if self.simulator is not None:
+                await self.simulator.stop()
+            if self.cache is not None:
+                self.cache.close()
+        return where
+
+
+async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix: HitPrefix | None = None) -> Started:
+    """Everything a run needs before its first call, checked before anything is shown or written:
+    the cache, the simulator, and a client for each provider the lines still to answer use
+    (``models``: their ``provider:model``), so that a missing API key, an unknown provider or a
+    missing extra is one clear :class:`UsageError`, not a failure mid-run. Then the results file.
+    Nothing is sent."""
+    options = config.options
+    cache = prefix.cache if prefix is not None and prefix.cache is not None else None
+    simulator = None
+    provider = None
+    try:
+        if cache is None and options.cache_mode != "off":
+            cache = _open_cache(config)
+        destination = config.destination
+        if config.simulate:
+            from llmbatch.simulator import SimConfig, Simulator
+
+            simulator = Simulator(config.sim_config or SimConfig())
+            destination = replace(destination, api_base=await simulator.start())
+        provider = _provider(_workers(config, _left(stats, prefix)), destination)
+        if options.cache_mode != "only" and _left(stats, prefix) > 0:
+            await _prepare_providers(provider, models)
+        writer = prefix.results_writer(config.output) if prefix is not None else ResultWriter(config.output).open()
+    except BaseException:
+        if provider is not None:
+            await provider.aclose()
+        if simulator is not None:
+            await simulator.stop()
+        if cache is not None and (prefix is None or cache is not prefix.cache):
+            cache.close()
+        raise
+    if prefix is not None:
+        prefix.cache = None  # the run owns it now
+    return Started(provider, cache, writer, simulator)
+
+
+async def _prepare_providers(provider: Any, models: set[str]) -> None:
+    """A client for each provider (nothing is sent): its failure is the run's usage error."""
+    for name in sorted({model.split(":", 1)[0] for model in models}):
+        probe = Request(line=0, id=0, provider=name, model=models_of(models, name), messages=[])
+        try:
+            ready = provider.prepare(probe)
+            if ready is not None:
+                await ready
+        except CallError as exc:
+            raise UsageError(exc.message) from None
+
+
+def models_of(models: set[str], provider: str) -> str:
+    return next(m.split(":", 1)[1] for m in sorted(models) if m.split(":", 1)[0] == provider)
+
+
 async def execute(
     config: RunConfig,
     stats: RunStats,
+    started: Started,
     *,
     on_engine: Callable[[Engine], None] | None = None,
     prefix: HitPrefix | None = None,
 ) -> RunOutcome:
     """Run the validated input to the end (or to a stop) and finish the results file;
     ``prefix``: the leading hits :func:`validate` already answered."""
-    options = config.options
-    if prefix is not None and prefix.cache is not None:
-        cache: ResponseCache | None = prefix.cache
-    else:
-        cache = _open_cache(config) if options.cache_mode != "off" else None
-    writer = prefix.results_writer(config.output) if prefix is not None else ResultWriter(config.output).open()
-    simulator = None
+    provider, writer = started.provider, started.writer
     try:
-        if config.simulate:
-            from llmbatch.simulator import SimConfig, Simulator
-
-            simulator = Simulator(config.sim_config or SimConfig())
-            base_url = await simulator.start()
-            provider = _provider(
-                _workers(config, _left(stats, prefix)),
-                api_base=base_url,
-                api_key="llmbatch-simulator",
-                force_provider="openai",
-            )
-        else:
-            provider = _provider(_workers(config, _left(stats, prefix)), api_base=config.api_base)
-        options = keyed_options(config)
         engine = Engine(
-            provider=provider, cache=cache, options=options, sink=writer.write, flush=writer.flush, stats=stats
+            provider=provider,
+            cache=started.cache,
+            options=config.options,
+            sink=writer.write,
+            flush=writer.flush,
+            stats=stats,
         )
         if on_engine is not None:
             on_engine(engine)
-        try:
-            requests = read_requests(
-                config.input.path,
-                effective_defaults(config),
-                source=config.input.source,
-                start_line=prefix.resume_line if prefix is not None else 1,
-            )
-            await engine.run(requests)
-        finally:
-            await provider.aclose()
-            stats.workers_lost = getattr(provider, "lost", 0)
+        requests = read_requests(
+            config.input.path,
+            effective_defaults(config),
+            source=config.input.source,
+            start_line=prefix.resume_line if prefix is not None else 1,
+        )
+        await engine.run(requests)
     finally:
-        complete = stats.complete
-        where = writer.finish(complete)
-        if simulator is not None:
-            await simulator.stop()
-        if cache is not None:
-            cache.close()
-    return RunOutcome(stats=stats, results_at=str(where) if where is not None else "stdout", complete=complete)
+        stats.workers_lost = provider.lost
+        where = await started.close(stats.complete)
+    return RunOutcome(stats=stats, results_at=str(where) if where is not None else "stdout", complete=stats.complete)
 
 
 def _open_cache(config: RunConfig) -> ResponseCache:
@@ -583,14 +654,14 @@ def _open_cache(config: RunConfig) -> ResponseCache:
     )
 
 
-def _provider(workers: int, **kwargs: Any) -> Any:
+def _provider(workers: int, destination: Destination) -> Any:
     if workers > 0:
         from llmbatch.workers import WorkerPool
 
-        return WorkerPool(workers, **kwargs)
+        return WorkerPool(workers, destination)
     from llmbatch.provider import AnyLLMProvider
 
-    return AnyLLMProvider(**kwargs)
+    return AnyLLMProvider(destination)
 
 
 def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
@@ -609,12 +680,6 @@ def _workers(config: RunConfig, requests: int) -> int:
 def _cpus() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _replace(options: RunOptions, **changes: Any) -> RunOptions:
-    from dataclasses import replace
-
-    return replace(options, **changes)
 
 
 @dataclass
@@ -645,19 +710,6 @@ class Plan:
         }
 
 
-def keyed_options(config: RunConfig) -> RunOptions:
-    """The run's options with what goes into every key: the simulator's namespace, ``--api-base``,
-    or the base URL each provider's environment variable sends its calls to. Run and plan share it,
-    so a plan predicts exactly the hits a run will have."""
-    if config.simulate:
-        return _replace(config.options, endpoint=SIMULATOR_ENDPOINT, tag_prefix="simulated/")
-    if config.api_base:
-        return _replace(config.options, endpoint=config.api_base)
-    from llmbatch.provider import env_endpoints
-
-    return _replace(config.options, provider_endpoints=env_endpoints(os.environ))
-
-
 def plan(config: RunConfig) -> Plan:
     """Count hits, duplicates and the calls a run would make, and estimate their tokens and cost,
     without calling anyone. Output tokens: ``max_tokens`` where set, else the average completion
@@ -668,7 +720,8 @@ def plan(config: RunConfig) -> Plan:
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
     from llmbatch.pricing import estimate_cost, usage_tokens
 
-    options = keyed_options(config)
+    options = config.options
+    destination = config.destination
 
     cache = None
     directory = config.cache_dir or default_cache_dir()
@@ -682,7 +735,7 @@ def plan(config: RunConfig) -> Plan:
     try:
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         while chunk := list(islice(requests, LOOKUP_CHUNK)):
-            keyed = [(r, request_key(r, options.endpoint_for(r.provider))) for r in chunk]
+            keyed = [(r, request_key(r, destination.key_endpoint(r.provider))) for r in chunk]
             found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
             for request, key in keyed:
                 result.prompts += 1
@@ -701,12 +754,11 @@ def plan(config: RunConfig) -> Plan:
                 result.calls += 1
                 prompt, _ = estimate_split(request.messages, request.params, None)
                 acc[0] += prompt
-                cap = request.params.get("max_completion_tokens") or request.params.get("max_tokens")
-                n = int(request.params.get("n") or 1)
-                if cap:
-                    acc[1] += cap * n
+                cap = request.output_cap
+                if cap is not None:
+                    acc[1] += cap
                 else:
-                    acc[2] += n
+                    acc[2] += int(request.params.get("n") or 1)
     finally:
         if cache is not None:
             cache.close()

@@ -35,7 +35,7 @@ import orjson
 
 from llmbatch.answers import keepable
 from llmbatch.prompts import Request
-from llmbatch.provider import AnyLLMProvider, CallError, Reply, redact
+from llmbatch.provider import PLACEHOLDER_KEYS, AnyLLMProvider, CallError, Destination, Reply, redact
 
 __all__ = ["WorkerPool", "auto_workers"]
 
@@ -90,19 +90,19 @@ class WorkerPool:
     none, and never imports the provider SDKs).
     """
 
-    def __init__(
-        self,
-        count: int,
-        *,
-        api_base: str | None = None,
-        api_key: str | None = None,
-        force_provider: str | None = None,
-    ) -> None:
+    def __init__(self, count: int, destination: Destination) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
         self._count = count
-        self._init = {"op": "init", "api_base": api_base, "api_key": api_key, "force_provider": force_provider}
-        self._secrets: tuple[str, ...] = tuple(s for s in (api_key,) if s)
+        self.destination = destination
+        self._init = {
+            "op": "init",
+            "api_base": destination.api_base,
+            "api_key": destination.api_key,
+            "force_provider": destination.force_provider,
+        }
+        key = destination.api_key
+        self._secrets: tuple[str, ...] = (key,) if key and key not in PLACEHOLDER_KEYS else ()
         self._workers: list[_Worker] = []
         self._starting: asyncio.Task[None] | None = None
         self._prepared: dict[str, CallError | None] = {}
@@ -320,7 +320,9 @@ async def _serve() -> None:
     os.dup2(2, 1)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, protocol_out)
     init = orjson.loads(await reader.readline())
-    provider = AnyLLMProvider(api_base=init["api_base"], api_key=init["api_key"], force_provider=init["force_provider"])
+    provider = AnyLLMProvider(
+        Destination.of(api_base=init["api_base"], api_key=init["api_key"], force_provider=init["force_provider"])
+    )
     tasks: set[asyncio.Task[None]] = set()
 
     def answer(call_id: int, body: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ stop llmbatch from forking. Whether the child ran is observed on ``Forked.result
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +42,9 @@ def run(*args: str, env: dict[str, str]):
 
 
 def calls_made(stderr: str) -> int:
-    [line] = [line for line in stderr.splitlines() if "calls made" in line]
-    return int(line.split()[-1].replace(",", ""))
+    """From the one summary line of a quiet run: "..., 12 calls, ..."."""
+    [line] = [line for line in stderr.splitlines() if line.startswith("llmbatch: ") and " calls, " in line]
+    return int(re.search(r"([\d,]+) calls, ", line).group(1).replace(",", ""))
 
 
 @pytest.fixture

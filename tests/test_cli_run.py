@@ -5,9 +5,10 @@ what was paid for."""
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
 
@@ -333,13 +334,46 @@ def test_a_base_url_from_the_environment_is_part_of_the_key(tmp_path, simulator,
     assert first.stats()["requests_received"] == 3  # the same server, spelled with a slash: hits
 
 
-def test_a_missing_api_key_stops_the_run_before_anything_is_sent(tmp_path, env):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_missing_api_key_is_one_usage_error_before_anything_is_shown_or_written(tmp_path, env, workers):
+    # Each provider the file uses is prepared before the display starts and before a results file
+    # exists: a missing key is one line and exit 2, with no summary and no .partial.
     path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
-    result = run_cli(["run", str(path), "--model", "openai:gpt-4o-mini"], env={**env, "OPENAI_API_KEY": ""})
-    assert result.exit_code == 1
-    assert result.stderr.count("no API key for openai: set OPENAI_API_KEY") == 1
-    assert re.search(r"calls made\s+0 *\n", result.stderr)  # nothing was sent, so nothing is counted
-    assert not (tmp_path / "p.results.jsonl").exists()
+    args = ["run", str(path), "--model", "openai:gpt-4o-mini", "--workers", workers]
+    result = run_cli(args, env={**env, "OPENAI_API_KEY": ""})
+    assert result.exit_code == 2
+    assert result.stderr == "llmbatch: error: no API key for openai: set OPENAI_API_KEY\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.jsonl"]  # no results, no .partial
+
+
+def test_an_unknown_provider_is_one_usage_error_before_anything_is_shown_or_written(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    result = run_cli(["run", str(path), "-m", "foo:bar"], env=env)
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("llmbatch: error: cannot use provider 'foo'")
+    assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_a_missing_key_after_a_cached_prefix_leaves_no_partial_behind(tmp_path, env, sim):
+    # The leading hits are answered while the input is checked (into a new .partial); a provider
+    # that cannot be prepared afterwards must take that file away again.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    assert run_cli(["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url], env=env).exit_code == 0
+    (tmp_path / "p.results.jsonl").unlink()
+    write_jsonl(path, prompts(5))
+    result = run_cli(["run", str(path), "-m", "openai:gpt-4o-mini"], env={**env, "OPENAI_API_KEY": ""})
+    assert result.exit_code == 2
+    assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_a_fully_cached_rerun_needs_no_api_key(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    assert run_cli(["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url], env=env).exit_code == 0
+    again = run_cli(
+        ["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url], env={**env, "OPENAI_API_KEY": ""}
+    )
+    assert again.exit_code == 0, again.stderr
 
 
 def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):

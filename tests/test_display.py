@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 from llmbatch.display import Display, Summary, choose_mode, format_duration
@@ -12,7 +13,9 @@ from llmbatch.engine import RunStats
 def busy_stats() -> RunStats:
     return RunStats(
         total=100,
+        read=60,
         done=40,
+        written=40,
         ok=39,
         errors=1,
         hits=25,
@@ -62,13 +65,21 @@ def test_the_live_view_shows_every_counter():
         assert word in text, word
 
 
-def test_quiet_shows_nothing_until_the_summary():
+def test_quiet_shows_nothing_until_one_summary_line():
     stream = io.StringIO()
     stats = busy_stats()
     with Display(stats, mode="quiet", stream=stream, plain_every_s=0.01):
         time.sleep(0.05)
     assert stream.getvalue() == ""
     Display(stats, mode="quiet", stream=stream).summary(Summary(results="out.jsonl", complete=True))
+    [line] = stream.getvalue().splitlines()
+    assert line.startswith("llmbatch: 100 prompts, 39 ok, 1 errors, 25 from cache, 15 calls, spent $0.00, ")
+    assert line.endswith("s, results: out.jsonl")
+
+
+def test_the_summary_table_lists_every_counter():
+    stream = io.StringIO()
+    Display(busy_stats(), mode="plain", stream=stream).summary(Summary(results="out.jsonl", complete=True))
     text = stream.getvalue()
     for label in (
         "prompts",
@@ -83,6 +94,47 @@ def test_quiet_shows_nothing_until_the_summary():
         "out.jsonl",
     ):
         assert label in text, label
+
+
+def test_progress_counts_lines_as_they_are_answered_and_shows_the_order_apart():
+    # One early line retrying held the written count at 0 while 286 of 300 were answered: the
+    # display must say 286 done, not 0 %, and that the file waits for the order.
+    stats = RunStats(total=300, read=300, done=286, written=0, hits=0, calls=286, started_at=time.monotonic() - 10)
+    stream = io.StringIO()
+    display = Display(stats, mode="live", stream=stream)
+    display.console.print(display._live_view())
+    text = stream.getvalue()
+    assert "286/300" in text and "95%" in text and "(0 written in order)" in text
+
+
+def test_the_eta_comes_from_the_calls_left_and_the_call_rate_not_from_hits():
+    from llmbatch.display import _Rate, _snapshot, calls_left
+
+    # 294 hits answered at once, 66 calls to make, 6 answered so far at 3 a second.
+    stats = RunStats(total=360, read=360, done=300, hits=294, calls=12, started_at=time.monotonic() - 2)
+    assert calls_left(stats) == 60
+    rate = _Rate()
+    now = time.monotonic()
+    _snapshot(RunStats(total=360, read=360, done=297, hits=294, calls=12, started_at=now - 2), rate, now - 1)
+    snap = _snapshot(stats, rate, now)
+    assert snap["eta"] == 20.0  # 60 calls left at 3 answered a second; hits never count
+
+
+def test_simulated_money_is_labelled_as_what_it_would_have_cost():
+    stream = io.StringIO()
+    stats = RunStats(total=2, done=2, ok=2, calls=2, spent_usd=0.00015)
+    Display(stats, mode="plain", stream=stream, simulated=True).summary(Summary(results="r", complete=True))
+    assert re.search(r"would have cost \(simulated\)\s+\$0.00015", stream.getvalue())
+    assert "spent this run" not in stream.getvalue()
+
+
+def test_control_characters_from_providers_are_shown_not_obeyed():
+    stream = io.StringIO()
+    stats = RunStats(total=1, done=1, stopped="evil \x1b]0;pwned\x07 \x1b[2J text")
+    Display(stats, mode="plain", stream=stream).summary(Summary(results="r", complete=False))
+    text = stream.getvalue()
+    assert "\x1b" not in text
+    assert "evil \\x1b]0;pwned\\x07 \\x1b[2J text" in text
 
 
 def test_mode_follows_the_terminal():

@@ -7,6 +7,7 @@ import json
 
 from genai_prices import Usage, calc_price
 
+from llmbatch.pricing import format_usd
 from tests.support import prompts, read_results, run_cli, write_jsonl
 
 
@@ -27,14 +28,14 @@ def test_each_line_costs_what_genai_prices_says_and_a_hit_what_it_cost_when_paid
     for row in paid:
         assert row["cost_usd"] == genai_price(row["usage"]) and row["cost_usd"] > 0
     spent = sum(row["cost_usd"] for row in paid)
-    assert f"${spent:.6f}" in first.stderr  # "spent this run"
+    assert format_usd(spent) in first.stderr  # "spent this run"
 
     again = llmbatch("run", str(path))
     hits = read_results(tmp_path / "p.results.jsonl")
     assert [r["cost_usd"] for r in hits] == [r["cost_usd"] for r in paid]
     summary = again.stderr.split("spent this run")[1]
-    assert summary.splitlines()[0].strip() == "$0.000000"
-    assert f"${spent:.6f}" in summary.split("saved by the cache")[1].splitlines()[0]
+    assert summary.splitlines()[0].strip() == "$0.00"
+    assert format_usd(spent) in summary.split("saved by the cache")[1].splitlines()[0]
 
 
 def test_cache_stats_show_lifetime_savings_and_the_value_stored(tmp_path, sim, llmbatch, env):

@@ -124,7 +124,7 @@ def test_with_workers_a_missing_api_key_stops_the_run_before_anything_is_sent(tm
         ["run", str(path), "-m", "openai:gpt-4o-mini", "--workers", "2", "-q"], env={**env, "OPENAI_API_KEY": ""}
     )
 
-    assert done.exit_code == 1
+    assert done.exit_code == 2  # found while preparing, before anything is shown or written
     assert_one_clear_error(done.stderr, "no API key for openai: set OPENAI_API_KEY")
 
 
