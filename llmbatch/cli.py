@@ -229,6 +229,10 @@ def run(
             workers=_parse_workers(workers),
             split=True,  # a big input is checked in two halves at once, unless --workers 0
         )
+        if not dry_run:  # results that would destroy something are refused before anything is read or sent
+            from llmbatch.runner import check_output
+
+            check_output(config)
         stats = RunStats()
         # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
         prefix = HitPrefix(config, stats) if not dry_run and mode in ("normal", "only") else None
