@@ -375,6 +375,9 @@ def run(
                 _validate(config, None)
                 _print_plan(config, as_json=as_json)
                 return
+            from llmbatch.runner import check_output
+
+            check_output(config)  # results that would destroy something: refused before anything is read
             _run(
                 config,
                 signals,
@@ -715,7 +718,16 @@ def _tuned_gc() -> Iterator[None]:
 
 
 def _partial_name(out: Path | None) -> str:
-    return "stdout" if out is None else str(out.with_name(out.name + ".partial"))
+    """Where the lines of a run that ended early are: the ``.partial`` file, or the stream itself."""
+    from llmbatch.results import classify_output
+
+    try:
+        target = classify_output(out)
+    except LlmbatchError:
+        target = None
+    if target is None or target.kind == "file":
+        return str(out.with_name(out.name + ".partial")) if out is not None else "stdout"
+    return "stdout" if target.kind == "stdout" else str(out)
 
 
 def _sim_config_for_run() -> Any:

@@ -34,7 +34,7 @@ from llmbatch.prompts import (
     read_requests,
 )
 from llmbatch.provider import SIMULATOR_KEY, CallError, Destination
-from llmbatch.results import Result, ResultWriter, append_or_undo, encode
+from llmbatch.results import Result, ResultWriter, append_or_undo, classify_output, encode
 
 __all__ = [
     "HitPrefix",
@@ -42,6 +42,7 @@ __all__ = [
     "Plan",
     "RunConfig",
     "RunOutcome",
+    "check_output",
     "execute",
     "open_input",
     "plan",
@@ -119,6 +120,67 @@ def default_output(input: Input) -> Path | None:
     if input.temporary:
         return None
     return input.path.with_name(f"{input.path.stem}.results.jsonl")
+
+
+def check_output(config: RunConfig) -> None:
+    """Refuse, before anything is read or sent, results that would destroy something: a
+    :class:`UsageError` (exit 2) naming the file and what to do.
+
+    The results must not be the input file by any of its names: the same path spelled another
+    way, a symbolic or hard link to it (``-o``, or a link planted at the default output's name),
+    the output's ``.partial`` (it is truncated first), or standard output opened on it (``-o - >>
+    p.jsonl``). Then whatever :func:`llmbatch.results.classify_output` refuses (a link we did not
+    make, a device or socket, a read-only results file). A dry run writes nothing: not needed."""
+    output, source = config.output, None
+    if not config.input.temporary:
+        with contextlib.suppress(OSError):  # it was there a moment ago; reading it will say what went wrong
+            source = os.stat(config.input.path)
+    if source is not None and output is not None and output.name:  # no name ("."): a directory, refused below
+        partial = output.with_name(output.name + ".partial")
+        if _same_file(_stat(output), source):
+            raise UsageError(
+                f"cannot write results to {output}: it is {_which_name(output, config.input)}; "
+                "choose another file with -o"
+            )
+        if _same_file(_stat(partial), source):
+            raise UsageError(
+                f"cannot write results to {output}: its temporary file {partial} is the input file; "
+                "choose another file with -o"
+            )
+    target = classify_output(output)
+    if source is not None and target.kind == "stdout" and _same_file(_stdout_stat(), source):
+        raise UsageError(
+            f"cannot write results to standard output: it is the input file {config.input.source}; "
+            "choose another file with -o"
+        )
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _stdout_stat() -> os.stat_result | None:
+    """What the results written to standard output land in (None: not a descriptor, as in tests)."""
+    try:
+        return os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _same_file(a: os.stat_result | None, b: os.stat_result) -> bool:
+    return a is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _which_name(output: Path, input: Input) -> str:
+    """How ``output`` names the input file, for the message."""
+    if output.is_symlink():
+        return f"a symbolic link to the input file {input.source}"
+    if os.path.realpath(output) == os.path.realpath(input.path):
+        return "the input file"
+    return f"a hard link to the input file {input.source}"
 
 
 def effective_defaults(config: RunConfig) -> Defaults:
@@ -310,9 +372,13 @@ def _spool_failed(exc: OSError) -> UsageError:
 
 def _hits_spool(output: Path | None) -> IO[bytes] | None:
     """A private, unnamed file for result lines that cannot go to the results yet; None if there
-    is nowhere to keep one. Beside the results (a million result lines is ~1 GB and /tmp may be
-    small), or in $TMPDIR when the results go to stdout."""
-    where = output.parent if output is not None and output.parent.is_dir() else None
+    is nowhere to keep one. Beside a results file (a million result lines is ~1 GB and /tmp may be
+    small), or in $TMPDIR when the results go to a stream (stdout, a FIFO, ``/dev/null``: /dev is
+    no place for files)."""
+    where = None
+    if output is not None and output.parent.is_dir():
+        with contextlib.suppress(UsageError):  # an output that is refused: the run says so later
+            where = None if classify_output(output).stream else output.parent
     try:
         return tempfile.TemporaryFile(prefix=".llmbatch-hits-", dir=where)
     except OSError:
@@ -335,11 +401,16 @@ def _copy_of_stdin() -> Path:
 
 
 def _early_writer(output: Path | None) -> ResultWriter | None:
-    """The results writer opened now, if that cannot spoil anything: a file output with no
-    ``.partial`` yet. Any trouble opening it is left for the run to report after validation."""
-    if output is None or not output.parent.is_dir() or output.with_name(output.name + ".partial").exists():
+    """The results writer opened now, if that cannot spoil anything: a file output with nothing at
+    its ``.partial`` name yet (not even a dangling link). Not a stream: what it has been given
+    cannot be taken back if a later line is bad. Any trouble is left for the run to report after
+    validation."""
+    if output is None or not output.parent.is_dir():
         return None
     try:
+        target = classify_output(output)
+        if target.stream or target.earlier_partial:
+            return None
         return ResultWriter(output).open()
     except UsageError:
         return None
@@ -565,6 +636,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
     (``models``: their ``provider:model``), so that a missing API key, an unknown provider or a
     missing extra is one clear :class:`UsageError`, not a failure mid-run. Then the results file.
     Nothing is sent."""
+    check_output(config)  # the CLI checked before validating; a library caller may not have
     options = config.options
     cache = prefix.cache if prefix is not None and prefix.cache is not None else None
     simulator = None
