@@ -393,6 +393,15 @@ CacheDirOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", envvar="LLMBATCH_CACHE_DIR", help="Cache directory (default: the user cache dir)."),
 ]
+SharedCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-cache",
+        envvar="LLMBATCH_SHARED_CACHE",
+        help="Accept a cache directory that belongs to another user or that others can write to (a cache "
+        "shared on purpose): its files are then neither refused nor tightened.",
+    ),
+]
 
 
 @cache_app.command("stats")
@@ -400,6 +409,7 @@ CacheDirOption = Annotated[
 def cache_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
 ) -> None:
     """Entries, size on disk, size limit, oldest and newest entry, entries per model, lifetime hits and misses."""
     from llmbatch.cache import ResponseCache, default_cache_dir
@@ -409,7 +419,7 @@ def cache_stats(
     if not (directory / "cache.db").exists():
         stats = None
     else:
-        with ResponseCache(directory, create=False) as cache:
+        with ResponseCache(directory, create=False, shared=shared_cache) as cache:
             stats = cache.stats()
     if as_json:
         import orjson
@@ -429,6 +439,7 @@ def cache_purge(
     model: Annotated[str | None, typer.Option("--model", help="Only entries of this provider:model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove cache entries older than a duration."""
     from llmbatch.cache import ResponseCache, default_cache_dir
@@ -439,7 +450,7 @@ def cache_purge(
     if not (directory / "cache.db").exists():
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
         return
-    with ResponseCache(directory, create=False) as cache:
+    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
     which = f" of {model}" if model else ""
     verb = "would remove" if dry_run else "removed"
