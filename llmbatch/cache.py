@@ -29,6 +29,13 @@ Who may read and write it (a wrong hit is worse than a miss, and prompts are the
   or more) are written 0600 in 0700 subdirectories, and one that belongs to another user reads
   as a miss. With ``shared=True`` nothing is tightened or refused and new files follow the
   umask: the directory's own permissions decide who shares it.
+
+A cache directory removed (or replaced) while a run has it open: SQLite would go on writing
+into the unlinked file, so every later answer would be lost. Before each write of a run
+(``put``, ``put_many``, ``record_lookups``) one ``os.stat`` compares ``cache.db``'s inode with
+the one opened; if it is gone or another, the cache is opened again at the same path (created
+as above, with the same size limit and eviction policy), the write goes there, and
+:attr:`ResponseCache.recreated` says so.
 """
 
 from __future__ import annotations
@@ -245,6 +252,11 @@ class ResponseCache:
 
     ``shared``: accept a directory that belongs to another user or that others can write to (a
     cache shared on purpose); otherwise such a directory is a :class:`CacheError`.
+
+    ``recreated`` is True once the cache directory was found removed or replaced before a write
+    and the cache was opened again at the same path (``recreated_at``: when, as ``time.time()``):
+    answers written before that are gone with the old directory, answers from then on are in the
+    new cache. A run's summary can say so.
     """
 
     def __init__(
@@ -258,6 +270,8 @@ class ResponseCache:
     ) -> None:
         self.directory = Path(directory)
         self.shared = shared
+        self.recreated = False
+        self.recreated_at: float | None = None
         self._db_path = str(self.directory / _DBNAME)
         self._cache, self._db_id = self._open(size_limit, eviction_policy, create=create)
 
@@ -338,6 +352,31 @@ class ResponseCache:
                         os.chmod(path, _PRIVATE_FILE)
             _tighten_value_files(self.directory)
 
+    def _current(self) -> diskcache.Cache:
+        """The open cache, opened again first if its directory was removed or replaced meanwhile
+        (otherwise SQLite writes on into the unlinked file, and every answer from then on is lost).
+        One stat per write."""
+        try:
+            st = os.stat(self._db_path)
+            if (st.st_dev, st.st_ino) == self._db_id:
+                return self._cache
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return self._cache  # cannot tell (e.g. no search permission): the write itself will say
+        old = self._cache
+        # Opened before the old one is closed: if this raises (say the path is now a directory
+        # others can write to), reads stay on the old database instead of a closed diskcache
+        # reconnecting to whatever is at the path unchecked. Closing the old one afterwards cannot
+        # harm the new one's -wal and -shm: SQLite skips the checkpoint and the deletion of those
+        # files when the database it had open has moved.
+        self._cache, self._db_id = self._open(int(old.size_limit), str(old.eviction_policy), create=True)
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self.recreated = True
+        self.recreated_at = time.time()
+        return self._cache
+
     # -- the run's hot path ----------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -399,8 +438,9 @@ class ResponseCache:
 
     def put(self, key: str, entry: dict[str, Any], *, tag: str, ttl_s: float | None = None) -> None:
         """Store ``entry`` durably; raises :class:`CacheError` if the disk refuses."""
+        cache = self._current()
         try:
-            self._cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
+            cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
@@ -411,10 +451,11 @@ class ResponseCache:
             key, entry, tag = items[0]
             self.put(key, entry, tag=tag, ttl_s=ttl_s)
             return
+        cache = self._current()  # checked once, outside the transaction
         try:
-            with self._cache.transact(retry=True):
+            with cache.transact(retry=True):
                 for key, entry, tag in items:
-                    self.put(key, entry, tag=tag, ttl_s=ttl_s)
+                    cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
@@ -427,8 +468,9 @@ class ResponseCache:
         """
         if not hits and not misses:
             return
-        with self._cache.transact(retry=True):
-            sql = self._cache._sql
+        cache = self._current()
+        with cache.transact(retry=True):
+            sql = cache._sql
             sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
             sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
             # Our own row beside diskcache's: the dollars that hits saved over the cache's life.

@@ -76,3 +76,38 @@ def test_cache_dir_option_wins_over_the_environment(tmp_path, sim, llmbatch, env
     assert llmbatch("run", str(path), "--cache-dir", str(other)).exit_code == 0
     assert (other / "cache.db").exists()
     assert json.loads(run_cli(["cache", "stats", "--json", "--cache-dir", str(other)], env=env).stdout)["entries"] == 1
+
+
+def test_a_cache_directory_removed_mid_run_keeps_the_answers_from_then_on(tmp_path, simulator, env, cache_dir):
+    import shutil
+    import threading
+
+    from tests.support import read_results
+
+    slow = simulator(latency_s=0.05)
+    total = 40
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(total))
+    args = ["run", str(path), "--api-base", slow.url, "--model", "openai:gpt-4o-mini", "-c", "2", "--workers", "0"]
+    removed = threading.Event()
+
+    def remove_mid_run() -> None:
+        deadline = time.monotonic() + 60
+        while slow.stats()["completions_served"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        shutil.rmtree(cache_dir)
+        removed.set()
+
+    remover = threading.Thread(target=remove_mid_run)
+    remover.start()
+    first = run_cli(args, env=env)
+    remover.join()
+    assert removed.is_set() and first.exit_code == 0, first.stderr
+    assert all(r["status"] == "ok" for r in read_results(path.with_suffix(".results.jsonl")))
+    assert slow.stats()["requests_received"] == total
+    kept = json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)["entries"]
+    assert 0 < kept < total  # what came after the removal is in a new cache there
+
+    assert run_cli(args, env=env).exit_code == 0
+    paid_again = slow.stats()["requests_received"] - total
+    assert paid_again == total - kept  # only what was answered before the removal
+    assert paid_again < total - 20  # most of the run was answered after it
