@@ -520,28 +520,53 @@ class ResponseCache:
                 total += float(value[start:end])
         return total
 
+    def count(self) -> int:
+        """How many entries there are (from the index: no value is read)."""
+        ((n,),) = self._cache._sql("SELECT COUNT(*) FROM Cache").fetchall()
+        return int(n)
+
     def purge(
-        self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
+        self,
+        older_than_s: float | None,
+        *,
+        tag: str | None = None,
+        dry_run: bool = False,
+        now: float | None = None,
     ) -> int:
-        """Remove entries stored more than ``older_than_s`` seconds ago; return how many.
+        """Remove entries stored more than ``older_than_s`` seconds ago, of the ``provider:model``
+        ``tag`` only if given, or every entry of ``tag`` if ``older_than_s`` is None; return how many.
 
         Uses the ``store_time`` index that the least-recently-stored policy creates (and that
-        we create for other policies too), so it never reads a value.
+        we create for other policies too), so it never reads a value. Removing everything is
+        :meth:`clear`, on purpose: no forgotten option should mean "all of it".
         """
-        cutoff = (now if now is not None else time.time()) - older_than_s
-        where = "store_time < ?" if tag is None else "store_time < ? AND tag = ?"
-        args: list[Any] = [cutoff] + ([tag] if tag is not None else [])
+        if older_than_s is None and tag is None:
+            raise ValueError("purge needs older_than_s or tag; clear() removes every entry")
+        where: list[str] = []
+        args: list[Any] = []
+        if older_than_s is not None:
+            where.append("store_time < ?")
+            args.append((now if now is not None else time.time()) - older_than_s)
+        if tag is not None:
+            where.append("tag = ?")
+            args.append(tag)
+        condition = " AND ".join(where)
         if dry_run:
-            ((n,),) = self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE {where}", args).fetchall()
+            ((n,),) = self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE {condition}", args).fetchall()
             return int(n)
         self._cache._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
         # diskcache's batched delete pages with args[arg_index] = row[row_index]: we page on
         # store_time (>=, so rows sharing a time across a page boundary are not skipped).
         select = (
-            f"SELECT rowid, store_time, filename FROM Cache WHERE store_time >= ? AND {where}"
+            f"SELECT rowid, store_time, filename FROM Cache WHERE store_time >= ? AND {condition}"
             " ORDER BY store_time LIMIT ?"
         )
         return int(self._cache._select_delete(select, [0.0, *args, 1000], row_index=1, arg_index=0, retry=True))
+
+    def clear(self) -> int:
+        """Remove every entry (value files too); return how many. The settings stay: size limit,
+        eviction policy, and the lifetime hits, misses and savings."""
+        return int(self._cache.clear(retry=True))
 
     def close(self) -> None:
         self._cache.close()

@@ -404,6 +404,15 @@ SharedCacheOption = Annotated[
 ]
 
 
+def _stdin_is_terminal() -> bool:
+    """Whether someone is there to answer a question (tests replace this)."""
+    return sys.stdin.isatty()
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
 @cache_app.command("stats")
 @_handles_errors
 def cache_stats(
@@ -434,18 +443,28 @@ def cache_stats(
 @_handles_errors
 def cache_purge(
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w).")
-    ],
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w). "
+            "Optional with --model: then every entry of that model goes.",
+        ),
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only entries of this provider:model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
-    """Remove cache entries older than a duration."""
+    """Remove cache entries older than a duration, or of one model, or both."""
     from llmbatch.cache import ResponseCache, default_cache_dir
     from llmbatch.units import parse_duration
 
-    seconds = parse_duration(older_than, option="--older-than")
+    if older_than is None and model is None:
+        raise UsageError(
+            "cache purge needs --older-than DURATION, --model provider:model, or both; "
+            "to remove every entry, use llmbatch cache clear"
+        )
+    seconds = parse_duration(older_than, option="--older-than") if older_than is not None else None
     directory = cache_dir or default_cache_dir()
     if not (directory / "cache.db").exists():
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
@@ -453,8 +472,40 @@ def cache_purge(
     with ResponseCache(directory, create=False, shared=shared_cache) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
     which = f" of {model}" if model else ""
+    age = f" older than {older_than}" if older_than is not None else ""
     verb = "would remove" if dry_run else "removed"
-    sys.stdout.write(f"{verb} {count} entr{'y' if count == 1 else 'ies'}{which} older than {older_than}\n")
+    sys.stdout.write(f"{verb} {_entries(count)}{which}{age}\n")
+
+
+@cache_app.command("clear")
+@_handles_errors
+def cache_clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first (for scripts).")] = False,
+    cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Remove every cache entry; the cache's settings (size limit, eviction) stay."""
+    from llmbatch.cache import ResponseCache, default_cache_dir
+
+    directory = cache_dir or default_cache_dir()
+    if not (directory / "cache.db").exists():
+        sys.stdout.write(f"no cache at {directory}: nothing to clear\n")
+        return
+    asking = not yes
+    if asking and not _stdin_is_terminal():
+        # Nobody can answer: a script that forgot --yes must not hang, nor clear without saying so.
+        raise UsageError(f"cache clear removes every entry in {directory}: add --yes to do it without a question")
+    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
+        count = cache.count()
+        if (
+            count
+            and asking
+            and not typer.confirm(f"Remove all {_entries(count)} from the cache at {directory}?", err=True)
+        ):
+            sys.stderr.write("nothing was removed\n")
+            raise typer.Exit(EXIT_SOME_ERRORS)
+        removed = cache.clear() if count else 0
+    sys.stdout.write(f"removed {_entries(removed)} from the cache at {directory}\n")
 
 
 # --- sim ---------------------------------------------------------------------------------------

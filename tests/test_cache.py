@@ -275,3 +275,32 @@ def test_a_write_with_the_directory_in_place_costs_one_stat_and_no_reopening(tmp
         cache.put_many([("v1:b", entry(2), "t"), ("v1:c", entry(3), "t")])
         monkeypatch.undo()
         assert len(calls) == 2 and cache._cache is opened and not cache.recreated
+
+
+# --- clear and purge by model ---------------------------------------------------------------------
+
+
+def test_clear_removes_every_entry_and_value_file_and_keeps_the_settings(tmp_path):
+    with ResponseCache(tmp_path / "c", size_limit=5 * 10**9) as cache:
+        for i in range(5):
+            cache.put(f"v1:{i}", entry(i), tag="openai:a")
+        cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
+        cache.record_lookups(hits=1, misses=6)
+        assert cache.count() == 6
+        assert cache.clear() == 6
+        assert cache.count() == 0 and cache.get("v1:0") is None
+    assert not list((tmp_path / "c").rglob("*.val"))
+    with ResponseCache(tmp_path / "c") as cache:
+        stats = cache.stats()
+    assert (stats.entries, stats.size_limit, stats.hits, stats.misses) == (0, 5 * 10**9, 1, 6)
+
+
+def test_purge_of_a_model_without_an_age_removes_all_of_its_entries(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        for i in range(1500):  # more than one delete batch
+            cache.put(f"v1:{i}", entry(i), tag="openai:a" if i % 3 else "openai:b")
+        assert cache.purge(None, tag="openai:b", dry_run=True) == 500
+        assert cache.purge(None, tag="openai:b") == 500
+        assert cache.stats().by_model == {"openai:a": 1000}
+        with pytest.raises(ValueError, match="clear"):
+            cache.purge(None)

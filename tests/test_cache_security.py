@@ -239,7 +239,7 @@ def test_a_run_refuses_a_cache_directory_of_ours_that_others_can_write_to(tmp_pa
 
 @pytest.mark.parametrize(
     "command",
-    [["stats"], ["stats", "--json"], ["purge", "--older-than", "1d"]],
+    [["stats"], ["stats", "--json"], ["purge", "--older-than", "1d"], ["purge", "--model", "x:y"], ["clear", "--yes"]],
 )
 def test_every_cache_command_refuses_a_directory_open_to_others_unless_shared(tmp_path, env, command):
     directory = tmp_path / "open"
