@@ -272,6 +272,7 @@ class ResponseCache:
         self.shared = shared
         self.recreated = False
         self.recreated_at: float | None = None
+        self._in_batch = False  # put_many's transaction is open
         self._db_path = str(self.directory / _DBNAME)
         self._cache, self._db_id = self._open(size_limit, eviction_policy, create=create)
 
@@ -438,7 +439,9 @@ class ResponseCache:
 
     def put(self, key: str, entry: dict[str, Any], *, tag: str, ttl_s: float | None = None) -> None:
         """Store ``entry`` durably; raises :class:`CacheError` if the disk refuses."""
-        cache = self._current()
+        # Inside put_many's transaction the cache was checked once for the batch: a reopening
+        # here would split the batch between two databases.
+        cache = self._cache if self._in_batch else self._current()
         try:
             cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
         except (OSError, sqlite3.Error) as exc:
@@ -454,8 +457,13 @@ class ResponseCache:
         cache = self._current()  # checked once, outside the transaction
         try:
             with cache.transact(retry=True):
-                for key, entry, tag in items:
-                    cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
+                # Each item through put, as before: one place where an answer is written.
+                self._in_batch = True
+                try:
+                    for key, entry, tag in items:
+                        self.put(key, entry, tag=tag, ttl_s=ttl_s)
+                finally:
+                    self._in_batch = False
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
