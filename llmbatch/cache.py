@@ -15,12 +15,36 @@ cannot arrive unannounced.
 Settings that diskcache persists (size limit, eviction policy) are only written when the user
 asks, or when the cache is created: re-opening a cache with a default must never shrink a
 limit the user raised, because diskcache culls down to the limit on the next write.
+
+Who may read and write it (a wrong hit is worse than a miss, and prompts are the user's data):
+
+- The directory is created 0700. An existing one that belongs to another user, or that other
+  users can write to, is refused with a :class:`CacheError` saying how to fix it: anyone who can
+  write there can plant answers. ``shared=True`` (``--shared-cache``) accepts it, for a cache
+  shared on purpose.
+- ``cache.db`` is created 0600 by us before SQLite opens it, so its ``-wal`` and ``-shm`` files
+  (SQLite gives them the database file's mode) are 0600 too. A ``cache.db`` we own that is more
+  open (a cache made before this rule) is tightened to 0600 on open, with its value files; one
+  that belongs to another user is refused. Value files (answers of ``disk_min_file_size`` bytes
+  or more) are written 0600 in 0700 subdirectories, and one that belongs to another user reads
+  as a miss. With ``shared=True`` nothing is tightened or refused and new files follow the
+  umask: the directory's own permissions decide who shares it.
+
+A cache directory removed (or replaced) while a run has it open: SQLite would go on writing
+into the unlinked file, so every later answer would be lost. Before each write of a run
+(``put``, ``put_many``, ``record_lookups``) one ``os.stat`` compares ``cache.db``'s inode with
+the one opened; if it is gone or another, the cache is opened again at the same path (created
+as above, with the same size limit and eviction policy), the write goes there, and
+:attr:`ResponseCache.recreated` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,6 +79,10 @@ EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-freq
 #: in the process's RSS. Measured on a 100,000-line cached rerun (bench/BENCHMARKS.md): peak RSS
 #: 147 -> 82 MB, no difference in time.
 _MMAP_BYTES = 0
+#: Modes of what we create, private (the default) or shared on purpose (then the umask decides).
+_PRIVATE_FILE, _PRIVATE_DIR = 0o600, 0o700
+_SHARED_FILE, _SHARED_DIR = 0o666, 0o777
+_DBNAME = "cache.db"  # diskcache's database file name (diskcache.core.DBNAME)
 
 
 def default_cache_dir() -> Path:
@@ -71,20 +99,53 @@ class JSONValueDisk(diskcache.Disk):
     """Keys as diskcache stores strings (raw, queryable); values as compact JSON bytes.
 
     A value that is not a dict is a programming error and raises: the default Disk would
-    pickle it.
+    pickle it. Values of ``min_file_size`` bytes or more go to a value file, which we write
+    ourselves so that it is created with a private mode (diskcache's own would be 0644 in 0755
+    subdirectories) and read back only if it is ours.
     """
+
+    #: Set by ResponseCache after opening: False for a cache shared on purpose.
+    private = True
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if read or not isinstance(value, dict):
             raise TypeError(f"llmbatch stores JSON objects only, not {type(value).__name__}")
-        return super().store(orjson.dumps(value), False, key=key)
+        data = orjson.dumps(value)
+        if len(data) < self.min_file_size:
+            return 0, diskcache.core.MODE_RAW, None, sqlite3.Binary(data)
+        filename, full_path = self.filename(key, value)
+        self._write_value_file(full_path, data)
+        return len(data), diskcache.core.MODE_BINARY, filename, None
+
+    def _write_value_file(self, full_path: str, data: bytes) -> None:
+        file_mode, dir_mode = (_PRIVATE_FILE, _PRIVATE_DIR) if self.private else (_SHARED_FILE, _SHARED_DIR)
+        inner = os.path.dirname(full_path)
+        for attempt in range(10):
+            # Both levels of diskcache's ab/cd/ layout with our mode (os.makedirs would give the
+            # outer one the default). A purge elsewhere may remove an emptied subdirectory between
+            # mkdir and open: diskcache retries for that, and so do we.
+            for level in (os.path.dirname(inner), inner):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(level, dir_mode)
+            try:
+                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+                continue
+            with open(fd, "wb") as out:
+                out.write(data)
+            return
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         # Only bytes we wrote can come back: diskcache's own fetch would unpickle a pickled row
         # (a cache directory is data, never code), so any other mode is refused before that.
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise CorruptEntry(f"unexpected storage mode {mode}")
-        data = super().fetch(mode, filename, value, read)
+        if mode == diskcache.core.MODE_BINARY and filename is not None and self.private:
+            data = self._read_own_file(filename)
+        else:
+            data = super().fetch(mode, filename, value, read)
         try:
             entry = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -92,6 +153,59 @@ class JSONValueDisk(diskcache.Disk):
         if not isinstance(entry, dict):
             raise CorruptEntry("not a JSON object")
         return entry
+
+    def _read_own_file(self, filename: str) -> bytes:
+        """A value file's bytes, if it belongs to us: one planted by someone else (while the
+        directory was open to them) is not our answer."""
+        fd = os.open(os.path.join(self._directory, filename), os.O_RDONLY | os.O_CLOEXEC)
+        with open(fd, "rb") as reader:
+            if not _ours(os.fstat(fd)):
+                raise CorruptEntry("value file belongs to another user")
+            return reader.read()
+
+
+def _ours(st: os.stat_result) -> bool:
+    geteuid = getattr(os, "geteuid", None)  # POSIX only; elsewhere there is no owner to compare
+    return geteuid is None or st.st_uid == geteuid()
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _tighten_value_files(directory: Path) -> None:
+    """Make the value files of an older cache 0600 and their subdirectories 0700: diskcache made
+    them 0644 and 0755. Only diskcache's own layout (``ab/cd/*.val``) and only what we own: a
+    cache directory may have been pointed at a folder with other things in it."""
+    hex_pair = frozenset("0123456789abcdef")
+
+    def subdirs(path: Path) -> list[Path]:
+        try:
+            return [
+                p
+                for p in path.iterdir()
+                if len(p.name) == 2 and set(p.name) <= hex_pair and p.is_dir() and not p.is_symlink()
+            ]
+        except OSError:
+            return []
+
+    for outer in subdirs(directory):
+        for inner in subdirs(outer):
+            for value in inner.glob("*.val"):
+                with contextlib.suppress(OSError):
+                    if not value.is_symlink() and _ours(value.stat()):
+                        value.chmod(_PRIVATE_FILE)
+            with contextlib.suppress(OSError):
+                if _ours(inner.stat()):
+                    inner.chmod(_PRIVATE_DIR)
+        with contextlib.suppress(OSError):
+            if _ours(outer.stat()):
+                outer.chmod(_PRIVATE_DIR)
 
 
 class CorruptEntry(ValueError):
@@ -135,6 +249,14 @@ class ResponseCache:
 
     Safe to share between processes (diskcache uses SQLite in WAL mode); each ``put`` is its
     own transaction, so an answer is durable the moment ``put`` returns.
+
+    ``shared``: accept a directory that belongs to another user or that others can write to (a
+    cache shared on purpose); otherwise such a directory is a :class:`CacheError`.
+
+    ``recreated`` is True once the cache directory was found removed or replaced before a write
+    and the cache was opened again at the same path (``recreated_at``: when, as ``time.time()``):
+    answers written before that are gone with the old directory, answers from then on are in the
+    new cache. A run's summary can say so.
     """
 
     def __init__(
@@ -144,9 +266,22 @@ class ResponseCache:
         size_limit: int | None = None,
         eviction_policy: str | None = None,
         create: bool = True,
+        shared: bool = False,
     ) -> None:
         self.directory = Path(directory)
-        new = not (self.directory / "cache.db").exists()
+        self.shared = shared
+        self.recreated = False
+        self.recreated_at: float | None = None
+        self._in_batch = False  # put_many's transaction is open
+        self._db_path = str(self.directory / _DBNAME)
+        self._cache, self._db_id = self._open(size_limit, eviction_policy, create=create)
+
+    def _open(
+        self, size_limit: int | None, eviction_policy: str | None, *, create: bool
+    ) -> tuple[diskcache.Cache, tuple[int, int]]:
+        """Check the directory, prepare ``cache.db``, open diskcache; the cache and the
+        database's (device, inode)."""
+        new = not os.path.exists(self._db_path)
         if new and not create:
             raise CacheError(f"no cache at {self.directory}")
         # diskcache rewrites its settings on every open anyway: this also applies to older caches.
@@ -160,10 +295,88 @@ class ResponseCache:
             settings["eviction_policy"] = policy
         try:
             # 0700: prompts and answers are the user's data, not the machine's.
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(self.directory), disk=JSONValueDisk, **settings)
+            self.directory.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+            self._check_directory()
+            self._prepare_database()
+            cache = diskcache.Cache(str(self.directory), disk=JSONValueDisk, **settings)
+            cache.disk.private = not self.shared
+            st = os.stat(self._db_path)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot open the cache at {self.directory}: {exc}") from None
+        return cache, (st.st_dev, st.st_ino)
+
+    def _check_directory(self) -> None:
+        """Refuse a directory someone else could have planted answers in (unless shared)."""
+        st = os.stat(self.directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CacheError(f"cache directory {self.directory} is not a directory")
+        if self.shared:
+            return
+        where = shlex.quote(str(self.directory))
+        if not _ours(st):
+            raise CacheError(
+                f"cache directory {self.directory} belongs to another user, {_owner(st.st_uid)}: its answers "
+                "cannot be trusted; use a directory of your own (--cache-dir), or pass --shared-cache if you "
+                "share it on purpose"
+            )
+        if st.st_mode & 0o022:
+            raise CacheError(
+                f"cache directory {self.directory} is writable by other users (mode {st.st_mode & 0o7777:04o}): "
+                f"anyone could plant answers in it; run chmod 700 {where}, or pass --shared-cache if you "
+                "share it on purpose"
+            )
+
+    def _prepare_database(self) -> None:
+        """Create ``cache.db`` 0600 before SQLite does (it would make it 0644, and its -wal and
+        -shm files with it); refuse one that is not ours; tighten one of ours that is more open."""
+        mode = _SHARED_FILE if self.shared else _PRIVATE_FILE
+        try:
+            fd = os.open(self._db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)  # an empty file is a new SQLite database: diskcache sets it up as usual
+            return
+        if self.shared:
+            return
+        st = os.stat(self._db_path)
+        if not _ours(st):
+            raise CacheError(
+                f"cache database {self._db_path} belongs to another user, {_owner(st.st_uid)}: its answers "
+                f"cannot be trusted; move it away, or pass --shared-cache if you share the cache on purpose"
+            )
+        if st.st_mode & 0o077:
+            # Made before llmbatch created its files private: close it up, value files included.
+            for path in (self._db_path, self._db_path + "-wal", self._db_path + "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    if _ours(os.stat(path)):
+                        os.chmod(path, _PRIVATE_FILE)
+            _tighten_value_files(self.directory)
+
+    def _current(self) -> diskcache.Cache:
+        """The open cache, opened again first if its directory was removed or replaced meanwhile
+        (otherwise SQLite writes on into the unlinked file, and every answer from then on is lost).
+        One stat per write."""
+        try:
+            st = os.stat(self._db_path)
+            if (st.st_dev, st.st_ino) == self._db_id:
+                return self._cache
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return self._cache  # cannot tell (e.g. no search permission): the write itself will say
+        old = self._cache
+        # Opened before the old one is closed: if this raises (say the path is now a directory
+        # others can write to), reads stay on the old database instead of a closed diskcache
+        # reconnecting to whatever is at the path unchecked. Closing the old one afterwards cannot
+        # harm the new one's -wal and -shm: SQLite skips the checkpoint and the deletion of those
+        # files when the database it had open has moved.
+        self._cache, self._db_id = self._open(int(old.size_limit), str(old.eviction_policy), create=True)
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self.recreated = True
+        self.recreated_at = time.time()
+        return self._cache
 
     # -- the run's hot path ----------------------------------------------------------------
 
@@ -226,8 +439,11 @@ class ResponseCache:
 
     def put(self, key: str, entry: dict[str, Any], *, tag: str, ttl_s: float | None = None) -> None:
         """Store ``entry`` durably; raises :class:`CacheError` if the disk refuses."""
+        # Inside put_many's transaction the cache was checked once for the batch: a reopening
+        # here would split the batch between two databases.
+        cache = self._cache if self._in_batch else self._current()
         try:
-            self._cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
+            cache.set(key, entry, expire=ttl_s, tag=tag, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
@@ -238,10 +454,16 @@ class ResponseCache:
             key, entry, tag = items[0]
             self.put(key, entry, tag=tag, ttl_s=ttl_s)
             return
+        cache = self._current()  # checked once, outside the transaction
         try:
-            with self._cache.transact(retry=True):
-                for key, entry, tag in items:
-                    self.put(key, entry, tag=tag, ttl_s=ttl_s)
+            with cache.transact(retry=True):
+                # Each item through put, as before: one place where an answer is written.
+                self._in_batch = True
+                try:
+                    for key, entry, tag in items:
+                        self.put(key, entry, tag=tag, ttl_s=ttl_s)
+                finally:
+                    self._in_batch = False
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
@@ -254,8 +476,9 @@ class ResponseCache:
         """
         if not hits and not misses:
             return
-        with self._cache.transact(retry=True):
-            sql = self._cache._sql
+        cache = self._current()
+        with cache.transact(retry=True):
+            sql = cache._sql
             sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
             sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
             # Our own row beside diskcache's: the dollars that hits saved over the cache's life.
@@ -305,28 +528,53 @@ class ResponseCache:
                 total += float(value[start:end])
         return total
 
+    def count(self) -> int:
+        """How many entries there are (from the index: no value is read)."""
+        ((n,),) = self._cache._sql("SELECT COUNT(*) FROM Cache").fetchall()
+        return int(n)
+
     def purge(
-        self, older_than_s: float, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
+        self,
+        older_than_s: float | None,
+        *,
+        tag: str | None = None,
+        dry_run: bool = False,
+        now: float | None = None,
     ) -> int:
-        """Remove entries stored more than ``older_than_s`` seconds ago; return how many.
+        """Remove entries stored more than ``older_than_s`` seconds ago, of the ``provider:model``
+        ``tag`` only if given, or every entry of ``tag`` if ``older_than_s`` is None; return how many.
 
         Uses the ``store_time`` index that the least-recently-stored policy creates (and that
-        we create for other policies too), so it never reads a value.
+        we create for other policies too), so it never reads a value. Removing everything is
+        :meth:`clear`, on purpose: no forgotten option should mean "all of it".
         """
-        cutoff = (now if now is not None else time.time()) - older_than_s
-        where = "store_time < ?" if tag is None else "store_time < ? AND tag = ?"
-        args: list[Any] = [cutoff] + ([tag] if tag is not None else [])
+        if older_than_s is None and tag is None:
+            raise ValueError("purge needs older_than_s or tag; clear() removes every entry")
+        where: list[str] = []
+        args: list[Any] = []
+        if older_than_s is not None:
+            where.append("store_time < ?")
+            args.append((now if now is not None else time.time()) - older_than_s)
+        if tag is not None:
+            where.append("tag = ?")
+            args.append(tag)
+        condition = " AND ".join(where)
         if dry_run:
-            ((n,),) = self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE {where}", args).fetchall()
+            ((n,),) = self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE {condition}", args).fetchall()
             return int(n)
         self._cache._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
         # diskcache's batched delete pages with args[arg_index] = row[row_index]: we page on
         # store_time (>=, so rows sharing a time across a page boundary are not skipped).
         select = (
-            f"SELECT rowid, store_time, filename FROM Cache WHERE store_time >= ? AND {where}"
+            f"SELECT rowid, store_time, filename FROM Cache WHERE store_time >= ? AND {condition}"
             " ORDER BY store_time LIMIT ?"
         )
         return int(self._cache._select_delete(select, [0.0, *args, 1000], row_index=1, arg_index=0, retry=True))
+
+    def clear(self) -> int:
+        """Remove every entry (value files too); return how many. The settings stay: size limit,
+        eviction policy, and the lifetime hits, misses and savings."""
+        return int(self._cache.clear(retry=True))
 
     def close(self) -> None:
         self._cache.close()

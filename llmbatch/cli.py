@@ -200,6 +200,16 @@ CacheDirOption = Annotated[
         help="Cache directory (default: the user cache dir).",
     ),
 ]
+SharedCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-cache",
+        envvar="LLMBATCH_SHARED_CACHE",
+        show_envvar=True,
+        help="Accept a cache directory that belongs to another user or that others can write to (a cache "
+        "shared on purpose): its files are then neither refused nor tightened.",
+    ),
+]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
 RefreshOption = Annotated[bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them.")]
 CacheOnlyOption = Annotated[bool, typer.Option("--cache-only", help="Never call a provider; misses become errors.")]
@@ -285,6 +295,7 @@ def run(
         ),
     ] = 6,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
     no_cache: NoCacheOption = False,
     refresh: RefreshOption = False,
     cache_only: CacheOnlyOption = False,
@@ -363,6 +374,7 @@ def run(
                 simulate=simulate,
                 options=options,
                 cache_dir=cache_dir,
+                shared_cache=shared_cache,
                 cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit")
                 if cache_size_limit
                 else None,
@@ -399,6 +411,7 @@ def plan(
     api_base: ApiBaseOption = None,
     simulate: SimulateOption = False,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
     no_cache: NoCacheOption = False,
     refresh: RefreshOption = False,
     cache_only: CacheOnlyOption = False,
@@ -423,6 +436,7 @@ def plan(
                 simulate=simulate,
                 options=RunOptions(cache_mode=_cache_mode(no_cache, refresh, cache_only)),
                 cache_dir=cache_dir,
+                shared_cache=shared_cache,
                 max_line_size=max_line_size,
                 max_messages=max_messages,
             )
@@ -458,6 +472,7 @@ def _run_config(
     cache_dir: Path | None,
     max_line_size: str | None,
     max_messages: int | None,
+    shared_cache: bool = False,
     cache_size_limit: int | None = None,
     cache_eviction: str | None = None,
     workers: int | None = None,
@@ -488,6 +503,7 @@ def _run_config(
         cache_dir=cache_dir,
         cache_size_limit=cache_size_limit,
         cache_eviction=cache_eviction,
+        shared_cache=shared_cache,
         workers=workers,
         split=True,  # a big input is checked in two halves at once, unless --workers 0
     )
@@ -550,6 +566,12 @@ def _run(
         )
     elif not (outcome and outcome.complete):
         note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"
+    if outcome is not None and outcome.cache_recreated:
+        removed = (
+            f"note: the cache directory {outcome.cache_recreated} was removed during the run; "
+            "the answers from then on are in a new cache there"
+        )
+        note = f"{removed}\n{note}" if note else removed
     display.summary(
         Summary(results=results_at, complete=bool(outcome and outcome.complete), note=note, config=config_source)
     )
@@ -745,11 +767,21 @@ def _cancel(task: Any) -> None:
 # --- cache -------------------------------------------------------------------------------------
 
 
+def _stdin_is_terminal() -> bool:
+    """Whether someone is there to answer a question (tests replace this)."""
+    return sys.stdin.isatty()
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
 @cache_app.command("stats")
 @_handles_errors
 def cache_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
 ) -> None:
     """Entries, size on disk, size limit, oldest and newest entry, entries per model, lifetime hits and misses."""
     from llmbatch.cache import ResponseCache, default_cache_dir
@@ -759,7 +791,7 @@ def cache_stats(
     if not (directory / "cache.db").exists():
         stats = None
     else:
-        with ResponseCache(directory, create=False) as cache:
+        with ResponseCache(directory, create=False, shared=shared_cache) as cache:
             stats = cache.stats()
     if as_json:
         import orjson
@@ -774,26 +806,69 @@ def cache_stats(
 @_handles_errors
 def cache_purge(
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w).")
-    ],
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w). "
+            "Optional with --model: then every entry of that model goes.",
+        ),
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only entries of this provider:model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
 ) -> None:
-    """Remove cache entries older than a duration."""
+    """Remove cache entries older than a duration, or of one model, or both."""
     from llmbatch.cache import ResponseCache, default_cache_dir
     from llmbatch.units import parse_duration
 
-    seconds = parse_duration(older_than, option="--older-than")
+    if older_than is None and model is None:
+        raise UsageError(
+            "cache purge needs --older-than DURATION, --model provider:model, or both; "
+            "to remove every entry, use llmbatch cache clear"
+        )
+    seconds = parse_duration(older_than, option="--older-than") if older_than is not None else None
     directory = cache_dir or default_cache_dir()
     if not (directory / "cache.db").exists():
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
         return
-    with ResponseCache(directory, create=False) as cache:
+    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
     which = f" of {model}" if model else ""
+    age = f" older than {older_than}" if older_than is not None else ""
     verb = "would remove" if dry_run else "removed"
-    sys.stdout.write(f"{verb} {count} entr{'y' if count == 1 else 'ies'}{which} older than {older_than}\n")
+    sys.stdout.write(f"{verb} {_entries(count)}{which}{age}\n")
+
+
+@cache_app.command("clear")
+@_handles_errors
+def cache_clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first (for scripts).")] = False,
+    cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Remove every cache entry; the cache's settings (size limit, eviction) stay."""
+    from llmbatch.cache import ResponseCache, default_cache_dir
+
+    directory = cache_dir or default_cache_dir()
+    if not (directory / "cache.db").exists():
+        sys.stdout.write(f"no cache at {directory}: nothing to clear\n")
+        return
+    asking = not yes
+    if asking and not _stdin_is_terminal():
+        # Nobody can answer: a script that forgot --yes must not hang, nor clear without saying so.
+        raise UsageError(f"cache clear removes every entry in {directory}: add --yes to do it without a question")
+    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
+        count = cache.count()
+        if (
+            count
+            and asking
+            and not typer.confirm(f"Remove all {_entries(count)} from the cache at {directory}?", err=True)
+        ):
+            sys.stderr.write("nothing was removed\n")
+            raise typer.Exit(EXIT_SOME_ERRORS)
+        removed = cache.clear() if count else 0
+    sys.stdout.write(f"removed {_entries(removed)} from the cache at {directory}\n")
 
 
 # --- sim ---------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class RunConfig:
     cache_dir: Path | None = None
     cache_size_limit: int | None = None
     cache_eviction: str | None = None
+    shared_cache: bool = False  # --shared-cache: a cache directory others may own or write, on purpose
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
     #: Where the calls go, and so what the keys record; made from the fields above when not given.
@@ -113,6 +114,9 @@ class RunOutcome:
     stats: RunStats
     results_at: str  # a path, or "stdout"
     complete: bool
+    #: The cache directory, when it was removed during the run and the answers from then on went
+    #: into a new cache there.
+    cache_recreated: str | None = None
 
 
 def default_output(input: Input) -> Path | None:
@@ -583,7 +587,7 @@ def _second_half(
     def open_cache() -> ResponseCache:
         if gate is None or not gate.wait():
             raise CacheError("the first half did not open the cache")
-        return ResponseCache(config.cache_dir or default_cache_dir(), create=False)
+        return ResponseCache(config.cache_dir or default_cache_dir(), create=False, shared=config.shared_cache)
 
     prefix = None
     if spool is not None:
@@ -714,8 +718,14 @@ async def execute(
         await engine.run(requests)
     finally:
         stats.workers_lost = provider.lost
+        recreated = started.cache is not None and started.cache.recreated
         where = await started.close(stats.complete)
-    return RunOutcome(stats=stats, results_at=str(where) if where is not None else "stdout", complete=stats.complete)
+    return RunOutcome(
+        stats=stats,
+        results_at=str(where) if where is not None else "stdout",
+        complete=stats.complete,
+        cache_recreated=str(started.cache.directory) if recreated and started.cache is not None else None,
+    )
 
 
 def _open_cache(config: RunConfig) -> ResponseCache:
@@ -723,6 +733,7 @@ def _open_cache(config: RunConfig) -> ResponseCache:
         config.cache_dir or default_cache_dir(),
         size_limit=config.cache_size_limit,
         eviction_policy=config.cache_eviction,
+        shared=config.shared_cache,
     )
 
 
@@ -798,7 +809,7 @@ def plan(config: RunConfig) -> Plan:
     cache = None
     directory = config.cache_dir or default_cache_dir()
     if options.cache_mode in ("normal", "only") and (directory / "cache.db").exists():
-        cache = ResponseCache(directory, create=False)
+        cache = ResponseCache(directory, create=False, shared=config.shared_cache)
     result = Plan()
     pending: set[str] = set()
     # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion

@@ -173,3 +173,134 @@ def test_a_batch_lookup_skips_expired_entries_and_works_under_every_policy(tmp_p
             time.sleep(0.05)
             keys = ["v1:live", "v1:brief", "v1:never"] + [f"v1:x{i}" for i in range(1200)]  # several batches
             assert cache.get_many(keys) == {"v1:live": entry(1)}, policy
+
+
+# --- a cache directory removed while the cache is open ------------------------------------------
+
+
+def _put_one(cache: ResponseCache, key: str, value: dict) -> None:
+    cache.put(key, value, tag="t")
+
+
+def _put_in_a_batch(cache: ResponseCache, key: str, value: dict) -> None:
+    cache.put_many([(key, value, "t"), (key + "-too", value, "t")])
+
+
+@pytest.mark.parametrize("write", [_put_one, _put_in_a_batch])
+def test_a_cache_directory_removed_between_two_writes_is_recreated_and_the_second_is_kept(tmp_path, write):
+    import shutil
+    import stat
+
+    directory = tmp_path / "c"
+    with ResponseCache(directory, size_limit=5 * 10**9, eviction_policy="none") as cache:
+        write(cache, "v1:a", entry(1))
+        assert not cache.recreated and cache.recreated_at is None
+        shutil.rmtree(directory)
+        before = time.time()
+        write(cache, "v1:b", entry(2))
+        assert cache.recreated and cache.recreated_at is not None and cache.recreated_at >= before
+        assert cache.get("v1:b") == entry(2)
+        write(cache, "v1:c", entry(3))  # the new cache is the one in use now: no second reopening
+        recreated_at = cache.recreated_at
+        cache.record_lookups(hits=2, misses=1)
+        assert cache.recreated_at == recreated_at
+    with ResponseCache(directory) as fresh:
+        assert fresh.get("v1:a") is None  # gone with the directory
+        assert fresh.get_many(["v1:b", "v1:c"]) == {"v1:b": entry(2), "v1:c": entry(3)}
+        stats = fresh.stats()
+        # Recreated with the settings it had, not diskcache's (or our) defaults.
+        assert (stats.size_limit, stats.eviction_policy) == (5 * 10**9, "none")
+        assert (stats.hits, stats.misses) == (2, 1)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "cache.db").stat().st_mode) == 0o600
+
+
+def test_lifetime_lookups_after_the_directory_was_removed_go_to_the_new_cache(tmp_path):
+    import shutil
+
+    directory = tmp_path / "c"
+    with ResponseCache(directory) as cache:
+        shutil.rmtree(directory)
+        cache.record_lookups(hits=3, misses=4)
+        assert cache.recreated
+    with ResponseCache(directory) as fresh:
+        assert (fresh.stats().hits, fresh.stats().misses) == (3, 4)
+
+
+def test_a_cache_replaced_by_another_process_s_is_written_to_and_left_whole(tmp_path):
+    import shutil
+
+    directory = tmp_path / "c"
+    with ResponseCache(directory) as cache:
+        cache.put("v1:a", entry(1), tag="t")
+        shutil.rmtree(directory)
+        with ResponseCache(directory) as other:  # another run sharing the directory got there first
+            other.put("v1:theirs", entry(9), tag="t")
+            cache.put("v1:b", entry(2), tag="t")
+            assert cache.recreated
+            other.put("v1:theirs-too", entry(8), tag="t")  # its -wal was not removed under it
+    with ResponseCache(directory) as fresh:
+        assert fresh.get_many(["v1:theirs", "v1:b", "v1:theirs-too"]) == {
+            "v1:theirs": entry(9),
+            "v1:b": entry(2),
+            "v1:theirs-too": entry(8),
+        }
+
+
+def test_a_removed_directory_that_comes_back_open_to_others_is_refused_not_written(tmp_path):
+    import shutil
+
+    directory = tmp_path / "c"
+    with ResponseCache(directory) as cache:
+        cache.put("v1:a", entry(1), tag="t")
+        shutil.rmtree(directory)
+        directory.mkdir()
+        directory.chmod(0o777)
+        with pytest.raises(CacheError, match="writable by other users"):
+            cache.put("v1:b", entry(2), tag="t")
+        assert not cache.recreated
+        assert cache.get("v1:a") == entry(1)  # reads stay on the database that was checked
+        assert not (directory / "cache.db").exists()
+
+
+def test_a_write_with_the_directory_in_place_costs_one_stat_and_no_reopening(tmp_path, monkeypatch):
+    import os
+
+    with ResponseCache(tmp_path / "c") as cache:
+        opened = cache._cache
+        calls = []
+        real_stat = os.stat
+        monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a) or real_stat(*a, **k))
+        cache.put("v1:a", entry(1), tag="t")
+        cache.put_many([("v1:b", entry(2), "t"), ("v1:c", entry(3), "t")])
+        monkeypatch.undo()
+        assert len(calls) == 2 and cache._cache is opened and not cache.recreated
+
+
+# --- clear and purge by model ---------------------------------------------------------------------
+
+
+def test_clear_removes_every_entry_and_value_file_and_keeps_the_settings(tmp_path):
+    with ResponseCache(tmp_path / "c", size_limit=5 * 10**9) as cache:
+        for i in range(5):
+            cache.put(f"v1:{i}", entry(i), tag="openai:a")
+        cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
+        cache.record_lookups(hits=1, misses=6)
+        assert cache.count() == 6
+        assert cache.clear() == 6
+        assert cache.count() == 0 and cache.get("v1:0") is None
+    assert not list((tmp_path / "c").rglob("*.val"))
+    with ResponseCache(tmp_path / "c") as cache:
+        stats = cache.stats()
+    assert (stats.entries, stats.size_limit, stats.hits, stats.misses) == (0, 5 * 10**9, 1, 6)
+
+
+def test_purge_of_a_model_without_an_age_removes_all_of_its_entries(tmp_path):
+    with ResponseCache(tmp_path / "c") as cache:
+        for i in range(1500):  # more than one delete batch
+            cache.put(f"v1:{i}", entry(i), tag="openai:a" if i % 3 else "openai:b")
+        assert cache.purge(None, tag="openai:b", dry_run=True) == 500
+        assert cache.purge(None, tag="openai:b") == 500
+        assert cache.stats().by_model == {"openai:a": 1000}
+        with pytest.raises(ValueError, match="clear"):
+            cache.purge(None)
