@@ -871,6 +871,40 @@ def cache_clear(
     sys.stdout.write(f"removed {_entries(removed)} from the cache at {directory}\n")
 
 
+# --- report ------------------------------------------------------------------------------------
+
+
+@app.command("report")
+@_handles_errors
+def report_command(
+    results: Annotated[
+        str, typer.Argument(help="A results file written by llmbatch run, or - to read stdin.", show_default=False)
+    ],
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the report as one self-contained HTML page (charts inline) to FILE."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+) -> None:
+    """Sum up a results file: counts by status, model and finish reason; errors by type and message;
+    cost, tokens and latency percentiles; answers that were cut off."""
+    from llmbatch.report import read_report, write_html
+
+    summary = read_report(results)
+    if html is not None:
+        write_html(summary, html)
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from llmbatch.display import print_report
+
+        print_report(summary)
+    if html is not None:
+        sys.stderr.write(f"llmbatch: report page written to {html}\n")  # stderr: stdout may be --json
+
+
 # --- sim ---------------------------------------------------------------------------------------
 
 

@@ -431,3 +431,156 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
     console.print(table)
     if plan.unpriced_models:
         console.print(Text(f"note: no known price for {', '.join(plan.unpriced_models)}: the cost is unknown, not 0"))
+
+
+# --- llmbatch report ----------------------------------------------------------------------------
+
+
+def print_report(report: Any, stream: IO[str] | None = None) -> None:
+    """``llmbatch report`` for people: a :class:`~llmbatch.report.Report` as tables on stdout.
+
+    Every string that comes from the results file (ids, models, error types and messages) goes
+    through ``report.printable`` and into a ``Text`` (never markup): a provider's message can hold
+    ESC sequences, which rich would pass to the terminal as they are."""
+    import os
+    import sys
+
+    from llmbatch.report import format_ms
+
+    out = stream or sys.stdout
+    # Piped into a file or a CI log, rich would wrap the model table at 80 columns.
+    wide = None if out.isatty() or "COLUMNS" in os.environ else 120
+    console = Console(file=out, highlight=False, width=wide)
+
+    def plural(n: int, word: str, many: str | None = None) -> str:
+        return f"{_count(n)} {word if n == 1 else many or word + 's'}"
+
+    title = Text.assemble(("llmbatch report: ", "bold"), (printable(report.source), "bold"))
+    console.print(title + Text(f"  {plural(report.lines, 'result line')}"))
+    data = report.to_dict()
+    lat = data["latency_ms"]
+    answered = report.answered_by
+    overview = Table(show_header=False, box=None, padding=(0, 2))
+    overview.add_column(style="dim")
+    overview.add_column()
+    cost = format_usd(report.cost_usd)
+    if report.unpriced:
+        cost += f" + {plural(report.unpriced, 'answer')} of unknown price"
+    rows: list[tuple[str, Text]] = [
+        ("status", Text(f"ok {_count(report.status['ok'])}  error {_count(report.status['error'])}")),
+        (
+            "answered by",
+            Text(
+                f"call {_count(answered['call'])}  cache {_count(answered['cache'])}  "
+                f"duplicate {_count(answered['duplicate'])}"
+                + (f"  no call {_count(answered['no_call'])}" if answered["no_call"] else "")
+            ),
+        ),
+        ("cut off", Text(_count(report.truncated), style="yellow" if report.truncated else "")),
+        ("retries", Text(_count(report.retries))),
+        ("tokens in / out", Text(f"{_count(report.prompt_tokens)} / {_count(report.completion_tokens)}")),
+        ("cost of the answers", Text(cost)),
+        ("spent on calls made", Text(format_usd(report.spent_usd))),
+        ("answers from the cache", Text(format_usd(data["cost"]["from_cache_usd"]))),
+    ]
+    if lat["calls"]:
+        latency = (
+            f"p50 {format_ms(lat['p50'])}  p90 {format_ms(lat['p90'])}  p99 {format_ms(lat['p99'])}  "
+            f"max {format_ms(lat['max'])}  ({plural(lat['calls'], 'answered call')})"
+        )
+    else:
+        latency = "no answer came from a call (a hit keeps the latency of the call first paid for it)"
+    rows.append(("latency", Text(latency)))
+    for name, value in rows:
+        overview.add_row(name, value)
+    console.print(overview)
+
+    by_model = Table(title="by model", title_justify="left", box=None, padding=(0, 1))
+    # A model name is what the user greps for: never cut it short (the numbers are narrow anyway).
+    longest = max((len(printable(name)) for name in report.models), default=5)
+    by_model.add_column("model", no_wrap=True, min_width=min(longest, 60))
+    columns = ["lines", "ok", "errors", "cut off", "calls", "tokens in", "tokens out", "cost", "spent"]
+    if report.unpriced:
+        columns.append("unpriced")
+    for name in columns:
+        by_model.add_column(name, justify="right", no_wrap=name in ("cost", "spent"))
+    for name, m in sorted(report.models.items()):
+        unknown = not m.priced and m.unpriced
+        cells: list[str | Text] = [
+            Text(printable(name)),
+            _count(m.lines),
+            _count(m.ok),
+            Text(_count(m.errors), style="red" if m.errors else ""),
+            _count(m.truncated),
+            _count(m.calls),
+            _count(m.prompt_tokens),
+            _count(m.completion_tokens),
+            Text("unknown" if unknown else format_usd(m.cost_usd), style="yellow" if unknown else ""),
+            Text("unknown" if unknown else format_usd(m.spent_usd), style="yellow" if unknown else ""),
+        ]
+        if report.unpriced:
+            cells.append(Text(_count(m.unpriced), style="yellow" if m.unpriced else ""))
+        by_model.add_row(*cells)
+    if report.models:
+        console.print()
+        console.print(by_model)
+
+    if report.finish_reasons:
+        reasons = "  ".join(f"{printable(name)} {_count(n)}" for name, n in report.finish_reasons.most_common())
+        console.print()
+        console.print(Text.assemble(("finish reasons  ", "bold"), reasons))
+
+    if report.error_groups:
+        groups = report.errors
+        shown = groups[:_REPORT_ERROR_GROUPS]
+        errors = Table(
+            title=f"errors: {plural(report.status['error'], 'line')}, {plural(len(groups), 'group')}",
+            title_justify="left",
+            box=None,
+            padding=(0, 1),
+        )
+        errors.add_column("count", justify="right")
+        errors.add_column("type")
+        errors.add_column("status", justify="right")
+        errors.add_column("first line", justify="right")
+        errors.add_column("id")
+        errors.add_column("message", overflow="fold", ratio=1)
+        for g in shown:
+            message = g.message if len(g.message) <= 400 else g.message[:399] + "…"
+            errors.add_row(
+                Text(_count(g.count), style="red"),
+                Text(printable(g.type)),
+                "" if g.status_code is None else str(g.status_code),
+                _count(g.first_line),
+                Text(printable(g.first_id)),
+                Text(printable(message)),
+            )
+        console.print()
+        console.print(errors)
+        hidden = len(groups) - len(shown)
+        if hidden or report.other_errors:
+            more = [f"{plural(hidden, 'more group')} (--json lists them all)"] if hidden else []
+            if report.other_errors:
+                more.append(f"{plural(report.other_errors, 'error')} past the first distinct messages kept")
+            console.print(Text("and " + "; ".join(more), style="dim"), soft_wrap=True)
+
+    if report.truncated:
+        console.print()
+        console.print(
+            Text.assemble(
+                ("cut off: ", "bold yellow"),
+                f"{plural(report.truncated, 'answer')} stopped at the token limit (finish reason length)",
+            )
+        )
+        listed = ", ".join(f"line {line} (id {printable(id_)})" for line, id_ in report.truncated_first)
+        more = report.truncated - len(report.truncated_first)
+        console.print(Text("  " + listed + (f", and {_count(more)} more" if more else "")), soft_wrap=True)
+
+    note = report.unpriced_note()
+    if note:
+        console.print()
+        console.print(Text(f"note: {note}"), soft_wrap=True)
+
+
+#: Error groups printed in the terminal (``--json`` and ``--html`` list every group kept).
+_REPORT_ERROR_GROUPS = 20

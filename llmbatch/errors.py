@@ -8,6 +8,7 @@ them into output; library users catch them like any other exception. Anything th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -78,15 +79,26 @@ class CacheError(LlmbatchError):
     exit_code = EXIT_USAGE
 
 
-def printable(text: str) -> str:
+# C0 and C1 control characters, DEL, line/paragraph separators and the bidirectional overrides
+# (which can make a terminal or a page show text in another order than it is).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
     """``text`` safe to print on a terminal, on one line: control characters (escape sequences,
-    carriage returns, newlines) from input files or providers' error messages are shown as
-    ``\\xNN`` instead of being obeyed, so they can neither retitle the window nor clear the screen."""
-    if text.isprintable():
+    carriage returns, newlines, bidirectional overrides) from input files or providers' messages
+    are shown as escapes (``\\x1b``, ``\\n``, ``\\u202e``) instead of being obeyed, so they can
+    neither retitle the window, clear the screen nor reorder what is shown. rich keeps ESC as it is."""
+    text = text if isinstance(text, str) else str(text)
+    if _CONTROL.search(text) is None:
         return text
-    return "".join(c if c.isprintable() or c == " " else _escaped(c) for c in text)
+    return _CONTROL.sub(_escape_control, text)
 
 
-def _escaped(char: str) -> str:
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -88,18 +88,19 @@ def estimate_cost(
 
 
 def format_usd(amount: float | None) -> str:
-    """Dollars for people: ``$12.35``, ``$0.0150``, ``$0.000085``. Never ``$0.0000`` for an amount
-    that is not zero (a small batch of a cheap model costs fractions of a cent), never scientific
-    notation; ``unknown`` for None (an unknown price is not 0)."""
+    """Dollars for people: ``unknown`` for None (an unknown price is not 0), cents from a dollar
+    up, and below a dollar three significant digits, so that the cost of a small batch of a cheap
+    model is never shown as ``$0.0000`` nor as ``3.9e-06``."""
     if amount is None:
         return "unknown"
     if amount == 0:
-        return "$0.00"
-    size = abs(amount)
-    if size >= 10:
-        return f"${amount:,.2f}"
-    if size >= 0.01:
-        return f"${amount:,.4f}"
-    decimals = 2 - math.floor(math.log10(size))  # three significant digits
+        return "$0"
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount >= 1:
+        return f"{sign}${amount:,.2f}"
+    decimals = max(2, 2 - math.floor(math.log10(amount)))
     text = f"{amount:.{decimals}f}".rstrip("0")
-    return f"${text}"
+    if len(text.split(".")[1]) < 2:
+        text = f"{amount:.2f}"
+    return f"{sign}${text}"
