@@ -455,9 +455,9 @@ def _open_input(name: str) -> Any:
 
     try:
         return open_input(name)
-    except Interrupted:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP while stdin is copied
         _print_error("interrupted while reading the input; nothing was sent")
-        raise typer.Exit(128 + signal.SIGINT) from None
+        raise typer.Exit(128 + exc_signal(exc)) from None
 
 
 def _run_config(
@@ -515,10 +515,9 @@ def _validate(config: Any, prefix: Any) -> Any:
     with _tuned_gc():
         try:
             return validate(config, prefix)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: nothing has been sent yet
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: nothing has been sent yet
             _print_error("interrupted while checking the input; nothing was sent")
-            signum = exc_signal(sys.exc_info()[1])
-            raise typer.Exit(128 + signum) from None
+            raise typer.Exit(128 + exc_signal(exc)) from None
 
 
 def exc_signal(exc: BaseException | None) -> int:

@@ -390,17 +390,22 @@ def _hits_spool(output: Path | None) -> IO[bytes] | None:
 
 
 def _copy_of_stdin() -> Path:
+    """A private copy of standard input (0600, in $TMPDIR), removed again on every way out: here if
+    the copy fails or is interrupted (Ctrl-C, SIGTERM while a producer is still writing), else by
+    :meth:`Input.cleanup`, which the CLI runs however the run ends."""
     spool = None
     try:
         with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool)
-    except OSError as exc:
+    except BaseException as exc:
         if spool is not None:
             Path(spool.name).unlink(missing_ok=True)
-        raise UsageError(
-            f"cannot keep a copy of stdin in a temporary file ({exc.strerror or exc}): "
-            "set TMPDIR to a directory with room, or give the input as a file"
-        ) from None
+        if isinstance(exc, OSError):
+            raise UsageError(
+                f"cannot keep a copy of stdin in a temporary file ({exc.strerror or exc}): "
+                "set TMPDIR to a directory with room, or give the input as a file"
+            ) from None
+        raise
     return Path(spool.name)
 
 

@@ -200,19 +200,93 @@ def test_one_ctrl_c_lets_calls_in_flight_finish_into_the_cache_and_exits_130(tmp
     assert ok_lines_from_cache_only(path, sim, env, tmp_path / "check.jsonl") == answered
 
 
-def interrupt_when_busy(process: subprocess.Popen, sim, *, presses: int) -> tuple[str, float]:
+def interrupt_when_busy(
+    process: subprocess.Popen, sim, *, presses: int, signum: int = signal.SIGINT
+) -> tuple[str, float]:
     """Ctrl-C (``presses`` times) once 4 calls are in flight; stderr, and seconds to exit after."""
     try:
         wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=30, process=process, what="4 calls in flight")
         for press in range(presses):
             if press:
                 time.sleep(0.3)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
         sent = time.monotonic()
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
     return stderr, time.monotonic() - sent
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_a_first_ctrl_c_and_keep_every_paid_answer(tmp_path, env, simulator, signum, code):
+    # kill, timeout(1), a scheduler or a closed terminal: the calls in flight are paid for, so they
+    # finish and are stored, and what there is gets written; the exit code names the signal.
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "slow.jsonl", slow_prompts(12))
+    process = spawn(run_args(path, sim, "-c", "4", "--timeout", "10"), env, tmp_path)
+    stderr, took = interrupt_when_busy(process, sim, presses=1, signum=signum)
+
+    assert process.returncode == code, stderr
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr, stderr
+    said = " ".join(stderr.split())
+    assert f"stopped early: stopped by {signal.Signals(signum).name}" in said, stderr
+    assert "finishing" not in said.split("stopped early:")[1]  # the message is about the end, not the middle
+    stats = sim.stats()
+    served = stats["completions_served"]
+    assert served == stats["requests_received"] == 5, "a call in flight was dropped, or a new one started"
+    partial = read_results(tmp_path / "slow.results.jsonl.partial")
+    assert {row["line"] for row in partial} == set(range(1, served + 1))
+    assert cache_entries(env) == served
+
+
+def test_timeout_1_ending_a_run_loses_no_paid_answer(tmp_path, env, simulator):
+    # `timeout 6 llmbatch run ...` sends SIGTERM: before, 16 accepted calls were dropped.
+    sim = simulator(latency_s=0.4)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(400))
+    command = ["timeout", "-s", "TERM", "6", sys.executable, "-m", "llmbatch", *run_args(path, sim, "-c", "16")]
+    done = subprocess.run(command, env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 124, done.stderr  # timeout(1) says the time ran out; llmbatch exited cleanly
+    assert "Traceback" not in done.stderr
+    served = sim.stats()["completions_served"]
+    assert 0 < served < 400
+    assert cache_entries(env) == served  # every answer paid for is in the cache
+    rerun = run_cli(run_args(path, sim, "-c", "16", "-q"), env=env)
+    assert rerun.exit_code == 0
+    assert sim.stats()["requests_received"] == 400  # the rerun paid only for the rest
+
+
+@pytest.mark.parametrize("when", ["reading stdin", "running"])
+def test_the_copy_of_stdin_is_removed_however_the_run_is_stopped(tmp_path, env, simulator, when):
+    sim = simulator(latency_s=1.0)
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", "run", "-", "--api-base", sim.url, "-m", MODEL, "-o", str(tmp_path / "o.jsonl")],
+        env={**os.environ, **env, "TMPDIR": str(spool_dir)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdin is not None
+        lines = "".join(json.dumps(row) + "\n" for row in slow_prompts(8))
+        process.stdin.write(lines)
+        process.stdin.flush()
+        if when == "running":
+            process.stdin.close()
+            process.stdin = None  # communicate() must not flush it again
+            wait_for(lambda: sim.stats()["in_flight"] >= 1, timeout=30, process=process, what="a call in flight")
+        else:
+            wait_for(lambda: any(spool_dir.iterdir()), timeout=30, process=process, what="the copy of stdin")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert list(spool_dir.iterdir()) == []  # no copy of the prompts left behind in $TMPDIR
 
 
 def test_a_second_ctrl_c_quits_at_once_even_with_slow_calls_in_flight(tmp_path, env, simulator):
