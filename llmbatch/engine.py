@@ -39,7 +39,7 @@ from llmbatch import answers
 from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
-from llmbatch.limits import Governor, LimitSettings, estimate_split
+from llmbatch.limits import Budget, Governor, LimitSettings, estimate_split
 from llmbatch.pricing import call_cost, estimate_cost, format_usd
 from llmbatch.prompts import Request
 from llmbatch.provider import CallError, Destination, Reply
@@ -227,7 +227,8 @@ class Engine:
         # --refresh must call each key once per run, however far apart its duplicates are.
         self._refreshed: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._committed_usd = 0.0  # --max-cost: estimates of the calls that hold a reservation
+        self._committed_usd = 0.0  # --max-cost: estimates of the calls that hold a reservation ...
+        self._reservations = 0  # ... and how many they are
         self._budget_freed = asyncio.Event()  # a reservation was settled: waiters look again
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -477,14 +478,14 @@ class Engine:
                         await ready
                     budget = self.governor.budget(request.model_ref)
                     self._publish_pace()  # a configured pace shows before the first call waits for it
-                    estimate_in, estimate_out = estimate_split(request.messages, request.params, budget.avg_completion)
-                    reserved = await self._reserve_budget(request, estimate_in, estimate_out)
+                    reserved = await self._reserve_budget(request, budget)
                     if reserved is None:
                         return _SKIPPED  # the budget is spent (or the run stopped): the rerun picks it up
                     try:
                         # The model's pace first, then a slot of --concurrency: a call waiting for
                         # a slowly paced model must not hold a slot another model could use.
-                        if not await self.governor.acquire(request.model_ref, estimate_in + estimate_out):
+                        tokens = sum(estimate_split(request.messages, request.params, budget.avg_completion))
+                        if not await self.governor.acquire(request.model_ref, tokens):
                             return _SKIPPED  # stopped while waiting for the pace
                         async with self._semaphore:
                             if self._stopping:
@@ -499,7 +500,7 @@ class Engine:
                                 self.stats.calls += 1
                                 counted = True
                             attempts += 1
-                            reply, cost = await self._attempt(request, estimate_in + estimate_out)
+                            reply, cost = await self._attempt(request, tokens)
                     finally:
                         self._settle_budget(reserved)
                     # A 200 that is not an answer fails this attempt (retried when transient); an
@@ -595,23 +596,29 @@ class Engine:
 
     # -- --max-cost ---------------------------------------------------------------------------
 
-    async def _reserve_budget(self, request: Request, input_tokens: int, output_tokens: int) -> float | None:
+    async def _reserve_budget(self, request: Request, budget: Budget) -> float | None:
         """--max-cost: reserve this call's estimated cost, so that no call starts that could take
         spending past the budget, counting every call in flight at its estimate. Near the budget,
-        fewer calls run at once: a call that does not fit waits for one in flight to finish. Only
-        when it cannot fit even with nothing in flight does the run stop. The amount reserved
-        (0.0 without a budget), or None when the call must not start."""
+        fewer calls run at once: a call that does not fit waits for one in flight to finish (its
+        real cost, and this run's answers so far, make the next estimate). Only when it cannot fit
+        even with nothing in flight does the run stop. The amount reserved (0.0 without a budget),
+        or None when the call must not start."""
         limit = self.options.max_cost_usd
         if limit is None:
             return 0.0
-        estimate = estimate_cost(request.provider, request.model, input_tokens, output_tokens)
-        if estimate is None:
-            self.stop(f"no price known for {request.model_ref}: --max-cost cannot be kept", StopReason.FATAL)
-            return None
-        while self.stats.spent_usd + self._committed_usd + estimate > limit:
+        while True:
+            # Estimated afresh on each look: the output is the average of this run's own answers
+            # for the model once some have come back, not the 256 tokens assumed before any.
+            tokens_in, tokens_out = estimate_split(request.messages, request.params, budget.avg_completion)
+            estimate = estimate_cost(request.provider, request.model, tokens_in, tokens_out)
+            if estimate is None:
+                self.stop(f"no price known for {request.model_ref}: --max-cost cannot be kept", StopReason.FATAL)
+                return None
             if self._stopping:
                 return None
-            if self._committed_usd <= 0:
+            if self.stats.spent_usd + self._committed_usd + estimate <= limit:
+                break
+            if self._reservations == 0:
                 self.stop(
                     f"the budget of {format_usd(limit)} is reached ({format_usd(self.stats.spent_usd)} spent; the "
                     f"next call would cost about {format_usd(estimate)})",
@@ -620,13 +627,16 @@ class Engine:
                 return None
             self._budget_freed.clear()
             await self._budget_freed.wait()
+        self._reservations += 1
         self._committed_usd += estimate
         return estimate
 
     def _settle_budget(self, reserved: float) -> None:
         """A call's reservation ends (its real cost, if any, is already in ``spent_usd``)."""
         if reserved:
-            self._committed_usd = max(0.0, self._committed_usd - reserved)
+            self._reservations -= 1
+            # Counted, not compared with zero: float sums leave crumbs (5e-20) that never reach 0.
+            self._committed_usd = self._committed_usd - reserved if self._reservations else 0.0
             self._budget_freed.set()
 
     # -- one attempt --------------------------------------------------------------------------

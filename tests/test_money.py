@@ -130,3 +130,37 @@ def test_a_budget_on_a_model_without_a_price_is_refused_before_anything_is_sent(
     assert result.exit_code == 2
     assert "no price is known for openai:my-finetune-x" in result.stderr
     assert sim.stats()["requests_received"] == 0
+
+
+def test_a_budget_that_allows_about_100_calls_makes_at_least_90_never_overspends_and_says_what_it_spent(
+    tmp_path, simulator, env
+):
+    # Without max_tokens the output is estimated from this run's own answers once some have come
+    # back (not 256 tokens a call), and near the budget fewer calls run at once instead of the run
+    # stopping: it stops only when the next call cannot fit even with nothing else in flight.
+    slow = simulator(latency_s=0.01)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(300))
+    base = ["run", str(path), "--api-base", slow.url, "-m", "openai:gpt-4o-mini", "-c", "16"]
+    one = genai_price({"prompt_tokens": 3, "completion_tokens": 7})  # every call here costs exactly this
+    budget = 100.5 * one
+    stopped = run_cli([*base, "--max-cost", f"{budget:.12f}"], env=env)
+    assert stopped.exit_code == 3, stopped.stderr
+    partial = read_results(tmp_path / "p.results.jsonl.partial")
+    costs = [r["cost_usd"] for r in partial]
+    assert all(c == one for c in costs)
+    paid = slow.stats()["completions_served"]
+    spent = paid * one
+    assert 90 <= paid <= 100, paid  # at least 90 of the ~100 the budget allows, never past it
+    assert spent <= budget
+    said = " ".join(stopped.stderr.split())
+    assert f"spent this run {format_usd(spent)}" in said  # exactly what was spent, in plain digits
+    assert f"the budget of {format_usd(budget)} is reached ({format_usd(spent)} spent" in said
+    assert "e-0" not in said and "$0.0000 " not in said
+
+
+def test_a_tiny_budget_is_printed_in_plain_digits(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(50))
+    result = llmbatch("run", str(path), "--max-cost", "0.00005")
+    assert result.exit_code == 3, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "the budget of $0.00005 is" in said and "5e-05" not in said
