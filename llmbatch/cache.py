@@ -485,6 +485,73 @@ class ResponseCache:
             sql("INSERT OR IGNORE INTO Settings VALUES ('llmbatch_saved_usd', 0.0)")
             sql("UPDATE Settings SET value = value + ? WHERE key = 'llmbatch_saved_usd'", (saved_usd,))
 
+    # -- leases: which run is calling which key ---------------------------------------------
+
+    def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]:
+        """Take the keys that no other owner holds (or whose holder let the lease run out) for
+        ``owner``, until ``now + ttl_s``; return every one of ``keys`` that ``owner`` holds now.
+        One transaction: two runs asking at once each get a share, never the same key."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        now = time.time() if now is None else now
+        cache = self._current()
+        try:
+            with cache.transact(retry=True):
+                sql = cache._sql
+                self._lease_table(sql)
+                for key in keys:
+                    sql(
+                        "INSERT INTO llmbatch_leases (key, owner, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                        "UPDATE SET owner = excluded.owner, expires = excluded.expires "
+                        "WHERE llmbatch_leases.expires < ? OR llmbatch_leases.owner = excluded.owner",
+                        (key, owner, now + ttl_s, now),
+                    )
+                held: set[str] = set()
+                for start in range(0, len(keys), _SQL_BATCH):
+                    batch = keys[start : start + _SQL_BATCH]
+                    marks = ",".join("?" * len(batch))
+                    rows = sql(f"SELECT key FROM llmbatch_leases WHERE owner = ? AND key IN ({marks})", [owner, *batch])
+                    held.update(key for (key,) in rows.fetchall())
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+        return held
+
+    def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None:
+        """Push back the expiry of every lease ``owner`` holds (a call can take minutes)."""
+        now = time.time() if now is None else now
+        self._lease_write("UPDATE llmbatch_leases SET expires = ? WHERE owner = ?", (now + ttl_s, owner))
+
+    def release(self, keys: Iterable[str], owner: str) -> None:
+        """Give up ``owner``'s leases on ``keys`` (answered and stored, or failed)."""
+        keys = list(keys)
+        for start in range(0, len(keys), _SQL_BATCH):
+            batch = keys[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(batch))
+            self._lease_write(f"DELETE FROM llmbatch_leases WHERE owner = ? AND key IN ({marks})", (owner, *batch))
+
+    def release_all(self, owner: str) -> None:
+        """Give up every lease ``owner`` holds (the run is over)."""
+        self._lease_write("DELETE FROM llmbatch_leases WHERE owner = ?", (owner,))
+
+    def _lease_write(self, statement: str, args: tuple[Any, ...]) -> None:
+        cache = self._current()
+        try:
+            with cache.transact(retry=True):
+                self._lease_table(cache._sql)
+                cache._sql(statement, args)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
+    @staticmethod
+    def _lease_table(sql: Any) -> None:
+        # Our own table beside diskcache's, in the same database: a lease and the answer that ends
+        # it live in one file, and a removed cache directory takes both with it.
+        sql(
+            "CREATE TABLE IF NOT EXISTS llmbatch_leases "
+            "(key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"
+        )
+
     # -- maintenance -------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:

@@ -28,6 +28,7 @@ a real provider's keys. A run without a provider (answers from the cache only) i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from llmbatch import answers
 from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
 from llmbatch.keys import request_key
+from llmbatch.leases import Leases
 from llmbatch.limits import Budget, Governor, LimitSettings, estimate_split
 from llmbatch.pricing import call_cost, estimate_cost, format_usd
 from llmbatch.prompts import Request
@@ -240,6 +242,10 @@ class Engine:
         self._gap = False
         #: Answers waiting for the next cache write (see _store), each with the future its call awaits.
         self._writes: list[tuple[str, dict[str, Any], str, asyncio.Future[CacheError | None]]] = []
+        #: Which run calls which key, when runs share the cache (only when calls can be made).
+        self.leases: Leases | None = None
+        if provider is not None and self.cache is not None and options.cache_mode == "normal":
+            self.leases = Leases(self.cache, clock=wall_clock, sleep=sleep)
 
     def _secrets(self) -> tuple[str, ...]:
         """The API keys in use: never stored, never written (a provider may echo one back)."""
@@ -258,6 +264,8 @@ class Engine:
             self._stopped.set()  # wakes requests sleeping before a retry or for the pace
             self._budget_freed.set()
             self.governor.wake_all()
+            if self.leases is not None:
+                self.leases.stop_waiting()
             self.stats.stopped = reason
             self.stats.stop_reason = kind
             self._event({"event": "stop", "reason": kind.value, "message": reason})
@@ -282,6 +290,7 @@ class Engine:
             self.stats.started_at = self.clock()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.options.effective_window())
         producer = asyncio.create_task(self._produce(iter(requests), queue))
+        keeper = asyncio.create_task(self.leases.run()) if self.leases is not None else None
         try:
             await self._consume(queue)
             await producer  # re-raise anything the producer hit (a changed input file, ...)
@@ -296,6 +305,12 @@ class Engine:
         finally:
             if not producer.done():
                 producer.cancel()
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            if self.leases is not None:
+                self.leases.close()
             self.stats.finished_at = self.clock()
             if self.cache is not None:
                 self.cache.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
@@ -307,6 +322,8 @@ class Engine:
                 chunk, found = self._keyed_lookup(list(islice(requests, LOOKUP_CHUNK)))
                 if not chunk:
                     break
+                if self.leases is not None:  # the chunk's misses, for this run to call (one transaction)
+                    self.leases.take(k for _, k in chunk if k not in found and k not in self._in_flight)
                 for request, key in chunk:
                     if self._stopping:
                         break
@@ -428,19 +445,31 @@ class Engine:
         return result
 
     async def _answer(self, request: Request, key: str) -> Result | _Skipped:
+        try:
+            while True:
+                decided = self._decide(request, key)
+                if decided is not None:
+                    return decided if isinstance(decided, (Result, _Skipped)) else await decided
+                # Another run holds the key: its answer will land in the cache, or the key comes back
+                # to this run (its call failed, it died, or this run is stopping): decide afresh.
+                assert self.leases is not None
+                entry = await self.leases.wait(key)
+                if entry is not None:
+                    return self._hit(request, key, entry)
+        finally:
+            # Not called here after all, or failed: free for other runs (a stopping run frees all
+            # of its leases at once when it ends).
+            if self.leases is not None and key not in self._in_flight and not self._stopping:
+                self.leases.release([key])
+
+    def _decide(self, request: Request, key: str) -> Result | _Skipped | Awaitable[Result | _Skipped] | None:
+        """What to do with a miss now, with no ``await`` between the checks and the registration
+        of a call in flight (so one run never calls one key twice): a result, the call to await,
+        or None when another run holds the key."""
         mode = self.options.cache_mode
         pending = self._in_flight.get(key)
         if pending is not None:
-            await asyncio.wait([pending])  # never raises for the other call's outcome
-            if not pending.cancelled():
-                failure = pending.exception()
-                if failure is None:
-                    return self._hit(request, key, pending.result(), coalesced=True)
-                # The identical call failed after its retries: so would this one.
-                assert isinstance(failure, CallError)
-                self.stats.coalesced += 1
-                return self._error(request, key, failure, 0, hit="duplicate")
-            # The other call never ran (the run is stopping): fall through and decide afresh.
+            return self._coalesce(request, key, pending)
         if self.cache is not None and (mode == "normal" or (mode == "refresh" and key in self._refreshed)):
             # The chunk lookup may be stale: an identical call can have finished since.
             entry = self.cache.get(key)
@@ -450,10 +479,27 @@ class Engine:
             return self._error(request, key, CallError("permanent", "CacheMiss", "not in the cache (--cache-only)"), 0)
         if self._stopping:
             return _SKIPPED
-
+        if self.leases is not None and key not in self.leases.held:
+            return None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_consume_exception)
         self._in_flight[key] = future
+        return self._call_once(request, key, future)
+
+    async def _coalesce(self, request: Request, key: str, pending: asyncio.Future[dict[str, Any]]) -> Result | _Skipped:
+        await asyncio.wait([pending])  # never raises for the other call's outcome
+        if not pending.cancelled():
+            failure = pending.exception()
+            if failure is None:
+                return self._hit(request, key, pending.result(), coalesced=True)
+            # The identical call failed after its retries: so would this one.
+            assert isinstance(failure, CallError)
+            self.stats.coalesced += 1
+            return self._error(request, key, failure, 0, hit="duplicate")
+        # The other call never ran (the run is stopping): decide afresh.
+        return await self._answer(request, key)
+
+    async def _call_once(self, request: Request, key: str, future: asyncio.Future[dict[str, Any]]) -> Result | _Skipped:
         try:
             return await self._call(request, key, future)
         finally:
@@ -585,6 +631,9 @@ class Engine:
                     outcomes.append(exc)
                 except Exception as exc:  # noqa: BLE001 - e.g. a number too large for JSON
                     outcomes.append(CacheError(f"cannot store an answer in the cache: {exc}"))
+        if self.leases is not None:
+            with contextlib.suppress(CacheError):  # a lease not given up runs out on its own
+                self.leases.release(key for (key, *_), outcome in zip(writes, outcomes, strict=True) if outcome is None)
         for (*_, done), outcome in zip(writes, outcomes, strict=True):
             if not done.done():
                 done.set_result(outcome)

@@ -262,7 +262,19 @@ def test_the_copy_of_stdin_is_removed_however_the_run_is_stopped(tmp_path, env, 
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "run", "-", "--api-base", sim.url, "-m", MODEL, "-o", str(tmp_path / "o.jsonl")],
+        [
+            sys.executable,
+            "-m",
+            "llmbatch",
+            "run",
+            "-",
+            "--api-base",
+            sim.url,
+            "-m",
+            MODEL,
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
         env={**os.environ, **env, "TMPDIR": str(spool_dir)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -329,6 +341,61 @@ def test_two_runs_at_once_on_one_cache_both_finish_and_leave_it_consistent(tmp_p
     assert stats["distinct_requests_served"] == n
     assert stats["max_serves_per_request"] <= 2  # at most once per run
     assert stats["completions_served"] == 2 * n - sum(row["cached"] for row in a + b)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_two_runs_started_together_pay_once_for_each_prompt(tmp_path, env, simulator, workers):
+    # Before leases, 300 prompts cost 600 calls. Each run now takes a lease on the keys it calls and
+    # waits for the other's answers instead of paying for them again.
+    sim = simulator(latency_s=0.02)
+    n = 300
+    path = write_jsonl(tmp_path / "shared.jsonl", prompts(n))
+    outputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    args = ["-c", "16", "--workers", workers]
+    processes = [spawn(run_args(path, sim, *args, "-o", str(out)), env, tmp_path) for out in outputs]
+    try:
+        finished = [p.communicate(timeout=120) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, (_, stderr) in zip(processes, finished, strict=True):
+        assert p.returncode == 0, stderr
+    a, b = (assert_complete(out, n) for out in outputs)
+    assert [row["content"] for row in a] == [row["content"] for row in b]
+    stats = sim.stats()
+    assert stats["distinct_requests_served"] == n
+    assert stats["requests_received"] == n  # every prompt paid for exactly once between the two runs
+    assert sum(not row["cached"] for row in a + b) == n  # and each run says which answers it paid for
+
+
+def test_a_run_that_dies_holding_leases_lets_another_take_its_keys_when_they_run_out(tmp_path, env, simulator):
+    import sqlite3
+
+    from llmbatch.cache import ResponseCache
+
+    sim = simulator()
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
+    cache_dir = Path(env["LLMBATCH_CACHE_DIR"])
+    # A run killed with -9 leaves its leases behind: here, leases on the first ten keys, taken by
+    # an owner that will never renew them, written as that run would have.
+    held_keys = [row["key"] for row in read_results(_keys_file(tmp_path, path, sim, env))][:10]
+    with ResponseCache(cache_dir) as cache:
+        assert cache.lease(held_keys, "dead-run", ttl_s=1.5) == set(held_keys)
+    started = time.monotonic()
+    done = run_cli(run_args(path, sim, "-c", "8", "-q"), env=env)
+    assert done.exit_code == 0, done.stderr
+    assert time.monotonic() - started >= 1.0  # it waited for the dead run's leases to run out
+    assert sim.stats()["requests_received"] == 20 + 20  # the keys file's 20, then these 20: none twice
+    with sqlite3.connect(cache_dir / "cache.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM llmbatch_leases").fetchone() == (0,)  # nothing left held
+
+
+def _keys_file(tmp_path: Path, path: Path, sim, env) -> Path:
+    """The request keys of ``path``'s lines, from a run into a throwaway cache."""
+    out = tmp_path / "keys.jsonl"
+    other = {**env, "LLMBATCH_CACHE_DIR": str(tmp_path / "throwaway")}
+    assert run_cli(run_args(path, sim, "-q", "-o", str(out)), env=other).exit_code == 0
+    return out
 
 
 # --- unwritable paths --------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Leases: which run is calling which key, so that runs sharing a cache pay once for each answer.
+
+Two runs on the same input and cache, started together, used to pay for every prompt twice: each
+looked its chunk up, found it missing, and called. Now, before a miss is called, its key is leased
+in the store (an owner token and an expiry, taken a chunk at a time in one transaction). A run that
+meets a key another run holds does not call it and does not wait in line: it goes on with the keys
+it holds, and comes back for the other when its answer lands in the store (it looks every so often,
+more often while answers are arriving). If the holder gives the key up without an answer (its call
+failed) or stops renewing it (it died), the lease runs out and the waiting run takes the key over.
+
+The store keeps the leases (``ResponseCache.lease``/``renew``/``release``/``release_all``); this
+class is the run's side: what it holds, what it waits for, and the background loop that renews
+and polls. Clock and sleep are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+__all__ = ["LEASE_TTL_S", "LeaseStore", "Leases"]
+
+#: How long a lease lasts without renewal: a run that died frees its keys this long after.
+LEASE_TTL_S = 60.0
+#: Looking for answers other runs are making: soon after one arrived, slower while none do.
+POLL_MIN_S = 0.05
+POLL_MAX_S = 1.0
+
+
+class LeaseStore(Protocol):
+    """What a store offers for leases (``cache.ResponseCache``)."""
+
+    def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]: ...
+    def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None: ...
+    def release(self, keys: Iterable[str], owner: str) -> None: ...
+    def release_all(self, owner: str) -> None: ...
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+
+class Leases:
+    """One run's leases. :meth:`take` before calling; :meth:`wait` for a key another run holds;
+    :meth:`release` when done with a key; :meth:`run` in the background while the run goes."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        ttl_s: float = LEASE_TTL_S,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.owner = secrets.token_hex(12)  # this run; never derived from anything secret
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.sleep = sleep
+        self.held: set[str] = set()
+        #: Keys another run holds, each with the future its waiters share: the stored entry when it
+        #: lands, or None once the key is this run's to call.
+        self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self.waited = 0  # keys answered by another run while this one waited (for the summary)
+
+    def take(self, keys: Iterable[str]) -> None:
+        """Lease what nobody else holds among ``keys`` (one transaction)."""
+        wanted = [key for key in keys if key not in self.held]
+        if wanted:
+            self.held |= self.store.lease(wanted, self.owner, ttl_s=self.ttl_s, now=self.clock())
+
+    async def wait(self, key: str) -> dict[str, Any] | None:
+        """Until another run's answer for ``key`` is stored (the entry), or the key is this run's
+        to call (None: its holder gave it up or died, or this run is stopping)."""
+        future = self._waiting.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[key] = future
+        return await asyncio.shield(future)
+
+    def release(self, keys: Iterable[str]) -> None:
+        """Give up the leases on ``keys`` that this run holds (the answers are stored, or failed)."""
+        mine = [key for key in keys if key in self.held]
+        if mine:
+            self.held.difference_update(mine)
+            self.store.release(mine, self.owner)
+
+    def stop_waiting(self) -> None:
+        """The run is stopping: every waiter hears back now (None), and starts no call."""
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    async def run(self) -> None:
+        """Renew what is held and look for what is waited on, until cancelled."""
+        interval = POLL_MIN_S
+        renewed = self.clock()
+        while True:
+            await self.sleep(interval)
+            if self.clock() - renewed >= self.ttl_s / 3:
+                renewed = self.clock()
+                if self.held:
+                    self.store.renew(self.owner, ttl_s=self.ttl_s, now=renewed)
+            progress = self.poll()
+            interval = POLL_MIN_S if progress else min(POLL_MAX_S, interval * 2)
+
+    def poll(self) -> bool:
+        """One look at every key waited on; True if any waiter heard back."""
+        if not self._waiting:
+            return False
+        keys = list(self._waiting)
+        found = self.store.get_many(keys)
+        for key, entry in found.items():
+            self.waited += 1
+            self._finish(key, entry)
+        left = [key for key in keys if key not in found]
+        before = set(self.held)
+        self.take(left)  # the holder let go (its call failed) or died: ours to call now
+        taken = self.held - before
+        for key in taken:
+            self._finish(key, None)
+        return bool(found or taken)
+
+    def _finish(self, key: str, result: dict[str, Any] | None) -> None:
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def close(self) -> None:
+        """The run is over: give up every lease it still holds."""
+        self.stop_waiting()
+        self.held.clear()
+        with contextlib.suppress(Exception):  # the store may be gone; leases run out on their own
+            self.store.release_all(self.owner)
