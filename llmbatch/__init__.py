@@ -1,21 +1,41 @@
-"""llmbatch: run a JSONL file of LLM prompts against any provider, paying once per answer.
+"""llmbatch: run LLM prompts against any provider, concurrently, paying once per answer.
 
 The library under the ``llmbatch`` command. The usual path::
 
-    from llmbatch import Engine, ResponseCache, read_requests, validate_file
-    from llmbatch.provider import AnyLLMProvider
+    from llmbatch import run_batch_sync            # or: await llmbatch.run_batch(...)
 
-Names are imported lazily so that ``import llmbatch`` (and ``llmbatch --help``) stay fast.
+    results = run_batch_sync([{"prompt": "What is 2+2?"}], model="openai:gpt-4o-mini")
+    print(results[0].content)
+
+See :mod:`llmbatch.api` for the contract (what is checked, what is closed, what a stop raises),
+and ``Engine`` for a run over a stream of requests of any length, as the CLI makes.
+
+Names are imported lazily so that ``import llmbatch`` (and ``llmbatch --help``) stay fast: none of
+the provider SDKs, rich or typer is imported until something needs it.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
+    from llmbatch.api import RunStopped, run_batch, run_batch_sync
+    from llmbatch.cache import ResponseCache
+    from llmbatch.engine import Engine, Provider, RunOptions, RunStats, StopReason
+    from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, OutputError, UsageError
+    from llmbatch.keys import request_key
+    from llmbatch.prompts import Defaults, Request, parse_line, read_requests, validate_file
+    from llmbatch.provider import AnyLLMProvider, Destination
+    from llmbatch.results import Result, ResultWriter
+    from llmbatch.retry import RetryPolicy
+
 _EXPORTS = {
+    "run_batch": "llmbatch.api",
+    "run_batch_sync": "llmbatch.api",
+    "RunStopped": "llmbatch.api",
     "Request": "llmbatch.prompts",
     "Defaults": "llmbatch.prompts",
     "parse_line": "llmbatch.prompts",
@@ -24,22 +44,64 @@ _EXPORTS = {
     "request_key": "llmbatch.keys",
     "ResponseCache": "llmbatch.cache",
     "Engine": "llmbatch.engine",
+    "Provider": "llmbatch.engine",
     "RunOptions": "llmbatch.engine",
     "RunStats": "llmbatch.engine",
-    "run_batch": "llmbatch.engine",
+    "StopReason": "llmbatch.engine",
+    "AnyLLMProvider": "llmbatch.provider",
+    "Destination": "llmbatch.provider",
     "Result": "llmbatch.results",
     "ResultWriter": "llmbatch.results",
     "RetryPolicy": "llmbatch.retry",
     "LlmbatchError": "llmbatch.errors",
     "InputError": "llmbatch.errors",
+    "LineError": "llmbatch.errors",
     "UsageError": "llmbatch.errors",
+    "CacheError": "llmbatch.errors",
+    "OutputError": "llmbatch.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# Spelled out (not built from _EXPORTS) so that linters and type checkers can read it;
+# tests/test_library.py checks that the two agree.
+__all__ = [
+    "AnyLLMProvider",
+    "CacheError",
+    "Defaults",
+    "Destination",
+    "Engine",
+    "InputError",
+    "LineError",
+    "LlmbatchError",
+    "OutputError",
+    "Provider",
+    "Request",
+    "ResponseCache",
+    "Result",
+    "ResultWriter",
+    "RetryPolicy",
+    "RunOptions",
+    "RunStats",
+    "RunStopped",
+    "StopReason",
+    "UsageError",
+    "__version__",
+    "parse_line",
+    "read_requests",
+    "request_key",
+    "run_batch",
+    "run_batch_sync",
+    "validate_file",
+]
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'llmbatch' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once found, a plain attribute: no lookup through here again
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
