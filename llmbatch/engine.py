@@ -244,8 +244,10 @@ class Engine:
         self._writes: list[tuple[str, dict[str, Any], str, asyncio.Future[CacheError | None]]] = []
         #: Which run calls which key, when runs share the cache (only when calls can be made).
         self.leases: Leases | None = None
-        if provider is not None and self.cache is not None and options.cache_mode == "normal":
-            self.leases = Leases(self.cache, clock=wall_clock, sleep=sleep)
+        if provider is not None and options.cache_mode == "normal" and hasattr(self.cache, "lease"):
+            # A store shared by several runs offers leases (ResponseCache); one private to this run
+            # (a dict in a notebook) needs none.
+            self.leases = Leases(self.cache, clock=wall_clock, sleep=sleep)  # type: ignore[arg-type]
 
     def _secrets(self) -> tuple[str, ...]:
         """The API keys in use: never stored, never written (a provider may echo one back)."""
