@@ -552,6 +552,36 @@ class ResponseCache:
             "(key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"
         )
 
+    # -- results files this cache's runs are writing -----------------------------------------
+
+    def note_partial(self, identity: tuple[int, int]) -> None:
+        """Record that a run with this cache writes the ``.partial`` file ``(st_dev, st_ino)``: a
+        later run may take the answers in it back into the cache, and only from such a file (a
+        ``.partial`` shipped with a cloned repository must never plant answers here)."""
+        self._partial_write("INSERT OR IGNORE INTO llmbatch_partials (dev, ino) VALUES (?, ?)", identity)
+
+    def knows_partial(self, identity: tuple[int, int]) -> bool:
+        try:
+            rows = self._current()._sql("SELECT 1 FROM llmbatch_partials WHERE dev = ? AND ino = ?", identity)
+            return bool(rows.fetchall())
+        except sqlite3.Error:  # no such table yet: no run of this cache left a .partial
+            return False
+
+    def forget_partial(self, identity: tuple[int, int]) -> None:
+        """The file was completed (renamed into place) or removed."""
+        self._partial_write("DELETE FROM llmbatch_partials WHERE dev = ? AND ino = ?", identity)
+
+    def _partial_write(self, statement: str, args: tuple[Any, ...]) -> None:
+        cache = self._current()
+        try:
+            with cache.transact(retry=True):
+                cache._sql(
+                    "CREATE TABLE IF NOT EXISTS llmbatch_partials (dev INTEGER, ino INTEGER, PRIMARY KEY (dev, ino))"
+                )
+                cache._sql(statement, args)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
     # -- maintenance -------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
@@ -641,7 +671,11 @@ class ResponseCache:
     def clear(self) -> int:
         """Remove every entry (value files too); return how many. The settings stay: size limit,
         eviction policy, and the lifetime hits, misses and savings."""
-        return int(self._cache.clear(retry=True))
+        removed = int(self._cache.clear(retry=True))
+        # An earlier run's .partial must not bring back what the user just cleared.
+        with contextlib.suppress(sqlite3.Error):  # no table: no run left a .partial
+            self._cache._sql("DELETE FROM llmbatch_partials")
+        return removed
 
     def close(self) -> None:
         self._cache.close()

@@ -565,6 +565,12 @@ def _run(
         )
     elif not (outcome and outcome.complete):
         note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"
+    if outcome is not None and outcome.recovered:
+        taken = (
+            f"note: {outcome.recovered} answer{'s' if outcome.recovered != 1 else ''} an earlier run paid for "
+            "were taken back into the cache from its .partial file"
+        )
+        note = f"{taken}\n{note}" if note else taken
     if outcome is not None and outcome.cache_recreated:
         removed = (
             f"note: the cache directory {outcome.cache_recreated} was removed during the run; "

@@ -12,10 +12,13 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO
+
+import orjson
 
 from llmbatch.cache import ResponseCache, default_cache_dir
 from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
@@ -117,6 +120,8 @@ class RunOutcome:
     #: The cache directory, when it was removed during the run and the answers from then on went
     #: into a new cache there.
     cache_recreated: str | None = None
+    #: Answers an earlier run paid for, taken back into the cache from its ``.partial``.
+    recovered: int = 0
 
 
 def default_output(input: Input) -> Path | None:
@@ -247,6 +252,9 @@ class HitPrefix:
             return None
         if self.spool is None:
             self.writer = _early_writer(config.output)
+            if self.writer is not None and self.writer.identity is not None:
+                with contextlib.suppress(CacheError):  # without the note, only recovery is lost
+                    self.cache.note_partial(self.writer.identity)
             if self.writer is None:
                 self.spool = _hits_spool(config.output)
                 if self.spool is None:
@@ -274,12 +282,13 @@ class HitPrefix:
                 raise _spool_failed(exc) from None
         self.lines += 1
 
-    def results_writer(self, output: Path | None) -> ResultWriter:
-        """The results file, holding every line answered so far (the input is valid by now)."""
+    def results_writer(self, output: Path | None, recover: Callable[[BinaryIO], None] | None = None) -> ResultWriter:
+        """The results file, holding every line answered so far (the input is valid by now);
+        ``recover`` sees an earlier ``.partial`` first (see :func:`start`)."""
         if self.writer is not None:
             writer, self.writer = self.writer, None
             return writer
-        writer = ResultWriter(output).open()
+        writer = ResultWriter(output, recover=recover).open()
         if self.spool is not None:
             writer.adopt(self.spool, self.lines)
             self.spool.close()
@@ -360,7 +369,11 @@ class HitPrefix:
     def close(self) -> None:
         """Release what the run did not take over (after a bad input, nothing is left behind)."""
         if self.writer is not None:
+            identity = self.writer.identity
             self.writer.discard()
+            if identity is not None and self.cache is not None:
+                with contextlib.suppress(CacheError):
+                    self.cache.forget_partial(identity)
         if self.spool is not None:
             self.spool.close()
         if self.cache is not None:
@@ -625,16 +638,21 @@ class Started:
     cache: ResponseCache | None
     writer: ResultWriter
     simulator: Any = None
+    recovered: int = 0  # answers an earlier run paid for, taken back into the cache from its .partial
 
     async def close(self, complete: bool = False) -> Path | None:
         """Finish the results file (renamed into place if ``complete``), close everything."""
         try:
             await self.provider.aclose()
         finally:
+            identity = self.writer.identity
             where = self.writer.finish(complete)
             if self.simulator is not None:
                 await self.simulator.stop()
             if self.cache is not None:
+                if complete and identity is not None:
+                    with contextlib.suppress(CacheError):
+                        self.cache.forget_partial(identity)  # renamed into place: no .partial any more
                 self.cache.close()
         return where
 
@@ -662,7 +680,14 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
         provider = _provider(_workers(config, _left(stats, prefix)), destination)
         if options.cache_mode != "only" and _left(stats, prefix) > 0:
             await _prepare_providers(provider, models)
-        writer = prefix.results_writer(config.output) if prefix is not None else ResultWriter(config.output).open()
+        recovered: list[int] = []
+        recover = _recovery(config, cache, recovered) if cache is not None else None
+        if prefix is not None:
+            writer = prefix.results_writer(config.output, recover)
+        else:
+            writer = ResultWriter(config.output, recover=recover).open()
+        if cache is not None and writer.identity is not None:
+            cache.note_partial(writer.identity)  # a later run may take back what this one pays for
     except BaseException:
         if provider is not None:
             await provider.aclose()
@@ -673,7 +698,90 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
         raise
     if prefix is not None:
         prefix.cache = None  # the run owns it now
-    return Started(provider, cache, writer, simulator)
+    return Started(provider, cache, writer, simulator, sum(recovered))
+
+
+def _recovery(config: RunConfig, cache: ResponseCache, recovered: list[int]) -> Callable[[BinaryIO], None]:
+    """What to do with an earlier run's ``.partial`` before it is emptied: take the answers it paid
+    for back into the cache, so that an answer that could not be stored then (a full disk) is not
+    paid for again. Only from a ``.partial`` a run of this cache wrote (a file shipped in a cloned
+    repository must never plant answers), and only lines that still match: same line number, same
+    key as the input gives now, an answer that counts as one (``answers.problem``), and not already
+    stored. The file is read in step with the input, so memory stays flat."""
+
+    def recover(earlier: BinaryIO) -> None:
+        found = os.fstat(earlier.fileno())
+        if not cache.knows_partial((found.st_dev, found.st_ino)):
+            return
+        requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
+        request: Request | None = None
+        batch: list[tuple[str, dict[str, Any], str]] = []
+        for raw in earlier:
+            row = _paid_line(raw)
+            if row is None:
+                continue
+            while request is None or request.line < row["line"]:
+                request = next(requests, None)
+                if request is None:
+                    break
+            if request is None:
+                break  # the input got shorter: nothing further can be matched
+            entry = _recovered_entry(config, request, row)
+            if entry is not None:
+                batch.append((row["key"], entry, config.destination.tag_prefix + request.model_ref))
+            if len(batch) >= LOOKUP_CHUNK:
+                recovered.append(_store_missing(cache, batch, config.options.ttl_s))
+                batch = []
+        if batch:
+            recovered.append(_store_missing(cache, batch, config.options.ttl_s))
+
+    return recover
+
+
+def _paid_line(raw: bytes) -> dict[str, Any] | None:
+    """A whole result line of an answer paid for in that run, or None."""
+    if not raw.endswith(b"\n"):
+        return None  # cut off mid-line: the run was killed while writing it
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(row, dict) or row.get("status") != "ok" or row.get("cached") is not False:
+        return None
+    if not isinstance(row.get("line"), int) or not isinstance(row.get("key"), str):
+        return None
+    return row if isinstance(row.get("response"), dict) else None
+
+
+def _recovered_entry(config: RunConfig, request: Request, row: dict[str, Any]) -> dict[str, Any] | None:
+    from llmbatch import answers
+    from llmbatch.keys import request_key
+
+    if request.line != row["line"]:
+        return None
+    endpoint = config.destination.key_endpoint(request.provider)
+    response = row["response"]
+    if request_key(request, endpoint) != row["key"] or answers.problem(response) or not answers.cacheable(response):
+        return None
+    return {
+        "key": row["key"],
+        "stored_at": time.time(),
+        "provider": request.provider,
+        "model": request.model,
+        "endpoint": endpoint,
+        "usage": row.get("usage"),
+        "latency_ms": row.get("latency_ms"),
+        "cost_usd": row.get("cost_usd"),
+        "response": response,
+    }
+
+
+def _store_missing(cache: ResponseCache, batch: list[tuple[str, dict[str, Any], str]], ttl_s: float | None) -> int:
+    stored = cache.get_many([key for key, _, _ in batch])
+    missing = [item for item in batch if item[0] not in stored]
+    if missing:
+        cache.put_many(missing, ttl_s=ttl_s)
+    return len(missing)
 
 
 async def _prepare_providers(provider: Any, models: set[str]) -> None:
@@ -730,6 +838,7 @@ async def execute(
         results_at=str(where) if where is not None else "stdout",
         complete=stats.complete,
         cache_recreated=str(started.cache.directory) if recreated and started.cache is not None else None,
+        recovered=started.recovered,
     )
 
 

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -531,6 +531,73 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answe
     assert sum(row["status"] == "ok" for row in written) == served
     assert [row["line"] for row in written] == list(range(1, len(written) + 1))
     assert cache_entries(env) == 5
+
+    # With room again, the rerun first takes the answers that were paid for but never stored back
+    # from the .partial file (before, it emptied that file and paid for them again).
+    monkeypatch.setattr(ResponseCache, "put", original)
+    rerun = run_cli(run_args(path, sim, "-c", "4"), env=env)
+    assert rerun.exit_code == 0, rerun.stderr
+    said = " ".join(rerun.stderr.split())
+    assert f"note: {served - 5} answers an earlier run paid for were taken back into the cache" in said
+    assert sim.stats()["requests_received"] == 20  # each prompt paid for once, over both runs
+    assert sim.stats()["max_serves_per_request"] == 1
+    assert_complete(tmp_path / "p.results.jsonl", 20)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB tmpfs mounted in ``tmp_path`` (needs root, as in CI)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the patched test covers this")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_on_a_really_full_disk_paid_answers_in_the_partial_go_back_into_the_cache(tmp_path, env, sim, small_disk):
+    # The cache on a real 2 MB tmpfs, filled until it refuses answers; the results on the big disk.
+    cache_env = {**env, "LLMBATCH_CACHE_DIR": str(small_disk / "cache")}
+    seed = write_jsonl(tmp_path / "seed.jsonl", prompts(1, start=9000))
+    assert run_cli(run_args(seed, sim, "-q"), env=cache_env).exit_code == 0  # the cache exists
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * max(0, free - 320 * 1024))
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(400))
+
+    full = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=cache_env)
+    assert full.exit_code == 1, full.stderr
+    assert "Traceback" not in full.stderr and "full" in full.stderr, full.stderr
+    paid_first = sim.stats()["requests_received"] - 1
+    assert 0 < paid_first < 400
+
+    (small_disk / "filler").unlink()  # room again
+    rerun = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=cache_env)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert "were taken back into the cache" in " ".join(rerun.stderr.split())
+    assert sim.stats()["requests_received"] == 1 + 400  # nothing paid for twice
+    assert sim.stats()["max_serves_per_request"] == 1
+    assert_complete(tmp_path / "p.results.jsonl", 400)
+
+
+def test_a_partial_that_no_run_of_this_cache_wrote_never_plants_answers(tmp_path, env, sim):
+    # A .partial shipped with a cloned repository, its lines crafted to match the input's keys.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    other = {**env, "LLMBATCH_CACHE_DIR": str(tmp_path / "elsewhere")}
+    assert run_cli(run_args(path, sim, "-q"), env=other).exit_code == 0
+    lines = [json.loads(line) for line in (tmp_path / "p.results.jsonl").read_text().splitlines()]
+    (tmp_path / "p.results.jsonl").unlink()
+    for row in lines:
+        row["response"]["choices"][0]["message"]["content"] = "a planted answer"
+    (tmp_path / "p.results.jsonl.partial").write_text("".join(json.dumps(row) + "\n" for row in lines))
+
+    done = run_cli(run_args(path, sim, "-q"), env=env)
+    assert done.exit_code == 0, done.stderr
+    assert "taken back" not in done.stderr
+    assert all(row["content"] != "a planted answer" for row in read_results(tmp_path / "p.results.jsonl"))
+    assert sim.stats()["requests_received"] == 3 + 3  # answered afresh, not from the planted file
 
 
 class _SmallDisk:
