@@ -44,7 +44,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 cache_app = typer.Typer(help="Look after the response cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+app.add_typer(cache_app, name="cache", short_help="Look after the response cache: stats, purge, clear.")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,27 +64,32 @@ def _print_error(text: str) -> None:
     sys.stderr.flush()
 
 
-def _handles_errors(command: F) -> F:
-    """Render any LlmbatchError as a message and an exit code; let bugs raise."""
+def _handles_errors(command: F | None = None, *, invalid: str = "nothing was sent") -> Any:
+    """Render any LlmbatchError as a message and an exit code; let bugs raise. ``invalid``: what
+    the footer under a list of invalid lines says happened (for ``run`` and ``plan``: nothing was
+    sent; for ``report``, whose lines are results, not requests: no report was made)."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except InputError as exc:
-            for error in exc.errors:
-                sys.stderr.write(f"{printable(str(error))}\n")
-            hidden = exc.total_errors - len(exc.errors)
-            if hidden > 0:
-                sys.stderr.write(f"... and {hidden} more invalid lines\n")
-            count = exc.total_errors
-            _print_error(f"{count} invalid line{'s' if count != 1 else ''}; nothing was sent")
-            raise typer.Exit(exc.exit_code) from None
-        except LlmbatchError as exc:
-            _print_error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except InputError as exc:
+                for error in exc.errors:
+                    sys.stderr.write(f"{printable(str(error))}\n")
+                hidden = exc.total_errors - len(exc.errors)
+                if hidden > 0:
+                    sys.stderr.write(f"... and {hidden} more invalid lines\n")
+                count = exc.total_errors
+                _print_error(f"{count} invalid line{'s' if count != 1 else ''}; {invalid}")
+                raise typer.Exit(exc.exit_code) from None
+            except LlmbatchError as exc:
+                _print_error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(command) if command is not None else decorate
 
 
 def _version(value: bool) -> None:
@@ -162,12 +167,15 @@ class _Signals:
 
 # --- options shared by run and plan ---------------------------------------------------------------
 
-InputArgument = Annotated[str, typer.Argument(help="JSONL file of requests, or - to read stdin.", show_default=False)]
+InputArgument = Annotated[
+    str, typer.Argument(metavar="INPUT", help="JSONL file of requests, or - to read stdin.", show_default=False)
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model",
         "-m",
+        metavar="PROVIDER:MODEL",
         envvar="LLMBATCH_MODEL",
         show_envvar=True,
         help="Model for lines without one, as provider:model (openai:gpt-4o-mini).",
@@ -177,6 +185,7 @@ ProviderOption = Annotated[
     str | None,
     typer.Option(
         "--provider",
+        metavar="NAME",
         envvar="LLMBATCH_PROVIDER",
         show_envvar=True,
         help="Provider for bare model names (e.g. openai, anthropic, mistral).",
@@ -185,7 +194,9 @@ ProviderOption = Annotated[
 ApiBaseOption = Annotated[
     str | None,
     typer.Option(
-        "--api-base", help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server)."
+        "--api-base",
+        metavar="URL",
+        help="Send every call to this base URL (vLLM, LM Studio, any OpenAI-compatible server).",
     ),
 ]
 SimulateOption = Annotated[
@@ -195,6 +206,7 @@ CacheDirOption = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir",
+        metavar="DIR",
         envvar="LLMBATCH_CACHE_DIR",
         show_envvar=True,
         help="Cache directory (default: the user cache dir).",
@@ -217,6 +229,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         envvar="LLMBATCH_CONFIG",
         show_envvar=True,
         help="Per-model limits (default: ./llmbatch.toml if present).",
@@ -224,11 +237,22 @@ ConfigOption = Annotated[
 ]
 MaxLineSizeOption = Annotated[
     str | None,
-    typer.Option("--max-line-size", help="Refuse input lines larger than this (default 50MB).", show_default=False),
+    typer.Option(
+        "--max-line-size",
+        metavar="SIZE",
+        help="Refuse input lines larger than this (default 50MB).",
+        show_default=False,
+    ),
 ]
 MaxMessagesOption = Annotated[
     int | None,
-    typer.Option("--max-messages", min=1, help="Refuse lines with more messages (default 10,000).", show_default=False),
+    typer.Option(
+        "--max-messages",
+        metavar="N",
+        min=1,
+        help="Refuse lines with more messages (default 10,000).",
+        show_default=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")]
 
@@ -236,14 +260,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one 
 # --- run ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(short_help="Run a JSONL file of prompts; results in input order, answers cached.")
 @_handles_errors
 def run(
     input: InputArgument,
     output: Annotated[
         str | None,
         typer.Option(
-            "--output", "-o", help="Results file (default: <input>.results.jsonl beside the input; - for stdout)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Results file (default: <input>.results.jsonl beside the input; - for stdout).",
         ),
     ] = None,
     model: ModelOption = None,
@@ -255,6 +282,7 @@ def run(
         typer.Option(
             "--concurrency",
             "-c",
+            metavar="N",
             min=1,
             envvar="LLMBATCH_CONCURRENCY",
             show_envvar=True,
@@ -265,6 +293,7 @@ def run(
         str,
         typer.Option(
             "--workers",
+            metavar="N|auto",
             envvar="LLMBATCH_WORKERS",
             show_envvar=True,
             help="Processes making the calls: a number (0: everything in this process, which otherwise checks "
@@ -276,6 +305,7 @@ def run(
         float | None,
         typer.Option(
             "--timeout",
+            metavar="SECONDS",
             min=0.1,
             envvar="LLMBATCH_TIMEOUT",
             show_envvar=True,
@@ -288,6 +318,7 @@ def run(
         int,
         typer.Option(
             "--max-retries",
+            metavar="N",
             min=0,
             envvar="LLMBATCH_MAX_RETRIES",
             show_envvar=True,
@@ -300,30 +331,38 @@ def run(
     refresh: RefreshOption = False,
     cache_only: CacheOnlyOption = False,
     ttl: Annotated[
-        str | None, typer.Option("--ttl", help="Expire new cache entries after this long (7d, 12h).")
+        str | None,
+        typer.Option("--ttl", metavar="DURATION", help="Expire new cache entries after this long (7d, 12h)."),
     ] = None,
     cache_size_limit: Annotated[
         str | None,
-        typer.Option("--cache-size-limit", help="Cache size limit, e.g. 50GB (default 20GB; kept once set)."),
+        typer.Option(
+            "--cache-size-limit", metavar="SIZE", help="Cache size limit, e.g. 50GB (default 20GB; kept once set)."
+        ),
     ] = None,
     cache_eviction: Annotated[
         str | None,
         typer.Option(
             "--cache-eviction",
+            metavar="POLICY",
             help="What goes when the cache is full: least-recently-stored (default), "
             "least-recently-used, least-frequently-used, or none.",
         ),
     ] = None,
     rpm: Annotated[
-        int | None, typer.Option("--rpm", min=1, help="Requests per minute per model, paced evenly (default: learn).")
+        int | None,
+        typer.Option("--rpm", metavar="N", min=1, help="Requests per minute per model, paced evenly (default: learn)."),
     ] = None,
     tpm: Annotated[
-        int | None, typer.Option("--tpm", min=1, help="Tokens per minute per model, paced evenly (default: learn).")
+        int | None,
+        typer.Option("--tpm", metavar="N", min=1, help="Tokens per minute per model, paced evenly (default: learn)."),
     ] = None,
     config_file: ConfigOption = None,
     max_cost: Annotated[
         float | None,
-        typer.Option("--max-cost", min=0, help="Stop before spending more than this many USD (exit code 3)."),
+        typer.Option(
+            "--max-cost", metavar="USD", min=0, help="Stop before spending more than this many USD (exit code 3)."
+        ),
     ] = None,
     max_line_size: MaxLineSizeOption = None,
     max_messages: MaxMessagesOption = None,
@@ -332,13 +371,18 @@ def run(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as one JSON object.")] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log each retry, 429 and failed line as it happens (stderr).")
+        bool,
+        typer.Option("--verbose", "-v", help="Print each retry, 429, failed line and stop on stderr as it happens."),
     ] = False,
     log_file: Annotated[
         Path | None,
-        typer.Option("--log", help="Append each retry, 429, failed line and stop to FILE, as JSON lines."),
+        typer.Option(
+            "--log", metavar="FILE", help="Append each retry, 429, failed line and stop to FILE, as JSON lines."
+        ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; one summary line at the end.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress and no notes: one summary line at the end.")
+    ] = False,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -394,6 +438,7 @@ def run(
                 config,
                 signals,
                 config_source=config_in_use.source if config_in_use.models else None,
+                limits_given=rpm is not None or tpm is not None,
                 quiet=quiet,
                 verbose=verbose,
                 log_file=log_file,
@@ -402,7 +447,7 @@ def run(
             source.cleanup()
 
 
-@app.command()
+@app.command(short_help="What a run would do and cost, from the cache alone; nothing is sent.")
 @_handles_errors
 def plan(
     input: InputArgument,
@@ -525,7 +570,14 @@ def exc_signal(exc: BaseException | None) -> int:
 
 
 def _run(
-    config: Any, signals: _Signals, *, config_source: str | None, quiet: bool, verbose: bool, log_file: Path | None
+    config: Any,
+    signals: _Signals,
+    *,
+    config_source: str | None,
+    limits_given: bool = False,
+    quiet: bool,
+    verbose: bool,
+    log_file: Path | None,
 ) -> None:
     """Check the input, prepare every provider it uses, run it under the display, and end with the
     exit code the run earned."""
@@ -546,10 +598,13 @@ def _run(
         if config.options.max_cost_usd is not None:
             _check_prices(report.models)
         stats.total = report.requests
+        announce = None
         if config_source is not None and not quiet:
-            display.message(f"limits from {config_source}: {_describe_limits(config)}", style="dim")
+            # Said at the start, once the providers are ready: a file nobody named sets the pace.
+            given = " and --rpm/--tpm" if limits_given else ""
+            announce = f"limits from {config_source}{given}: {_describe_limits(config)}"
         try:
-            outcome = asyncio.run(_execute(config, stats, prefix, report.models, display, signals, events))
+            outcome = asyncio.run(_execute(config, stats, prefix, report.models, display, signals, events, announce))
         except KeyboardInterrupt:  # a second signal, or the grace period ran out
             outcome = None
     finally:
@@ -591,7 +646,14 @@ def _run(
 
 
 async def _execute(
-    config: Any, stats: Any, prefix: Any, models: set[str], display: Any, signals: _Signals, events: _EventLog
+    config: Any,
+    stats: Any,
+    prefix: Any,
+    models: set[str],
+    display: Any,
+    signals: _Signals,
+    events: _EventLog,
+    announce: str | None = None,
 ) -> Any:
     """Prepare (a failure is a usage error: no display, no summary, no results file), then run
     under the display, with the stop signals handled in two steps."""
@@ -600,6 +662,8 @@ async def _execute(
     from llmbatch.runner import execute, start
 
     started = await start(config, stats, models=models, prefix=prefix)
+    if announce is not None:
+        display.message(announce, style="dim")
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     engines: list[Any] = []
@@ -781,7 +845,7 @@ def _entries(count: int) -> str:
     return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
-@cache_app.command("stats")
+@cache_app.command("stats", short_help="Entries, size, size limit, entries per model, hits and misses.")
 @_handles_errors
 def cache_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -807,18 +871,21 @@ def cache_stats(
     print_cache_stats(stats, directory=str(directory))
 
 
-@cache_app.command("purge")
+@cache_app.command("purge", short_help="Remove entries older than a duration, or of one model.")
 @_handles_errors
 def cache_purge(
     older_than: Annotated[
         str | None,
         typer.Option(
             "--older-than",
+            metavar="DURATION",
             help="Remove entries stored longer ago than this (90s, 45m, 12h, 30d, 2w). "
             "Optional with --model: then every entry of that model goes.",
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Only entries of this provider:model.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="PROVIDER:MODEL", help="Only entries of this provider:model.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
     shared_cache: SharedCacheOption = False,
@@ -845,7 +912,7 @@ def cache_purge(
     sys.stdout.write(f"{verb} {_entries(count)}{which}{age}\n")
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", short_help="Remove every entry (asks first).")
 @_handles_errors
 def cache_clear(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first (for scripts).")] = False,
@@ -879,15 +946,22 @@ def cache_clear(
 # --- report ------------------------------------------------------------------------------------
 
 
-@app.command("report")
-@_handles_errors
+@app.command("report", short_help="Sum up a results file: status, errors, cost, tokens, latency.")
+@_handles_errors(invalid="no report was made")
 def report_command(
     results: Annotated[
-        str, typer.Argument(help="A results file written by llmbatch run, or - to read stdin.", show_default=False)
+        str,
+        typer.Argument(
+            metavar="RESULTS", help="A results file written by llmbatch run, or - to read stdin.", show_default=False
+        ),
     ],
     html: Annotated[
         Path | None,
-        typer.Option("--html", help="Also write the report as one self-contained HTML page (charts inline) to FILE."),
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="Also write the report as one self-contained HTML page (charts inline) to FILE.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
 ) -> None:
@@ -913,32 +987,57 @@ def report_command(
 # --- sim ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(short_help="Serve the OpenAI-compatible simulator, to rehearse against.")
 @_handles_errors
 def sim(
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0 picks a free one).")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    latency: Annotated[str, typer.Option("--latency", help="Median latency per call, e.g. 200ms.")] = "0",
-    latency_dist: Annotated[str, typer.Option("--latency-dist", help="fixed or lognormal.")] = "fixed",
-    latency_sigma: Annotated[float, typer.Option("--latency-sigma", help="Spread of lognormal latency.")] = 0.5,
-    p429: Annotated[float, typer.Option("--p429", min=0, max=1, help="Fraction of calls answered 429.")] = 0.0,
-    retry_after: Annotated[str, typer.Option("--retry-after", help="Retry-After sent with injected 429s.")] = "1s",
-    p500: Annotated[float, typer.Option("--p500", min=0, max=1, help="Fraction answered 500.")] = 0.0,
-    p503: Annotated[float, typer.Option("--p503", min=0, max=1, help="Fraction answered 503.")] = 0.0,
-    phang: Annotated[
-        float, typer.Option("--phang", min=0, max=1, help="Fraction that hang until the client gives up.")
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on (0 picks a free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
+    latency: Annotated[
+        str, typer.Option("--latency", metavar="DURATION", help="Median latency per call, e.g. 200ms.")
+    ] = "0",
+    latency_dist: Annotated[
+        str, typer.Option("--latency-dist", metavar="fixed|lognormal", help="How latency varies.")
+    ] = "fixed",
+    latency_sigma: Annotated[
+        float, typer.Option("--latency-sigma", metavar="SIGMA", help="Spread of lognormal latency.")
+    ] = 0.5,
+    p429: Annotated[
+        float, typer.Option("--p429", metavar="FRACTION", min=0, max=1, help="Fraction of calls answered 429.")
     ] = 0.0,
-    pdrop: Annotated[float, typer.Option("--pdrop", min=0, max=1, help="Fraction whose connection is dropped.")] = 0.0,
-    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Enforce this many requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Enforce this many tokens per minute.")] = None,
+    retry_after: Annotated[
+        str, typer.Option("--retry-after", metavar="DURATION", help="Retry-After sent with injected 429s.")
+    ] = "1s",
+    p500: Annotated[
+        float, typer.Option("--p500", metavar="FRACTION", min=0, max=1, help="Fraction answered 500.")
+    ] = 0.0,
+    p503: Annotated[
+        float, typer.Option("--p503", metavar="FRACTION", min=0, max=1, help="Fraction answered 503.")
+    ] = 0.0,
+    phang: Annotated[
+        float,
+        typer.Option("--phang", metavar="FRACTION", min=0, max=1, help="Fraction that hang until the client gives up."),
+    ] = 0.0,
+    pdrop: Annotated[
+        float,
+        typer.Option("--pdrop", metavar="FRACTION", min=0, max=1, help="Fraction whose connection is dropped."),
+    ] = 0.0,
+    rpm: Annotated[
+        int | None, typer.Option("--rpm", metavar="N", min=1, help="Enforce this many requests per minute.")
+    ] = None,
+    tpm: Annotated[
+        int | None, typer.Option("--tpm", metavar="N", min=1, help="Enforce this many tokens per minute.")
+    ] = None,
     limit_window: Annotated[
-        str, typer.Option("--limit-window", help="Window over which --rpm/--tpm are enforced.")
+        str, typer.Option("--limit-window", metavar="DURATION", help="Window over which --rpm/--tpm are enforced.")
     ] = "60s",
     require_api_key: Annotated[
-        str | None, typer.Option("--require-api-key", help="Answer 401 unless this key is sent.")
+        str | None, typer.Option("--require-api-key", metavar="KEY", help="Answer 401 unless this key is sent.")
     ] = None,
-    models: Annotated[str | None, typer.Option("--models", help="Comma-separated model names; others get 404.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for fault and latency draws.")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", metavar="NAMES", help="Comma-separated model names; others get 404."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Seed for fault and latency draws.")] = None,
 ) -> None:
     """Run the OpenAI-compatible simulator, for rehearsals: point --api-base at it."""
     from llmbatch.simulator import SimConfig, parse_duration_s, serve_forever

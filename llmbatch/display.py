@@ -36,6 +36,11 @@ __all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "prin
 
 Mode = Literal["live", "plain", "quiet"]
 
+#: When stderr is not a terminal: the first plain progress line after this many seconds (so that a
+#: run that waits, for its pace or a slow provider, says so at once), then one every PLAIN_EVERY_S.
+PLAIN_FIRST_S = 1.0
+PLAIN_EVERY_S = 5.0
+
 
 def choose_mode(stream: IO[str], *, quiet: bool) -> Mode:
     if quiet:
@@ -105,10 +110,16 @@ def _snapshot(stats: RunStats, rate: _Rate, now: float) -> dict[str, Any]:
     return {"elapsed": elapsed, "lines_per_s": lines_per_s, "calls_per_s": calls_per_s, "eta": eta}
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{_count(n)} {word}{'' if n == 1 else 's'}"
+
+
 def _stopping_text(stats: RunStats) -> str:
+    """While the run stops: why, and (after a signal) what it is still waiting for. Only shown
+    while calls are in flight: the summary says that the run stopped, never that it is finishing."""
     text = f"stopping: {printable(stats.stopped or '')}"
     if stats.stop_reason is StopReason.INTERRUPTED and stats.in_flight:
-        text += f"; finishing {_count(stats.in_flight)} calls in flight (a second signal quits now)"
+        text += f"; finishing {_plural(stats.in_flight, 'call')} in flight (a second signal quits now)"
     return text
 
 
@@ -183,15 +194,18 @@ _usd = format_usd
 
 
 def _pace_text(stats: RunStats) -> str:
-    """The pace we keep: the limits we pace at (given or learned) and the calls allowed in flight."""
+    """The pace really kept: the limits paced at (from the options, the config file or the
+    provider's headers), else "unlimited", and the calls allowed in flight."""
     parts = []
     if stats.pace_rpm:
         parts.append(f"{_count(stats.pace_rpm)} req/min")
     if stats.pace_tpm:
         parts.append(f"{_count(stats.pace_tpm)} tokens/min")
+    if not parts:
+        parts.append("unlimited")
     if stats.concurrency_limit is not None:
-        parts.append(f"{stats.concurrency_limit} allowed in flight")
-    return "pace " + ", ".join(parts) if parts else "pace: unlimited"
+        parts.append(f"{_count(stats.concurrency_limit)} allowed in flight")
+    return "pace " + ", ".join(parts)
 
 
 def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
@@ -226,7 +240,7 @@ class Summary:
     results: str  # where the result lines went
     complete: bool
     note: str | None = None  # e.g. how to resume
-    config: str | None = None  # the config file whose limits applied
+    config: str | None = None  # the config file whose limits applied (``llmbatch.toml``)
 
 
 class Display:
@@ -238,21 +252,27 @@ class Display:
         *,
         mode: Mode,
         stream: IO[str],
-        plain_every_s: float = 5.0,
+        plain_every_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         simulated: bool = False,
+        plain_first_s: float | None = None,
     ) -> None:
-        """``simulated``: the calls go to the simulator, so money is what they would have cost."""
+        """``simulated``: the calls go to the simulator, so money is what they would have cost.
+        ``plain_first_s``, ``plain_every_s``: when the plain progress lines come (default
+        :data:`PLAIN_FIRST_S`, :data:`PLAIN_EVERY_S`)."""
         self.stats = stats
         self.mode = mode
         self.simulated = simulated
         self.clock = clock
         self.stream = stream
         self.console = Console(file=stream, highlight=False, soft_wrap=False)
-        self.plain_every_s = plain_every_s
+        self.plain_every_s = PLAIN_EVERY_S if plain_every_s is None else plain_every_s
+        self.plain_first_s = min(PLAIN_FIRST_S, self.plain_every_s) if plain_first_s is None else plain_first_s
         self._live: Live | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Progress lines come from their own thread, messages (-v) from the run's: one line at a time.
+        self._lock = threading.Lock()
 
     def _live_view(self) -> _LiveView:
         return _LiveView(self.stats, self.clock, self.simulated)
@@ -268,10 +288,16 @@ class Display:
 
     def _plain_loop(self) -> None:
         rate = _Rate(horizon_s=max(self.plain_every_s * 2, 5.0))
-        while not self._stop.wait(self.plain_every_s):
+        s = self.stats
+        rate.update(self.clock(), s.done, s.calls, s.done - s.hits)  # so that the first line has a rate
+        wait = self.plain_first_s
+        while not self._stop.wait(wait):
+            wait = self.plain_every_s
             # Straight to the stream: a log line must not be wrapped or styled.
-            self.stream.write(_plain_line(self.stats, rate, self.clock(), simulated=self.simulated) + "\n")
-            self.stream.flush()
+            line = _plain_line(self.stats, rate, self.clock(), simulated=self.simulated)
+            with self._lock:
+                self.stream.write(line + "\n")
+                self.stream.flush()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -281,8 +307,10 @@ class Display:
             self._live.__exit__(None, None, None)
 
     def message(self, text: str, *, style: str = "") -> None:
-        """One line above the live view (or in the log), control characters shown, not obeyed."""
-        self.console.print(Text(printable(text), style=style), soft_wrap=True)
+        """One line above the live view (or between the plain progress lines), control characters
+        shown, not obeyed."""
+        with self._lock:
+            self.console.print(Text(printable(text), style=style), soft_wrap=True)
 
     def summary(self, summary: Summary) -> None:
         s = self.stats
@@ -311,12 +339,17 @@ class Display:
             ("saved by the cache", _usd(s.saved_usd)),
             *((("saved by duplicates", _usd(s.deduplicated_usd)),) if s.deduplicated_usd else ()),
             ("wall time", f"{wall:.1f}s"),
-            *((("limits from", summary.config),) if summary.config else ()),
-            ("results", summary.results),
         ]
+        # Paths go under the table, whole: a table cuts what does not fit ("/tmp/pytest-of-…").
+        paths = [*((("limits from", summary.config),) if summary.config else ()), ("results", summary.results)]
+        width = max(len(name) for name, _ in rows + paths)
         for name, value in rows:
             table.add_row(name, Text(printable(value)))
         self.console.print(table)
+        for name, value in paths:  # where the table's second column starts
+            self.console.print(
+                Text.assemble("  ", (name.ljust(width), "dim"), "    ", printable(value)), soft_wrap=True
+            )
         for note in self._notes(summary):
             self.console.print(Text(printable(note), style="yellow" if note is summary.note else ""), soft_wrap=True)
 
@@ -350,6 +383,7 @@ class Display:
             f"{_count(s.ok)} ok",
             f"{_count(s.errors)} errors",
             f"{_count(s.hits)} from cache",
+            *((f"{_count(s.coalesced)} duplicates",) if s.coalesced else ()),
             f"{_count(s.calls)} calls",
             f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}",
             f"{s.elapsed(self.clock()):.1f}s",

@@ -147,12 +147,14 @@ def _number(minimum: float | None = None, maximum: float | None = None) -> Check
     return check
 
 
-def _integer(minimum: int | None = None) -> Check:
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidLine(f'"{name}" must be an integer, got {_type_name(value)}')
         if minimum is not None and value < minimum:
             raise InvalidLine(f'"{name}" must be at least {minimum}, got {value}')
+        if maximum is not None and value > maximum:
+            raise InvalidLine(f'"{name}" must be at most {maximum}, got {value}')
         return value
 
     return check
@@ -202,6 +204,8 @@ def _logit_bias(name: str, value: Any) -> dict[str, float]:
     for token, bias in obj.items():
         if isinstance(bias, bool) or not isinstance(bias, (int, float)):
             raise InvalidLine(f'"{name}" values must be numbers, got {_type_name(bias)} for "{token}"')
+        if not -100 <= bias <= 100:
+            raise InvalidLine(f'"{name}" values must be from -100 to 100, got {bias} for "{token}"')
         out[token] = float(bias)
     return out
 
@@ -215,9 +219,11 @@ def _reasoning_effort(name: str, value: Any) -> str:
     return str(value)
 
 
-#: Every chat-completion parameter any-llm's ``acompletion`` takes by name, with its rule.
+#: Every chat-completion parameter any-llm's ``acompletion`` takes by name, with its rule. Ranges
+#: are OpenAI's documented ones (the openai SDK's ``completion_create_params``); a provider with a
+#: narrower one (Anthropic's temperature is 0-1) answers such a line with a 400.
 PARAMS: dict[str, Check] = {
-    "temperature": _number(0),
+    "temperature": _number(0, 2),
     "top_p": _number(0, 1),
     "max_tokens": _integer(1),
     "max_completion_tokens": _integer(1),
@@ -232,7 +238,7 @@ PARAMS: dict[str, Check] = {
     "frequency_penalty": _number(-2, 2),
     "logit_bias": _logit_bias,
     "logprobs": _boolean,
-    "top_logprobs": _integer(0),
+    "top_logprobs": _integer(0, 20),
     "reasoning_effort": _reasoning_effort,
     "user": _string,
     "service_tier": _string,

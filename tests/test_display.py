@@ -73,7 +73,7 @@ def test_quiet_shows_nothing_until_one_summary_line():
     assert stream.getvalue() == ""
     Display(stats, mode="quiet", stream=stream).summary(Summary(results="out.jsonl", complete=True))
     [line] = stream.getvalue().splitlines()
-    assert line.startswith("llmbatch: 100 prompts, 39 ok, 1 errors, 25 from cache, 15 calls, spent $0, ")
+    assert line.startswith("llmbatch: 100 prompts, 39 ok, 1 errors, 25 from cache, 2 duplicates, 15 calls, spent $0, ")
     assert line.endswith("s, results: out.jsonl")
 
 
@@ -149,3 +149,73 @@ def test_mode_follows_the_terminal():
 
 def test_durations_read_like_a_clock():
     assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["--", "5s", "1m05s", "1h02m05s"]
+
+
+def test_the_first_plain_line_comes_soon_with_a_rate_then_one_every_few_seconds():
+    stats = busy_stats()
+    stream = io.StringIO()
+    now = [100.0]
+    display = Display(stats, mode="plain", stream=stream, plain_first_s=0.05, plain_every_s=10, clock=lambda: now[0])
+    with display:
+        now[0] += 2.0
+        stats.done += 10
+        time.sleep(0.3)
+    [line] = stream.getvalue().splitlines()  # the first one early, the next only after 10 s
+    assert ", 5.0 lines/s, " in line  # 10 lines in 2 s since the display started, not "0.0"
+
+
+def test_the_pace_says_what_is_applied():
+    from llmbatch.display import _pace_text
+
+    assert _pace_text(RunStats()) == "pace unlimited"
+    assert _pace_text(RunStats(concurrency_limit=16)) == "pace unlimited, 16 allowed in flight"
+    assert _pace_text(RunStats(pace_rpm=60, pace_tpm=1, concurrency_limit=4)) == (
+        "pace 60 req/min, 1 tokens/min, 4 allowed in flight"
+    )
+
+
+def test_after_a_signal_the_display_counts_what_it_waits_for_and_the_summary_does_not():
+    from llmbatch.display import _stopping_text
+    from llmbatch.engine import StopReason
+
+    stats = RunStats(total=3, stopped="interrupted by Ctrl-C", stop_reason=StopReason.INTERRUPTED, in_flight=1)
+    assert _stopping_text(stats) == (
+        "stopping: interrupted by Ctrl-C; finishing 1 call in flight (a second signal quits now)"
+    )
+    stats.in_flight = 0
+    assert _stopping_text(stats) == "stopping: interrupted by Ctrl-C"
+    stream = io.StringIO()
+    Display(stats, mode="plain", stream=stream).summary(Summary(results="r.partial", complete=False))
+    assert "stopped early: interrupted by Ctrl-C\n" in stream.getvalue() and "finishing" not in stream.getvalue()
+
+
+def test_long_paths_in_the_summary_are_never_cut():
+    results = "/tmp/" + "deep/" * 30 + "prompts.results.jsonl"
+    config = "/home/someone/" + "project/" * 20 + "llmbatch.toml"
+    stream = io.StringIO()
+    Display(busy_stats(), mode="plain", stream=stream).summary(Summary(results=results, complete=True, config=config))
+    lines = stream.getvalue().splitlines()
+    assert re.search(rf"^  limits from\s+{re.escape(config)}$", "\n".join(lines), re.MULTILINE)
+    assert re.search(rf"^  results\s+{re.escape(results)}$", "\n".join(lines), re.MULTILINE)
+    assert "…" not in stream.getvalue()
+
+
+def test_messages_and_plain_lines_are_written_whole():
+    class Slow(io.StringIO):
+        """A stream that yields the GIL in the middle of each write, as a pipe may."""
+
+        def write(self, text: str) -> int:
+            half = len(text) // 2
+            super().write(text[:half])
+            time.sleep(0.001)
+            return super().write(text[half:]) + half
+
+    stream = Slow()
+    display = Display(busy_stats(), mode="plain", stream=stream, plain_first_s=0.001, plain_every_s=0.001)
+    with display:
+        for i in range(200):
+            display.message(f"retry line {i} (q{i}), attempt 1: ProviderError 503: busy; retrying in 0.1s")
+    for line in stream.getvalue().splitlines():
+        assert re.match(
+            r"^(retry line \d+ \(q\d+\), attempt 1: .*; retrying in 0\.1s|llmbatch: 40/100 done, .*)$", line
+        ), line
