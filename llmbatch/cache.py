@@ -477,13 +477,16 @@ class ResponseCache:
         if not hits and not misses:
             return
         cache = self._current()
-        with cache.transact(retry=True):
-            sql = cache._sql
-            sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
-            sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
-            # Our own row beside diskcache's: the dollars that hits saved over the cache's life.
-            sql("INSERT OR IGNORE INTO Settings VALUES ('llmbatch_saved_usd', 0.0)")
-            sql("UPDATE Settings SET value = value + ? WHERE key = 'llmbatch_saved_usd'", (saved_usd,))
+        try:
+            with cache.transact(retry=True):
+                sql = cache._sql
+                sql('UPDATE Settings SET value = value + ? WHERE key = "hits"', (hits,))
+                sql('UPDATE Settings SET value = value + ? WHERE key = "misses"', (misses,))
+                # Our own row beside diskcache's: the dollars that hits saved over the cache's life.
+                sql("INSERT OR IGNORE INTO Settings VALUES ('llmbatch_saved_usd', 0.0)")
+                sql("UPDATE Settings SET value = value + ? WHERE key = 'llmbatch_saved_usd'", (saved_usd,))
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
     # -- leases: which run is calling which key ---------------------------------------------
 
@@ -533,6 +536,13 @@ class ResponseCache:
     def release_all(self, owner: str) -> None:
         """Give up every lease ``owner`` holds (the run is over)."""
         self._lease_write("DELETE FROM llmbatch_leases WHERE owner = ?", (owner,))
+
+    def lease_owners(self) -> set[str]:
+        """Every owner holding a lease now (to find runs on this machine that died holding some)."""
+        try:
+            return {owner for (owner,) in self._current()._sql("SELECT DISTINCT owner FROM llmbatch_leases")}
+        except sqlite3.Error:  # no table yet: nobody ever held a lease here
+            return set()
 
     def _lease_write(self, statement: str, args: tuple[Any, ...]) -> None:
         cache = self._current()

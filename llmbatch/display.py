@@ -214,7 +214,14 @@ def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
         parts.append(("  THROTTLED (backing off)", "bold yellow"))
     if stats.rate_limited:
         parts.append((f"  429s {_count(stats.rate_limited)}", "yellow"))
+    if stats.waiting:
+        parts.append((f"  {_waiting_text(stats)}", "yellow"))
     return parts
+
+
+def _waiting_text(stats: RunStats) -> str:
+    """Lines whose answers another run sharing the cache is making: they are not paid twice."""
+    return f"waiting for {_count(stats.waiting)} answer{'s' if stats.waiting != 1 else ''} another run is making"
 
 
 def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = False) -> str:
@@ -229,6 +236,7 @@ def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = F
         f"saved {_usd(stats.saved_usd)}, {_pace_text(stats)}"
         + (", throttled" if stats.throttled else "")
         + (f", {stats.rate_limited} rate-limited" if stats.rate_limited else "")
+        + (f", {_waiting_text(stats)}" if stats.waiting else "")
         + (f"; {_stopping_text(stats)}" if stats.stopped else "")
     )
 

@@ -131,6 +131,7 @@ class RunStats:
     calls: int = 0
     retries: int = 0
     in_flight: int = 0
+    waiting: int = 0  # lines waiting for an answer another run sharing the cache is making
     prompt_tokens: int = 0
     completion_tokens: int = 0
     written: int = 0
@@ -292,7 +293,10 @@ class Engine:
             self.stats.started_at = self.clock()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.options.effective_window())
         producer = asyncio.create_task(self._produce(iter(requests), queue))
-        keeper = asyncio.create_task(self.leases.run()) if self.leases is not None else None
+        keeper = None
+        if self.leases is not None:
+            self.leases.reap()  # a run that died holding keys here must not hold this one up
+            keeper = asyncio.create_task(self.leases.run())
         try:
             await self._consume(queue)
             await producer  # re-raise anything the producer hit (a changed input file, ...)
@@ -315,7 +319,9 @@ class Engine:
                 self.leases.close()
             self.stats.finished_at = self.clock()
             if self.cache is not None:
-                self.cache.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
+                # Lifetime counters, not paid work: a full disk here must not hide the run's outcome.
+                with contextlib.suppress(CacheError):
+                    self.cache.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
         return self.stats
 
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
@@ -455,7 +461,11 @@ class Engine:
                 # Another run holds the key: its answer will land in the cache, or the key comes back
                 # to this run (its call failed, it died, or this run is stopping): decide afresh.
                 assert self.leases is not None
-                entry = await self.leases.wait(key)
+                self.stats.waiting += 1
+                try:
+                    entry = await self.leases.wait(key)
+                finally:
+                    self.stats.waiting -= 1
                 if entry is not None:
                     return self._hit(request, key, entry)
         finally:

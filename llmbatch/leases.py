@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -29,12 +31,40 @@ LEASE_TTL_S = 60.0
 #: Looking for answers other runs are making: soon after one arrived, slower while none do.
 POLL_MIN_S = 0.05
 POLL_MAX_S = 1.0
+#: While waiting on other runs, how often to look for holders on this machine that have died.
+REAP_EVERY_S = 2.0
+
+_HOST = socket.gethostname()
+
+
+#: The runs of this process that are still going (one process can run several, one after the
+#: other or at once: the library's run_batch, tests).
+_LIVE: set[str] = set()
+
+
+def _died_here(owner: str) -> bool:
+    """``owner`` ran on this machine and is over: its process is gone, or it was this process's
+    and has ended."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != _HOST or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return owner not in _LIVE
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
 
 
 class LeaseStore(Protocol):
     """What a store offers for leases (``cache.ResponseCache``)."""
 
     def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]: ...
+    def lease_owners(self) -> set[str]: ...
     def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None: ...
     def release(self, keys: Iterable[str], owner: str) -> None: ...
     def release_all(self, owner: str) -> None: ...
@@ -54,7 +84,12 @@ class Leases:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.store = store
-        self.owner = secrets.token_hex(12)  # this run; never derived from anything secret
+        # This run: where it runs and a random part, never anything secret. The host and the pid
+        # let a run on the same machine see that a holder has died and take its keys at once,
+        # instead of waiting for its leases to run out (a run stopped by a full disk could not even
+        # give them up).
+        self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+        _LIVE.add(self.owner)
         self.ttl_s = ttl_s
         self.clock = clock
         self.sleep = sleep
@@ -96,15 +131,31 @@ class Leases:
     async def run(self) -> None:
         """Renew what is held and look for what is waited on, until cancelled."""
         interval = POLL_MIN_S
-        renewed = self.clock()
+        renewed = reaped = self.clock()
         while True:
             await self.sleep(interval)
-            if self.clock() - renewed >= self.ttl_s / 3:
-                renewed = self.clock()
+            now = self.clock()
+            if now - renewed >= self.ttl_s / 3:
+                renewed = now
                 if self.held:
                     self.store.renew(self.owner, ttl_s=self.ttl_s, now=renewed)
+            if self._waiting and now - reaped >= REAP_EVERY_S:
+                reaped = now
+                self.reap()
             progress = self.poll()
             interval = POLL_MIN_S if progress else min(POLL_MAX_S, interval * 2)
+
+    def reap(self) -> int:
+        """Give up the leases of runs on this machine that are no longer running; how many runs."""
+        dead = [owner for owner in self.store.lease_owners() if owner != self.owner and _died_here(owner)]
+        for owner in dead:
+            self.store.release_all(owner)
+        return len(dead)
+
+    @property
+    def waiting(self) -> int:
+        """Keys this run waits for another run to answer."""
+        return len(self._waiting)
 
     def poll(self) -> bool:
         """One look at every key waited on; True if any waiter heard back."""
@@ -132,5 +183,6 @@ class Leases:
         """The run is over: give up every lease it still holds."""
         self.stop_waiting()
         self.held.clear()
+        _LIVE.discard(self.owner)
         with contextlib.suppress(Exception):  # the store may be gone; leases run out on their own
             self.store.release_all(self.owner)

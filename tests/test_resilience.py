@@ -390,6 +390,26 @@ def test_a_run_that_dies_holding_leases_lets_another_take_its_keys_when_they_run
         assert db.execute("SELECT COUNT(*) FROM llmbatch_leases").fetchone() == (0,)  # nothing left held
 
 
+def test_leases_of_a_run_on_this_machine_that_is_gone_are_taken_over_at_once(tmp_path, env, simulator):
+    import socket
+
+    from llmbatch.cache import ResponseCache
+
+    sim = simulator()
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
+    held_keys = [row["key"] for row in read_results(_keys_file(tmp_path, path, sim, env))]
+    dead_pid = subprocess.Popen(["true"])  # a process that has ended: its pid names nobody now
+    dead_pid.wait()
+    owner = f"{socket.gethostname()}:{dead_pid.pid}:killed"
+    with ResponseCache(Path(env["LLMBATCH_CACHE_DIR"])) as cache:
+        assert cache.lease(held_keys, owner, ttl_s=3600) == set(held_keys)  # an hour: never waited out
+    started = time.monotonic()
+    done = run_cli(run_args(path, sim, "-c", "8", "-q"), env=env)
+    assert done.exit_code == 0, done.stderr
+    assert time.monotonic() - started < 30  # not the hour its leases had left
+    assert sim.stats()["requests_received"] == 20 + 20
+
+
 def _keys_file(tmp_path: Path, path: Path, sim, env) -> Path:
     """The request keys of ``path``'s lines, from a run into a throwaway cache."""
     out = tmp_path / "keys.jsonl"
@@ -546,10 +566,10 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answe
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MB tmpfs mounted in ``tmp_path`` (needs root, as in CI)."""
+    """A real 8 MB tmpfs mounted in ``tmp_path`` (needs root, as in CI)."""
     where = tmp_path / "small"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the patched test covers this")
     try:
@@ -559,27 +579,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_on_a_really_full_disk_paid_answers_in_the_partial_go_back_into_the_cache(tmp_path, env, sim, small_disk):
-    # The cache on a real 2 MB tmpfs, filled until it refuses answers; the results on the big disk.
+    # The cache on a real tmpfs, filled until it refuses answers; the results on the big disk.
     cache_env = {**env, "LLMBATCH_CACHE_DIR": str(small_disk / "cache")}
     seed = write_jsonl(tmp_path / "seed.jsonl", prompts(1, start=9000))
     assert run_cli(run_args(seed, sim, "-q"), env=cache_env).exit_code == 0  # the cache exists
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     (small_disk / "filler").write_bytes(b"\0" * max(0, free - 320 * 1024))
-    path = write_jsonl(tmp_path / "p.jsonl", prompts(400))
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(200))
 
     full = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=cache_env)
     assert full.exit_code == 1, full.stderr
     assert "Traceback" not in full.stderr and "full" in full.stderr, full.stderr
     paid_first = sim.stats()["requests_received"] - 1
-    assert 0 < paid_first < 400
+    assert 0 < paid_first < 200
 
     (small_disk / "filler").unlink()  # room again
     rerun = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=cache_env)
     assert rerun.exit_code == 0, rerun.stderr
     assert "were taken back into the cache" in " ".join(rerun.stderr.split())
-    assert sim.stats()["requests_received"] == 1 + 400  # nothing paid for twice
+    assert sim.stats()["requests_received"] == 1 + 200  # nothing paid for twice
     assert sim.stats()["max_serves_per_request"] == 1
-    assert_complete(tmp_path / "p.results.jsonl", 400)
+    assert_complete(tmp_path / "p.results.jsonl", 200)
 
 
 def test_a_partial_that_no_run_of_this_cache_wrote_never_plants_answers(tmp_path, env, sim):
