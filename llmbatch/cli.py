@@ -17,6 +17,7 @@ import contextlib
 import functools
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -128,16 +129,24 @@ class _Signals:
     terminal) all mean "stop". While calls are being made, the first stops new calls, lets the
     ones in flight finish and be stored (they are paid for), and writes what there is; a second
     signal, or the grace period running out, quits at once. Before that, they stop at once.
-    The exit code is 128 + the first signal's number, as a shell reports it."""
+    The exit code is 128 + the first signal's number, as a shell reports it.
+
+    A SIGTERM or SIGHUP that repeats the one before within a second is the same request, not a
+    second one: timeout(1) sends its signal to the command and then to the command's whole process
+    group, so every run it ends gets SIGTERM twice at once (which quit at once and dropped the calls
+    in flight). Ctrl-C twice is always a second press."""
 
     NAMES: ClassVar[dict[int, str]] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+    SAME_REQUEST_S = 1.0
 
     def __init__(self) -> None:
         self.first: int | None = None
         self.count = 0
-        #: While the run is in progress: told of each signal, on the event loop's thread.
-        self.during_run: Callable[[int], None] | None = None
+        #: While the run is in progress: told of each signal (and how many there have been, at
+        #: the moment it arrived), on the event loop's thread.
+        self.during_run: Callable[[int, int], None] | None = None
         self._previous: dict[int, Any] = {}
+        self._last: tuple[int, float] | None = None
 
     def __enter__(self) -> _Signals:
         for signum in self.NAMES:
@@ -150,12 +159,16 @@ class _Signals:
             signal.signal(signum, previous)
 
     def _received(self, signum: int, _frame: FrameType | None) -> None:
+        now = time.monotonic()
+        last, self._last = self._last, (signum, now)
+        if signum != signal.SIGINT and last is not None and last[0] == signum and now - last[1] < self.SAME_REQUEST_S:
+            return  # the same stop, sent to the process and to its group
         self.count += 1
         if self.first is None:
             self.first = signum
         if self.during_run is None:
             raise Interrupted(signum)
-        self.during_run(signum)
+        self.during_run(signum, self.count)
 
     @property
     def exit_code(self) -> int:
@@ -668,8 +681,8 @@ async def _execute(
     main = asyncio.current_task()
     engines: list[Any] = []
 
-    def on_signal(signum: int) -> None:
-        if signals.count == 1 and engines:
+    def on_signal(signum: int, count: int) -> None:
+        if count == 1 and engines:
             engines[0].stop(signals.reason(signum))
             loop.call_later(engines[0].longest_timeout_s + INTERRUPT_GRACE_S, _cancel, main)
         else:
@@ -679,8 +692,8 @@ async def _execute(
         engine.on_event = events
         engines.append(engine)
 
-    def during_run(signum: int) -> None:
-        loop.call_soon_threadsafe(on_signal, signum)
+    def during_run(signum: int, count: int) -> None:
+        loop.call_soon_threadsafe(on_signal, signum, count)
 
     signals.during_run = during_run
     try:

@@ -240,6 +240,26 @@ def test_sigterm_and_sighup_stop_like_a_first_ctrl_c_and_keep_every_paid_answer(
     assert cache_entries(env) == served
 
 
+def test_sigterm_sent_twice_at_once_is_one_stop_not_a_second(tmp_path, env, simulator):
+    # timeout(1) signals the command and then its whole process group: two SIGTERMs at once. That
+    # must not count as the second signal that quits at once, dropping the calls in flight.
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "slow.jsonl", slow_prompts(12))
+    process = spawn(run_args(path, sim, "-c", "4", "--timeout", "10"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=30, process=process, what="4 calls in flight")
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.1)  # apart enough to arrive as two signals, as timeout(1)'s sometimes do
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    stats = sim.stats()
+    assert stats["completions_served"] == stats["requests_received"] == 5, "calls in flight were dropped"
+    assert cache_entries(env) == 5
+
+
 def test_timeout_1_ending_a_run_loses_no_paid_answer(tmp_path, env, simulator):
     # `timeout 6 llmbatch run ...` sends SIGTERM: before, 16 accepted calls were dropped.
     sim = simulator(latency_s=0.4)
