@@ -12,11 +12,11 @@ One :class:`Budget` per ``provider:model``. Before each attempt the engine calls
    says the provider's window is used up: its own rate-limit headers say no requests remain, or
    fewer tokens than the call needed; or 429s cluster: a majority (``CLUSTER_MIN``) of the budget's
    last ``CLUSTER_WINDOW`` HTTP answers are 429s; or a run-wide pause is already in force (calls
-   sent before it are still answering). Any other 429 is sporadic (a
-   busy provider refusing one call now and then): nothing changes run-wide, and only that request
-   waits, as its retry honours its ``Retry-After`` (``retry.wait_retry_after``). Pausing the whole
-   run for every sporadic 429 turned a 10 % rate of them into a run ten times as long. Each round
-   of successes without a 429 gives one slot back: additive increase, multiplicative decrease.
+   sent before it are still answering). Any other 429 is sporadic (a busy provider refusing one
+   call now and then): nothing changes run-wide, and only that request waits, as its retry honours
+   its ``Retry-After`` (``retry.wait_retry_after``). Pausing the whole run for every sporadic 429
+   turned a 10 % rate of them into a run eleven times as long. Each round of successes without a
+   429 gives one slot back: additive increase, multiplicative decrease.
 2. **Even pacing** of requests and tokens at ``--rpm``/``--tpm`` (or the config file), or, when
    neither is given, at the limits the provider announces in its headers
    (``x-ratelimit-limit-*`` from OpenAI and compatible servers, ``anthropic-ratelimit-*``). Pacing
