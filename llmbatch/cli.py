@@ -835,7 +835,7 @@ def _partial_name(out: Path | None) -> str:
 
 
 def _sim_config_for_run() -> Any:
-    from llmbatch.simulator import SimConfig
+    from llmbatch.sim import SimConfig
 
     # A little latency so that the demo shows its progress; answers stay deterministic.
     return SimConfig(latency_s=0.05, latency_dist="lognormal", latency_sigma=0.4)
@@ -1053,7 +1053,7 @@ def sim(
     seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Seed for fault and latency draws.")] = None,
 ) -> None:
     """Run the OpenAI-compatible simulator, for rehearsals: point --api-base at it."""
-    from llmbatch.simulator import SimConfig, parse_duration_s, serve_forever
+    from llmbatch.sim import SimConfig, parse_duration_s, serve_forever
 
     def seconds(text: str, option: str) -> float:
         try:

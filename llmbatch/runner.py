@@ -673,7 +673,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
             cache = _open_cache(config)
         destination = config.destination
         if config.simulate:
-            from llmbatch.simulator import SimConfig, Simulator
+            from llmbatch.sim import SimConfig, Simulator
 
             simulator = Simulator(config.sim_config or SimConfig())
             destination = replace(destination, api_base=await simulator.start())

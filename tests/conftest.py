@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmbatch.simulator import SimConfig, SimulatorThread
+from llmbatch.sim import SimConfig, SimulatorThread
 from tests.support import TEST_API_KEY, Run, run_cli
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from llmbatch.simulator import SimulatorThread
+from llmbatch.sim import SimulatorThread
 from tests.support import prompts, read_results, run_cli, write_jsonl
 
 MODEL = "openai:gpt-4o-mini"

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from llmbatch.simulator import SimConfig, SimulatorThread, parse_duration_s
+from llmbatch.sim import SimConfig, SimulatorThread, parse_duration_s
 
 StartSim = Callable[..., SimulatorThread]
 
@@ -442,7 +442,7 @@ def test_config_rejects_nonsense(kwargs: dict[str, Any]) -> None:
 
 SERVE_SCRIPT = """
 import sys
-from llmbatch.simulator import SimConfig, serve_forever
+from llmbatch.sim import SimConfig, serve_forever
 serve_forever(SimConfig(), port=0, on_ready=lambda url: print(url, flush=True))
 print("stopped", flush=True)
 """
