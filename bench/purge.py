@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmbatch.cache import ResponseCache
+from llmbatch.store import DiskStore
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=100_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, ResponseCache(Path(tmp) / "c") as cache:
+    with tempfile.TemporaryDirectory() as tmp, DiskStore(Path(tmp) / "c") as cache:
         started = time.perf_counter()
         now = time.time()
         day = 86_400.0

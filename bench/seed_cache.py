@@ -28,7 +28,7 @@ class InstantProvider:
     lost = 0
 
     def __init__(self, _workers: int, destination: Any) -> None:
-        from llmbatch.provider import Reply
+        from llmbatch.providers.base import Reply
 
         self.destination = destination  # the keys record where the real calls would have gone
         self._reply = Reply

@@ -8,7 +8,8 @@ The library under the ``llmbatch`` command. The usual path::
     print(results[0].content)
 
 See :mod:`llmbatch.api` for the contract (what is checked, what is closed, what a stop raises),
-and ``Engine`` for a run over a stream of requests of any length, as the CLI makes.
+and :func:`llmbatch.engine.live_resolver` for a run over a stream of requests of any length, as the CLI
+makes (a :class:`Resolver` between a :class:`ResponseStore` and an :class:`Executor`).
 
 Names are imported lazily so that ``import llmbatch`` (and ``llmbatch --help``) stay fast: none of
 the provider SDKs, rich or typer is imported until something needs it.
@@ -23,34 +24,45 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
     from llmbatch.api import RunStopped, run_batch, run_batch_sync
-    from llmbatch.cache import ResponseCache
-    from llmbatch.engine import Engine, Provider, RunOptions, RunStats, StopReason
+    from llmbatch.engine import Executor, LiveExecutor, Resolver, RunOptions, live_resolver
     from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, OutputError, UsageError
     from llmbatch.keys import request_key
-    from llmbatch.prompts import Defaults, Request, parse_line, read_requests, validate_file
-    from llmbatch.provider import AnyLLMProvider, Destination
-    from llmbatch.results import Result, ResultWriter
+    from llmbatch.model.entry import CacheEntry
+    from llmbatch.model.request import Request
+    from llmbatch.model.result import Result
+    from llmbatch.model.stats import RunStats, StopReason
+    from llmbatch.prompts import Defaults, parse_line, read_requests, validate_file
+    from llmbatch.providers.anyllm import AnyLLMProvider
+    from llmbatch.providers.base import Destination, Provider
+    from llmbatch.results import ResultWriter
     from llmbatch.retry import RetryPolicy
+    from llmbatch.store import DiskStore, MemoryStore, ResponseStore
 
 _EXPORTS = {
     "run_batch": "llmbatch.api",
     "run_batch_sync": "llmbatch.api",
     "RunStopped": "llmbatch.api",
-    "Request": "llmbatch.prompts",
+    "Request": "llmbatch.model.request",
+    "Result": "llmbatch.model.result",
+    "CacheEntry": "llmbatch.model.entry",
+    "RunStats": "llmbatch.model.stats",
+    "StopReason": "llmbatch.model.stats",
     "Defaults": "llmbatch.prompts",
     "parse_line": "llmbatch.prompts",
     "validate_file": "llmbatch.prompts",
     "read_requests": "llmbatch.prompts",
     "request_key": "llmbatch.keys",
-    "ResponseCache": "llmbatch.cache",
-    "Engine": "llmbatch.engine",
-    "Provider": "llmbatch.engine",
+    "ResponseStore": "llmbatch.store",
+    "DiskStore": "llmbatch.store",
+    "MemoryStore": "llmbatch.store",
+    "Resolver": "llmbatch.engine",
+    "Executor": "llmbatch.engine",
+    "LiveExecutor": "llmbatch.engine",
+    "live_resolver": "llmbatch.engine",
     "RunOptions": "llmbatch.engine",
-    "RunStats": "llmbatch.engine",
-    "StopReason": "llmbatch.engine",
-    "AnyLLMProvider": "llmbatch.provider",
-    "Destination": "llmbatch.provider",
-    "Result": "llmbatch.results",
+    "Provider": "llmbatch.providers.base",
+    "Destination": "llmbatch.providers.base",
+    "AnyLLMProvider": "llmbatch.providers.anyllm",
     "ResultWriter": "llmbatch.results",
     "RetryPolicy": "llmbatch.retry",
     "LlmbatchError": "llmbatch.errors",
@@ -65,17 +77,22 @@ _EXPORTS = {
 # tests/test_library.py checks that the two agree.
 __all__ = [
     "AnyLLMProvider",
+    "CacheEntry",
     "CacheError",
     "Defaults",
     "Destination",
-    "Engine",
+    "DiskStore",
+    "Executor",
     "InputError",
     "LineError",
+    "LiveExecutor",
     "LlmbatchError",
+    "MemoryStore",
     "OutputError",
     "Provider",
     "Request",
-    "ResponseCache",
+    "Resolver",
+    "ResponseStore",
     "Result",
     "ResultWriter",
     "RetryPolicy",
@@ -85,6 +102,7 @@ __all__ = [
     "StopReason",
     "UsageError",
     "__version__",
+    "live_resolver",
     "parse_line",
     "read_requests",
     "request_key",

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.provider import CallError
+from llmbatch.providers.base import CallError
 
 __all__ = ["cacheable", "keepable", "problem"]
 

@@ -27,7 +27,7 @@ Who closes what: whatever a call creates (the provider and its HTTP connections,
 opens), it closes before it returns, so nothing prints "Unclosed client session" at exit. What the
 caller passes in, the caller closes; with one exception, :func:`run_batch_sync` also closes a
 ``provider`` it is given, because that provider's connections belong to the event loop the call
-creates and ends (an :class:`~llmbatch.provider.AnyLLMProvider` can be passed again: it opens new
+creates and ends (an :class:`~llmbatch.providers.base.AnyLLMProvider` can be passed again: it opens new
 ones).
 """
 
@@ -115,10 +115,10 @@ async def run_batch(
     environment). Not both: the endpoint recorded in the cache keys is always the provider's own
     ``destination``, so answers from a local server can never be filed under a real provider's keys.
 
-    ``store``: where answers are kept: a :class:`~llmbatch.cache.ResponseCache`, or any object with
+    ``store``: where answers are kept: a :class:`~llmbatch.store.DiskStore`, or any object with
     its methods ``get(key)``, ``get_many(keys)``, ``put(key, entry, *, tag, ttl_s)``,
     ``put_many([(key, entry, tag)], *, ttl_s)``, ``record_lookups(hits, misses, *, saved_usd)`` and
-    ``close()`` (entries are JSON-ready dicts). Default: a ``ResponseCache`` at ``cache_dir``, else
+    ``close()`` (entries are JSON-ready dicts). Default: a ``DiskStore`` at ``cache_dir``, else
     ``$LLMBATCH_CACHE_DIR``, else the user cache directory: the CLI's own. Not both ``store`` and
     ``cache_dir``. With ``options.cache_mode == "off"`` no store is opened or used.
 
@@ -208,7 +208,7 @@ def _check_arguments(requests: Any, *, api_base: Any, provider: Any, store: Any,
             "(AnyLLMProvider(api_base=...))"
         )
     if store is not None and cache_dir is not None:
-        raise TypeError("give store or cache_dir, not both (ResponseCache(cache_dir) is a store)")
+        raise TypeError("give store or cache_dir, not both (DiskStore(cache_dir) is a store)")
     if isinstance(requests, (dict, str, bytes, Request)):
         # Iterating over one would "work" and give nonsense (a dict's keys, a string's characters).
         raise TypeError(f"requests must be an iterable of requests, got one {type(requests).__name__}: pass [request]")
@@ -276,9 +276,10 @@ async def _run(
     close_provider: bool = False,
 ) -> list[Result]:
     # Imported here: ``import llmbatch.api`` (and so ``import llmbatch``) stays light until a run.
-    from llmbatch.cache import ResponseCache, default_cache_dir
-    from llmbatch.engine import Engine, RunOptions, RunStats
-    from llmbatch.provider import AnyLLMProvider, Destination
+    from llmbatch.engine import RunOptions, RunStats, live_resolver
+    from llmbatch.providers.anyllm import AnyLLMProvider
+    from llmbatch.providers.base import Destination
+    from llmbatch.store import DiskStore, default_cache_dir
 
     options = options if options is not None else RunOptions()
     stats = stats if stats is not None else RunStats()
@@ -287,11 +288,11 @@ async def _run(
         return []
     own_store = store is None and options.cache_mode != "off"
     if own_store:
-        store = ResponseCache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+        store = DiskStore(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     own_provider = provider is None
     if provider is None:
         # The one place the library picks a destination: the keys' endpoint is read from the
-        # provider that sends the calls (Engine takes provider.destination), never given apart.
+        # provider that sends the calls (the resolver takes provider.destination), never given apart.
         provider = AnyLLMProvider(Destination.of(api_base=api_base))
     results: list[Result] = []
 
@@ -301,7 +302,7 @@ async def _run(
             on_result(result)
 
     try:
-        engine = Engine(provider=provider, cache=store, options=options, sink=sink, stats=stats)
+        engine = live_resolver(provider, store=store, options=options, sink=sink, stats=stats)
         await _until_stopped(engine, requests)
     finally:
         try:

@@ -689,7 +689,6 @@ async def _execute(
             _cancel(main)
 
     def on_engine(engine: Any) -> None:
-        engine.on_event = events
         engines.append(engine)
 
     def during_run(signum: int, count: int) -> None:
@@ -698,7 +697,7 @@ async def _execute(
     signals.during_run = during_run
     try:
         with display:
-            return await execute(config, stats, started, on_engine=on_engine, prefix=prefix)
+            return await execute(config, stats, started, on_engine=on_engine, on_event=events, prefix=prefix)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
@@ -866,14 +865,14 @@ def cache_stats(
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Entries, size on disk, size limit, oldest and newest entry, entries per model, lifetime hits and misses."""
-    from llmbatch.cache import ResponseCache, default_cache_dir
     from llmbatch.display import print_cache_stats
+    from llmbatch.store import DiskStore, default_cache_dir
 
     directory = cache_dir or default_cache_dir()
     if not (directory / "cache.db").exists():
         stats = None
     else:
-        with ResponseCache(directory, create=False, shared=shared_cache) as cache:
+        with DiskStore(directory, create=False, shared=shared_cache) as cache:
             stats = cache.stats()
     if as_json:
         import orjson
@@ -904,7 +903,7 @@ def cache_purge(
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove cache entries older than a duration, or of one model, or both."""
-    from llmbatch.cache import ResponseCache, default_cache_dir
+    from llmbatch.store import DiskStore, default_cache_dir
     from llmbatch.units import parse_duration
 
     if older_than is None and model is None:
@@ -917,7 +916,7 @@ def cache_purge(
     if not (directory / "cache.db").exists():
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
         return
-    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
+    with DiskStore(directory, create=False, shared=shared_cache) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
     which = f" of {model}" if model else ""
     age = f" older than {older_than}" if older_than is not None else ""
@@ -933,7 +932,7 @@ def cache_clear(
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove every cache entry; the cache's settings (size limit, eviction) stay."""
-    from llmbatch.cache import ResponseCache, default_cache_dir
+    from llmbatch.store import DiskStore, default_cache_dir
 
     directory = cache_dir or default_cache_dir()
     if not (directory / "cache.db").exists():
@@ -943,7 +942,7 @@ def cache_clear(
     if asking and not _stdin_is_terminal():
         # Nobody can answer: a script that forgot --yes must not hang, nor clear without saying so.
         raise UsageError(f"cache clear removes every entry in {directory}: add --yes to do it without a question")
-    with ResponseCache(directory, create=False, shared=shared_cache) as cache:
+    with DiskStore(directory, create=False, shared=shared_cache) as cache:
         count = cache.count()
         if (
             count

@@ -426,7 +426,11 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
     rows = [
         ("entries", _count(stats.entries)),
         ("size on disk", format_size(stats.size_bytes)),
-        ("size limit", f"{format_size(stats.size_limit)} ({stats.eviction_policy})"),
+        *(
+            (("size limit", f"{format_size(stats.details['size_limit'])} ({stats.details['eviction_policy']})"),)
+            if "size_limit" in stats.details
+            else ()
+        ),
         ("oldest entry", when(stats.oldest)),
         ("newest entry", when(stats.newest)),
         ("value of stored answers", _usd(stats.stored_value_usd)),

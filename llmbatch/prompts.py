@@ -23,7 +23,7 @@ import heapq
 import re
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from llmbatch.errors import InputError, LineError
+from llmbatch.model.request import Request, output_cap
 
 __all__ = [
     "Defaults",
@@ -51,38 +52,6 @@ __all__ = [
 ]
 
 _BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
-class Request:
-    """One validated request. ``messages`` is normalised: a prompt/system line and the
-    equivalent messages line give equal values, and so equal keys."""
-
-    line: int
-    id: str | int
-    provider: str
-    model: str
-    messages: list[dict[str, Any]]
-    params: dict[str, Any] = field(default_factory=dict)  # generation parameters for acompletion
-    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific keyword arguments
-    sample: int = 0
-    metadata: Any = None
-
-    @property
-    def model_ref(self) -> str:
-        """``provider:model``, as the user writes it."""
-        return f"{self.provider}:{self.model}"
-
-    @property
-    def output_cap(self) -> int | None:
-        """The most output tokens the answer can have, or None when the request sets no cap."""
-        return output_cap(self.params)
-
-
-def output_cap(params: Mapping[str, Any]) -> int | None:
-    """``max_completion_tokens`` (else ``max_tokens``) times ``n``; None when neither is set."""
-    cap = params.get("max_completion_tokens") or params.get("max_tokens")
-    return None if cap is None else int(cap) * int(params.get("n") or 1)
 
 
 #: A line larger than this is refused by default (``--max-line-size``): what no provider takes in one

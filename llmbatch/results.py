@@ -50,88 +50,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
-
-import orjson
+from typing import IO, BinaryIO, Literal
 
 from llmbatch.errors import OutputError, UsageError
+from llmbatch.model.result import Result, encode, first_choice
 
 __all__ = ["OutputTarget", "Result", "ResultWriter", "classify_output", "first_choice"]
-
-
-def first_choice(response: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """``(content, finish_reason)`` of the first choice, or ``(None, None)``."""
-    if not response:
-        return None, None
-    choices = response.get("choices") or []
-    if not choices:
-        return None, None
-    choice = choices[0]
-    message = choice.get("message") or {}
-    content = message.get("content")
-    return (content if isinstance(content, str) else None), choice.get("finish_reason")
-
-
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
-class Result:
-    """What happened to one input line."""
-
-    line: int
-    id: str | int
-    key: str
-    status: str  # "ok" | "error"
-    cached: bool  # True when this line cost no call in this run
-    model: str
-    metadata: Any
-    response: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    latency_ms: float | None = None
-    attempts: int = 0
-    error: dict[str, Any] | None = None
-    cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
-    hit: str | None = None  # "exact" (from the cache), "duplicate" (shared a call in flight), or None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def content(self) -> str | None:
-        """The first choice's text, or None."""
-        return first_choice(self.response)[0]
-
-    @property
-    def truncated(self) -> bool:
-        """The answer was cut off at ``max_tokens`` (some choice ended with ``length``)."""
-        choices = (self.response or {}).get("choices") or []
-        return any(isinstance(c, dict) and c.get("finish_reason") == "length" for c in choices)
-
-    def to_dict(self) -> dict[str, Any]:
-        content, finish_reason = first_choice(self.response)
-        return {
-            "id": self.id,
-            "line": self.line,
-            "status": self.status,
-            "cached": self.cached,
-            "hit": self.hit,
-            "content": content,
-            "finish_reason": finish_reason,
-            "truncated": self.truncated,
-            "model": self.model,
-            "usage": self.usage,
-            "latency_ms": self.latency_ms,
-            "attempts": self.attempts,
-            "cost_usd": self.cost_usd,
-            "key": self.key,
-            "metadata": self.metadata,
-            "error": self.error,
-            "response": self.response,
-        }
-
-
-def encode(result: Result) -> bytes:
-    """One result line, newline included."""
-    return orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
 
 
 # --- where the lines go -------------------------------------------------------------------------

@@ -20,10 +20,10 @@ from typing import IO, Any, BinaryIO
 
 import orjson
 
-from llmbatch.cache import ResponseCache, default_cache_dir
-from llmbatch.engine import LOOKUP_CHUNK, Engine, RunOptions, RunStats
+from llmbatch.engine import LOOKUP_CHUNK, Resolver, RunOptions, RunStats, live_resolver
 from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, UsageError
 from llmbatch.keys import SIMULATOR_ENDPOINT
+from llmbatch.model.entry import CacheEntry, make_entry
 from llmbatch.prompts import (
     Defaults,
     IdHashes,
@@ -36,8 +36,9 @@ from llmbatch.prompts import (
     line_start_near,
     read_requests,
 )
-from llmbatch.provider import SIMULATOR_KEY, CallError, Destination
+from llmbatch.providers.base import SIMULATOR_KEY, CallError, Destination
 from llmbatch.results import Result, ResultWriter, append_or_undo, classify_output, encode
+from llmbatch.store import DiskStore, ResponseStore, default_cache_dir
 
 __all__ = [
     "HitPrefix",
@@ -220,7 +221,7 @@ class HitPrefix:
         *,
         spool: IO[bytes] | None = None,
         first_line: int = 1,
-        open_cache: Callable[[], ResponseCache] | None = None,
+        open_cache: Callable[[], DiskStore] | None = None,
     ) -> None:
         """``spool``, ``first_line``, ``open_cache``: for the second half of a big input, answered
         by a forked child (:func:`validate`): its hits go to ``spool``."""
@@ -231,16 +232,16 @@ class HitPrefix:
         self.after_open: Callable[[bool], None] | None = None
         # Opened by the first lookup, so that a file that is bad from its first lines touches
         # nothing (and a cache that cannot be opened is reported by the run, after validation).
-        self.cache: ResponseCache | None = None
+        self.cache: DiskStore | None = None
         self.writer: ResultWriter | None = None
         self.spool: IO[bytes] | None = spool
-        self._engine: Engine | None = None
+        self._engine: Resolver | None = None
         self.lines = 0
         self.resume_line = first_line  # the first line not answered here
         self._pending: list[Request] = []
         self._open = True
 
-    def _begin(self) -> Engine | None:
+    def _begin(self) -> Resolver | None:
         config = self._config
         try:
             self.cache = self._opener()
@@ -260,9 +261,9 @@ class HitPrefix:
                 if self.spool is None:
                     self._open = False  # nowhere to keep them: the run answers these lines itself
                     return None
-        engine = Engine(
-            provider=None,
-            cache=self.cache,
+        engine = Resolver(
+            executor=None,
+            store=self.cache,
             options=config.options,
             sink=self._write,
             stats=self._stats,
@@ -602,10 +603,10 @@ def _second_half(
     path, defaults, source = config.input.path, effective_defaults(config), config.input.source
     first_line = count_lines_before(path, start) + 1
 
-    def open_cache() -> ResponseCache:
+    def open_cache() -> DiskStore:
         if gate is None or not gate.wait():
             raise CacheError("the first half did not open the cache")
-        return ResponseCache(config.cache_dir or default_cache_dir(), create=False, shared=config.shared_cache)
+        return DiskStore(config.cache_dir or default_cache_dir(), create=False, shared=config.shared_cache)
 
     prefix = None
     if spool is not None:
@@ -635,7 +636,7 @@ class Started:
     :func:`execute` do it)."""
 
     provider: Any
-    cache: ResponseCache | None
+    cache: DiskStore | None
     writer: ResultWriter
     simulator: Any = None
     recovered: int = 0  # answers an earlier run paid for, taken back into the cache from its .partial
@@ -701,7 +702,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
     return Started(provider, cache, writer, simulator, sum(recovered))
 
 
-def _recovery(config: RunConfig, cache: ResponseCache, recovered: list[int]) -> Callable[[BinaryIO], None]:
+def _recovery(config: RunConfig, cache: DiskStore, recovered: list[int]) -> Callable[[BinaryIO], None]:
     """What to do with an earlier run's ``.partial`` before it is emptied: take the answers it paid
     for back into the cache, so that an answer that could not be stored then (a full disk) is not
     paid for again. Only from a ``.partial`` a run of this cache wrote (a file shipped in a cloned
@@ -715,7 +716,7 @@ def _recovery(config: RunConfig, cache: ResponseCache, recovered: list[int]) -> 
             return
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         request: Request | None = None
-        batch: list[tuple[str, dict[str, Any], str]] = []
+        batch: list[tuple[str, CacheEntry, str]] = []
         for raw in earlier:
             row = _paid_line(raw)
             if row is None:
@@ -753,9 +754,9 @@ def _paid_line(raw: bytes) -> dict[str, Any] | None:
     return row if isinstance(row.get("response"), dict) else None
 
 
-def _recovered_entry(config: RunConfig, request: Request, row: dict[str, Any]) -> dict[str, Any] | None:
+def _recovered_entry(config: RunConfig, request: Request, row: dict[str, Any]) -> CacheEntry | None:
     from llmbatch import answers
-    from llmbatch.keys import request_key
+    from llmbatch.keys import key_material, request_key
 
     if request.line != row["line"]:
         return None
@@ -763,20 +764,18 @@ def _recovered_entry(config: RunConfig, request: Request, row: dict[str, Any]) -
     response = row["response"]
     if request_key(request, endpoint) != row["key"] or answers.problem(response) or not answers.cacheable(response):
         return None
-    return {
-        "key": row["key"],
-        "stored_at": time.time(),
-        "provider": request.provider,
-        "model": request.model,
-        "endpoint": endpoint,
-        "usage": row.get("usage"),
-        "latency_ms": row.get("latency_ms"),
-        "cost_usd": row.get("cost_usd"),
-        "response": response,
-    }
+    return make_entry(
+        key=row["key"],
+        request=key_material(request, endpoint),
+        response=response,
+        stored_at=time.time(),
+        usage=row.get("usage"),
+        latency_ms=row.get("latency_ms"),
+        cost_usd=row.get("cost_usd"),
+    )
 
 
-def _store_missing(cache: ResponseCache, batch: list[tuple[str, dict[str, Any], str]], ttl_s: float | None) -> int:
+def _store_missing(cache: ResponseStore, batch: list[tuple[str, CacheEntry, str]], ttl_s: float | None) -> int:
     stored = cache.get_many([key for key, _, _ in batch])
     missing = [item for item in batch if item[0] not in stored]
     if missing:
@@ -805,20 +804,22 @@ async def execute(
     stats: RunStats,
     started: Started,
     *,
-    on_engine: Callable[[Engine], None] | None = None,
+    on_engine: Callable[[Resolver], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
     prefix: HitPrefix | None = None,
 ) -> RunOutcome:
     """Run the validated input to the end (or to a stop) and finish the results file;
     ``prefix``: the leading hits :func:`validate` already answered."""
     provider, writer = started.provider, started.writer
     try:
-        engine = Engine(
-            provider=provider,
-            cache=started.cache,
+        engine = live_resolver(
+            provider,
+            store=started.cache,
             options=config.options,
             sink=writer.write,
             flush=writer.flush,
             stats=stats,
+            on_event=on_event,
         )
         if on_engine is not None:
             on_engine(engine)
@@ -842,8 +843,8 @@ async def execute(
     )
 
 
-def _open_cache(config: RunConfig) -> ResponseCache:
-    return ResponseCache(
+def _open_cache(config: RunConfig) -> DiskStore:
+    return DiskStore(
         config.cache_dir or default_cache_dir(),
         size_limit=config.cache_size_limit,
         eviction_policy=config.cache_eviction,
@@ -853,10 +854,10 @@ def _open_cache(config: RunConfig) -> ResponseCache:
 
 def _provider(workers: int, destination: Destination) -> Any:
     if workers > 0:
-        from llmbatch.workers import WorkerPool
+        from llmbatch.providers.workers import WorkerPool
 
         return WorkerPool(workers, destination)
-    from llmbatch.provider import AnyLLMProvider
+    from llmbatch.providers.anyllm import AnyLLMProvider
 
     return AnyLLMProvider(destination)
 
@@ -869,7 +870,7 @@ def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
 def _workers(config: RunConfig, requests: int) -> int:
     if config.workers is not None:
         return config.workers
-    from llmbatch.workers import auto_workers
+    from llmbatch.providers.workers import auto_workers
 
     return auto_workers(config.options.concurrency, _cpus(), requests)
 
@@ -923,7 +924,7 @@ def plan(config: RunConfig) -> Plan:
     cache = None
     directory = config.cache_dir or default_cache_dir()
     if options.cache_mode in ("normal", "only") and (directory / "cache.db").exists():
-        cache = ResponseCache(directory, create=False, shared=config.shared_cache)
+        cache = DiskStore(directory, create=False, shared=config.shared_cache)
     result = Plan()
     pending: set[str] = set()
     # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion

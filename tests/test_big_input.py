@@ -253,9 +253,9 @@ def _processes_reading(path: Path) -> list[int]:
 
 
 def settings_of(cache_dir: Path) -> tuple[int, str]:
-    from llmbatch.cache import ResponseCache
+    from llmbatch.store import DiskStore
 
-    cache = ResponseCache(cache_dir, create=False)
+    cache = DiskStore(cache_dir, create=False)
     try:
         stats = cache.stats()
         return stats.size_limit, stats.eviction_policy
@@ -264,7 +264,7 @@ def settings_of(cache_dir: Path) -> tuple[int, str]:
 
 
 def test_a_first_split_run_on_a_new_cache_leaves_llmbatchs_settings_not_diskcaches(tmp_path, env, halves):
-    from llmbatch.cache import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT
+    from llmbatch.store import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT
 
     path = write_big(tmp_path / "big.jsonl", big_prompts())
     for attempt in range(3):  # the two opens raced: most runs, not every one, lost the settings

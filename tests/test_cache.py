@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from llmbatch.cache import DEFAULT_SIZE_LIMIT, ResponseCache
 from llmbatch.errors import CacheError
+from llmbatch.store import DEFAULT_SIZE_LIMIT, DiskStore
 
 
 def entry(n: int = 0) -> dict:
@@ -16,7 +16,7 @@ def entry(n: int = 0) -> dict:
 
 
 def test_a_stored_answer_comes_back_equal(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:a", entry(1), tag="openai:m")
         assert cache.get("v1:a") == entry(1)
         assert cache.get("v1:missing") is None
@@ -24,7 +24,7 @@ def test_a_stored_answer_comes_back_equal(tmp_path):
 
 
 def test_answers_written_together_are_all_stored_or_none_is(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put_many([("v1:a", entry(1), "openai:m"), ("v1:b", entry(2), "openai:m")])
         assert cache.get_many(["v1:a", "v1:b"]) == {"v1:a": entry(1), "v1:b": entry(2)}
         with pytest.raises(TypeError):
@@ -34,12 +34,12 @@ def test_answers_written_together_are_all_stored_or_none_is(tmp_path):
 
 
 def test_the_directory_is_private_to_the_user(tmp_path):
-    ResponseCache(tmp_path / "c").close()
+    DiskStore(tmp_path / "c").close()
     assert (tmp_path / "c").stat().st_mode & 0o777 == 0o700
 
 
 def test_anything_but_a_json_object_is_refused_rather_than_pickled(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         for value in ([1, 2], "text", 3, object()):
             with pytest.raises(TypeError):
                 cache.put("v1:x", value, tag="t")  # type: ignore[arg-type]
@@ -49,7 +49,7 @@ def test_anything_but_a_json_object_is_refused_rather_than_pickled(tmp_path):
 
 def test_a_large_answer_stored_as_a_file_is_json_too(tmp_path):
     big = {"response": {"text": "x" * 100_000}}
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:big", big, tag="t")
         assert cache.get("v1:big") == big
     files = [p for p in (tmp_path / "c").rglob("*.val")]
@@ -57,7 +57,7 @@ def test_a_large_answer_stored_as_a_file_is_json_too(tmp_path):
 
 
 def test_ttl_expires_an_entry(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:a", entry(), tag="t", ttl_s=0.05)
         assert cache.get("v1:a") is not None
         time.sleep(0.1)
@@ -65,11 +65,11 @@ def test_ttl_expires_an_entry(tmp_path):
 
 
 def test_the_size_limit_is_explicit_and_survives_reopening_without_the_option(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         assert cache.stats().size_limit == DEFAULT_SIZE_LIMIT  # generous, never diskcache's 1 GB
-    with ResponseCache(tmp_path / "c", size_limit=50 * 10**9) as cache:
+    with DiskStore(tmp_path / "c", size_limit=50 * 10**9) as cache:
         assert cache.stats().size_limit == 50 * 10**9
-    with ResponseCache(tmp_path / "c") as cache:  # a later run without the option keeps it
+    with DiskStore(tmp_path / "c") as cache:  # a later run without the option keeps it
         assert cache.stats().size_limit == 50 * 10**9
 
 
@@ -80,7 +80,7 @@ def test_the_database_is_read_without_a_memory_map_even_in_a_cache_made_by_diskc
     legacy = diskcache.Cache(str(tmp_path / "c"))
     assert legacy._sql("PRAGMA mmap_size").fetchone()[0] > 0  # what diskcache does by default
     legacy.close()
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         assert cache._cache._sql("PRAGMA mmap_size").fetchone()[0] == 0
     reopened = diskcache.Cache(str(tmp_path / "c"))  # the setting is kept with the cache
     assert reopened._sql("PRAGMA mmap_size").fetchone()[0] == 0
@@ -89,11 +89,11 @@ def test_the_database_is_read_without_a_memory_map_even_in_a_cache_made_by_diskc
 
 def test_an_unknown_eviction_policy_is_a_clear_error(tmp_path):
     with pytest.raises(CacheError, match="unknown eviction policy"):
-        ResponseCache(tmp_path / "c", eviction_policy="random")
+        DiskStore(tmp_path / "c", eviction_policy="random")
 
 
 def test_stats_count_entries_by_model_and_lifetime_lookups(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         for i in range(3):
             cache.put(f"v1:a{i}", entry(i), tag="openai:a")
         cache.put("v1:b", entry(), tag="anthropic:b")
@@ -108,7 +108,7 @@ def test_stats_count_entries_by_model_and_lifetime_lookups(tmp_path):
 
 
 def test_purge_removes_only_entries_older_than_the_cutoff(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         for i in range(2500):  # more than one delete batch
             cache.put(f"v1:old{i}", entry(i), tag="openai:a" if i % 2 else "openai:b")
         cutoff = time.time()
@@ -124,7 +124,7 @@ def test_purge_removes_only_entries_older_than_the_cutoff(tmp_path):
 
 
 def test_purge_also_removes_value_files(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
         assert list((tmp_path / "c").rglob("*.val"))
         assert cache.purge(0.001, now=time.time() + 1) == 1
@@ -133,7 +133,7 @@ def test_purge_also_removes_value_files(tmp_path):
 
 def test_opening_without_create_on_a_missing_cache_says_so(tmp_path):
     with pytest.raises(CacheError, match="no cache"):
-        ResponseCache(tmp_path / "nothing", create=False)
+        DiskStore(tmp_path / "nothing", create=False)
 
 
 def test_a_pickled_row_is_never_unpickled_and_reads_as_a_miss(tmp_path):
@@ -145,29 +145,29 @@ def test_a_pickled_row_is_never_unpickled_and_reads_as_a_miss(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:a", entry(), tag="t")
     # Someone (or another tool) writes a pickle into our table, as diskcache's default Disk would.
     with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
         db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = 'v1:a'", (pickle.dumps(Exploit()),))
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         assert cache.get("v1:a") is None
     assert not marker.exists()
 
 
 def test_a_corrupt_value_reads_as_a_miss(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         cache.put("v1:a", entry(), tag="t")
     with sqlite3.connect(tmp_path / "c" / "cache.db") as db:
         db.execute("UPDATE Cache SET value = ? WHERE key = 'v1:a'", (b"{not json",))
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         assert cache.get("v1:a") is None
         assert cache.get_many(["v1:a"]) == {}
 
 
 def test_a_batch_lookup_skips_expired_entries_and_works_under_every_policy(tmp_path):
     for policy in ("least-recently-stored", "least-recently-used", "none"):
-        with ResponseCache(tmp_path / policy, eviction_policy=policy) as cache:
+        with DiskStore(tmp_path / policy, eviction_policy=policy) as cache:
             cache.put("v1:live", entry(1), tag="t")
             cache.put("v1:brief", entry(2), tag="t", ttl_s=0.01)
             time.sleep(0.05)
@@ -178,11 +178,11 @@ def test_a_batch_lookup_skips_expired_entries_and_works_under_every_policy(tmp_p
 # --- a cache directory removed while the cache is open ------------------------------------------
 
 
-def _put_one(cache: ResponseCache, key: str, value: dict) -> None:
+def _put_one(cache: DiskStore, key: str, value: dict) -> None:
     cache.put(key, value, tag="t")
 
 
-def _put_in_a_batch(cache: ResponseCache, key: str, value: dict) -> None:
+def _put_in_a_batch(cache: DiskStore, key: str, value: dict) -> None:
     cache.put_many([(key, value, "t"), (key + "-too", value, "t")])
 
 
@@ -192,7 +192,7 @@ def test_a_cache_directory_removed_between_two_writes_is_recreated_and_the_secon
     import stat
 
     directory = tmp_path / "c"
-    with ResponseCache(directory, size_limit=5 * 10**9, eviction_policy="none") as cache:
+    with DiskStore(directory, size_limit=5 * 10**9, eviction_policy="none") as cache:
         write(cache, "v1:a", entry(1))
         assert not cache.recreated and cache.recreated_at is None
         shutil.rmtree(directory)
@@ -204,7 +204,7 @@ def test_a_cache_directory_removed_between_two_writes_is_recreated_and_the_secon
         recreated_at = cache.recreated_at
         cache.record_lookups(hits=2, misses=1)
         assert cache.recreated_at == recreated_at
-    with ResponseCache(directory) as fresh:
+    with DiskStore(directory) as fresh:
         assert fresh.get("v1:a") is None  # gone with the directory
         assert fresh.get_many(["v1:b", "v1:c"]) == {"v1:b": entry(2), "v1:c": entry(3)}
         stats = fresh.stats()
@@ -219,11 +219,11 @@ def test_lifetime_lookups_after_the_directory_was_removed_go_to_the_new_cache(tm
     import shutil
 
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         shutil.rmtree(directory)
         cache.record_lookups(hits=3, misses=4)
         assert cache.recreated
-    with ResponseCache(directory) as fresh:
+    with DiskStore(directory) as fresh:
         assert (fresh.stats().hits, fresh.stats().misses) == (3, 4)
 
 
@@ -231,15 +231,15 @@ def test_a_cache_replaced_by_another_process_s_is_written_to_and_left_whole(tmp_
     import shutil
 
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:a", entry(1), tag="t")
         shutil.rmtree(directory)
-        with ResponseCache(directory) as other:  # another run sharing the directory got there first
+        with DiskStore(directory) as other:  # another run sharing the directory got there first
             other.put("v1:theirs", entry(9), tag="t")
             cache.put("v1:b", entry(2), tag="t")
             assert cache.recreated
             other.put("v1:theirs-too", entry(8), tag="t")  # its -wal was not removed under it
-    with ResponseCache(directory) as fresh:
+    with DiskStore(directory) as fresh:
         assert fresh.get_many(["v1:theirs", "v1:b", "v1:theirs-too"]) == {
             "v1:theirs": entry(9),
             "v1:b": entry(2),
@@ -251,7 +251,7 @@ def test_a_removed_directory_that_comes_back_open_to_others_is_refused_not_writt
     import shutil
 
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:a", entry(1), tag="t")
         shutil.rmtree(directory)
         directory.mkdir()
@@ -266,7 +266,7 @@ def test_a_removed_directory_that_comes_back_open_to_others_is_refused_not_writt
 def test_a_write_with_the_directory_in_place_costs_one_stat_and_no_reopening(tmp_path, monkeypatch):
     import os
 
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         opened = cache._cache
         calls = []
         real_stat = os.stat
@@ -281,7 +281,7 @@ def test_a_write_with_the_directory_in_place_costs_one_stat_and_no_reopening(tmp
 
 
 def test_clear_removes_every_entry_and_value_file_and_keeps_the_settings(tmp_path):
-    with ResponseCache(tmp_path / "c", size_limit=5 * 10**9) as cache:
+    with DiskStore(tmp_path / "c", size_limit=5 * 10**9) as cache:
         for i in range(5):
             cache.put(f"v1:{i}", entry(i), tag="openai:a")
         cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
@@ -290,13 +290,13 @@ def test_clear_removes_every_entry_and_value_file_and_keeps_the_settings(tmp_pat
         assert cache.clear() == 6
         assert cache.count() == 0 and cache.get("v1:0") is None
     assert not list((tmp_path / "c").rglob("*.val"))
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         stats = cache.stats()
     assert (stats.entries, stats.size_limit, stats.hits, stats.misses) == (0, 5 * 10**9, 1, 6)
 
 
 def test_purge_of_a_model_without_an_age_removes_all_of_its_entries(tmp_path):
-    with ResponseCache(tmp_path / "c") as cache:
+    with DiskStore(tmp_path / "c") as cache:
         for i in range(1500):  # more than one delete batch
             cache.put(f"v1:{i}", entry(i), tag="openai:a" if i % 3 else "openai:b")
         assert cache.purge(None, tag="openai:b", dry_run=True) == 500

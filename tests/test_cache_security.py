@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch.cache import ResponseCache
 from llmbatch.errors import CacheError
+from llmbatch.store import DiskStore
 from tests.support import prompts, read_results, run_cli, write_jsonl
 
 NOBODY = 65534  # the uid of "nobody" on Linux
@@ -72,7 +72,7 @@ def plant(source: Path, target: Path, *, owner: int | None, dir_mode: int) -> No
 
 def test_a_new_cache_and_everything_in_it_is_private_to_the_user(tmp_path):
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:small", entry(), tag="t")
         cache.put("v1:big", entry("x" * 100_000), tag="t")  # a value file (diskcache's min_file_size)
         # While the cache is open, SQLite's -wal and -shm files exist: they carry the answers too.
@@ -97,7 +97,7 @@ def test_the_files_of_a_first_run_are_private_to_the_user(tmp_path, sim, llmbatc
 
 def test_an_older_cache_with_open_files_is_closed_up_when_opened(tmp_path):
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:big", entry("x" * 100_000), tag="t")
     # What diskcache and SQLite made before llmbatch created its files itself.
     value = next(directory.rglob("*.val"))
@@ -107,7 +107,7 @@ def test_an_older_cache_with_open_files_is_closed_up_when_opened(tmp_path):
         path.chmod(0o755)
     (directory / "notes.txt").write_text("not ours to change")
     (directory / "notes.txt").chmod(0o644)
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         assert cache.get("v1:big") == entry("x" * 100_000)
     assert mode(directory / "cache.db") == 0o600
     assert mode(value) == 0o600
@@ -121,17 +121,17 @@ def test_an_older_cache_with_open_files_is_closed_up_when_opened(tmp_path):
 @pytest.mark.parametrize("dir_mode", [0o777, 0o775, 0o1777, 0o757])
 def test_a_cache_directory_others_can_write_to_is_refused_with_the_fix(tmp_path, dir_mode):
     directory = tmp_path / "c"
-    ResponseCache(directory).close()
+    DiskStore(directory).close()
     directory.chmod(dir_mode)
     with pytest.raises(CacheError) as raised:
-        ResponseCache(directory)
+        DiskStore(directory)
     message = str(raised.value)
     assert f"cache directory {directory} is writable by other users (mode {dir_mode:04o})" in message
     assert f"chmod 700 {directory}" in message and "--shared-cache" in message
     assert "\n" not in message
     # Readable by others is not a way in: with every file 0600, a 0755 directory of ours is fine.
     directory.chmod(0o755)
-    ResponseCache(directory).close()
+    DiskStore(directory).close()
 
 
 def test_an_empty_new_directory_that_is_open_to_others_is_refused_too(tmp_path):
@@ -139,7 +139,7 @@ def test_an_empty_new_directory_that_is_open_to_others_is_refused_too(tmp_path):
     directory.mkdir()
     directory.chmod(0o777)
     with pytest.raises(CacheError, match="writable by other users"):
-        ResponseCache(directory)
+        DiskStore(directory)
     assert not (directory / "cache.db").exists()  # refused before anything was created
 
 
@@ -147,17 +147,17 @@ def test_an_empty_new_directory_that_is_open_to_others_is_refused_too(tmp_path):
 @pytest.mark.parametrize("dir_mode", [0o777, 0o755])
 def test_a_cache_directory_of_another_user_is_refused_and_its_answers_never_served(tmp_path, dir_mode):
     source = tmp_path / "mine"
-    with ResponseCache(source) as cache:
+    with DiskStore(source) as cache:
         cache.put("v1:a", {"response": {"text": "Simulated answer"}}, tag="t")
     planted = tmp_path / "theirs"
     plant(source, planted, owner=NOBODY, dir_mode=dir_mode)
     with pytest.raises(CacheError) as raised:
-        ResponseCache(planted)
+        DiskStore(planted)
     assert f"cache directory {planted} belongs to another user, nobody (uid {NOBODY})" in str(raised.value)
     assert "--shared-cache" in str(raised.value)
     # Shared on purpose: accepted, and nothing in it is changed.
     before = {str(p): (p.lstat().st_uid, mode(p)) for p in [planted, *planted.rglob("*")]}
-    with ResponseCache(planted, shared=True) as cache:
+    with DiskStore(planted, shared=True) as cache:
         assert cache.get("v1:a") == {"response": {"text": "PLANTED answer"}}
     after = {str(p): (p.lstat().st_uid, mode(p)) for p in [planted, *planted.rglob("*")]}
     assert after == before
@@ -167,24 +167,24 @@ def test_a_cache_directory_of_another_user_is_refused_and_its_answers_never_serv
 def test_a_cache_database_of_another_user_in_a_directory_of_ours_is_refused(tmp_path):
     # As after a directory that was open to others is closed with chmod 700: what they left stays theirs.
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:a", entry(), tag="t")
     os.chown(directory / "cache.db", NOBODY, NOBODY)
     with pytest.raises(CacheError, match=r"cache database .*cache\.db belongs to another user"):
-        ResponseCache(directory)
+        DiskStore(directory)
 
 
 @needs_root
 def test_a_value_file_of_another_user_reads_as_a_miss(tmp_path):
     directory = tmp_path / "c"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:big", entry("x" * 100_000), tag="t")
         cache.put("v1:small", entry(), tag="t")
     os.chown(next(directory.rglob("*.val")), NOBODY, NOBODY)
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         assert cache.get("v1:big") is None
         assert cache.get_many(["v1:big", "v1:small"]) == {"v1:small": entry()}
-    with ResponseCache(directory, shared=True) as cache:  # a shared cache holds others' files
+    with DiskStore(directory, shared=True) as cache:  # a shared cache holds others' files
         assert cache.get("v1:big") == entry("x" * 100_000)
 
 
@@ -192,7 +192,7 @@ def test_a_shared_cache_is_opened_as_it_is_and_its_new_files_follow_the_umask(tm
     directory = tmp_path / "team"
     directory.mkdir()
     directory.chmod(0o777)
-    with ResponseCache(directory, shared=True) as cache:
+    with DiskStore(directory, shared=True) as cache:
         cache.put("v1:big", entry("x" * 100_000), tag="t")
         assert cache.get("v1:big") == entry("x" * 100_000)
     assert mode(directory) == 0o777
@@ -249,7 +249,7 @@ def test_a_run_refuses_a_cache_directory_of_ours_that_others_can_write_to(tmp_pa
 )
 def test_every_cache_command_refuses_a_directory_open_to_others_unless_shared(tmp_path, env, command):
     directory = tmp_path / "open"
-    with ResponseCache(directory) as cache:
+    with DiskStore(directory) as cache:
         cache.put("v1:a", entry(), tag="openai:m")
     directory.chmod(0o777)
     args = ["cache", *command, "--cache-dir", str(directory)]

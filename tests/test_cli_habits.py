@@ -242,7 +242,7 @@ def test_every_run_option_and_environment_variable_is_in_the_readme():
 
 
 def test_the_readme_names_the_base_url_variables_that_enter_the_key():
-    from llmbatch.provider import ENV_API_BASE
+    from llmbatch.providers.base import ENV_API_BASE
 
     section = readme_section("The cache key")
     for provider in ("openai", "anthropic", "mistral", "gemini", "ollama", "vllm", "openrouter", "groq"):

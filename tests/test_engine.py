@@ -7,24 +7,24 @@ import json
 
 import pytest
 
-from llmbatch.cache import ResponseCache
-from llmbatch.engine import Engine, RunOptions, RunStats
+from llmbatch.engine import Resolver, RunOptions, RunStats, live_resolver
+from llmbatch.model.result import Result
 from llmbatch.prompts import parse_line
-from llmbatch.provider import AnyLLMProvider
-from llmbatch.results import Result
+from llmbatch.providers.anyllm import AnyLLMProvider
 from llmbatch.retry import RetryPolicy
+from llmbatch.store import DiskStore
 
 
 def requests(prompts: list[str]):
     return [parse_line(json.dumps({"id": i, "prompt": p, "model": "openai:m"}), i + 1) for i, p in enumerate(prompts)]
 
 
-def run(engine: Engine, reqs) -> RunStats:
+def run(engine: Resolver, reqs) -> RunStats:
     async def main() -> RunStats:
         try:
             return await engine.run(reqs)
         finally:
-            await engine.provider.aclose()  # type: ignore[union-attr]
+            await engine.executor.aclose()  # type: ignore[union-attr]
 
     return asyncio.run(main())
 
@@ -37,9 +37,9 @@ def test_a_fatal_error_cuts_retry_waits_short(tmp_path, sim):
     # Line 1 keeps failing and would wait forever before its next attempt; line 2 gets a 401,
     # which stops the run. The run must end rather than wait (pytest-timeout would catch a hang).
     written: list[Result] = []
-    engine = Engine(
-        provider=AnyLLMProvider(api_base=sim.url, api_key="k"),
-        cache=ResponseCache(tmp_path / "c"),
+    engine = live_resolver(
+        AnyLLMProvider(api_base=sim.url, api_key="k"),
+        store=DiskStore(tmp_path / "c"),
         options=RunOptions(concurrency=2, retry=RetryPolicy(max_retries=5)),
         sink=written.append,
         sleep=never_wakes,
@@ -52,7 +52,7 @@ def test_a_fatal_error_cuts_retry_waits_short(tmp_path, sim):
 
 def test_an_error_in_the_sink_lets_paid_calls_finish_and_be_stored(tmp_path, simulator):
     slow = simulator(latency_s=0.05)
-    cache = ResponseCache(tmp_path / "c")
+    cache = DiskStore(tmp_path / "c")
     seen: list[Result] = []
 
     def sink(result: Result) -> None:
@@ -60,9 +60,9 @@ def test_an_error_in_the_sink_lets_paid_calls_finish_and_be_stored(tmp_path, sim
         if len(seen) == 3:
             raise OSError("disk full")
 
-    engine = Engine(
-        provider=AnyLLMProvider(api_base=slow.url, api_key="k"),
-        cache=cache,
+    engine = live_resolver(
+        AnyLLMProvider(api_base=slow.url, api_key="k"),
+        store=cache,
         options=RunOptions(concurrency=8),
         sink=sink,
     )
@@ -91,9 +91,9 @@ def test_memory_is_bounded_by_the_window_not_the_file(tmp_path, sim):
         nonlocal written
         written += 1
 
-    engine = Engine(
-        provider=AnyLLMProvider(api_base=sim.url, api_key="k"),
-        cache=ResponseCache(tmp_path / "c"),
+    engine = live_resolver(
+        AnyLLMProvider(api_base=sim.url, api_key="k"),
+        store=DiskStore(tmp_path / "c"),
         options=RunOptions(concurrency=8, window=64),
         sink=sink,
     )
@@ -103,9 +103,9 @@ def test_memory_is_bounded_by_the_window_not_the_file(tmp_path, sim):
 
 def test_a_failed_call_gives_its_waiting_duplicates_the_same_error_without_another_call(tmp_path, sim):
     written: list[Result] = []
-    engine = Engine(
-        provider=AnyLLMProvider(api_base=sim.url, api_key="k"),
-        cache=ResponseCache(tmp_path / "c"),
+    engine = live_resolver(
+        AnyLLMProvider(api_base=sim.url, api_key="k"),
+        store=DiskStore(tmp_path / "c"),
         options=RunOptions(concurrency=4),
         sink=written.append,
     )

@@ -18,10 +18,11 @@ import llmbatch
 from llmbatch import (
     AnyLLMProvider,
     Destination,
-    Engine,
+    DiskStore,
     InputError,
+    LiveExecutor,
     Request,
-    ResponseCache,
+    Resolver,
     Result,
     RunOptions,
     RunStats,
@@ -187,8 +188,10 @@ def test_answers_from_a_local_server_are_never_hits_for_the_real_provider(env, s
 def test_an_engine_cannot_be_given_keys_for_another_destination_than_its_providers(sim):
     provider = AnyLLMProvider(api_base=sim.url)
     with pytest.raises(ValueError, match="the provider's own"):
-        Engine(provider=provider, cache=None, sink=lambda _r: None, destination=Destination.of())
-    engine = Engine(provider=provider, cache=None, sink=lambda _r: None, destination=provider.destination)
+        Resolver(executor=LiveExecutor(provider), store=None, sink=lambda _r: None, destination=Destination.of())
+    engine = Resolver(
+        executor=LiveExecutor(provider), store=None, sink=lambda _r: None, destination=provider.destination
+    )
     assert engine.destination is provider.destination
 
 
@@ -232,7 +235,7 @@ def test_cancelling_lets_calls_in_flight_finish_and_be_stored(env, cache_dir, si
         asyncio.run(main())
     served = slow.stats()["completions_served"]
     assert served > 0 and slow.stats()["in_flight"] == 0
-    with ResponseCache(cache_dir) as cache:
+    with DiskStore(cache_dir) as cache:
         assert cache.stats().entries == served  # every call paid for was stored before the cancel went on
 
 
@@ -247,7 +250,7 @@ def test_an_exception_from_on_result_propagates_once_calls_in_flight_are_stored(
         run_batch_sync(questions(40), model=MODEL, api_base=slow.url, on_result=on_result)
     served = slow.stats()["completions_served"]
     assert 3 <= served < 40 and slow.stats()["in_flight"] == 0
-    with ResponseCache(cache_dir) as cache:
+    with DiskStore(cache_dir) as cache:
         assert cache.count() == served
 
 
@@ -291,7 +294,7 @@ def test_a_store_of_the_callers_own_is_used_and_left_open(env, cache_dir, sim):
 
 
 def test_a_response_cache_of_the_callers_stays_open_and_cache_mode_off_opens_none(env, cache_dir, sim, tmp_path):
-    with ResponseCache(tmp_path / "mine") as cache:
+    with DiskStore(tmp_path / "mine") as cache:
         run_batch_sync(questions(2), model=MODEL, api_base=sim.url, store=cache)
         assert cache.count() == 2  # still usable after the call
     run_batch_sync(questions(2), model=MODEL, api_base=sim.url, options=RunOptions(cache_mode="off"))

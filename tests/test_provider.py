@@ -10,7 +10,8 @@ import json
 import pytest
 
 from llmbatch.prompts import parse_line
-from llmbatch.provider import AnyLLMProvider, CallError, parse_retry_after, redact
+from llmbatch.providers.anyllm import AnyLLMProvider
+from llmbatch.providers.base import CallError, parse_retry_after, redact
 from tests.support import TEST_API_KEY
 
 
@@ -131,7 +132,7 @@ def test_the_base_url_table_matches_the_installed_any_llm():
     from any_llm import AnyLLM
     from any_llm.constants import LLMProvider
 
-    from llmbatch.provider import ENV_API_BASE
+    from llmbatch.providers.base import ENV_API_BASE
 
     for provider in LLMProvider:
         try:

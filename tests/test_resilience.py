@@ -391,7 +391,7 @@ def test_two_runs_started_together_pay_once_for_each_prompt(tmp_path, env, simul
 def test_a_run_that_dies_holding_leases_lets_another_take_its_keys_when_they_run_out(tmp_path, env, simulator):
     import sqlite3
 
-    from llmbatch.cache import ResponseCache
+    from llmbatch.store import DiskStore
 
     sim = simulator()
     path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
@@ -399,7 +399,7 @@ def test_a_run_that_dies_holding_leases_lets_another_take_its_keys_when_they_run
     # A run killed with -9 leaves its leases behind: here, leases on the first ten keys, taken by
     # an owner that will never renew them, written as that run would have.
     held_keys = [row["key"] for row in read_results(_keys_file(tmp_path, path, sim, env))][:10]
-    with ResponseCache(cache_dir) as cache:
+    with DiskStore(cache_dir) as cache:
         assert cache.lease(held_keys, "dead-run", ttl_s=1.5) == set(held_keys)
     started = time.monotonic()
     done = run_cli(run_args(path, sim, "-c", "8", "-q"), env=env)
@@ -413,7 +413,7 @@ def test_a_run_that_dies_holding_leases_lets_another_take_its_keys_when_they_run
 def test_leases_of_a_run_on_this_machine_that_is_gone_are_taken_over_at_once(tmp_path, env, simulator):
     import socket
 
-    from llmbatch.cache import ResponseCache
+    from llmbatch.store import DiskStore
 
     sim = simulator()
     path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
@@ -421,7 +421,7 @@ def test_leases_of_a_run_on_this_machine_that_is_gone_are_taken_over_at_once(tmp
     dead_pid = subprocess.Popen(["true"])  # a process that has ended: its pid names nobody now
     dead_pid.wait()
     owner = f"{socket.gethostname()}:{dead_pid.pid}:killed"
-    with ResponseCache(Path(env["LLMBATCH_CACHE_DIR"])) as cache:
+    with DiskStore(Path(env["LLMBATCH_CACHE_DIR"])) as cache:
         assert cache.lease(held_keys, owner, ttl_s=3600) == set(held_keys)  # an hour: never waited out
     started = time.monotonic()
     done = run_cli(run_args(path, sim, "-c", "8", "-q"), env=env)
@@ -499,16 +499,16 @@ def test_a_bad_line_is_reported_even_when_the_cache_cannot_be_opened(tmp_path, e
 def test_an_answer_the_cache_cannot_encode_stops_the_run_with_one_message(tmp_path, env, sim, monkeypatch):
     # A provider's answer that JSON cannot hold (orjson refuses integers past 64 bits) must end the
     # run with a message, never leave it waiting for a cache write that will not come.
-    from llmbatch.cache import ResponseCache
+    from llmbatch.store import DiskStore
 
-    original = ResponseCache.put
+    original = DiskStore.put
 
-    def put(self: ResponseCache, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
+    def put(self: DiskStore, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
         if "question number 2" in json.dumps(entry):
             raise TypeError("Integer exceeds 64-bit range")
         original(self, key, entry, **kwargs)
 
-    monkeypatch.setattr(ResponseCache, "put", put)
+    monkeypatch.setattr(DiskStore, "put", put)
     path = write_jsonl(tmp_path / "p.jsonl", prompts(6))
 
     done = run_cli(run_args(path, sim, "-c", "4", "--workers", "0"), env=env)
@@ -544,19 +544,19 @@ def test_deleting_the_input_during_the_run_does_not_stop_it(tmp_path, env, simul
 
 
 def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answers(tmp_path, env, sim, monkeypatch):
-    from llmbatch.cache import ResponseCache
     from llmbatch.errors import CacheError
+    from llmbatch.store import DiskStore
 
-    original = ResponseCache.put
+    original = DiskStore.put
     room: set[str] = set()  # the disk has room for 5 answers (written together or one by one)
 
-    def put(self: ResponseCache, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
+    def put(self: DiskStore, key: str, entry: dict[str, Any], **kwargs: Any) -> None:
         if key not in room and len(room) >= 5:
             raise CacheError(f"cannot write to the cache at {self.directory}: [Errno 28] No space left on device")
         room.add(key)
         original(self, key, entry, **kwargs)
 
-    monkeypatch.setattr(ResponseCache, "put", put)
+    monkeypatch.setattr(DiskStore, "put", put)
     path = write_jsonl(tmp_path / "p.jsonl", prompts(20))
 
     done = run_cli(run_args(path, sim, "-c", "4"), env=env)
@@ -574,7 +574,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_paid_answe
 
     # With room again, the rerun first takes the answers that were paid for but never stored back
     # from the .partial file (before, it emptied that file and paid for them again).
-    monkeypatch.setattr(ResponseCache, "put", original)
+    monkeypatch.setattr(DiskStore, "put", original)
     rerun = run_cli(run_args(path, sim, "-c", "4"), env=env)
     assert rerun.exit_code == 0, rerun.stderr
     said = " ".join(rerun.stderr.split())
@@ -709,13 +709,14 @@ def test_timeout_bounds_the_whole_attempt_even_when_the_server_trickles_bytes(tm
 
 
 def test_the_timeout_derived_from_max_tokens_has_a_ceiling():
-    from llmbatch.engine import Engine, RunOptions
-    from llmbatch.prompts import Request
+    from llmbatch.engine import LiveExecutor, RunOptions
+    from llmbatch.model.request import Request
+    from llmbatch.providers.anyllm import AnyLLMProvider
 
-    engine = Engine(provider=None, cache=None, options=RunOptions(timeout_s=30, timeout_auto=True), sink=print)
+    engine = LiveExecutor(AnyLLMProvider(), options=RunOptions(timeout_s=30, timeout_auto=True))
     huge = Request(line=1, id=1, provider="openai", model="m", messages=[], params={"max_tokens": 10**18})
     assert engine._timeout_for(huge) == 600
     modest = Request(line=1, id=1, provider="openai", model="m", messages=[], params={"max_tokens": 4000})
     assert engine._timeout_for(modest) == 90
-    given = Engine(provider=None, cache=None, options=RunOptions(timeout_s=2000), sink=print)
+    given = LiveExecutor(AnyLLMProvider(), options=RunOptions(timeout_s=2000))
     assert given._timeout_for(huge) == 2000  # --timeout given: the user's choice stands

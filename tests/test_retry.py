@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llmbatch.provider import CallError
+from llmbatch.providers.base import CallError
 from llmbatch.retry import RetryPolicy
 
 

@@ -1,7 +1,7 @@
 """Calls made by worker processes (``--workers N``): the same promises as a run in one process.
 
 Each test drives the real CLI against the simulator over 127.0.0.1; the workers are real child
-processes running ``python -m llmbatch.workers``.
+processes running ``python -m llmbatch.providers.workers``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch.workers import auto_workers
+from llmbatch.providers.workers import auto_workers
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
 from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, spawn, wait_for
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The ``llmbatch.workers`` processes among ``parent``'s children."""
+    """The ``llmbatch.providers.workers`` processes among ``parent``'s children."""
     found = []
     for task in Path(f"/proc/{parent}/task").iterdir():
         for pid in (task / "children").read_text().split():
@@ -28,7 +28,7 @@ def worker_pids(parent: int) -> list[int]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"llmbatch.workers" in cmdline:
+            if b"llmbatch.providers.workers" in cmdline:
                 found.append(int(pid))
     return found
 

@@ -8,7 +8,7 @@ it holds, and comes back for the other when its answer lands in the store (it lo
 more often while answers are arriving). If the holder gives the key up without an answer (its call
 failed) or stops renewing it (it died), the lease runs out and the waiting run takes the key over.
 
-The store keeps the leases (``ResponseCache.lease``/``renew``/``release``/``release_all``); this
+The store keeps the leases (``DiskStore.lease``/``renew``/``release``/``release_all``); this
 class is the run's side: what it holds, what it waits for, and the background loop that renews
 and polls. Clock and sleep are injected.
 """
@@ -22,9 +22,12 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["LEASE_TTL_S", "LeaseStore", "Leases"]
+from llmbatch.model.entry import CacheEntry
+from llmbatch.store.base import ResponseStore
+
+__all__ = ["LEASE_TTL_S", "Leases"]
 
 #: How long a lease lasts without renewal: a run that died frees its keys this long after.
 LEASE_TTL_S = 60.0
@@ -60,24 +63,13 @@ def _died_here(owner: str) -> bool:
     return False
 
 
-class LeaseStore(Protocol):
-    """What a store offers for leases (``cache.ResponseCache``)."""
-
-    def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]: ...
-    def lease_owners(self) -> set[str]: ...
-    def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None: ...
-    def release(self, keys: Iterable[str], owner: str) -> None: ...
-    def release_all(self, owner: str) -> None: ...
-    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]: ...
-
-
 class Leases:
     """One run's leases. :meth:`take` before calling; :meth:`wait` for a key another run holds;
     :meth:`release` when done with a key; :meth:`run` in the background while the run goes."""
 
     def __init__(
         self,
-        store: LeaseStore,
+        store: ResponseStore,
         *,
         ttl_s: float = LEASE_TTL_S,
         clock: Callable[[], float] = time.time,
@@ -96,7 +88,7 @@ class Leases:
         self.held: set[str] = set()
         #: Keys another run holds, each with the future its waiters share: the stored entry when it
         #: lands, or None once the key is this run's to call.
-        self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._waiting: dict[str, asyncio.Future[CacheEntry | None]] = {}
         self.waited = 0  # keys answered by another run while this one waited (for the summary)
 
     def take(self, keys: Iterable[str]) -> None:
@@ -105,7 +97,7 @@ class Leases:
         if wanted:
             self.held |= self.store.lease(wanted, self.owner, ttl_s=self.ttl_s, now=self.clock())
 
-    async def wait(self, key: str) -> dict[str, Any] | None:
+    async def wait(self, key: str) -> CacheEntry | None:
         """Until another run's answer for ``key`` is stored (the entry), or the key is this run's
         to call (None: its holder gave it up or died, or this run is stopping)."""
         future = self._waiting.get(key)
@@ -174,7 +166,7 @@ class Leases:
             self._finish(key, None)
         return bool(found or taken)
 
-    def _finish(self, key: str, result: dict[str, Any] | None) -> None:
+    def _finish(self, key: str, result: CacheEntry | None) -> None:
         future = self._waiting.pop(key, None)
         if future is not None and not future.done():
             future.set_result(result)

@@ -5,14 +5,14 @@ models, request building, the HTTP client): one process tops out near 600-700 ca
 however fast the provider answers. With ``--workers N`` the engine stays in this process (cache,
 pacing, retries, budget, ordering, display: everything that needs one view of the run) and only
 the calls themselves are handed to N child processes, each running the ordinary
-:class:`~llmbatch.provider.AnyLLMProvider` on its own event loop.
+:class:`~llmbatch.providers.base.AnyLLMProvider` on its own event loop.
 
 The protocol is one JSON object per line over each child's stdin/stdout:
 
 - parent → child: ``{"op": "init", ...}`` once (the API key travels here, never in argv or the
   environment's listing), then ``{"op": "prepare"|"call", "id": N, ...}``;
 - child → parent: ``{"id": N, "reply": {...}}`` or ``{"id": N, "error": {...}}``, the error being a
-  :class:`~llmbatch.provider.CallError` already classified and redacted in the child.
+  :class:`~llmbatch.providers.base.CallError` already classified and redacted in the child.
 
 A child makes one attempt per call and never retries; the parent's retry policy decides. Children
 run in their own session, so a terminal's Ctrl-C reaches only the parent, which decides when to
@@ -35,7 +35,8 @@ import orjson
 
 from llmbatch.answers import keepable
 from llmbatch.prompts import Request
-from llmbatch.provider import PLACEHOLDER_KEYS, AnyLLMProvider, CallError, Destination, Reply, redact
+from llmbatch.providers.anyllm import AnyLLMProvider
+from llmbatch.providers.base import PLACEHOLDER_KEYS, CallError, Destination, Reply, redact
 
 __all__ = ["WorkerPool", "auto_workers"]
 
@@ -201,7 +202,7 @@ class WorkerPool:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "llmbatch.workers",
+                    "llmbatch.providers.workers",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,

@@ -1,9 +1,9 @@
-"""The response store: paid answers on disk, as JSON, keyed by the request key.
+"""The disk store: paid answers in a diskcache directory, as JSON, keyed by the request key.
 
-The only module that imports diskcache. One entry per request key; the value is a JSON object
-(:class:`CacheEntry` below): the full provider response plus when it was stored, provider,
-model, usage and latency. Values go through :class:`JSONValueDisk`, which refuses anything but
-a dict, so nothing is ever pickled: a cache directory is data, never code.
+The default :class:`~llmbatch.store.base.ResponseStore`, and the only module that imports
+diskcache (and the only one that knows its file names). One entry per request key; the value is a
+:class:`~llmbatch.model.entry.CacheEntry`. Values go through :class:`JSONValueDisk`, which refuses
+anything but a dict, so nothing is ever pickled: a cache directory is data, never code.
 
 Why some SQL: stats and purge must be fast on a million entries without deserialising every
 value, and diskcache already keeps ``store_time`` and ``tag`` (we tag each entry with
@@ -35,7 +35,7 @@ into the unlinked file, so every later answer would be lost. Before each write o
 (``put``, ``put_many``, ``record_lookups``) one ``os.stat`` compares ``cache.db``'s inode with
 the one opened; if it is gone or another, the cache is opened again at the same path (created
 as above, with the same size limit and eviction policy), the write goes there, and
-:attr:`ResponseCache.recreated` says so.
+:attr:`DiskStore.recreated` says so.
 """
 
 from __future__ import annotations
@@ -46,23 +46,25 @@ import shlex
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diskcache
 import orjson
 
 from llmbatch.errors import CacheError
+from llmbatch.model.entry import CacheEntry
+from llmbatch.store.base import StoreStats
 
 __all__ = [
     "DEFAULT_EVICTION",
     "DEFAULT_SIZE_LIMIT",
     "EVICTION_POLICIES",
-    "CacheStats",
-    "ResponseCache",
+    "DiskStore",
     "default_cache_dir",
+    "store_exists",
 ]
 
 #: Generous by default (an answer is a few KB: this holds millions), and explicit: never
@@ -85,6 +87,11 @@ _SHARED_FILE, _SHARED_DIR = 0o666, 0o777
 _DBNAME = "cache.db"  # diskcache's database file name (diskcache.core.DBNAME)
 
 
+def store_exists(directory: Path) -> bool:
+    """Whether a disk store has been made in ``directory`` (without opening or creating one)."""
+    return (Path(directory) / _DBNAME).exists()
+
+
 def default_cache_dir() -> Path:
     """``$LLMBATCH_CACHE_DIR``, else the platform's user cache directory."""
     env = os.environ.get("LLMBATCH_CACHE_DIR")
@@ -104,7 +111,7 @@ class JSONValueDisk(diskcache.Disk):
     subdirectories) and read back only if it is ours.
     """
 
-    #: Set by ResponseCache after opening: False for a cache shared on purpose.
+    #: Set by DiskStore after opening: False for a cache shared on purpose.
     private = True
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
@@ -213,38 +220,19 @@ class CorruptEntry(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class CacheStats:
-    directory: str
-    entries: int
-    size_bytes: int
-    size_limit: int
-    eviction_policy: str
-    oldest: float | None
-    newest: float | None
-    by_model: dict[str, int]
-    hits: int
-    misses: int
-    saved_usd: float = 0.0  # lifetime: what hits would have cost as calls
-    stored_value_usd: float = 0.0  # what the stored answers cost when paid
+class DiskStats(StoreStats):
+    """The figures every store gives, and diskcache's own two settings."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "directory": self.directory,
-            "entries": self.entries,
-            "size_bytes": self.size_bytes,
-            "size_limit": self.size_limit,
-            "eviction_policy": self.eviction_policy,
-            "oldest": self.oldest,
-            "newest": self.newest,
-            "by_model": self.by_model,
-            "hits": self.hits,
-            "misses": self.misses,
-            "saved_usd": round(self.saved_usd, 10),
-            "stored_value_usd": round(self.stored_value_usd, 10),
-        }
+    @property
+    def size_limit(self) -> int:
+        return int(self.details["size_limit"])
+
+    @property
+    def eviction_policy(self) -> str:
+        return str(self.details["eviction_policy"])
 
 
-class ResponseCache:
+class DiskStore:
     """A persistent map from request key to stored answer (a JSON object).
 
     Safe to share between processes (diskcache uses SQLite in WAL mode); each ``put`` is its
@@ -269,6 +257,7 @@ class ResponseCache:
         shared: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self.location = str(self.directory)
         self.shared = shared
         self.recreated = False
         self.recreated_at: float | None = None
@@ -380,7 +369,7 @@ class ResponseCache:
 
     # -- the run's hot path ----------------------------------------------------------------
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> CacheEntry | None:
         """The stored entry, or None when missing, expired or unreadable (a miss costs money;
         a wrong or corrupt hit costs trust)."""
         try:
@@ -390,7 +379,7 @@ class ResponseCache:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         """The stored entries among ``keys``; missing, expired or unreadable keys are absent.
 
         One SELECT for the whole batch instead of a transaction per key (~3x faster on a cached
@@ -400,7 +389,7 @@ class ResponseCache:
         keys = list(keys)
         if self._cache.eviction_policy not in ("least-recently-stored", "none"):
             return self._get_each(keys)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, CacheEntry] = {}
         now = time.time()
         fetch = self._cache.disk.fetch
         raw_mode = diskcache.core.MODE_RAW
@@ -420,7 +409,7 @@ class ResponseCache:
                             # The common row: our JSON bytes inline. What fetch does, minus two calls.
                             entry = orjson.loads(value)
                             if type(entry) is dict:
-                                found[key] = entry
+                                found[key] = cast(CacheEntry, entry)
                             continue
                         found[key] = fetch(mode, filename, value, False)
                     except (CorruptEntry, OSError, orjson.JSONDecodeError):
@@ -429,15 +418,15 @@ class ResponseCache:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
         return found
 
-    def _get_each(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+    def _get_each(self, keys: list[str]) -> dict[str, CacheEntry]:
+        found: dict[str, CacheEntry] = {}
         for key in keys:
             value = self.get(key)
             if value is not None:
                 found[key] = value
         return found
 
-    def put(self, key: str, entry: dict[str, Any], *, tag: str, ttl_s: float | None = None) -> None:
+    def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None:
         """Store ``entry`` durably; raises :class:`CacheError` if the disk refuses."""
         # Inside put_many's transaction the cache was checked once for the batch: a reopening
         # here would split the batch between two databases.
@@ -447,7 +436,7 @@ class ResponseCache:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
-    def put_many(self, items: list[tuple[str, dict[str, Any], str]], *, ttl_s: float | None = None) -> None:
+    def put_many(self, items: list[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> None:
         """Store ``(key, entry, tag)`` items in one transaction: all of them, or none (and
         :class:`CacheError`)."""
         if len(items) == 1:
@@ -594,7 +583,7 @@ class ResponseCache:
 
     # -- maintenance -------------------------------------------------------------------------
 
-    def stats(self) -> CacheStats:
+    def stats(self) -> StoreStats:
         sql = self._cache._sql
         ((count, oldest, newest),) = sql("SELECT COUNT(*), MIN(store_time), MAX(store_time) FROM Cache").fetchall()
         by_model = {
@@ -603,14 +592,13 @@ class ResponseCache:
         }
         hits, misses = self._cache.stats(enable=False)
         saved = sql("SELECT value FROM Settings WHERE key = 'llmbatch_saved_usd'").fetchall()
-        return CacheStats(
+        return DiskStats(
             saved_usd=float(saved[0][0]) if saved else 0.0,
             stored_value_usd=self._stored_value(),
-            directory=str(self.directory),
+            location=self.location,
             entries=count,
             size_bytes=self._cache.volume(),
-            size_limit=int(self._cache.size_limit),
-            eviction_policy=str(self._cache.eviction_policy),
+            details={"size_limit": int(self._cache.size_limit), "eviction_policy": str(self._cache.eviction_policy)},
             oldest=oldest,
             newest=newest,
             by_model=by_model,
@@ -687,10 +675,51 @@ class ResponseCache:
             self._cache._sql("DELETE FROM llmbatch_partials")
         return removed
 
+    def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]:
+        """Every entry that can be read, as ``(key, entry, tag)``, oldest first, a page at a time
+        (flat memory over millions); expired and unreadable ones are left out."""
+        sql = self._cache._sql
+        fetch = self._cache.disk.fetch
+        last = (-1.0, -1)
+        while True:
+            rows = sql(
+                "SELECT rowid, store_time, key, tag, expire_time, mode, filename, value FROM Cache "
+                "WHERE raw = 1 AND (store_time > ? OR (store_time = ? AND rowid > ?)) "
+                "ORDER BY store_time, rowid LIMIT 1000",
+                (last[0], last[0], last[1]),
+            ).fetchall()
+            if not rows:
+                return
+            now = time.time()
+            for rowid, store_time, key, tag, expire_time, mode, filename, value in rows:
+                last = (store_time, rowid)
+                if expire_time is not None and expire_time < now:
+                    continue
+                try:
+                    entry = fetch(mode, filename, value, False)
+                except (CorruptEntry, OSError):
+                    continue
+                yield key, entry, tag
+
+    def load(self, items: Iterable[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> int:
+        """Store ``(key, entry, tag)`` items, a transaction per thousand; how many."""
+        count = 0
+        batch: list[tuple[str, CacheEntry, str]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= 1000:
+                self.put_many(batch, ttl_s=ttl_s)
+                count += len(batch)
+                batch = []
+        if batch:
+            self.put_many(batch, ttl_s=ttl_s)
+            count += len(batch)
+        return count
+
     def close(self) -> None:
         self._cache.close()
 
-    def __enter__(self) -> ResponseCache:
+    def __enter__(self) -> DiskStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

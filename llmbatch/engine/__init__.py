@@ -1,0 +1,73 @@
+"""The engine: a resolver between a store port and an executor port.
+
+- :mod:`~llmbatch.engine.resolver`: window, input order, coalescing, cache modes, leases between
+  runs; misses go to an executor, answers to the store, results out in order.
+- :mod:`~llmbatch.engine.executor`: the executor port and the values that cross it.
+- :mod:`~llmbatch.engine.live`: calls made now (pace, retries, budget, a provider).
+- :mod:`~llmbatch.engine.budget`, :mod:`~llmbatch.engine.leases`, :mod:`~llmbatch.answers`:
+  the ``--max-cost`` reservations, who calls which key, what counts as an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
+from llmbatch.engine.live import LiveExecutor
+from llmbatch.engine.options import CacheMode, RunOptions
+from llmbatch.engine.resolver import LOOKUP_CHUNK, Resolver
+from llmbatch.model.result import Result
+from llmbatch.model.stats import RunStats, StopReason
+from llmbatch.providers.base import Provider
+from llmbatch.store.base import ResponseStore
+
+__all__ = [
+    "LOOKUP_CHUNK",
+    "Answered",
+    "CacheMode",
+    "Call",
+    "Executor",
+    "Failed",
+    "LiveExecutor",
+    "NotStarted",
+    "Outcome",
+    "Resolver",
+    "RunOptions",
+    "RunStats",
+    "StopReason",
+    "live_resolver",
+]
+
+
+def live_resolver(
+    provider: Provider,
+    *,
+    store: ResponseStore | None,
+    sink: Callable[[Result], None],
+    options: RunOptions | None = None,
+    flush: Callable[[], None] = lambda: None,
+    stats: RunStats | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> Resolver:
+    """A run whose calls are made now through ``provider``: what the command line and the library use."""
+    stats = stats or RunStats()
+    options = options or RunOptions()
+    executor = LiveExecutor(provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock)
+    return Resolver(
+        executor=executor,
+        store=store,
+        options=options,
+        sink=sink,
+        flush=flush,
+        stats=stats,
+        on_event=on_event,
+        clock=clock,
+        wall_clock=wall_clock,
+        sleep=sleep,
+    )

@@ -1,0 +1,440 @@
+"""The resolver: requests in, results out in input order, each answer paid for at most once.
+
+A library with no CLI inside, between two ports: a :class:`~llmbatch.store.base.ResponseStore`
+(where answers live) and an :class:`~llmbatch.engine.executor.Executor` (how calls are made). It
+imports neither a concrete store nor a concrete executor. For each request, in this order:
+
+1. a hit in the store is the result;
+2. the same key already in flight in this run: wait for that call (duplicates cost one call);
+3. the same key leased by another run sharing the store: wait for its answer to land;
+4. otherwise hand the call to the executor, **store the answer the moment it comes back**
+   (before anything else happens with it), and only then make it a result.
+
+Memory does not grow with the file: requests are pulled lazily and at most ``window`` of them are
+held at once (answered or not yet written). Results leave through ``sink`` strictly in input order,
+as soon as the order allows. Lookups are made a chunk at a time, so a mostly cached rerun does not
+pay per-line overhead; the cache modes (``--no-cache``, ``--refresh``, ``--cache-only``) are decided
+here.
+
+A fatal failure, the budget, or :meth:`Resolver.stop` ends the run early: no new call starts, calls
+in flight finish and are stored, results are written up to the first line that was not answered,
+and ``RunStats.stop_reason`` says why.
+
+The keys record the executor's :class:`~llmbatch.providers.base.Destination`: the same value
+that decides where its calls go, so a local server's answers can never be filed under a real
+provider's keys. A run without an executor (answers from the store alone) is given one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from llmbatch.answers import cacheable
+from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
+from llmbatch.engine.leases import Leases
+from llmbatch.engine.options import RunOptions
+from llmbatch.errors import CacheError
+from llmbatch.keys import key_material, request_key
+from llmbatch.model.entry import CacheEntry, make_entry
+from llmbatch.model.request import Request
+from llmbatch.model.result import Result
+from llmbatch.model.stats import RunStats, StopReason
+from llmbatch.pricing import call_cost
+from llmbatch.providers.base import CallError, Destination
+from llmbatch.store.base import ResponseStore, WriteBatcher
+
+__all__ = ["LOOKUP_CHUNK", "Resolver"]
+
+#: Requests whose keys are looked up in the store together.
+LOOKUP_CHUNK = 256
+
+
+class _Skipped:
+    """A request that never started because the run was stopping."""
+
+
+_SKIPPED = _Skipped()
+_END = object()
+
+
+class Resolver:
+    """One run. Build it, then ``await resolver.run(requests)``; ``stop()`` may be called meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        executor: Executor | None,
+        store: ResponseStore | None,
+        options: RunOptions | None = None,
+        sink: Callable[[Result], None],
+        flush: Callable[[], None] = lambda: None,
+        stats: RunStats | None = None,
+        destination: Destination | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        """``destination``: only for a run without an executor (answers from the store alone);
+        otherwise it is the executor's own. ``on_event``: told of each stop as it happens (the
+        executor tells of retries and failed lines), as a JSON-ready dict (``-v``, ``--log``)."""
+        options = options or RunOptions()
+        if executor is not None and destination is not None and destination != executor.destination:
+            raise ValueError("the keys' destination must be the provider's own: give one or the other")
+        self.executor = executor
+        self.destination = executor.destination if executor is not None else destination or Destination.of()
+        self.store = store if options.cache_mode != "off" else None
+        self.options = options
+        self.sink = sink
+        self.flush = flush
+        self.stats = stats or RunStats()
+        self.on_event = on_event
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._in_flight: dict[str, asyncio.Future[CacheEntry]] = {}
+        # --refresh must call each key once per run, however far apart its duplicates are.
+        self._refreshed: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._outstanding = 0  # items queued or being awaited by the consumer, not yet emitted
+        self._gap = False
+        self._writes = WriteBatcher(self.store, ttl_s=options.ttl_s) if self.store is not None else None
+        #: Which run calls which key, when runs share the store (only when calls can be made): a
+        #: store shared by several runs offers leases; one private to this run needs none.
+        self.leases: Leases | None = None
+        if executor is not None and options.cache_mode == "normal" and hasattr(self.store, "lease"):
+            assert self.store is not None and self._writes is not None
+            self.leases = Leases(self.store, clock=wall_clock, sleep=sleep)
+            self._writes.after.append(self.leases.release)  # stored: the leases go
+
+    def key_of(self, request: Request) -> str:
+        return request_key(request, self.destination.key_endpoint(request.provider))
+
+    @property
+    def longest_timeout_s(self) -> float:
+        """No call in flight outlives this (how long a stopping run waits for them)."""
+        return self.executor.longest_timeout_s if self.executor is not None else 0.0
+
+    # -- control ------------------------------------------------------------------------------
+
+    def stop(self, reason: str, kind: StopReason = StopReason.INTERRUPTED) -> None:
+        """Start no new call; let calls in flight finish; write results up to the first gap.
+        The first stop's reason stands."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.executor is not None:
+            self.executor.stop()
+        if self.leases is not None:
+            self.leases.stop_waiting()
+        self.stats.stopped = reason
+        self.stats.stop_reason = kind
+        if self.on_event is not None:
+            self.on_event({"event": "stop", "reason": kind.value, "message": reason})
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self, requests: Iterable[Request]) -> RunStats:
+        if not self.stats.started_at:  # app.prefix may have begun the run while validating
+            self.stats.started_at = self.clock()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.options.effective_window())
+        producer = asyncio.create_task(self._produce(iter(requests), queue))
+        keeper = None
+        if self.leases is not None:
+            self.leases.reap()  # a run that died holding keys here must not hold this one up
+            keeper = asyncio.create_task(self.leases.run())
+        try:
+            await self._consume(queue)
+            await producer  # re-raise anything the producer hit (a changed input file, ...)
+        except Exception:
+            # Something went wrong around the calls (a results file that cannot be written, a
+            # changed input): calls already in flight are paid for, so let them finish and be
+            # stored before the error propagates.
+            self.stop("stopped by an error", StopReason.ERROR)
+            producer.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            raise
+        finally:
+            if not producer.done():
+                producer.cancel()
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            if self.leases is not None:
+                self.leases.close()
+            self.stats.finished_at = self.clock()
+            if self.store is not None:
+                # Lifetime counters, not paid work: a full disk here must not hide the run's outcome.
+                with contextlib.suppress(CacheError):
+                    self.store.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
+        return self.stats
+
+    async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
+        try:
+            while not self._stopping:
+                chunk, found = self._keyed_lookup(list(islice(requests, LOOKUP_CHUNK)))
+                if not chunk:
+                    break
+                if self.leases is not None:  # the chunk's misses, for this run to call (one transaction)
+                    self.leases.take(k for _, k in chunk if k not in found and k not in self._in_flight)
+                for request, key in chunk:
+                    if self._stopping:
+                        break
+                    self.stats.read += 1
+                    entry = found.get(key)
+                    if entry is not None:
+                        hit = self._hit(request, key, entry)
+                        self._count(hit)
+                        if self._outstanding == 0:
+                            # Nothing is waiting ahead of this line: it can go straight out. On a
+                            # cached rerun that is nearly every line, and the queue costs more
+                            # than the rest of the work.
+                            self._emit(hit)
+                            continue
+                        item: Any = hit
+                    else:
+                        item = asyncio.create_task(self._resolve(request, key))
+                        self._tasks.add(item)
+                        item.add_done_callback(self._tasks.discard)
+                    self._outstanding += 1
+                    await queue.put(item)
+                if self._outstanding == 0:
+                    self.flush()  # lines emitted straight out: let a reader see them
+        except asyncio.CancelledError:
+            raise  # the consumer is gone (run() is failing): nobody waits for the end marker
+        except BaseException:
+            await queue.put(_END)  # let the consumer finish what is queued; run() re-raises this
+            raise
+        await queue.put(_END)
+
+    def answer_from_cache(self, requests: list[Request]) -> int:
+        """Emit the results of the leading requests that are hits, up to the first that is not;
+        return how many there were. Nothing is sent: this is for the start of a run only."""
+        keyed, found = self._keyed_lookup(requests)
+        for answered, (request, key) in enumerate(keyed):
+            entry = found.get(key)
+            if entry is None:
+                return answered
+            self.stats.read += 1
+            hit = self._hit(request, key, entry)
+            self._count(hit)
+            self._emit(hit)
+        return len(keyed)
+
+    def _keyed_lookup(self, requests: list[Request]) -> tuple[list[tuple[Request, str]], dict[str, CacheEntry]]:
+        """Each request with its key, and the stored entries found for those keys (one batch)."""
+        keyed = [(r, self.key_of(r)) for r in requests]
+        if not keyed or self.store is None or self.options.cache_mode == "refresh":
+            return keyed, {}
+        return keyed, self.store.get_many([k for _, k in keyed])
+
+    async def _consume(self, queue: asyncio.Queue[Any]) -> None:
+        while True:
+            if queue.empty():
+                self.flush()  # everything ready is out; let a reader see it before we wait
+            item = await queue.get()
+            if item is _END:
+                break
+            result = await item if isinstance(item, asyncio.Task) else item
+            self._outstanding -= 1
+            if result is _SKIPPED:
+                self._gap = True
+                continue
+            self._emit(result)
+        self.flush()
+
+    def _emit(self, result: Result) -> None:
+        if not self._gap:  # once a line is missing, later lines cannot be written in order
+            self.sink(result)
+            self.stats.written += 1
+
+    def _count(self, result: Result) -> None:
+        """A line is answered: counted now, whatever its place in the output."""
+        s = self.stats
+        s.done += 1
+        if result.ok:
+            s.ok += 1
+            if result.truncated:
+                s.truncated += 1
+        else:
+            s.errors += 1
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _hit(self, request: Request, key: str, entry: CacheEntry, *, coalesced: bool = False) -> Result:
+        # Entries stored before prices were recorded are priced from their usage.
+        cost = (
+            entry["cost_usd"] if "cost_usd" in entry else call_cost(request.provider, request.model, entry.get("usage"))
+        )
+        if coalesced:
+            self.stats.coalesced += 1
+            if cost is not None:
+                self.stats.deduplicated_usd += cost
+        else:
+            self.stats.hits += 1
+            if cost is not None:
+                self.stats.saved_usd += cost
+        return Result(
+            cost_usd=cost,
+            line=request.line,
+            id=request.id,
+            key=key,
+            status="ok",
+            cached=True,
+            hit="duplicate" if coalesced else "exact",
+            model=request.model_ref,
+            metadata=request.metadata,
+            response=entry.get("response"),
+            usage=entry.get("usage"),
+            latency_ms=entry.get("latency_ms"),
+            attempts=0,
+        )
+
+    async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
+        result = await self._answer(request, key)
+        if result is not _SKIPPED:
+            assert isinstance(result, Result)
+            self._count(result)
+        return result
+
+    async def _answer(self, request: Request, key: str) -> Result | _Skipped:
+        try:
+            while True:
+                decided = self._decide(request, key)
+                if decided is not None:
+                    return decided if isinstance(decided, (Result, _Skipped)) else await decided
+                # Another run holds the key: its answer will land in the store, or the key comes
+                # back to this run (its call failed, it died, or this run is stopping): decide afresh.
+                assert self.leases is not None
+                self.stats.waiting += 1
+                try:
+                    entry = await self.leases.wait(key)
+                finally:
+                    self.stats.waiting -= 1
+                if entry is not None:
+                    return self._hit(request, key, entry)
+        finally:
+            # Not called here after all, or failed: free for other runs (a stopping run frees all
+            # of its leases at once when it ends).
+            if self.leases is not None and key not in self._in_flight and not self._stopping:
+                self.leases.release([key])
+
+    def _decide(self, request: Request, key: str) -> Result | _Skipped | Awaitable[Result | _Skipped] | None:
+        """What to do with a miss now, with no ``await`` between the checks and the registration
+        of a call in flight (so one run never calls one key twice): a result, the call to await,
+        or None when another run holds the key."""
+        mode = self.options.cache_mode
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return self._coalesce(request, key, pending)
+        if self.store is not None and (mode == "normal" or (mode == "refresh" and key in self._refreshed)):
+            # The chunk lookup may be stale: an identical call can have finished since.
+            entry = self.store.get(key)
+            if entry is not None:
+                return self._hit(request, key, entry)
+        if mode == "only":
+            return _error(request, key, CallError("permanent", "CacheMiss", "not in the cache (--cache-only)"), 0)
+        if self._stopping:
+            return _SKIPPED
+        if self.leases is not None and key not in self.leases.held:
+            return None
+        future: asyncio.Future[CacheEntry] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume_exception)
+        self._in_flight[key] = future
+        return self._call_once(request, key, future)
+
+    async def _coalesce(self, request: Request, key: str, pending: asyncio.Future[CacheEntry]) -> Result | _Skipped:
+        await asyncio.wait([pending])  # never raises for the other call's outcome
+        if not pending.cancelled():
+            failure = pending.exception()
+            if failure is None:
+                return self._hit(request, key, pending.result(), coalesced=True)
+            # The identical call failed after its retries: so would this one.
+            assert isinstance(failure, CallError)
+            self.stats.coalesced += 1
+            return _error(request, key, failure, 0, hit="duplicate")
+        # The other call never ran (the run is stopping): decide afresh.
+        return await self._answer(request, key)
+
+    async def _call_once(self, request: Request, key: str, future: asyncio.Future[CacheEntry]) -> Result | _Skipped:
+        try:
+            assert self.executor is not None, "a run with misses needs an executor"
+            outcome = await self.executor.execute(Call(request, key))
+            return await self._settle(request, key, future, outcome)
+        finally:
+            self._in_flight.pop(key, None)
+            if not future.done():
+                future.cancel()
+
+    async def _settle(
+        self, request: Request, key: str, future: asyncio.Future[CacheEntry], outcome: Outcome
+    ) -> Result | _Skipped:
+        """What the executor's outcome means for the line, and for the run."""
+        if isinstance(outcome, NotStarted):
+            if outcome.reason is not None:
+                self.stop(outcome.message, outcome.reason)
+            return _SKIPPED
+        if isinstance(outcome, Failed):
+            future.set_exception(outcome.error)
+            if outcome.error.kind == "fatal":
+                self.stop(outcome.error.message, StopReason.FATAL)
+            return _error(request, key, outcome.error, outcome.attempts)
+        assert isinstance(outcome, Answered)
+        entry = make_entry(
+            key=key,
+            request=key_material(request, self.destination.key_endpoint(request.provider)),
+            response=outcome.response,
+            stored_at=self.wall_clock(),
+            usage=outcome.usage,
+            latency_ms=outcome.latency_ms,
+            cost_usd=outcome.cost_usd,
+        )
+        # Paid for: into the store before anything else happens with it.
+        if self._writes is not None and cacheable(outcome.response):
+            failed = await self._writes.put(key, entry, self.destination.tag_prefix + request.model_ref)
+            if failed is not None:
+                self.stop(f"{failed} — stopping so that no more answers are paid for and lost", StopReason.FATAL)
+            if self.options.cache_mode == "refresh":
+                self._refreshed.add(key)
+        future.set_result(entry)
+        return Result(
+            line=request.line,
+            id=request.id,
+            key=key,
+            status="ok",
+            cached=False,
+            model=request.model_ref,
+            metadata=request.metadata,
+            response=outcome.response,
+            usage=outcome.usage,
+            latency_ms=outcome.latency_ms,
+            attempts=outcome.attempts,
+            cost_usd=outcome.cost_usd,
+        )
+
+
+def _error(request: Request, key: str, exc: CallError, attempts: int, *, hit: str | None = None) -> Result:
+    return Result(
+        line=request.line,
+        id=request.id,
+        key=key,
+        status="error",
+        cached=False,  # as it always was for errors; ``hit`` tells a failed duplicate apart
+        hit=hit,
+        model=request.model_ref,
+        metadata=request.metadata,
+        attempts=attempts,
+        error=exc.to_dict(),
+    )
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # A failed call's future may have no waiter; reading the exception keeps asyncio quiet.
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,59 @@
+"""A stored answer: the versioned JSON record every store keeps under a request key.
+
+Stores write it as JSON (never a pickle) and read it back as a dict, so the type is a TypedDict:
+typed for the code that builds and reads entries, free at run time on the hot path of a cached
+rerun. ``v`` is the record's version (2: with the request it answers). Entries written before it
+(no ``v``, no ``request``) are read as they were; nothing in them is needed to serve a hit.
+
+``request`` is the canonical material the key was made from (:func:`llmbatch.keys.key_material`),
+so that an entry can be explained, its key re-derived, exported and imported without the input
+file that asked for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+__all__ = ["ENTRY_VERSION", "CacheEntry", "make_entry"]
+
+ENTRY_VERSION = 2
+
+
+class CacheEntry(TypedDict, total=False):
+    v: int
+    key: str
+    stored_at: float  # time.time() when it was stored
+    provider: str
+    model: str
+    endpoint: str | None  # what the key records as the destination (a base URL, the simulator's namespace)
+    usage: dict[str, Any] | None
+    latency_ms: float | None
+    cost_usd: float | None  # what the call cost (None: no known price)
+    response: dict[str, Any]  # the provider's whole response
+    request: dict[str, Any]  # the key material
+
+
+def make_entry(
+    *,
+    key: str,
+    request: dict[str, Any],
+    response: dict[str, Any],
+    stored_at: float,
+    usage: dict[str, Any] | None,
+    latency_ms: float | None,
+    cost_usd: float | None,
+) -> CacheEntry:
+    """The record for an answer to the request whose key material is ``request``."""
+    return {
+        "v": ENTRY_VERSION,
+        "key": key,
+        "stored_at": stored_at,
+        "provider": request["provider"],
+        "model": request["model"],
+        "endpoint": request["endpoint"],
+        "usage": usage,
+        "latency_ms": latency_ms,
+        "cost_usd": cost_usd,
+        "response": response,
+        "request": request,
+    }

@@ -1,0 +1,41 @@
+"""One validated request: what a line of the input asks for, normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Request", "output_cap"]
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
+class Request:
+    """One validated request. ``messages`` is normalised: a prompt/system line and the
+    equivalent messages line give equal values, and so equal keys."""
+
+    line: int
+    id: str | int
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)  # generation parameters for acompletion
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific keyword arguments
+    sample: int = 0
+    metadata: Any = None
+
+    @property
+    def model_ref(self) -> str:
+        """``provider:model``, as the user writes it."""
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def output_cap(self) -> int | None:
+        """The most output tokens the answer can have, or None when the request sets no cap."""
+        return output_cap(self.params)
+
+
+def output_cap(params: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` (else ``max_tokens``) times ``n``; None when neither is set."""
+    cap = params.get("max_completion_tokens") or params.get("max_tokens")
+    return None if cap is None else int(cap) * int(params.get("n") or 1)

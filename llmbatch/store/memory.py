@@ -1,0 +1,160 @@
+"""The memory store: a dict, for the engine's unit tests and short library runs.
+
+The same :class:`~llmbatch.store.base.ResponseStore` as the disk store, kept in this process: no
+file, no transaction, nothing to close. Entries are copied through JSON on the way in, so that
+what it keeps is what a real store would give back. Leases and ``.partial`` records work among the
+runs of this process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from llmbatch.model.entry import CacheEntry
+from llmbatch.store.base import StoreStats
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.location = "memory"
+        self.recreated = False
+        self.clock = clock
+        self._entries: dict[str, tuple[CacheEntry, str | None, float | None]] = {}  # entry, tag, expires
+        self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
+        self._partials: set[tuple[int, int]] = set()
+        self._lookups = [0, 0]
+        self._saved_usd = 0.0
+
+    # -- the run's side --
+
+    def get(self, key: str) -> CacheEntry | None:
+        found = self._entries.get(key)
+        if found is None or (found[2] is not None and found[2] < self.clock()):
+            return None
+        return found[0]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
+        found = {key: self.get(key) for key in keys}
+        return {key: entry for key, entry in found.items() if entry is not None}
+
+    def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None:
+        copy: CacheEntry = orjson.loads(orjson.dumps(entry))  # JSON, as a real store keeps it
+        self._entries[key] = (copy, tag, self.clock() + ttl_s if ttl_s is not None else None)
+
+    def put_many(self, items: list[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> None:
+        copies = [(key, orjson.loads(orjson.dumps(entry)), tag) for key, entry, tag in items]  # all or none
+        for key, entry, tag in copies:
+            self.put(key, entry, tag=tag, ttl_s=ttl_s)
+
+    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
+        self._lookups[0] += hits
+        self._lookups[1] += misses
+        self._saved_usd += saved_usd
+
+    def close(self) -> None:
+        pass
+
+    # -- runs sharing it --
+
+    def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]:
+        now = self.clock() if now is None else now
+        held = set()
+        for key in keys:
+            holder = self._leases.get(key)
+            if holder is None or holder[1] < now or holder[0] == owner:
+                self._leases[key] = (owner, now + ttl_s)
+                held.add(key)
+        return held
+
+    def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for key, (holder, _) in list(self._leases.items()):
+            if holder == owner:
+                self._leases[key] = (owner, now + ttl_s)
+
+    def release(self, keys: Iterable[str], owner: str) -> None:
+        for key in keys:
+            if self._leases.get(key, ("", 0.0))[0] == owner:
+                del self._leases[key]
+
+    def release_all(self, owner: str) -> None:
+        self.release([key for key, (holder, _) in self._leases.items() if holder == owner], owner)
+
+    def lease_owners(self) -> set[str]:
+        return {holder for holder, _ in self._leases.values()}
+
+    def note_partial(self, identity: tuple[int, int]) -> None:
+        self._partials.add(identity)
+
+    def knows_partial(self, identity: tuple[int, int]) -> bool:
+        return identity in self._partials
+
+    def forget_partial(self, identity: tuple[int, int]) -> None:
+        self._partials.discard(identity)
+
+    # -- the admin side --
+
+    def stats(self) -> StoreStats:
+        live = [(entry, tag) for key, (entry, tag, _) in self._entries.items() if self.get(key) is not None]
+        by_model: dict[str, int] = {}
+        for _, tag in live:
+            by_model[tag or "(untagged)"] = by_model.get(tag or "(untagged)", 0) + 1
+        stamps = [entry.get("stored_at", 0.0) for entry, _ in live]
+        return StoreStats(
+            location=self.location,
+            entries=len(live),
+            size_bytes=sum(len(orjson.dumps(entry)) for entry, _ in live),
+            oldest=min(stamps, default=None),
+            newest=max(stamps, default=None),
+            by_model=dict(sorted(by_model.items(), key=lambda item: -item[1])),
+            hits=self._lookups[0],
+            misses=self._lookups[1],
+            saved_usd=self._saved_usd,
+            stored_value_usd=sum(entry.get("cost_usd") or 0.0 for entry, _ in live),
+        )
+
+    def purge(
+        self, older_than_s: float | None, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
+    ) -> int:
+        if older_than_s is None and tag is None:
+            raise ValueError("purge needs older_than_s or tag; clear() removes every entry")
+        cutoff = (self.clock() if now is None else now) - older_than_s if older_than_s is not None else None
+        gone = [
+            key
+            for key, (entry, entry_tag, _) in self._entries.items()
+            if (cutoff is None or entry.get("stored_at", 0.0) < cutoff) and (tag is None or entry_tag == tag)
+        ]
+        if not dry_run:
+            for key in gone:
+                del self._entries[key]
+        return len(gone)
+
+    def clear(self) -> int:
+        count = len(self._entries)
+        self._entries.clear()
+        self._partials.clear()
+        return count
+
+    def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]:
+        for key, (entry, tag, _) in sorted(self._entries.items(), key=lambda item: item[1][0].get("stored_at", 0.0)):
+            if self.get(key) is not None:
+                yield key, entry, tag
+
+    def load(self, items: Iterable[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> int:
+        count = 0
+        for key, entry, tag in items:
+            self.put(key, entry, tag=tag, ttl_s=ttl_s)
+            count += 1
+        return count
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
