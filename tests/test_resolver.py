@@ -306,3 +306,34 @@ def test_a_200_that_is_not_an_answer_fails_the_attempt_and_is_retried():
     provider = ScriptedProvider([{"choices": []}, answer("there it is")])
     outcome = execute(LiveExecutor(provider, sleep=no_wait), requests("q")[0])
     assert isinstance(outcome, Answered) and outcome.attempts == 2
+
+
+def test_a_slowly_paced_model_never_holds_the_slots_a_fast_one_could_use():
+    # Model A is paced at 60 rpm (a start a second), B is unlimited, and only 2 calls may be in
+    # flight. Calls waiting for A's pace must not hold those 2 slots: B's calls go through at once.
+    from llmbatch.limits import LimitSettings
+    from tests.test_limits import FakeTime
+
+    time = FakeTime(now=0.0)
+    done_at: dict[str, float] = {}
+
+    class Provider(ScriptedProvider):
+        async def complete(self, request: Request, *, timeout_s: float) -> Reply:
+            await time.sleep(0.1)
+            done_at[request.messages[-1]["content"]] = time.now
+            return Reply(answer("ok"), 0.1, None)
+
+    slow, fast = "openai:slow-model", "openai:fast-model"
+    options = RunOptions(concurrency=2, limits={slow: LimitSettings(rpm=60)})
+    executor = LiveExecutor(Provider([]), options=options, sleep=time.sleep, clock=time.clock)
+    rows = [{"prompt": f"a{i}", "model": slow} for i in range(4)] + [
+        {"prompt": f"b{i}", "model": fast} for i in range(4)
+    ]
+    calls = [Call(parse_line(json.dumps(row), n + 1), f"v1:{n}") for n, row in enumerate(rows)]
+
+    async def main() -> None:
+        await asyncio.gather(*(executor.execute(call) for call in calls))
+
+    time.drive(main)
+    assert max(done_at[f"a{i}"] for i in range(4)) > 2.5  # A really was paced: a start a second
+    assert max(done_at[f"b{i}"] for i in range(4)) < 1.0  # B was not kept waiting behind A's pace
