@@ -28,6 +28,14 @@ from llmbatch.limits import (
 )
 
 T0 = 1000.0  # a monotonic clock does not start at zero
+
+
+def now_(coroutine: Any) -> Any:
+    """The pacer awaits its state store (which may be shared, and so asynchronous): run one of its
+    coroutines to the end here, where the store is in memory and answers at once."""
+    return asyncio.run(coroutine)
+
+
 KEY = "openai:gpt-4o-mini"
 OTHER = "anthropic:claude-sonnet-4-5"
 
@@ -103,7 +111,7 @@ def backlogged_starts(pacer: Pacer, count: int, *, tokens: int = 0, now: float =
     """Start times of ``count`` requests that ask again as soon as told to."""
     starts: list[float] = []
     while len(starts) < count:
-        wait = pacer.reserve(tokens, now)
+        wait = now_(pacer.reserve(tokens, now))
         if wait == 0:
             starts.append(now)
         else:
@@ -176,16 +184,16 @@ def test_the_long_run_request_rate_is_the_safety_fraction_of_rpm(rpm):
 
 def test_a_request_that_has_to_wait_is_told_how_long():
     pacer = Pacer(1200, None)
-    assert pacer.reserve(0, T0) == 0.0
-    wait = pacer.reserve(0, T0)
+    assert now_(pacer.reserve(0, T0)) == 0.0
+    wait = now_(pacer.reserve(0, T0))
     assert wait == pytest.approx(interval(1200), abs=0.001)
-    assert pacer.reserve(0, T0 + wait + 1e-6) == 0.0
+    assert now_(pacer.reserve(0, T0 + wait + 1e-6)) == 0.0
 
 
 @pytest.mark.parametrize("count", [1, 5, 40])
 def test_precharge_delays_the_next_start_by_that_many_intervals(count):
     pacer = Pacer(1200, None)
-    pacer.precharge(count, 0, T0)
+    now_(pacer.precharge(count, 0, T0))
     (first,) = backlogged_starts(pacer, 1)
     # Whole milliseconds, rounded up: at most 2 ms late, never early.
     assert count * interval(1200) <= first - T0 <= count * interval(1200) + 0.002
@@ -193,8 +201,8 @@ def test_precharge_delays_the_next_start_by_that_many_intervals(count):
 
 def test_precharge_of_nothing_changes_nothing():
     pacer = Pacer(1200, None)
-    pacer.precharge(0, 0, T0)
-    assert pacer.reserve(0, T0) == 0.0
+    now_(pacer.precharge(0, 0, T0))
+    assert now_(pacer.reserve(0, T0)) == 0.0
 
 
 # --- Pacer: tokens --------------------------------------------------------------------------------
@@ -212,7 +220,7 @@ def token_run(tpm: int, tokens: int, seconds: float, actual: Iterator[int] | Non
     used: list[int] = []
     now = T0
     while now < T0 + seconds:
-        wait = pacer.reserve(tokens, now)
+        wait = now_(pacer.reserve(tokens, now))
         if wait:
             now += wait
             continue
@@ -243,13 +251,13 @@ def test_a_request_larger_than_the_burst_gets_through_in_several_lumps():
     burst = int(token_rate(60_000) / 100)  # 10 ms worth at once
     waits = 0
     now = T0
-    while (wait := pacer.reserve(500, now)) > 0:
+    while (wait := now_(pacer.reserve(500, now))) > 0:
         waits += 1
         now += wait
     assert waits >= 500 // burst - 1  # paid lump by lump, waiting between them
     # It starts once its tokens have been paid at the pace (less the one lump allowed at once).
     assert (500 - burst) / token_rate(60_000) <= now - T0 <= 1.1 * 500 / token_rate(60_000)
-    assert pacer.reserve(1, now) > 0  # and it used up what was paid
+    assert now_(pacer.reserve(1, now)) > 0  # and it used up what was paid
 
 
 def next_start_after_settling(estimated: int, actual: int) -> float:
@@ -283,7 +291,7 @@ def test_settling_keeps_the_long_run_token_rate_what_the_answers_really_cost():
 
 def test_precharged_tokens_are_paid_before_the_next_request():
     pacer = Pacer(None, 60_000)
-    pacer.precharge(3, 1000, T0)
+    now_(pacer.precharge(3, 1000, T0))
     (start,) = backlogged_starts(pacer, 1, tokens=100)
     assert (1100 - 9) / token_rate(60_000) <= start - T0 <= 1.1 * 1100 / token_rate(60_000)
 
@@ -1042,3 +1050,41 @@ def test_content_parts_are_counted_by_their_text():
 def test_a_message_without_text_costs_its_overhead():
     messages = [{"role": "assistant", "content": None, "tool_calls": []}]
     assert estimate_tokens(messages, {"max_tokens": 5}, avg_completion=None) == 4 + 5
+
+
+# --- state shared through what is injected -------------------------------------------------------
+
+
+def test_governors_given_one_state_share_its_pace_and_its_pauses():
+    # What a Redis state will do between machines, shown with two governors in one process.
+    from llmbatch.limits import LocalLimitState
+
+    time = FakeTime()
+    shared = LocalLimitState()
+    settings = {KEY: LimitSettings(rpm=60)}
+    one, two = (
+        Governor(concurrency=4, settings=settings, clock=time.clock, sleep=time.sleep, state=shared) for _ in range(2)
+    )
+    starts: list[float] = []
+
+    async def start(governor: Governor) -> None:
+        assert await governor.acquire(KEY, 10)
+        starts.append(time.now)
+        await governor.release(KEY, status=200, headers=None, estimated_tokens=10, actual_tokens=10)
+
+    async def main() -> None:
+        await asyncio.gather(start(one), start(two), start(one), start(two))
+
+    time.drive(main)
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    # One pace for both (a start every ~1.03 s), not each its own (two starts a second).
+    assert all(interval(60) - 0.001 <= gap < 1.1 for gap in gaps), gaps
+
+    used_up = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}
+
+    async def refused() -> None:
+        await one.acquire(KEY, 10)
+        await one.release(KEY, status=429, headers=used_up, estimated_tokens=10, actual_tokens=None, retry_after_s=9)
+
+    time.drive(refused)
+    assert two.budget(KEY).not_before == pytest.approx(time.now + 9)  # one's 429 pauses two as well

@@ -25,7 +25,7 @@ from llmbatch.answers import keepable, problem
 from llmbatch.engine.budget import CostBudget
 from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome
 from llmbatch.engine.options import RunOptions
-from llmbatch.limits import Governor, estimate_split
+from llmbatch.limits import Governor, Slot, estimate_split
 from llmbatch.model.request import Request
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import call_cost
@@ -139,17 +139,19 @@ class LiveExecutor:
                         return NotStarted(StopReason.BUDGET if reservation.refusal else None, reservation.refusal or "")
                     try:
                         tokens = sum(estimate_split(request.messages, request.params, budget.avg_completion))
-                        if not await self.governor.acquire(request.model_ref, tokens):
-                            return NotStarted()  # stopped while waiting for the pace
-                        async with self._semaphore:
-                            if self._stopping:
-                                await self.governor.unused(request.model_ref)
-                                return NotStarted()
-                            if not started:
-                                self.stats.calls += 1
-                                started = True
-                            attempts += 1
-                            reply, cost = await self._attempt(request, tokens)
+                        # The model's pace first, then a slot of --concurrency: a call waiting for a
+                        # slowly paced model must not hold a slot another model could use.
+                        async with self.governor.slot(request.model_ref, tokens) as slot:
+                            if not slot.granted:
+                                return NotStarted()  # stopped while waiting for the pace
+                            async with self._semaphore:
+                                if self._stopping:
+                                    return NotStarted()
+                                if not started:
+                                    self.stats.calls += 1
+                                    started = True
+                                attempts += 1
+                                reply, cost = await self._attempt(request, slot)
                     finally:
                         self.budget.settle(reservation)
                     # A 200 that is not an answer fails this attempt (retried when transient); an
@@ -163,7 +165,7 @@ class LiveExecutor:
             return Failed(exc, attempts)
         return Answered(response, round(reply.latency_s * 1000, 1), cost, attempts)
 
-    async def _attempt(self, request: Request, estimate: int) -> tuple[Reply, float | None]:
+    async def _attempt(self, request: Request, slot: Slot) -> tuple[Reply, float | None]:
         """One call, with the governor told how it ended (it paces and backs off from that), and
         what it cost, counted in the run's spending as the answer arrives."""
         self.stats.in_flight += 1
@@ -172,13 +174,8 @@ class LiveExecutor:
             self.longest_timeout_s = max(self.longest_timeout_s, timeout_s)
             reply = await self.provider.complete(request, timeout_s=timeout_s)
         except CallError as exc:
-            await self.governor.release(
-                request.model_ref,
-                status=exc.status_code,
-                headers=exc.headers,
-                estimated_tokens=estimate,
-                actual_tokens=None,
-                retry_after_s=exc.retry_after_s,
+            await slot.release(
+                status=exc.status_code, headers=exc.headers, actual_tokens=None, retry_after_s=exc.retry_after_s
             )
             if exc.status_code == 429:
                 self.stats.rate_limited += 1
@@ -200,11 +197,9 @@ class LiveExecutor:
         # What the call counted against the provider's token limit: OpenAI (and our simulator)
         # count max_tokens when it is set, whatever the answer used.
         cap = request.output_cap or 0
-        await self.governor.release(
-            request.model_ref,
+        await slot.release(
             status=200,
             headers=reply.headers,
-            estimated_tokens=estimate,
             actual_tokens=prompt_tokens + max(completion_tokens, cap) if usage else None,
             completion_tokens=completion_tokens if usage else None,
         )

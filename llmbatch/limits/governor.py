@@ -32,7 +32,8 @@ shared between machines will need. Tokens are estimated before a call (prompt ch
 ``max_tokens`` or the running average of completions) and the difference from the real usage is
 carried into the next reservation, so the long-run token rate is exact.
 
-Clock and sleep are injected, so every rule here is tested without waiting.
+Clock and sleep are injected, so every rule here is tested without waiting; where the pace and the
+pauses live is injected too (:mod:`~llmbatch.limits.state`).
 """
 
 from __future__ import annotations
@@ -43,34 +44,23 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llmbatch.prompts import output_cap
-
-if TYPE_CHECKING:
-    from pyrate_limiter import StateBucket
-
+from llmbatch.limits.estimate import DEFAULT_COMPLETION_TOKENS
+from llmbatch.limits.headers import RateHeaders, parse_rate_headers
+from llmbatch.limits.pacer import Pacer
+from llmbatch.limits.state import LimitState, LocalLimitState
 
 __all__ = [
     "CLUSTER_MIN",
     "CLUSTER_WINDOW",
-    "PACE_SAFETY",
+    "DEFAULT_PAUSE_S",
     "Budget",
     "Governor",
     "LimitSettings",
-    "Pacer",
-    "RateHeaders",
-    "estimate_split",
-    "estimate_tokens",
-    "parse_rate_headers",
+    "Slot",
 ]
 
-#: Fraction of a known limit we pace at. 3 % covers scheduling and network jitter between our
-#: send and the server's count; measured against a strict 1-second window in bench/.
-PACE_SAFETY = 0.97
-#: Completion tokens assumed for a request without max_tokens before any answer has been seen.
-DEFAULT_COMPLETION_TOKENS = 256
 #: A start this late for its paced slot keeps the slot's place in the schedule (see acquire).
 _LATE_S = 0.005
 #: A 429 without Retry-After pauses the budget this long.
@@ -83,8 +73,6 @@ DEFAULT_PAUSE_S = 1.0
 #: window is used up is noticed after 9 refusals instead of 5, each waiting its own Retry-After.
 CLUSTER_WINDOW = 16
 CLUSTER_MIN = CLUSTER_WINDOW // 2 + 1
-#: pyrate-limiter counts in whole units: microseconds, so rounding never slows the pace.
-_MINUTE_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,202 +82,6 @@ class LimitSettings:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
-
-
-# --- headers ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RateHeaders:
-    """What a response said about the provider's limits (per minute) and the current window."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_s: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_s: float | None = None
-
-
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(float(value))
-    except (ValueError, OverflowError):
-        return None
-
-
-def _go_duration_s(value: str | None) -> float | None:
-    """OpenAI's reset headers: Go durations (``6m0s``, ``1.5s``, ``250ms``) or plain seconds."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import durationpy
-
-    try:
-        return max(0.0, durationpy.from_str(value.strip()).total_seconds())
-    except Exception:  # noqa: BLE001 - a malformed header is ignored, never fatal
-        return None
-
-
-def _rfc3339_s(value: str | None, now_wall: float) -> float | None:
-    """Anthropic's reset headers: an RFC 3339 time; seconds from now."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, when.timestamp() - now_wall)
-
-
-def parse_rate_headers(headers: Mapping[str, str], now_wall: float | None = None) -> RateHeaders | None:
-    """Read OpenAI-style or Anthropic-style rate-limit headers; None when there are none."""
-    get = headers.get
-    if get("x-ratelimit-limit-requests") is not None or get("x-ratelimit-limit-tokens") is not None:
-        return RateHeaders(
-            limit_requests=_int(get("x-ratelimit-limit-requests")),
-            remaining_requests=_int(get("x-ratelimit-remaining-requests")),
-            reset_requests_s=_go_duration_s(get("x-ratelimit-reset-requests")),
-            limit_tokens=_int(get("x-ratelimit-limit-tokens")),
-            remaining_tokens=_int(get("x-ratelimit-remaining-tokens")),
-            reset_tokens_s=_go_duration_s(get("x-ratelimit-reset-tokens")),
-        )
-    if get("anthropic-ratelimit-requests-limit") is not None or get("anthropic-ratelimit-tokens-limit") is not None:
-        now_wall = time.time() if now_wall is None else now_wall
-        return RateHeaders(
-            limit_requests=_int(get("anthropic-ratelimit-requests-limit")),
-            remaining_requests=_int(get("anthropic-ratelimit-requests-remaining")),
-            reset_requests_s=_rfc3339_s(get("anthropic-ratelimit-requests-reset"), now_wall),
-            limit_tokens=_int(get("anthropic-ratelimit-tokens-limit")),
-            remaining_tokens=_int(get("anthropic-ratelimit-tokens-remaining")),
-            reset_tokens_s=_rfc3339_s(get("anthropic-ratelimit-tokens-reset"), now_wall),
-        )
-    return None
-
-
-# --- token estimate ----------------------------------------------------------------------------
-
-
-def _text_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
-    return 0
-
-
-def estimate_split(
-    messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None
-) -> tuple[int, int]:
-    """``(input, output)`` tokens a request will cost before we know: about 4 characters a token
-    for the prompt; the completion's cap (or the average completion seen so far, times ``n``)."""
-    prompt = sum(_text_chars(m.get("content")) for m in messages) // 4 + 4 * len(messages)
-    cap = output_cap(params)
-    if cap is None:
-        cap = int((avg_completion or DEFAULT_COMPLETION_TOKENS) * int(params.get("n") or 1))
-    return int(prompt), cap
-
-
-def estimate_tokens(messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None) -> int:
-    """Total of :func:`estimate_split`: what a call counts against a tokens-per-minute limit."""
-    prompt, completion = estimate_split(messages, params, avg_completion)
-    return prompt + completion
-
-
-# --- pacing ----------------------------------------------------------------------------------
-
-
-class Pacer:
-    """Even pacing of requests and tokens per minute, on pyrate-limiter's GCRA."""
-
-    def __init__(self, rpm: int | None, tpm: int | None) -> None:
-        self.rpm = rpm
-        self.tpm = tpm
-        # A provider enforcing its limit over one second allows floor(rpm / 60) in any second: pace
-        # under that, not under rpm / 60 (500 rpm: 8 a second, not 8.3).
-        self._requests = self._bucket(rpm // 60 * 60 if rpm >= 60 else rpm, burst=1) if rpm else None
-        # A request pays for its tokens in lumps of at most 10 ms worth, waiting between lumps, so
-        # it starts only once its tokens have been paid at the rate. The slack a lump allows is 1 %
-        # of a second's tokens, inside the 3 % safety margin even for a half-second window.
-        self._token_burst = max(1, int(tpm * PACE_SAFETY / 60 / 100)) if tpm else 0
-        self._tokens = self._bucket(tpm, burst=self._token_burst) if tpm else None
-        # Tokens paid to the bucket and not yet used (negative: used and not yet paid, when an
-        # answer cost more than its estimate).
-        self.balance = 0
-
-    @staticmethod
-    def _bucket(per_minute: int, *, burst: int) -> StateBucket:
-        from pyrate_limiter import GCRA, InMemoryStateStore, Rate, StateBucket  # only when pacing: start-up
-
-        limit = max(1, int(per_minute * PACE_SAFETY))
-        return StateBucket([Rate(limit, _MINUTE_US, burst=min(burst, limit))], GCRA(), InMemoryStateStore())
-
-    def reserve(self, tokens: int, now: float, *, slot: float | None = None) -> float:
-        """Take room for one request of ``tokens`` at ``now`` (seconds): 0.0 when granted, else
-        the seconds to wait before asking again. ``slot``: the time an earlier answer said to come
-        back, when we are slightly late for it; the request schedule keeps that slot's place.
-        (Token lumps always count from ``now``: a token window has no slack to spare.)"""
-        from pyrate_limiter import RateItem
-
-        stamp = int(now * 1_000_000)
-        request_stamp = int(slot * 1_000_000) if slot is not None else stamp
-        if self._tokens is not None:
-            # Pay the bucket in lumps of at most a burst until this request's tokens are covered;
-            # what is paid stays paid (``balance``) if we have to wait for the rest.
-            while self.balance < tokens:
-                lump = min(tokens - self.balance, self._token_burst)
-                if not self._tokens.put(RateItem("tokens", stamp, lump)):
-                    return self._wait(self._tokens, lump, stamp)
-                self.balance += lump
-        if self._requests is not None and not self._requests.put(RateItem("requests", request_stamp, 1)):
-            # The wait counts from the slot; the caller counts from now.
-            return max(1e-6, self._wait(self._requests, 1, request_stamp) - (stamp - request_stamp) / 1_000_000)
-        if self._tokens is not None:
-            self.balance -= tokens
-        return 0.0
-
-    @staticmethod
-    def _wait(bucket: StateBucket, weight: int, stamp: int) -> float:
-        from pyrate_limiter import RateItem
-
-        waited = bucket.waiting(RateItem("wait", stamp, weight))
-        assert isinstance(waited, int)
-        return max(1e-6, waited / 1_000_000)
-
-    def settle(self, estimated: int, actual: int) -> None:
-        """The answer came: carry the estimate's error into the next reservations."""
-        if self._tokens is not None:
-            self.balance -= actual - estimated
-
-    def precharge(self, requests: int, tokens: int, now: float) -> None:
-        """Count calls (and their tokens) sent before this pacer existed (limits learned from
-        headers mid-run), so the next start waits as if they had been paced too."""
-        if self._tokens is not None:
-            self.balance -= tokens  # owed: the next reservations pay for them first
-        if self._requests is None or requests <= 0:
-            return
-        from pyrate_limiter import RateItem
-
-        stamp = int(now * 1_000_000)
-        # Each at the bucket's next free moment: admitted, it pushes that moment one interval on.
-        for _ in range(requests):
-            while not self._requests.put(RateItem("requests", stamp, 1)):
-                waited = self._requests.waiting(RateItem("requests", stamp, 1))
-                assert isinstance(waited, int)  # an in-memory store answers at once
-                stamp += max(1, waited)
-
-    def carry(self, old: Pacer) -> None:
-        """Take over from the pacer of an earlier limit: its schedule, not the run's history."""
-        for mine, theirs in ((self._requests, old._requests), (self._tokens, old._tokens)):
-            if mine is not None and theirs is not None:
-                mine.store = theirs.store  # when each bucket is next free
-        if self._tokens is not None and old._tokens is not None:
-            self.balance = old.balance
 
 
 def _within(ours: int | None, advertised: int | None) -> bool:
@@ -326,7 +118,7 @@ class Budget:
     learned_tpm: int | None = None
     limit: float = 1.0  # calls allowed in flight now (AIMD), <= max_concurrency
     in_flight: int = 0
-    not_before: float = 0.0  # monotonic time before which nothing starts
+    state: LimitState = field(default_factory=LocalLimitState)  # where the pause (and the pace) live
     last_decrease: float = -math.inf
     successes: int = 0
     throttles: int = 0  # 429s seen
@@ -342,6 +134,15 @@ class Budget:
     avg_estimate: float | None = None  # tokens a call is expected to cost, for header caution
     changed: asyncio.Condition | None = None
     turn: asyncio.Lock | None = None
+
+    @property
+    def not_before(self) -> float:
+        """Clock time before which nothing starts (a run-wide pause)."""
+        return self.state.paused_until(self.key)
+
+    @not_before.setter
+    def not_before(self, until: float) -> None:
+        self.state.pause(self.key, until)
 
     @property
     def rpm(self) -> int | None:
@@ -365,7 +166,10 @@ class Governor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         stopping: Callable[[], bool] = lambda: False,
+        state: LimitState | None = None,
     ) -> None:
+        """``state``: where each budget's pace and pause live (in this process by default)."""
+        self.state = state or LocalLimitState()
         self.concurrency = concurrency
         self.stopping = stopping
         self.settings = dict(settings or {})
@@ -381,13 +185,23 @@ class Governor:
         if budget is None:
             settings = self.settings.get(key, self.default)
             top = min(self.concurrency, settings.concurrency or self.concurrency)
-            budget = Budget(key=key, max_concurrency=top, settings=settings, limit=float(top))
+            budget = Budget(key=key, max_concurrency=top, settings=settings, limit=float(top), state=self.state)
             if settings.rpm or settings.tpm:
-                budget.pacer = Pacer(settings.rpm, settings.tpm)
+                budget.pacer = self._pacer(key, settings.rpm, settings.tpm)
             self.budgets[key] = budget
         return budget
 
+    def _pacer(self, key: str, rpm: int | None, tpm: int | None) -> Pacer:
+        return Pacer(rpm, tpm, lambda kind: self.state.bucket_store(key, kind))
+
     # -- before a call ----------------------------------------------------------------------
+
+    def slot(self, key: str, tokens: int) -> Slot:
+        """``async with governor.slot(key, tokens) as slot``: waits for the call's turn (see
+        :meth:`acquire`); ``slot.granted`` says whether it may start. A granted slot is given back
+        when the block ends: by :meth:`Slot.release` with how the call ended, or, if the call was
+        not made after all, as unused."""
+        return Slot(self, key, tokens)
 
     async def acquire(self, key: str, tokens: int) -> bool:
         """Wait until a call of ``tokens`` may start for ``key``; then it counts as in flight.
@@ -424,7 +238,7 @@ class Governor:
                 # slightly late for it. That lag cost ~3 % of the pace; anything later than
                 # _LATE_S (a pause, a stop) starts afresh from now.
                 slot = due if due is not None and 0 <= now - due <= _LATE_S else None
-                wait = budget.pacer.reserve(tokens, now, slot=slot)
+                wait = await budget.pacer.reserve(tokens, now, slot=slot)
                 if wait > 0:
                     due = now + wait
                     await self._wait(budget, wait)
@@ -476,7 +290,7 @@ class Governor:
         # Whether a pause was in force before this answer: its own headers may start one (a used-up
         # window), which must not count as an earlier pause this 429 belongs to.
         paused = now < budget.not_before
-        parsed = self._learn(budget, headers, now) if headers else None
+        parsed = await self._learn(budget, headers, now) if headers else None
         if status == 429:
             self._throttled(budget, retry_after_s, now, paused=paused, used_up=_used_up(parsed, estimated_tokens))
         elif status is not None and status < 400:
@@ -518,7 +332,7 @@ class Governor:
             budget.successes = 0
         budget.not_before = max(budget.not_before, now + pause)
 
-    def _learn(self, budget: Budget, headers: Mapping[str, str], now: float) -> RateHeaders | None:
+    async def _learn(self, budget: Budget, headers: Mapping[str, str], now: float) -> RateHeaders | None:
         parsed = parse_rate_headers(headers)
         if parsed is None:
             return None
@@ -528,10 +342,10 @@ class Governor:
             if (rpm and rpm != budget.learned_rpm) or (tpm and tpm != budget.learned_tpm):
                 budget.learned_rpm = rpm or budget.learned_rpm
                 budget.learned_tpm = tpm or budget.learned_tpm
-                old, budget.pacer = budget.pacer, Pacer(budget.rpm, budget.tpm)
+                old, budget.pacer = budget.pacer, self._pacer(budget.key, budget.rpm, budget.tpm)
                 if old is None:
                     # Calls already sent count against the window the provider is enforcing.
-                    budget.pacer.precharge(budget.started, budget.tokens_started, now)
+                    await budget.pacer.precharge(budget.started, budget.tokens_started, now)
                 else:
                     budget.pacer.carry(old)  # a limit changed: what was paid stays paid, no more
         # The window is used up: the next call would be refused. "reset" is the time until the
@@ -567,3 +381,44 @@ class Governor:
         rpms = [b.rpm for b in self.budgets.values() if b.rpm]
         tpms = [b.tpm for b in self.budgets.values() if b.tpm]
         return (sum(rpms) if rpms else None, sum(tpms) if tpms else None)
+
+
+class Slot:
+    """A call's turn with the governor (see :meth:`Governor.slot`)."""
+
+    def __init__(self, governor: Governor, key: str, tokens: int) -> None:
+        self.governor = governor
+        self.key = key
+        self.tokens = tokens
+        self.granted = False
+        self._released = False
+
+    async def __aenter__(self) -> Slot:
+        self.granted = await self.governor.acquire(self.key, self.tokens)
+        return self
+
+    async def release(
+        self,
+        *,
+        status: int | None,
+        headers: Mapping[str, str] | None,
+        actual_tokens: int | None,
+        completion_tokens: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """How the call ended (``status`` None: no HTTP answer): the governor paces and backs off
+        from that."""
+        self._released = True
+        await self.governor.release(
+            self.key,
+            status=status,
+            headers=headers,
+            estimated_tokens=self.tokens,
+            actual_tokens=actual_tokens,
+            completion_tokens=completion_tokens,
+            retry_after_s=retry_after_s,
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.granted and not self._released:
+            await self.governor.unused(self.key)  # not made after all: the slot goes back
