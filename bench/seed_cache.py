@@ -9,7 +9,7 @@ leaves is what a cold run against ``URL`` leaves, in a fraction of the time (a r
 100,000 prompts costs ~3 ms of CPU each, minutes on a 2-core machine). ``bench/run.py`` checks
 afterwards that the warm rerun it times makes zero calls.
 
-Exit code 3 if llmbatch no longer has the hook used here (``llmbatch.runner._provider``): the
+Exit code 3 if llmbatch no longer has the hook used here (``llmbatch.app.run._provider``): the
 caller then seeds with a real cold run instead.
 """
 
@@ -63,10 +63,10 @@ class InstantProvider:
 
 
 def main() -> None:
-    import llmbatch.runner as runner
+    import llmbatch.app.run as runner
 
     if not callable(getattr(runner, "_provider", None)):
-        sys.stderr.write("seed_cache: llmbatch.runner._provider is gone; seed with a real cold run\n")
+        sys.stderr.write("seed_cache: llmbatch.app.run._provider is gone; seed with a real cold run\n")
         raise SystemExit(3)
     runner._provider = InstantProvider  # type: ignore[assignment]
     from llmbatch.cli import main as cli_main

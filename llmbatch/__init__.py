@@ -26,12 +26,12 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     from llmbatch.api import RunStopped, run_batch, run_batch_sync
     from llmbatch.engine import Executor, LiveExecutor, Resolver, RunOptions, live_resolver
     from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, OutputError, UsageError
+    from llmbatch.input import Defaults, parse_line, read_requests, validate_file
     from llmbatch.keys import request_key
     from llmbatch.model.entry import CacheEntry
     from llmbatch.model.request import Request
     from llmbatch.model.result import Result
     from llmbatch.model.stats import RunStats, StopReason
-    from llmbatch.prompts import Defaults, parse_line, read_requests, validate_file
     from llmbatch.providers.anyllm import AnyLLMProvider
     from llmbatch.providers.base import Destination, Provider
     from llmbatch.results import ResultWriter
@@ -47,10 +47,10 @@ _EXPORTS = {
     "CacheEntry": "llmbatch.model.entry",
     "RunStats": "llmbatch.model.stats",
     "StopReason": "llmbatch.model.stats",
-    "Defaults": "llmbatch.prompts",
-    "parse_line": "llmbatch.prompts",
-    "validate_file": "llmbatch.prompts",
-    "read_requests": "llmbatch.prompts",
+    "Defaults": "llmbatch.input",
+    "parse_line": "llmbatch.input",
+    "validate_file": "llmbatch.input",
+    "read_requests": "llmbatch.input",
     "request_key": "llmbatch.keys",
     "ResponseStore": "llmbatch.store",
     "DiskStore": "llmbatch.store",

@@ -49,7 +49,7 @@ from llmbatch.errors import (
     LlmbatchError,
     UsageError,
 )
-from llmbatch.prompts import Defaults, InvalidLine, Request, parse_line
+from llmbatch.input import Defaults, InvalidLine, Request, parse_line
 
 if TYPE_CHECKING:
     from llmbatch.engine import Provider, RunOptions, RunStats, StopReason
@@ -101,7 +101,7 @@ async def run_batch(
     ``requests``: dicts shaped like the lines of an input file (``{"prompt": ...}``,
     ``{"messages": [...]}`` or an OpenAI Batch API line, with ``model``, ``id``, generation
     parameters, ``metadata``, ``sample``...; see the README's *Input*), or
-    :class:`~llmbatch.prompts.Request` values, which are used as they are. Every dict is checked
+    :class:`~llmbatch.input.Request` values, which are used as they are. Every dict is checked
     before anything is sent: if any is wrong, :class:`~llmbatch.errors.InputError` lists them (the
     first 100, numbered by position from 1; ``total_errors`` counts all), nothing is sent and
     nothing is opened. Ids must be unique, as in a file; a dict without one gets its position.

@@ -1,6 +1,6 @@
 """The ``llmbatch`` command: options in, library calls, errors and exit codes out.
 
-The only module that imports typer. It turns options into a :class:`~llmbatch.runner.RunConfig`,
+The only module that imports typer. It turns options into a :class:`~llmbatch.app.runconfig.RunConfig`,
 runs the library, and is the one place where an :class:`~llmbatch.errors.LlmbatchError` becomes
 a message on stderr and an exit code. Heavy modules are imported inside the commands, so
 ``llmbatch --help`` starts fast.
@@ -444,7 +444,7 @@ def run(
                 _validate(config, None)
                 _print_plan(config, as_json=as_json)
                 return
-            from llmbatch.runner import check_output
+            from llmbatch.app.inputs import check_output
 
             check_output(config)  # results that would destroy something: refused before anything is read
             _run(
@@ -509,7 +509,7 @@ def _cache_mode(no_cache: bool, refresh: bool, cache_only: bool) -> Any:
 
 
 def _open_input(name: str) -> Any:
-    from llmbatch.runner import open_input
+    from llmbatch.app.inputs import open_input
 
     try:
         return open_input(name)
@@ -535,8 +535,9 @@ def _run_config(
     cache_eviction: str | None = None,
     workers: int | None = None,
 ) -> Any:
-    from llmbatch.prompts import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
-    from llmbatch.runner import RunConfig, default_output
+    from llmbatch.app.inputs import default_output
+    from llmbatch.app.runconfig import RunConfig
+    from llmbatch.input import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
     from llmbatch.units import parse_size
 
     if model is not None and ":" not in model and provider is None:
@@ -568,7 +569,7 @@ def _run_config(
 
 
 def _validate(config: Any, prefix: Any) -> Any:
-    from llmbatch.runner import validate
+    from llmbatch.app.validation import validate
 
     with _tuned_gc():
         try:
@@ -596,9 +597,9 @@ def _run(
     exit code the run earned."""
     import asyncio
 
+    from llmbatch.app.prefix import HitPrefix
     from llmbatch.display import Display, Summary, choose_mode
     from llmbatch.engine import RunStats, StopReason
-    from llmbatch.runner import HitPrefix
 
     stats = RunStats()
     # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
@@ -672,7 +673,7 @@ async def _execute(
     under the display, with the stop signals handled in two steps."""
     import asyncio
 
-    from llmbatch.runner import execute, start
+    from llmbatch.app.run import execute, start
 
     started = await start(config, stats, models=models, prefix=prefix)
     if announce is not None:
@@ -770,8 +771,8 @@ def _parse_workers(value: str) -> int | None:
 
 
 def _print_plan(config: Any, *, as_json: bool) -> None:
+    from llmbatch.app.plan import plan
     from llmbatch.display import print_plan
-    from llmbatch.runner import plan
 
     result = plan(config)
     if as_json:
@@ -979,7 +980,7 @@ def report_command(
 ) -> None:
     """Sum up a results file: counts by status, model and finish reason; errors by type and message;
     cost, tokens and latency percentiles; answers that were cut off."""
-    from llmbatch.report import read_report, write_html
+    from llmbatch.app.report import read_report, write_html
 
     summary = read_report(results)
     if html is not None:

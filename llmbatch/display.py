@@ -483,7 +483,7 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
 
 
 def print_report(report: Any, stream: IO[str] | None = None) -> None:
-    """``llmbatch report`` for people: a :class:`~llmbatch.report.Report` as tables on stdout.
+    """``llmbatch report`` for people: a :class:`~llmbatch.app.report.Report` as tables on stdout.
 
     Every string that comes from the results file (ids, models, error types and messages) goes
     through ``report.printable`` and into a ``Text`` (never markup): a provider's message can hold
@@ -491,7 +491,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
     import os
     import sys
 
-    from llmbatch.report import format_ms
+    from llmbatch.app.report import format_ms
 
     out = stream or sys.stdout
     # Piped into a file or a CI log, rich would wrap the model table at 80 columns.

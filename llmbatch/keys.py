@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from llmbatch.prompts import Request
+    from llmbatch.model.request import Request
 
 __all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_material", "request_key"]
 

@@ -32,7 +32,7 @@ A results file keeps the permissions its owner gave it: the ``.partial`` gets th
 mode before anything is written into it. A new one is created with ``0o666`` less the umask, as
 any new file is (results hold model answers, so people set the mode they need).
 
-That the output is not the input file itself is checked by :func:`llmbatch.runner.check_output`,
+That the output is not the input file itself is checked by :func:`llmbatch.app.inputs.check_output`,
 which knows the input.
 """
 

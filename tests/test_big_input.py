@@ -1,5 +1,5 @@
 """A big input is checked in two halves at once, the second by a forked child that also answers
-its leading cache hits (runner.validate, llmbatch.forked). Whatever the child does, the outcome
+its leading cache hits (llmbatch.app.validation). Whatever the child does, the outcome
 is exactly that of one pass: the same results in the same order, every bad line and duplicate id
 reported with its line number, nothing paid twice; and if the child fails, this process does its
 half itself.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch import runner
-from llmbatch.forked import Forked
+from llmbatch.app import validation as runner
+from llmbatch.app.validation import Forked
 from tests.support import read_results, run_cli, write_jsonl
 
 PAD = "x" * 4200  # ~4.3 KB a line: 1,000 lines make an input big enough to be split

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from llmbatch.engine import Resolver, RunOptions, RunStats, live_resolver
+from llmbatch.input import parse_line
 from llmbatch.model.result import Result
-from llmbatch.prompts import parse_line
 from llmbatch.providers.anyllm import AnyLLMProvider
 from llmbatch.retry import RetryPolicy
 from llmbatch.store import DiskStore

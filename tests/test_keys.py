@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from llmbatch.input import Defaults, parse_line
 from llmbatch.keys import SIMULATOR_ENDPOINT, canonical_json, key_material, request_key
-from llmbatch.prompts import Defaults, parse_line
 
 BASE = {
     "id": "q1",

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from llmbatch.errors import InputError, LineError
-from llmbatch.keys import request_key
-from llmbatch.prompts import (
+from llmbatch.input import (
     Defaults,
     IdHashes,
     InvalidLine,
@@ -25,6 +24,7 @@ from llmbatch.prompts import (
     read_requests,
     validate_file,
 )
+from llmbatch.keys import request_key
 
 MODEL = Defaults(model="openai:gpt-4o-mini")
 USER_HI = {"role": "user", "content": "Say hi"}

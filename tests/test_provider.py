@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from llmbatch.prompts import parse_line
+from llmbatch.input import parse_line
 from llmbatch.providers.anyllm import AnyLLMProvider
 from llmbatch.providers.base import CallError, parse_retry_after, redact
 from tests.support import TEST_API_KEY

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from llmbatch import report as report_module
+from llmbatch.app import report as report_module
+from llmbatch.app.report import latency_histogram, percentile, read_report, render_html
 from llmbatch.errors import printable
 from llmbatch.pricing import format_usd
-from llmbatch.report import latency_histogram, percentile, read_report, render_html
 from tests.support import prompts, read_results, run_cli, write_jsonl
 
 ROOT = Path(__file__).parent.parent

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from llmbatch.engine import Answered, Call, Failed, LiveExecutor, NotStarted, Outcome, Resolver, RunOptions
+from llmbatch.input import parse_line
 from llmbatch.model.request import Request
 from llmbatch.model.result import Result
 from llmbatch.model.stats import RunStats, StopReason
-from llmbatch.prompts import parse_line
 from llmbatch.providers.base import CallError, Destination, Reply
 from llmbatch.retry import RetryPolicy
 from llmbatch.store import MemoryStore

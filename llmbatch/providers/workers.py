@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from llmbatch.answers import keepable
-from llmbatch.prompts import Request
+from llmbatch.model.request import Request
 from llmbatch.providers.anyllm import AnyLLMProvider
 from llmbatch.providers.base import PLACEHOLDER_KEYS, CallError, Destination, Reply, redact
 

@@ -1,0 +1,134 @@
+"""The input as a re-readable file (stdin is copied first), and where the results go: never over
+the input, through a link we did not make, or over something that is not a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmbatch.errors import UsageError
+from llmbatch.results import classify_output
+
+if TYPE_CHECKING:
+    from llmbatch.app.runconfig import RunConfig
+
+__all__ = ["Input", "check_output", "default_output", "open_input"]
+
+
+@dataclass
+class Input:
+    """The input as a re-readable file: stdin is spooled to a temporary file first, because
+    the file is read twice (validate everything, then stream the requests)."""
+
+    path: Path
+    source: str  # the name used in FILE:LINE messages
+    temporary: bool = False
+
+    def cleanup(self) -> None:
+        if self.temporary:
+            self.path.unlink(missing_ok=True)
+
+
+def open_input(name: str) -> Input:
+    if name == "-":
+        return Input(_copy_of_stdin(), "<stdin>", temporary=True)
+    path = Path(name)
+    if not path.exists():
+        raise UsageError(f"input file not found: {name}")
+    if not path.is_file():
+        raise UsageError(f"input is not a file: {name}")
+    return Input(path, name)
+
+
+def default_output(input: Input) -> Path | None:
+    """``<stem>.results.jsonl`` beside the input; stdout when the input is stdin."""
+    if input.temporary:
+        return None
+    return input.path.with_name(f"{input.path.stem}.results.jsonl")
+
+
+def check_output(config: RunConfig) -> None:
+    """Refuse, before anything is read or sent, results that would destroy something: a
+    :class:`UsageError` (exit 2) naming the file and what to do.
+
+    The results must not be the input file by any of its names: the same path spelled another
+    way, a symbolic or hard link to it (``-o``, or a link planted at the default output's name),
+    the output's ``.partial`` (it is truncated first), or standard output opened on it (``-o - >>
+    p.jsonl``). Then whatever :func:`llmbatch.results.classify_output` refuses (a link we did not
+    make, a device or socket, a read-only results file). A dry run writes nothing: not needed."""
+    output, source = config.output, None
+    if not config.input.temporary:
+        with contextlib.suppress(OSError):  # it was there a moment ago; reading it will say what went wrong
+            source = os.stat(config.input.path)
+    if source is not None and output is not None and output.name:  # no name ("."): a directory, refused below
+        partial = output.with_name(output.name + ".partial")
+        if _same_file(_stat(output), source):
+            raise UsageError(
+                f"cannot write results to {output}: it is {_which_name(output, config.input)}; "
+                "choose another file with -o"
+            )
+        if _same_file(_stat(partial), source):
+            raise UsageError(
+                f"cannot write results to {output}: its temporary file {partial} is the input file; "
+                "choose another file with -o"
+            )
+    target = classify_output(output)
+    if source is not None and target.kind == "stdout" and _same_file(_stdout_stat(), source):
+        raise UsageError(
+            f"cannot write results to standard output: it is the input file {config.input.source}; "
+            "choose another file with -o"
+        )
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _stdout_stat() -> os.stat_result | None:
+    """What the results written to standard output land in (None: not a descriptor, as in tests)."""
+    try:
+        return os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _same_file(a: os.stat_result | None, b: os.stat_result) -> bool:
+    return a is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _which_name(output: Path, input: Input) -> str:
+    """How ``output`` names the input file, for the message."""
+    if output.is_symlink():
+        return f"a symbolic link to the input file {input.source}"
+    if os.path.realpath(output) == os.path.realpath(input.path):
+        return "the input file"
+    return f"a hard link to the input file {input.source}"
+
+
+def _copy_of_stdin() -> Path:
+    """A private copy of standard input (0600, in $TMPDIR), removed again on every way out: here if
+    the copy fails or is interrupted (Ctrl-C, SIGTERM while a producer is still writing), else by
+    :meth:`Input.cleanup`, which the CLI runs however the run ends."""
+    spool = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+    except BaseException as exc:
+        if spool is not None:
+            Path(spool.name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UsageError(
+                f"cannot keep a copy of stdin in a temporary file ({exc.strerror or exc}): "
+                "set TMPDIR to a directory with room, or give the input as a file"
+            ) from None
+        raise
+    return Path(spool.name)

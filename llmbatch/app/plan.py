@@ -1,0 +1,114 @@
+"""What a run would do and cost, from the store alone: ``llmbatch plan``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbatch.app.runconfig import RunConfig, effective_defaults
+from llmbatch.engine import LOOKUP_CHUNK
+from llmbatch.input import (
+    read_requests,
+)
+from llmbatch.store import DiskStore, default_cache_dir
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclass
+class Plan:
+    """What a run would do, from the cache alone: ``llmbatch run --dry-run``."""
+
+    prompts: int = 0
+    hits: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
+    estimated_cost_usd: float | None = 0.0
+    unpriced_models: list[str] = field(default_factory=list)
+    by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "hits": self.hits,
+            "duplicates": self.duplicates,
+            "calls": self.calls,
+            "estimated_input_tokens": self.estimated_input_tokens,
+            "estimated_output_tokens": self.estimated_output_tokens,
+            "estimated_cost_usd": None if self.estimated_cost_usd is None else round(self.estimated_cost_usd, 10),
+            "unpriced_models": self.unpriced_models,
+            "by_model": self.by_model,
+        }
+
+
+def plan(config: RunConfig) -> Plan:
+    """Count hits, duplicates and the calls a run would make, and estimate their tokens and cost,
+    without calling anyone. Output tokens: ``max_tokens`` where set, else the average completion
+    of the cached answers of that model (or of all cached answers, or 256)."""
+    from itertools import islice
+
+    from llmbatch.keys import request_key
+    from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
+    from llmbatch.pricing import estimate_cost, usage_tokens
+
+    options = config.options
+    destination = config.destination
+
+    cache = None
+    directory = config.cache_dir or default_cache_dir()
+    if options.cache_mode in ("normal", "only") and (directory / "cache.db").exists():
+        cache = DiskStore(directory, create=False, shared=config.shared_cache)
+    result = Plan()
+    pending: set[str] = set()
+    # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion
+    # tokens of hits, hits with usage]
+    models: dict[str, list[int]] = {}
+    try:
+        requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
+        while chunk := list(islice(requests, LOOKUP_CHUNK)):
+            keyed = [(r, request_key(r, destination.key_endpoint(r.provider))) for r in chunk]
+            found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
+            for request, key in keyed:
+                result.prompts += 1
+                acc = models.setdefault(request.model_ref, [0, 0, 0, 0, 0])
+                entry = found.get(key)
+                if entry is not None:
+                    result.hits += 1
+                    _, completion, _ = usage_tokens(entry.get("usage"))
+                    acc[3] += completion
+                    acc[4] += 1
+                    continue
+                if key in pending:
+                    result.duplicates += 1
+                    continue
+                pending.add(key)
+                result.calls += 1
+                prompt, _ = estimate_split(request.messages, request.params, None)
+                acc[0] += prompt
+                cap = request.output_cap
+                if cap is not None:
+                    acc[1] += cap
+                else:
+                    acc[2] += int(request.params.get("n") or 1)
+    finally:
+        if cache is not None:
+            cache.close()
+    all_hits = sum(a[4] for a in models.values())
+    overall = sum(a[3] for a in models.values()) / all_hits if all_hits else DEFAULT_COMPLETION_TOKENS
+    total_cost: float | None = 0.0
+    for model_ref, (prompt, capped, uncapped, hit_tokens, hit_count) in models.items():
+        average = hit_tokens / hit_count if hit_count else overall
+        output = capped + int(uncapped * average)
+        result.estimated_input_tokens += prompt
+        result.estimated_output_tokens += output
+        provider, model = model_ref.split(":", 1)
+        cost = estimate_cost(provider, model, prompt, output) if (prompt or output) else 0.0
+        if cost is None:
+            result.unpriced_models.append(model_ref)
+        elif total_cost is not None:
+            total_cost += cost
+        result.by_model[model_ref] = {"input_tokens": prompt, "output_tokens": output, "cost_usd": cost}
+    result.estimated_cost_usd = None if result.unpriced_models else total_cost
+    return result

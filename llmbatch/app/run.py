@@ -1,0 +1,195 @@
+"""A whole ``llmbatch run``, as a library: prepare (store, simulator, providers, results file),
+execute, finish the file. The command line parses options into a
+:class:`~llmbatch.app.runconfig.RunConfig`, calls :func:`~llmbatch.app.validation.validate` (so that a bad line
+is reported before anything else happens), then :func:`start` and :func:`execute` inside its display."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from llmbatch.app.inputs import check_output
+from llmbatch.app.prefix import HitPrefix
+from llmbatch.app.recovery import _recovery
+from llmbatch.app.runconfig import RunConfig, cpus, effective_defaults, open_run_store
+from llmbatch.engine import Resolver, RunStats, live_resolver
+from llmbatch.errors import CacheError, UsageError
+from llmbatch.input import (
+    Request,
+    read_requests,
+)
+from llmbatch.providers.base import CallError, Destination
+from llmbatch.results import ResultWriter
+from llmbatch.store import DiskStore
+
+__all__ = ["RunOutcome", "Started", "execute", "models_of", "start"]
+
+
+@dataclass
+class RunOutcome:
+    stats: RunStats
+    results_at: str  # a path, or "stdout"
+    complete: bool
+    #: The cache directory, when it was removed during the run and the answers from then on went
+    #: into a new cache there.
+    cache_recreated: str | None = None
+    #: Answers an earlier run paid for, taken back into the cache from its ``.partial``.
+    recovered: int = 0
+
+
+@dataclass
+class Started:
+    """What a run holds once :func:`start` has prepared it: close it with :meth:`close` (or let
+    :func:`execute` do it)."""
+
+    provider: Any
+    cache: DiskStore | None
+    writer: ResultWriter
+    simulator: Any = None
+    recovered: int = 0  # answers an earlier run paid for, taken back into the cache from its .partial
+
+    async def close(self, complete: bool = False) -> Path | None:
+        """Finish the results file (renamed into place if ``complete``), close everything."""
+        try:
+            await self.provider.aclose()
+        finally:
+            identity = self.writer.identity
+            where = self.writer.finish(complete)
+            if self.simulator is not None:
+                await self.simulator.stop()
+            if self.cache is not None:
+                if complete and identity is not None:
+                    with contextlib.suppress(CacheError):
+                        self.cache.forget_partial(identity)  # renamed into place: no .partial any more
+                self.cache.close()
+        return where
+
+
+async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix: HitPrefix | None = None) -> Started:
+    """Everything a run needs before its first call, checked before anything is shown or written:
+    the cache, the simulator, and a client for each provider the lines still to answer use
+    (``models``: their ``provider:model``), so that a missing API key, an unknown provider or a
+    missing extra is one clear :class:`UsageError`, not a failure mid-run. Then the results file.
+    Nothing is sent."""
+    check_output(config)  # the CLI checked before validating; a library caller may not have
+    options = config.options
+    cache = prefix.cache if prefix is not None and prefix.cache is not None else None
+    simulator = None
+    provider = None
+    try:
+        if cache is None and options.cache_mode != "off":
+            cache = open_run_store(config)
+        destination = config.destination
+        if config.simulate:
+            from llmbatch.sim import SimConfig, Simulator
+
+            simulator = Simulator(config.sim_config or SimConfig())
+            destination = replace(destination, api_base=await simulator.start())
+        provider = _provider(_workers(config, _left(stats, prefix)), destination)
+        if options.cache_mode != "only" and _left(stats, prefix) > 0:
+            await _prepare_providers(provider, models)
+        recovered: list[int] = []
+        recover = _recovery(config, cache, recovered) if cache is not None else None
+        if prefix is not None:
+            writer = prefix.results_writer(config.output, recover)
+        else:
+            writer = ResultWriter(config.output, recover=recover).open()
+        if cache is not None and writer.identity is not None:
+            cache.note_partial(writer.identity)  # a later run may take back what this one pays for
+    except BaseException:
+        if provider is not None:
+            await provider.aclose()
+        if simulator is not None:
+            await simulator.stop()
+        if cache is not None and (prefix is None or cache is not prefix.cache):
+            cache.close()
+        raise
+    if prefix is not None:
+        prefix.cache = None  # the run owns it now
+    return Started(provider, cache, writer, simulator, sum(recovered))
+
+
+async def _prepare_providers(provider: Any, models: set[str]) -> None:
+    """A client for each provider (nothing is sent): its failure is the run's usage error."""
+    for name in sorted({model.split(":", 1)[0] for model in models}):
+        probe = Request(line=0, id=0, provider=name, model=models_of(models, name), messages=[])
+        try:
+            ready = provider.prepare(probe)
+            if ready is not None:
+                await ready
+        except CallError as exc:
+            raise UsageError(exc.message) from None
+
+
+def models_of(models: set[str], provider: str) -> str:
+    return next(m.split(":", 1)[1] for m in sorted(models) if m.split(":", 1)[0] == provider)
+
+
+async def execute(
+    config: RunConfig,
+    stats: RunStats,
+    started: Started,
+    *,
+    on_engine: Callable[[Resolver], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    prefix: HitPrefix | None = None,
+) -> RunOutcome:
+    """Run the validated input to the end (or to a stop) and finish the results file;
+    ``prefix``: the leading hits :func:`validate` already answered."""
+    provider, writer = started.provider, started.writer
+    try:
+        engine = live_resolver(
+            provider,
+            store=started.cache,
+            options=config.options,
+            sink=writer.write,
+            flush=writer.flush,
+            stats=stats,
+            on_event=on_event,
+        )
+        if on_engine is not None:
+            on_engine(engine)
+        requests = read_requests(
+            config.input.path,
+            effective_defaults(config),
+            source=config.input.source,
+            start_line=prefix.resume_line if prefix is not None else 1,
+        )
+        await engine.run(requests)
+    finally:
+        stats.workers_lost = provider.lost
+        recreated = started.cache is not None and started.cache.recreated
+        where = await started.close(stats.complete)
+    return RunOutcome(
+        stats=stats,
+        results_at=str(where) if where is not None else "stdout",
+        complete=stats.complete,
+        cache_recreated=str(started.cache.directory) if recreated and started.cache is not None else None,
+        recovered=started.recovered,
+    )
+
+
+def _provider(workers: int, destination: Destination) -> Any:
+    if workers > 0:
+        from llmbatch.providers.workers import WorkerPool
+
+        return WorkerPool(workers, destination)
+    from llmbatch.providers.anyllm import AnyLLMProvider
+
+    return AnyLLMProvider(destination)
+
+
+def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
+    """Requests not yet answered: what worker processes could be needed for."""
+    return (stats.total or 0) - (prefix.lines if prefix is not None else 0)
+
+
+def _workers(config: RunConfig, requests: int) -> int:
+    if config.workers is not None:
+        return config.workers
+    from llmbatch.providers.workers import auto_workers
+
+    return auto_workers(config.options.concurrency, cpus(), requests)

@@ -1,0 +1,74 @@
+"""A run's settings, as the command line or a library caller gives them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmbatch.app.inputs import Input
+from llmbatch.engine import RunOptions
+from llmbatch.input import (
+    Defaults,
+)
+from llmbatch.keys import SIMULATOR_ENDPOINT
+from llmbatch.providers.base import SIMULATOR_KEY, Destination
+from llmbatch.store import DiskStore, default_cache_dir
+
+__all__ = ["SIMULATE_DEFAULT_MODEL", "RunConfig", "cpus", "effective_defaults", "open_run_store"]
+
+
+#: With --simulate and no model anywhere, lines get this one: a real model name, so that
+#: everything downstream (keys, tags, later prices) behaves as it will for real.
+SIMULATE_DEFAULT_MODEL = "openai:gpt-4o-mini"
+
+
+@dataclass
+class RunConfig:
+    input: Input
+    output: Path | None  # None: standard output
+    defaults: Defaults = field(default_factory=Defaults)
+    options: RunOptions = field(default_factory=RunOptions)
+    api_base: str | None = None
+    simulate: bool = False
+    sim_config: Any = None  # simulator.SimConfig when simulate is set
+    cache_dir: Path | None = None
+    cache_size_limit: int | None = None
+    cache_eviction: str | None = None
+    shared_cache: bool = False  # --shared-cache: a cache directory others may own or write, on purpose
+    workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
+    split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
+    #: Where the calls go, and so what the keys record; made from the fields above when not given.
+    destination: Destination = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.destination is None:
+            # Once per run: the environment's base URLs are read now, for every key of the run.
+            if self.simulate:
+                self.destination = Destination.of(
+                    api_key=SIMULATOR_KEY, force_provider="openai", namespace=SIMULATOR_ENDPOINT
+                )
+            else:
+                self.destination = Destination.of(api_base=self.api_base)
+
+
+def effective_defaults(config: RunConfig) -> Defaults:
+    if config.simulate and config.defaults.model is None:
+        return Defaults(model=SIMULATE_DEFAULT_MODEL, provider=config.defaults.provider)
+    return config.defaults
+
+
+def open_run_store(config: RunConfig) -> DiskStore:
+    """The run's store, with the settings the command line gave."""
+    return DiskStore(
+        config.cache_dir or default_cache_dir(),
+        size_limit=config.cache_size_limit,
+        eviction_policy=config.cache_eviction,
+        shared=config.shared_cache,
+    )
+
+
+def cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
