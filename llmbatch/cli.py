@@ -969,11 +969,11 @@ def report_command(
         ),
     ],
     html: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--html",
             metavar="FILE",
-            help="Also write the report as one self-contained HTML page (charts inline) to FILE.",
+            help="Also write the report as one self-contained HTML page (charts inline) to FILE (- for stdout).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
@@ -982,9 +982,13 @@ def report_command(
     cost, tokens and latency percentiles; answers that were cut off."""
     from llmbatch.app.report import read_report, write_html
 
+    if html == "-" and as_json:
+        raise UsageError("--html - and --json both write to standard output: give the page a file name")
     summary = read_report(results)
     if html is not None:
-        write_html(summary, html)
+        written = write_html(summary, None if html == "-" else Path(html), source=results)
+        if written is None:
+            return  # the page is standard output's
     if as_json:
         import orjson
 

@@ -285,6 +285,8 @@ class ResultWriter:
         self._kind = target.kind
         if target.kind == "stdout":
             self.partial_path = None
+            if sys.stdout is None:  # started with stdout closed (>&-)
+                raise UsageError("standard output is closed: write the results to a file with -o FILE")
             self._stream = sys.stdout.buffer
         elif target.kind == "stream":
             assert target.path is not None
@@ -344,21 +346,24 @@ class ResultWriter:
         return fd
 
     def write(self, result: Result) -> None:
+        self.write_bytes(encode(result))
+        self.lines += 1
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write ``data`` (a result line; or a whole page, for ``report --html``)."""
         assert self._stream is not None, "open() first"
         try:
-            self._stream.write(encode(result))
+            self._stream.write(data)
             if self._kind != "file":
                 self._stream.flush()  # a stream gets each line as soon as it is known
         except OSError as exc:
             raise self._failed(exc) from None
-        self.lines += 1
 
     def _failed(self, exc: OSError) -> Exception:
-        if self._kind == "stdout":
-            return exc  # stdout's own trouble (a reader that went away) is not ours to word
+        where = "standard output" if self._kind == "stdout" else self.partial_path or self.path
         # Every line written here was answered (and stored) first: nothing paid for is lost.
         return OutputError(
-            f"cannot write results to {self.partial_path or self.path}: {exc.strerror or exc}; "
+            f"cannot write results to {where}: {exc.strerror or exc}; "
             "the answers are in the cache, so a rerun writes them without paying again"
         )
 

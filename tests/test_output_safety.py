@@ -560,3 +560,27 @@ def test_a_results_name_that_stopped_being_a_file_is_never_renamed_over(tmp_path
         f"the results are in {out}.partial"
     )
     assert stat.S_ISFIFO(os.lstat(out).st_mode) and (tmp_path / "r.jsonl.partial").exists()
+
+
+def test_results_to_a_full_or_closed_standard_output_are_one_clear_error_not_a_traceback(tmp_path, env):
+    import subprocess
+    import sys
+
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    args = [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-o", "-", "-q"]
+    full_env = {**os.environ, **env}
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, text=True, env=full_env, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot write results to standard output: No space left on device" in done.stderr
+    closed = subprocess.run(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr
+    assert "standard output is closed" in closed.stderr

@@ -612,3 +612,66 @@ def test_an_empty_results_file_is_reported_as_zero_lines_everywhere(tmp_path, ll
     assert shown.exit_code == 0, shown.stderr
     assert one_line(shown.stdout)[0] == f"llmbatch report: {path} 0 result lines"
     assert "No line ended in error." in page.read_text(encoding="utf-8")
+
+
+# --- where the page goes: never over a file that is not ours ----------------------------------
+
+
+def _results(tmp_path: Path, llmbatch) -> Path:
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    assert llmbatch("run", str(path)).exit_code == 0
+    return tmp_path / "p.results.jsonl"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root (CI runs as root)")
+def test_the_page_is_written_into_a_device_or_a_fifo_in_place_never_replacing_it(tmp_path, llmbatch):
+    import stat
+    import threading
+
+    results = _results(tmp_path, llmbatch)
+    device = tmp_path / "mynull"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    assert run_cli(["report", str(results), "--html", str(device), "--json"]).exit_code == 0
+    assert stat.S_ISCHR(os.lstat(device).st_mode)  # still the device
+
+    fifo = tmp_path / "page.html"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert run_cli(["report", str(results), "--html", str(fifo), "--json"]).exit_code == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got[0].startswith(b"<!DOCTYPE html>")
+
+
+def test_the_page_never_goes_through_a_link_over_a_read_only_file_or_over_the_results(tmp_path, llmbatch):
+    results = _results(tmp_path, llmbatch)
+    kept = tmp_path / "kept.txt"
+    kept.write_text("keep me\n")
+    link = tmp_path / "l.html"
+    link.symlink_to(kept)
+    refused = run_cli(["report", str(results), "--html", str(link)])
+    assert refused.exit_code == 2 and "symbolic link" in refused.stderr
+    assert link.is_symlink() and kept.read_text() == "keep me\n"
+
+    kept.chmod(0o444)
+    refused = run_cli(["report", str(results), "--html", str(kept)])
+    assert refused.exit_code == 2 and "read-only" in refused.stderr and kept.read_text() == "keep me\n"
+
+    before = results.read_bytes()
+    refused = run_cli(["report", str(results), "--html", str(results)])
+    assert refused.exit_code == 2 and "results file being read" in refused.stderr
+    assert results.read_bytes() == before
+
+
+def test_the_page_keeps_the_mode_of_the_file_it_replaces_and_dash_means_stdout(tmp_path, llmbatch):
+    results = _results(tmp_path, llmbatch)
+    page = tmp_path / "s.html"
+    page.write_text("old")
+    page.chmod(0o600)
+    assert run_cli(["report", str(results), "--html", str(page)]).exit_code == 0
+    assert (page.stat().st_mode & 0o777) == 0o600 and page.read_text().startswith("<!DOCTYPE html>")
+
+    to_stdout = run_cli(["report", str(results), "--html", "-"])
+    assert to_stdout.exit_code == 0 and to_stdout.stdout.startswith("<!DOCTYPE html>")
+    assert not (Path.cwd() / "-").exists()

@@ -29,7 +29,6 @@ import html
 import math
 import os
 import sys
-import tempfile
 from array import array
 from bisect import bisect_left
 from collections import Counter
@@ -42,6 +41,7 @@ import orjson
 
 from llmbatch.errors import InputError, LineError, UsageError, printable
 from llmbatch.pricing import format_usd
+from llmbatch.results import ResultWriter
 
 __all__ = [
     "MAX_ERROR_GROUPS",
@@ -486,22 +486,31 @@ def _h(value: object) -> str:
     return html.escape(printable(value), quote=True)
 
 
-def write_html(report: Report, path: Path) -> None:
-    """Write the page to ``path``, whole or not at all (a temporary file renamed into place)."""
-    text = render_html(report)
-    directory = path.parent if str(path.parent) else Path(".")
+def write_html(report: Report, path: Path | None, *, source: str | None = None) -> Path | None:
+    """Write the page where ``path`` says, by the same rules as results (:func:`llmbatch.results.
+    classify_output`): a file written whole, then renamed into place, keeping an existing file's
+    mode; a FIFO or a device written in place; None (``-``) standard output. A link we did not
+    make, a read-only file, or the results file being read (``source``) is refused. Returns the
+    page's path (None: standard output)."""
+    if path is not None and source not in (None, "-"):
+        same = _same_file(path, Path(source)) or _same_file(path.with_name(path.name + ".partial"), Path(source))
+        if same:
+            raise UsageError(f"cannot write the page to {path}: it is the results file being read; choose another")
+    writer = ResultWriter(path).open()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        writer.write_bytes(render_html(report).encode("utf-8"))
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.finish(True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 _CSS = """
