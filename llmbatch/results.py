@@ -43,6 +43,7 @@ import errno
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -273,6 +274,10 @@ class ResultWriter:
         self._kind: Literal["stdout", "stream", "file"] = "stdout"
         self._stream: IO[bytes] | None = None
         self._identity: tuple[int, int] | None = None
+        #: A random mark set on the ``.partial`` (an extended attribute, which a copy or a git clone
+        #: does not carry), so that a later run can tell a file this run wrote from one put at its
+        #: name; None where the filesystem keeps no such attributes.
+        self.token: str | None = None
         self.lines = 0
 
     @property
@@ -343,6 +348,7 @@ class ResultWriter:
             os.close(fd)
             raise
         self._identity = (found.st_dev, found.st_ino)
+        self.token = _mark(fd)
         return fd
 
     def write(self, result: Result) -> None:
@@ -492,3 +498,24 @@ def append_or_undo(source: IO[bytes], target: IO[bytes]) -> None:
         target.seek(start)
         raise
     target.seek(0, os.SEEK_END)  # the buffered object learns where the descriptor is now
+
+
+#: The extended attribute that marks a ``.partial`` file as written by a run (see ResultWriter.token).
+PARTIAL_MARK = "user.llmbatch.partial"
+
+
+def _mark(fd: int) -> str | None:
+    token = secrets.token_hex(16)
+    try:
+        os.setxattr(fd, PARTIAL_MARK, token.encode())
+    except (OSError, AttributeError):  # no extended attributes here (or not on this system)
+        return None
+    return token
+
+
+def partial_mark(fd: int) -> str | None:
+    """The mark of the ``.partial`` open on ``fd``, or None (no mark: not written by a run)."""
+    try:
+        return os.getxattr(fd, PARTIAL_MARK).decode("ascii", "replace")
+    except (OSError, AttributeError):
+        return None

@@ -720,3 +720,29 @@ def test_the_timeout_derived_from_max_tokens_has_a_ceiling():
     assert engine._timeout_for(modest) == 90
     given = LiveExecutor(AnyLLMProvider(), options=RunOptions(timeout_s=2000))
     assert given._timeout_for(huge) == 2000  # --timeout given: the user's choice stands
+
+
+def test_a_partial_at_the_inode_of_one_this_cache_wrote_but_without_its_mark_plants_nothing(tmp_path, env, sim):
+    # The inode number of a deleted .partial is reused by the next file made on that disk: a
+    # planted file can sit at the very inode a run recorded. Only the run's own mark (an extended
+    # attribute, which a clone or a copy does not carry) lets recovery read a .partial.
+    from llmbatch.results import PARTIAL_MARK
+
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(200))
+    budget = run_cli(run_args(path, sim, "-c", "1", "--max-cost", "0.0003"), env=env)
+    assert budget.exit_code == 3, budget.stderr
+    partial = tmp_path / "p.results.jsonl.partial"
+    rows = read_results(partial)
+    assert rows
+    os.removexattr(partial, PARTIAL_MARK)  # the same inode, as a reused one would be, unmarked
+    planted = [{**row, "cached": False, "line": row["line"], "key": row["key"]} for row in rows]
+    for row in planted:
+        row["response"]["choices"][0]["message"]["content"] = "a planted answer"
+    with open(partial, "r+") as same_inode:
+        same_inode.write("".join(json.dumps(row) + "\n" for row in planted))
+        same_inode.truncate()
+    # Those answers gone from the cache, so that recovery would have something to put back.
+    assert run_cli(["cache", "purge", "--model", MODEL], env=env).exit_code == 0
+    rerun = run_cli(run_args(path, sim, "-c", "4", "-q"), env=env)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert all(row["content"] != "a planted answer" for row in read_results(tmp_path / "p.results.jsonl"))

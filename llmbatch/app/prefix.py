@@ -74,9 +74,9 @@ class HitPrefix:
             return None
         if self.spool is None:
             self.writer = _early_writer(config.output)
-            if self.writer is not None and self.writer.identity is not None:
+            if self.writer is not None and self.writer.identity is not None and self.writer.token is not None:
                 with contextlib.suppress(CacheError):  # without the note, only recovery is lost
-                    self.cache.note_partial(self.writer.identity)
+                    self.cache.note_partial(self.writer.identity, self.writer.token)
             if self.writer is None:
                 self.spool = _hits_spool(config.output)
                 if self.spool is None:

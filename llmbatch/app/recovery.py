@@ -16,6 +16,7 @@ from llmbatch.input import (
     read_requests,
 )
 from llmbatch.model.entry import CacheEntry, make_entry
+from llmbatch.results import partial_mark
 from llmbatch.store import DiskStore, ResponseStore
 
 __all__ = []
@@ -31,7 +32,8 @@ def _recovery(config: RunConfig, cache: DiskStore, recovered: list[int]) -> Call
 
     def recover(earlier: BinaryIO) -> None:
         found = os.fstat(earlier.fileno())
-        if not cache.knows_partial((found.st_dev, found.st_ino)):
+        token = partial_mark(earlier.fileno())
+        if token is None or not cache.knows_partial((found.st_dev, found.st_ino), token):
             return
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         request: Request | None = None

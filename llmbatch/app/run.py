@@ -97,8 +97,8 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
             writer = prefix.results_writer(config.output, recover)
         else:
             writer = ResultWriter(config.output, recover=recover).open()
-        if cache is not None and writer.identity is not None:
-            cache.note_partial(writer.identity)  # a later run may take back what this one pays for
+        if cache is not None and writer.identity is not None and writer.token is not None:
+            cache.note_partial(writer.identity, writer.token)  # a later run may take back what this one pays for
     except BaseException:
         if provider is not None:
             await provider.aclose()

@@ -553,29 +553,33 @@ class DiskStore:
 
     # -- results files this cache's runs are writing -----------------------------------------
 
-    def note_partial(self, identity: tuple[int, int]) -> None:
-        """Record that a run with this cache writes the ``.partial`` file ``(st_dev, st_ino)``: a
-        later run may take the answers in it back into the cache, and only from such a file (a
-        ``.partial`` shipped with a cloned repository must never plant answers here)."""
-        self._partial_write("INSERT OR IGNORE INTO llmbatch_partials (dev, ino) VALUES (?, ?)", identity)
+    def note_partial(self, identity: tuple[int, int], token: str) -> None:
+        """Record that a run with this cache writes the ``.partial`` file ``(st_dev, st_ino)``, marked
+        with ``token``: a later run may take the answers in it back into the cache, and only from
+        such a file (a ``.partial`` shipped with a cloned repository, or put at a name whose inode
+        number was freed and reused, must never plant answers here)."""
+        self._partial_write("INSERT OR REPLACE INTO llmbatch_partial_files VALUES (?, ?, ?)", (*identity, token))
 
-    def knows_partial(self, identity: tuple[int, int]) -> bool:
+    def knows_partial(self, identity: tuple[int, int], token: str) -> bool:
         try:
-            rows = self._current()._sql("SELECT 1 FROM llmbatch_partials WHERE dev = ? AND ino = ?", identity)
+            rows = self._current()._sql(
+                "SELECT 1 FROM llmbatch_partial_files WHERE dev = ? AND ino = ? AND token = ?", (*identity, token)
+            )
             return bool(rows.fetchall())
         except sqlite3.Error:  # no such table yet: no run of this cache left a .partial
             return False
 
     def forget_partial(self, identity: tuple[int, int]) -> None:
         """The file was completed (renamed into place) or removed."""
-        self._partial_write("DELETE FROM llmbatch_partials WHERE dev = ? AND ino = ?", identity)
+        self._partial_write("DELETE FROM llmbatch_partial_files WHERE dev = ? AND ino = ?", identity)
 
     def _partial_write(self, statement: str, args: tuple[Any, ...]) -> None:
         cache = self._current()
         try:
             with cache.transact(retry=True):
                 cache._sql(
-                    "CREATE TABLE IF NOT EXISTS llmbatch_partials (dev INTEGER, ino INTEGER, PRIMARY KEY (dev, ino))"
+                    "CREATE TABLE IF NOT EXISTS llmbatch_partial_files "
+                    "(dev INTEGER, ino INTEGER, token TEXT NOT NULL, PRIMARY KEY (dev, ino))"
                 )
                 cache._sql(statement, args)
         except (OSError, sqlite3.Error) as exc:
@@ -672,7 +676,7 @@ class DiskStore:
         removed = int(self._cache.clear(retry=True))
         # An earlier run's .partial must not bring back what the user just cleared.
         with contextlib.suppress(sqlite3.Error):  # no table: no run left a .partial
-            self._cache._sql("DELETE FROM llmbatch_partials")
+            self._cache._sql("DELETE FROM llmbatch_partial_files")
         return removed
 
     def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]:

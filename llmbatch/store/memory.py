@@ -27,7 +27,7 @@ class MemoryStore:
         self.clock = clock
         self._entries: dict[str, tuple[CacheEntry, str | None, float | None]] = {}  # entry, tag, expires
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
-        self._partials: set[tuple[int, int]] = set()
+        self._partials: dict[tuple[int, int], str] = {}
         self._lookups = [0, 0]
         self._saved_usd = 0.0
 
@@ -89,14 +89,14 @@ class MemoryStore:
     def lease_owners(self) -> set[str]:
         return {holder for holder, _ in self._leases.values()}
 
-    def note_partial(self, identity: tuple[int, int]) -> None:
-        self._partials.add(identity)
+    def note_partial(self, identity: tuple[int, int], token: str) -> None:
+        self._partials[identity] = token
 
-    def knows_partial(self, identity: tuple[int, int]) -> bool:
-        return identity in self._partials
+    def knows_partial(self, identity: tuple[int, int], token: str) -> bool:
+        return self._partials.get(identity) == token
 
     def forget_partial(self, identity: tuple[int, int]) -> None:
-        self._partials.discard(identity)
+        self._partials.pop(identity, None)
 
     # -- the admin side --
 
