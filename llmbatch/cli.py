@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import time
@@ -605,7 +606,7 @@ def _run(
     # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
     prefix = HitPrefix(config, stats) if config.options.cache_mode in ("normal", "only") else None
     display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr, simulated=config.simulate)
-    events = _EventLog(display if verbose else None, log_file)
+    events = _EventLog(display if verbose else None, log_file, None if config.input.temporary else config.input.path)
     outcome = None
     try:
         report = _validate(config, prefix)
@@ -707,12 +708,18 @@ async def _execute(
 
 class _EventLog:
     """``-v``: each retry, 429, failed line and stop, as one line on stderr (above the live
-    display); ``--log FILE``: the same events appended to FILE as JSON lines."""
+    display); ``--log FILE``: the same events appended to FILE as JSON lines.
 
-    def __init__(self, display: Any, path: Path | None) -> None:
+    The log is never worth a paid answer: if FILE cannot be written any more (a full disk), the
+    run says so once and goes on without it. It is never the input file either."""
+
+    def __init__(self, display: Any, path: Path | None, input_path: Path | None = None) -> None:
         self._display = display
         self._file = None
+        self._path = path
         if path is not None:
+            if input_path is not None and _same_file(path, input_path):
+                raise UsageError(f"--log {path}: that is the input file; give the log another name")
             try:
                 self._file = open(path, "ab")  # noqa: SIM115 - held for the run, closed by close()
             except OSError as exc:
@@ -724,15 +731,44 @@ class _EventLog:
         if self._file is not None:
             import orjson
 
-            self._file.write(orjson.dumps({"time": round(time.time(), 3), **event}, option=orjson.OPT_APPEND_NEWLINE))
-            self._file.flush()
+            try:
+                self._file.write(
+                    orjson.dumps({"time": round(time.time(), 3), **event}, option=orjson.OPT_APPEND_NEWLINE)
+                )
+                self._file.flush()
+            except OSError as exc:
+                self._give_up(exc)
         if self._display is not None:
             self._display.message(_describe_event(event), style="dim")
 
+    def _give_up(self, exc: OSError) -> None:
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError):
+            if file is not None:
+                file.close()
+        _print_warning(f"cannot write the log to {self._path} any more ({exc.strerror or exc}); the run goes on")
+
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._file = None
+                _print_warning(f"cannot write the log to {self._path} ({exc.strerror or exc})")
             self._file = None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _print_warning(text: str) -> None:
+    sys.stderr.write(f"llmbatch: warning: {printable(text)}\n")
+    sys.stderr.flush()
 
 
 def _describe_event(event: dict[str, Any]) -> str:

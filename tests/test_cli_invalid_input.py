@@ -199,3 +199,18 @@ def test_a_line_over_the_size_limit_is_refused_and_the_limit_can_be_raised(tmp_p
     assert result.exit_code == 2
     assert f"{path}:1: the line is 2,027 bytes, over the limit of 1,000 (--max-line-size)" in result.stderr
     assert llmbatch("run", str(path), "--max-line-size", "1MB").exit_code == 0
+
+
+def test_a_line_of_absurdly_many_content_parts_or_tools_is_refused_too(tmp_path, sim, llmbatch):
+    parts = {"id": "parts", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * 300_000}]}
+    tools = {
+        "id": "tools",
+        "prompt": "hi",
+        "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(100_000)],
+    }
+    path = write_jsonl(tmp_path / "p.jsonl", [parts, tools])
+    result = llmbatch("run", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:1: the line holds 300,004 objects and arrays, over the limit of 50,000" in result.stderr
+    assert f"{path}:2: the line holds 200,002 objects and arrays" in result.stderr
+    assert sim.stats()["requests_received"] == 0

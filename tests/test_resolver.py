@@ -205,6 +205,25 @@ def test_runs_sharing_a_store_wait_for_each_others_answers_instead_of_paying_twi
     assert sorted(one.calls + two.calls) == list("abcdef")  # each prompt paid for once between the two
 
 
+def test_a_run_that_calls_slowly_leaves_most_keys_to_a_faster_one_sharing_the_store():
+    # Before, the first run leased every miss of a 256-line chunk at once: a faster run started a
+    # moment later waited for all of them. Each run now holds only what it will call soon.
+    store = MemoryStore()
+    prompts = [f"p{i}" for i in range(300)]
+    slow = ScriptedExecutor(echo, delay=dict.fromkeys(prompts, 0.02), concurrency=2)
+    fast = ScriptedExecutor(echo, delay=dict.fromkeys(prompts, 0.02), concurrency=16)
+
+    async def main() -> None:
+        first = asyncio.create_task(resolver_for(slow, store, concurrency=2).run(requests(*prompts)))
+        await asyncio.sleep(0.05)
+        await resolver_for(fast, store, concurrency=16).run(requests(*prompts))
+        await first
+
+    asyncio.run(main())
+    assert sorted(slow.calls + fast.calls) == sorted(prompts)  # each paid for once
+    assert len(fast.calls) > 3 * len(slow.calls), (len(fast.calls), len(slow.calls))
+
+
 def test_the_keys_destination_is_the_executors_own():
     executor = ScriptedExecutor(echo)
     with pytest.raises(ValueError, match="the provider's own"):

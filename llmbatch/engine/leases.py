@@ -72,10 +72,15 @@ class Leases:
         store: ResponseStore,
         *,
         ttl_s: float = LEASE_TTL_S,
+        cap: int | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        """``cap``: how many keys this run holds at most (twice what it calls at once, say): a run
+        that holds no more than it will call soon leaves the rest to others that share the store,
+        however fast or slow each of them is."""
         self.store = store
+        self.cap = cap
         # This run: where it runs and a random part, never anything secret. The host and the pid
         # let a run on the same machine see that a holder has died and take its keys at once,
         # instead of waiting for its leases to run out (a run stopped by a full disk could not even
@@ -89,29 +94,58 @@ class Leases:
         #: Keys another run holds, each with the future its waiters share: the stored entry when it
         #: lands, or None once the key is this run's to call.
         self._waiting: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        #: Keys waited on that this run has not tried to lease yet (it held its cap): it tries as
+        #: room frees, before the keys other runs hold (those are looked at by the poller).
+        self._untried: dict[str, None] = {}
         self.waited = 0  # keys answered by another run while this one waited (for the summary)
 
-    def take(self, keys: Iterable[str]) -> None:
-        """Lease what nobody else holds among ``keys`` (one transaction)."""
-        wanted = [key for key in keys if key not in self.held]
-        if wanted:
-            self.held |= self.store.lease(wanted, self.owner, ttl_s=self.ttl_s, now=self.clock())
+    @property
+    def room(self) -> int:
+        return len(self._waiting) + len(self.held) if self.cap is None else max(0, self.cap - len(self.held))
+
+    def take(self, keys: Iterable[str]) -> set[str]:
+        """Lease what nobody else holds among ``keys``, up to the cap (one transaction); the keys
+        taken now. Keys beyond the cap are left untried, for when room frees."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self.held]
+        tried, untried = wanted[: self.room], wanted[self.room :]
+        self._untried.update(dict.fromkeys(untried))
+        if not tried:
+            return set()
+        for key in tried:
+            self._untried.pop(key, None)
+        taken = self.store.lease(tried, self.owner, ttl_s=self.ttl_s, now=self.clock()) & set(tried)
+        self.held |= taken
+        return taken
 
     async def wait(self, key: str) -> CacheEntry | None:
         """Until another run's answer for ``key`` is stored (the entry), or the key is this run's
-        to call (None: its holder gave it up or died, or this run is stopping)."""
+        to call (None: nobody held it, its holder gave it up or died, or this run is stopping)."""
         future = self._waiting.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiting[key] = future
+            if key in self._untried and self.room:
+                self._claim()
         return await asyncio.shield(future)
 
     def release(self, keys: Iterable[str]) -> None:
-        """Give up the leases on ``keys`` that this run holds (the answers are stored, or failed)."""
+        """Give up the leases on ``keys`` that this run holds (the answers are stored, or failed),
+        and use the room for keys waiting their turn."""
         mine = [key for key in keys if key in self.held]
         if mine:
             self.held.difference_update(mine)
             self.store.release(mine, self.owner)
+            self._claim()
+
+    def forget(self, key: str) -> None:
+        """``key`` is settled for this run (answered, or given up): never claim it any more."""
+        self._untried.pop(key, None)
+
+    def _claim(self) -> None:
+        """Lease untried keys that are waited on, as room allows: the ones taken are this run's."""
+        candidates = [key for key in self._untried if key in self._waiting][: self.room]
+        for key in self.take(candidates):
+            self._finish(key, None)
 
     def stop_waiting(self) -> None:
         """The run is stopping: every waiter hears back now (None), and starts no call."""
@@ -158,10 +192,13 @@ class Leases:
         for key, entry in found.items():
             self.waited += 1
             self._finish(key, entry)
+        for key in found:
+            self._untried.pop(key, None)
+        # Untried keys first (this run's own turn), then those another run held: if it let go (its
+        # call failed) or died, the key is ours to call now.
         left = [key for key in keys if key not in found]
-        before = set(self.held)
-        self.take(left)  # the holder let go (its call failed) or died: ours to call now
-        taken = self.held - before
+        left.sort(key=lambda key: key not in self._untried)
+        taken = self.take(left[: self.room])
         for key in taken:
             self._finish(key, None)
         return bool(found or taken)

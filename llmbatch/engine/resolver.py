@@ -109,7 +109,11 @@ class Resolver:
         self.leases: Leases | None = None
         if executor is not None and options.cache_mode == "normal" and hasattr(self.store, "lease"):
             assert self.store is not None and self._writes is not None
-            self.leases = Leases(self.store, clock=wall_clock, sleep=sleep)
+            # Held at most: what the run calls at once, twice over, so that a call that ends is
+            # followed at once by another; never a whole chunk, which a faster run sharing the
+            # store would have to wait for.
+            cap = max(32, 2 * options.concurrency)
+            self.leases = Leases(self.store, cap=cap, clock=wall_clock, sleep=sleep)
             self._writes.after.append(self.leases.release)  # stored: the leases go
 
     def key_of(self, request: Request) -> str:
@@ -322,8 +326,10 @@ class Resolver:
         finally:
             # Not called here after all, or failed: free for other runs (a stopping run frees all
             # of its leases at once when it ends).
-            if self.leases is not None and key not in self._in_flight and not self._stopping:
-                self.leases.release([key])
+            if self.leases is not None:
+                self.leases.forget(key)
+                if key not in self._in_flight and not self._stopping:
+                    self.leases.release([key])
 
     def _decide(self, request: Request, key: str) -> Result | _Skipped | Awaitable[Result | _Skipped] | None:
         """What to do with a miss now, with no ``await`` between the checks and the registration

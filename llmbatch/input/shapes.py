@@ -33,6 +33,9 @@ MAX_LINE_BYTES = 50 * 1000 * 1000
 #: More messages than this in one line is refused by default (``--max-messages``): the SDKs build a
 #: request message by message, without yielding, and 300,000 messages held a run for a minute.
 MAX_MESSAGES = 10_000
+#: Objects and arrays a line may hold, for each message it may have (--max-messages): content
+#: parts and tools count as much as messages when the SDKs build a request.
+CONTAINERS_PER_MESSAGE = 5
 #: How deeply a line may nest. Results and keys wrap a line's values in a few more levels, and JSON
 #: writers stop at 255: a deeper line would be paid for and then fail to be written.
 MAX_DEPTH = 100
@@ -231,21 +234,37 @@ def _check_id(name: str, value: Any) -> str | int:
     return value
 
 
-def _check_depth(raw: bytes | str) -> None:
-    """Refuse a line nested deeper than :data:`MAX_DEPTH`. Counting the brackets is nearly free and
-    settles it for almost every line: fewer openers than the limit cannot nest deeper than it."""
+def _check_shape(raw: bytes | str) -> int:
+    """Refuse a line nested deeper than :data:`MAX_DEPTH`, or made of more than ``max_containers``
+    objects and arrays (300,000 content parts or 100,000 tools hold a run up while the SDK builds the
+    request, as 300,000 messages do). Counting the brackets is nearly free and settles it for almost
+    every line: fewer openers than the limits cannot break them; only then are strings skipped.
+    The number of objects and arrays (0 when it is small), checked once the line is read, so that a
+    line of too many messages hears about its messages."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
-        return
-    depth = deepest = 0
+    openers = data.count(b"{") + data.count(b"[")
+    if openers <= MAX_DEPTH:
+        return 0
+    depth = deepest = containers = 0
     for token in _STRING_OR_BRACKET.findall(data):  # strings are skipped whole, brackets counted
         if token in (b"{", b"["):
             depth += 1
+            containers += 1
             deepest = max(deepest, depth)
         elif token in (b"}", b"]"):
             depth -= 1
     if deepest > MAX_DEPTH:
         raise InvalidLine(f"the line nests {deepest} levels deep; at most {MAX_DEPTH} can be stored and written")
+    return containers
+
+
+def _check_containers(containers: int, defaults: Defaults) -> None:
+    limit = CONTAINERS_PER_MESSAGE * defaults.max_messages
+    if containers > limit:
+        raise InvalidLine(
+            f"the line holds {containers:,} objects and arrays, over the limit of {limit:,} "
+            "(five for each message --max-messages allows)"
+        )
 
 
 _STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
@@ -427,7 +446,7 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
         raise InvalidLine(
             f"the line is {len(raw):,} bytes, over the limit of {defaults.max_line_bytes:,} (--max-line-size)"
         )
-    _check_depth(raw)
+    containers = _check_shape(raw)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -440,8 +459,12 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
     if not isinstance(obj, dict):
         raise InvalidLine(f"expected a JSON object, got {_type_name(obj)}")
     if _BATCH_FIELDS.intersection(obj) and not {"prompt", "messages"}.intersection(obj):
-        return _parse_batch(obj, line, defaults)
-    for name in obj:
-        if name not in _LINE_KNOWN and name not in _REFUSED:
-            raise _unknown_field(name, _LINE_KNOWN)
-    return _parse_simple(obj, line, defaults)
+        request = _parse_batch(obj, line, defaults)
+    else:
+        for name in obj:
+            if name not in _LINE_KNOWN and name not in _REFUSED:
+                raise _unknown_field(name, _LINE_KNOWN)
+        request = _parse_simple(obj, line, defaults)
+    if containers:
+        _check_containers(containers, defaults)
+    return request

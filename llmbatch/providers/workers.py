@@ -371,9 +371,11 @@ async def _serve() -> None:
 
 
 def main() -> None:
-    # Only the parent decides what Ctrl-C means (the child has its own session; this is for a
-    # child started some other way, e.g. by hand in a terminal).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Only the parent decides what a stop means: Ctrl-C, SIGTERM (systemd and `kill` on the whole
+    # process tree) and SIGHUP reach it too, and it lets the calls in flight here finish before it
+    # closes our stdin. A worker that obeyed them would drop calls that are already paid for.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError):
         asyncio.run(_serve())
 
