@@ -667,3 +667,19 @@ def test_a_config_that_stalls_the_run_shows_its_pace_within_seconds(tmp_path, si
         process.kill()
         process.wait(timeout=30)
     assert sim.stats()["requests_received"] <= 1
+
+
+def test_the_log_can_never_be_the_input_file(tmp_path, env):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    before = path.read_bytes()
+    done = run_cli(["run", str(path), "--simulate", "--log", str(path), "-q"], env=env)
+    assert done.exit_code == 2 and "--log" in done.stderr and "that is the input file" in done.stderr
+    assert path.read_bytes() == before
+
+
+def test_a_log_that_cannot_be_written_is_a_warning_and_the_run_goes_on(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "bad", "prompt": "x [[sim:status=400]]"}, *prompts(5)])
+    done = run_cli(["run", str(path), "--simulate", "--log", "/dev/full", "-q"], env=env)
+    assert done.exit_code == 1 and "Traceback" not in done.stderr  # 1: the bad line, not the log
+    assert "llmbatch: warning: cannot write the log to /dev/full any more" in done.stderr
+    assert len(read_results(tmp_path / "p.results.jsonl")) == 6

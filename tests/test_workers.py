@@ -264,3 +264,23 @@ def test_a_bad_workers_value_is_one_usage_error(tmp_path, env, sim, value):
     assert done.exit_code == 2
     assert "--workers" in done.stderr and "Traceback" not in done.stderr
     assert sim.stats()["requests_received"] == 0
+
+
+def test_sigterm_to_the_whole_process_tree_keeps_the_calls_the_workers_have_in_flight(tmp_path, env, simulator):
+    # systemd's stop (and `kill` on every pid of the run) signals the workers too: they leave the
+    # stop to the parent, which lets their calls in flight finish and stores the answers.
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(100))
+    process = spawn_in_own_group(run_args(path, sim, "-c", "8", "--workers", "2"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 6, timeout=60, process=process, what="calls in flight")
+        for pid in [process.pid, *worker_pids(process.pid)]:
+            os.kill(pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "stopped unexpectedly" not in stderr
+    stats = sim.stats()
+    assert stats["completions_served"] == stats["requests_received"], "calls in flight were dropped"
+    assert cache_entries(env) == stats["completions_served"]
