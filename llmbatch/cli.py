@@ -457,6 +457,9 @@ def run(
                 verbose=verbose,
                 log_file=log_file,
             )
+        except Interrupted as exc:  # a stop signal between the steps above: nothing was sent yet
+            _print_error("interrupted before the run started; nothing was sent")
+            raise typer.Exit(128 + exc.signum) from None
         finally:
             source.cleanup()
 
@@ -616,6 +619,7 @@ def _run(
         announce = None
         if config_source is not None and not quiet:
             # Said at the start, once the providers are ready: a file nobody named sets the pace.
+            # With -q, the one summary line names it instead.
             given = " and --rpm/--tpm" if limits_given else ""
             announce = f"limits from {config_source}{given}: {_describe_limits(config)}"
         try:
@@ -632,6 +636,11 @@ def _run(
         note = (
             f"the budget of {_usd(config.options.max_cost_usd)} is spent; results are incomplete. To go on, run the "
             "same command again with a larger --max-cost (answered prompts come from the cache and cost nothing)"
+        )
+    elif stats.fatal:
+        note = (
+            "results are incomplete: fix what the error below says, then run the same command again "
+            "(answered prompts come from the cache)"
         )
     elif not (outcome and outcome.complete):
         note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"

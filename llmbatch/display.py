@@ -393,8 +393,10 @@ class Display:
             f"{_count(s.hits)} from cache",
             *((f"{_count(s.coalesced)} duplicates",) if s.coalesced else ()),
             f"{_count(s.calls)} calls",
-            f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}",
+            f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}"
+            + (f" + {_count(s.unpriced_calls)} calls of unknown price" if s.unpriced_calls else ""),
             f"{s.elapsed(self.clock()):.1f}s",
+            *((f"limits from {summary.config}",) if summary.config else ()),
             f"results: {summary.results}" + ("" if summary.complete else " (incomplete)"),
         ]
         if s.truncated:

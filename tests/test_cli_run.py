@@ -387,3 +387,30 @@ def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env
     result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
     assert result.exit_code == 1
     assert result.stderr.count("llmbatch: error: cannot connect to") == 1 and url in result.stderr
+
+
+def test_a_provider_whose_sdk_is_not_installed_says_how_to_install_it(tmp_path, env):
+    pytest.importorskip("any_llm")
+    try:
+        import google.genai  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the gemini SDK is installed here")
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    result = run_cli(["run", str(path), "-m", "gemini:gemini-2.0-flash"], env={**env, "GEMINI_API_KEY": "x"})
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == "llmbatch: error: cannot use provider 'gemini': google is not installed; pip install 'llmbatch[gemini]'\n"
+    )
+    assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_a_fatal_stop_mid_run_says_to_fix_the_error_before_running_again(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [*prompts(3), {"id": "locked", "prompt": "x [[sim:status=401]]"}])
+    result = llmbatch("run", str(path), "-c", "1")
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert "fix what the error below says, then run the same command again" in said
+    assert "run the same command again to finish" not in said

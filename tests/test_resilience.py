@@ -746,3 +746,58 @@ def test_a_partial_at_the_inode_of_one_this_cache_wrote_but_without_its_mark_pla
     rerun = run_cli(run_args(path, sim, "-c", "4", "-q"), env=env)
     assert rerun.exit_code == 0, rerun.stderr
     assert all(row["content"] != "a planted answer" for row in read_results(tmp_path / "p.results.jsonl"))
+
+
+def test_a_run_killed_with_9_leaves_no_copy_of_the_prompts_in_tmpdir(tmp_path, env, simulator):
+    sim = simulator(latency_s=1.0)
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmbatch",
+            "run",
+            "-",
+            "--api-base",
+            sim.url,
+            "-m",
+            MODEL,
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
+        env={**os.environ, **env, "TMPDIR": str(spool_dir)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdin is not None
+        process.stdin.write("".join(json.dumps(row) + "\n" for row in slow_prompts(8)))
+        process.stdin.close()
+        process.stdin = None
+        wait_for(lambda: sim.stats()["in_flight"] >= 1, timeout=30, process=process, what="a call in flight")
+        assert list(spool_dir.iterdir()) == []  # the copy has no name while the run reads it
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_results_on_standard_output_appended_to_the_file_that_is_standard_input_are_refused(tmp_path, env):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    before = path.read_bytes()
+    with open(path, "rb") as stdin, open(path, "ab") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "llmbatch", "run", "-", "--simulate", "-o", "-", "-q"],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
+    assert done.returncode == 2 and "it is the input file <stdin>" in done.stderr
+    assert path.read_bytes() == before

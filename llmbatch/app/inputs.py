@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,15 +30,26 @@ class Input:
     path: Path
     source: str  # the name used in FILE:LINE messages
     temporary: bool = False
+    #: For stdin: the file standard input was (a results file on standard output must not be it).
+    origin: os.stat_result | None = None
+    #: For stdin: the descriptor that keeps the copy, which has no name (``path`` reaches it).
+    fd: int | None = None
 
     def cleanup(self) -> None:
-        if self.temporary:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        elif self.temporary:
             self.path.unlink(missing_ok=True)
 
 
 def open_input(name: str) -> Input:
     if name == "-":
-        return Input(_copy_of_stdin(), "<stdin>", temporary=True)
+        origin = None
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor (a test runner)
+            origin = os.fstat(sys.stdin.fileno())
+        path, fd = _copy_of_stdin()
+        return Input(path, "<stdin>", temporary=True, origin=origin, fd=fd)
     path = Path(name)
     if not path.exists():
         raise UsageError(f"input file not found: {name}")
@@ -62,10 +74,12 @@ def check_output(config: RunConfig) -> None:
     the output's ``.partial`` (it is truncated first), or standard output opened on it (``-o - >>
     p.jsonl``). Then whatever :func:`llmbatch.results.classify_output` refuses (a link we did not
     make, a device or socket, a read-only results file). A dry run writes nothing: not needed."""
-    output, source = config.output, None
+    output, source = config.output, config.input.origin
     if not config.input.temporary:
         with contextlib.suppress(OSError):  # it was there a moment ago; reading it will say what went wrong
             source = os.stat(config.input.path)
+    if source is not None and not stat.S_ISREG(source.st_mode):
+        source = None  # a pipe or a terminal: nothing a results file could overwrite
     if source is not None and output is not None and output.name:  # no name ("."): a directory, refused below
         partial = output.with_name(output.name + ".partial")
         if _same_file(_stat(output), source):
@@ -114,14 +128,17 @@ def _which_name(output: Path, input: Input) -> str:
     return f"a hard link to the input file {input.source}"
 
 
-def _copy_of_stdin() -> Path:
-    """A private copy of standard input (0600, in $TMPDIR), removed again on every way out: here if
-    the copy fails or is interrupted (Ctrl-C, SIGTERM while a producer is still writing), else by
-    :meth:`Input.cleanup`, which the CLI runs however the run ends."""
+def _copy_of_stdin() -> tuple[Path, int | None]:
+    """A private copy of standard input (0600, in $TMPDIR): where to read it, and the descriptor
+    that keeps it. On Linux the copy loses its name as soon as it is written, and is read through
+    ``/proc/self/fd``: nothing of the prompts is left in $TMPDIR however the run ends, even
+    ``kill -9``. Elsewhere it keeps its name until :meth:`Input.cleanup`. Removed here if the copy
+    fails or is interrupted (Ctrl-C, SIGTERM while a producer is still writing)."""
     spool = None
     try:
         with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool)
+        fd = os.open(spool.name, os.O_RDONLY | os.O_CLOEXEC)
     except BaseException as exc:
         if spool is not None:
             Path(spool.name).unlink(missing_ok=True)
@@ -131,4 +148,9 @@ def _copy_of_stdin() -> Path:
                 "set TMPDIR to a directory with room, or give the input as a file"
             ) from None
         raise
-    return Path(spool.name)
+    unnamed = Path(f"/proc/self/fd/{fd}")
+    if not unnamed.exists():
+        os.close(fd)
+        return Path(spool.name), None
+    Path(spool.name).unlink(missing_ok=True)
+    return unnamed, fd

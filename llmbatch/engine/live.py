@@ -235,7 +235,9 @@ class LiveExecutor:
         self.stats.pace_rpm = rpm
         self.stats.pace_tpm = tpm
         self.stats.throttled = self.governor.throttled()
-        self.stats.concurrency_limit = sum(int(b.limit) for b in self.governor.budgets.values()) or None
+        # Until a model has answered once, its calls go one at a time (the probe): say so.
+        allowed = (1 if b.probing else int(b.limit) for b in self.governor.budgets.values())
+        self.stats.concurrency_limit = sum(allowed) or None
 
     def _on_retry(self, request: Request, state: Any) -> None:
         self.stats.retries += 1

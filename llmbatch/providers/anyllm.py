@@ -32,6 +32,9 @@ from llmbatch.providers.base import (
 
 __all__ = ["AnyLLMProvider"]
 
+#: Providers whose SDK llmbatch's own extras install (pyproject: ``pip install 'llmbatch[gemini]'``).
+_OUR_EXTRAS = frozenset({"mistral", "gemini", "ollama"})
+
 
 # any-llm returns parsed responses without their HTTP headers, but the limits live there. Each
 # SDK client gets a response hook (httpx and httpx2 both have event hooks) that copies the
@@ -157,7 +160,16 @@ class AnyLLMProvider:
         if type_ == "MissingApiKeyError":
             env = getattr(exc, "env_var_name", f"{route.provider.upper()}_API_KEY")
             return CallError("fatal", type_, f"no API key for {route.provider}: set {env}")
-        if type_ == "UnsupportedProviderError" or isinstance(exc, ImportError):
+        if isinstance(exc, ImportError):
+            # any-llm knows the provider, but its SDK is not installed: say how to install it
+            # (any-llm's own words point at get_supported_providers(), or at any-llm-sdk's extras).
+            missing = getattr(exc.__cause__, "name", None) or "its SDK"
+            extra = route.provider if route.provider in _OUR_EXTRAS else None
+            how = f"pip install 'llmbatch[{extra}]'" if extra else f"pip install 'any-llm-sdk[{route.provider}]'"
+            return CallError(
+                "fatal", type_, f"cannot use provider {route.provider!r}: {missing} is not installed; {how}"
+            )
+        if type_ == "UnsupportedProviderError":
             detail = redact(str(exc), self._secrets)
             return CallError("fatal", type_, f"cannot use provider {route.provider!r}: {detail}")
         return CallError("fatal", type_, redact(str(exc), self._secrets))
