@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import signal
 import sys
@@ -405,6 +406,8 @@ def run(
 
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
+    if max_cost is not None and not math.isfinite(max_cost):
+        raise UsageError(f"--max-cost {max_cost}: give an amount in USD, like 5 or 0.25")
     from llmbatch.config import load_config, merge_limits
 
     config_in_use = load_config(config_file)
@@ -912,10 +915,10 @@ def cache_stats(
 ) -> None:
     """Entries, size on disk, size limit, oldest and newest entry, entries per model, lifetime hits and misses."""
     from llmbatch.display import print_cache_stats
-    from llmbatch.store import DiskStore, default_cache_dir
+    from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
     directory = cache_dir or default_cache_dir()
-    if not (directory / "cache.db").exists():
+    if not store_exists(directory):
         stats = None
     else:
         with DiskStore(directory, create=False, shared=shared_cache) as cache:
@@ -949,7 +952,7 @@ def cache_purge(
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove cache entries older than a duration, or of one model, or both."""
-    from llmbatch.store import DiskStore, default_cache_dir
+    from llmbatch.store import DiskStore, default_cache_dir, store_exists
     from llmbatch.units import parse_duration
 
     if older_than is None and model is None:
@@ -959,15 +962,21 @@ def cache_purge(
         )
     seconds = parse_duration(older_than, option="--older-than") if older_than is not None else None
     directory = cache_dir or default_cache_dir()
-    if not (directory / "cache.db").exists():
+    if not store_exists(directory):
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
         return
+    if model is not None and ":" not in model:
+        raise UsageError(f"--model {model}: name it as provider:model, as cache stats lists them")
     with DiskStore(directory, create=False, shared=shared_cache) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
+        names = list(cache.stats().by_model) if count == 0 and model is not None else []
     which = f" of {model}" if model else ""
     age = f" older than {older_than}" if older_than is not None else ""
     verb = "would remove" if dry_run else "removed"
     sys.stdout.write(f"{verb} {_entries(count)}{which}{age}\n")
+    alike = [name for name in names if name != model and name.endswith(f"/{model}")]
+    if alike:  # simulated answers are kept apart, as simulated/provider:model
+        sys.stdout.write(f"note: this cache also holds {', '.join(alike)}: name it so to purge those\n")
 
 
 @cache_app.command("clear", short_help="Remove every entry (asks first).")
@@ -978,10 +987,10 @@ def cache_clear(
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove every cache entry; the cache's settings (size limit, eviction) stay."""
-    from llmbatch.store import DiskStore, default_cache_dir
+    from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
     directory = cache_dir or default_cache_dir()
-    if not (directory / "cache.db").exists():
+    if not store_exists(directory):
         sys.stdout.write(f"no cache at {directory}: nothing to clear\n")
         return
     asking = not yes

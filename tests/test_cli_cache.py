@@ -177,3 +177,13 @@ def test_a_cache_directory_removed_mid_run_keeps_the_answers_from_then_on(tmp_pa
     paid_again = slow.stats()["requests_received"] - total
     assert paid_again == total - kept  # only what was answered before the removal
     assert paid_again < total - 20  # most of the run was answered after it
+
+
+def test_purge_by_model_wants_provider_and_model_and_points_at_simulated_answers(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    assert run_cli(["run", str(path), "--simulate", "-q"], env=env).exit_code == 0
+    bare = run_cli(["cache", "purge", "--model", "gpt-4o-mini"], env=env)
+    assert bare.exit_code == 2 and "name it as provider:model" in bare.stderr
+    real = run_cli(["cache", "purge", "--model", "openai:gpt-4o-mini"], env=env)
+    assert real.exit_code == 0 and real.stdout.startswith("removed 0 entries of openai:gpt-4o-mini")
+    assert "note: this cache also holds simulated/openai:gpt-4o-mini" in real.stdout

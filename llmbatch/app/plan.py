@@ -10,7 +10,7 @@ from llmbatch.engine import LOOKUP_CHUNK
 from llmbatch.input import (
     read_requests,
 )
-from llmbatch.store import DiskStore, default_cache_dir
+from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
 __all__ = ["Plan", "plan"]
 
@@ -58,7 +58,7 @@ def plan(config: RunConfig) -> Plan:
 
     cache = None
     directory = config.cache_dir or default_cache_dir()
-    if options.cache_mode in ("normal", "only") and (directory / "cache.db").exists():
+    if options.cache_mode in ("normal", "only") and store_exists(directory):
         cache = DiskStore(directory, create=False, shared=config.shared_cache)
     result = Plan()
     pending: set[str] = set()
