@@ -493,7 +493,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
     import os
     import sys
 
-    from llmbatch.app.report import format_ms
+    from llmbatch.units import format_ms
 
     out = stream or sys.stdout
     # Piped into a file or a CI log, rich would wrap the model table at 80 columns.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llmbatch.errors import UsageError
 
-__all__ = ["format_size", "parse_duration", "parse_size"]
+__all__ = ["format_ms", "format_size", "parse_duration", "parse_size"]
 
 
 def parse_duration(text: str, *, option: str) -> float:
@@ -43,3 +43,12 @@ def format_size(n: int) -> str:
     import humanfriendly
 
     return str(humanfriendly.format_size(n, binary=False))
+
+
+def format_ms(ms: float | None) -> str:
+    """A latency for people: ``850 ms``, ``4.2 ms``, ``2.35 s``; ``--`` when unknown."""
+    if ms is None:
+        return "--"
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"

@@ -42,6 +42,7 @@ import orjson
 from llmbatch.errors import InputError, LineError, UsageError, printable
 from llmbatch.pricing import format_usd
 from llmbatch.results import ResultWriter
+from llmbatch.units import format_ms
 
 __all__ = [
     "MAX_ERROR_GROUPS",
@@ -51,7 +52,6 @@ __all__ = [
     "ModelTally",
     "Report",
     "aggregate",
-    "format_ms",
     "latency_histogram",
     "percentile",
     "read_report",
@@ -72,14 +72,6 @@ NO_FINISH_REASON = "(none)"  # the finish_reason key for an answer that has none
 
 
 # --- text for people ----------------------------------------------------------------------------
-
-
-def format_ms(ms: float | None) -> str:
-    if ms is None:
-        return "--"
-    if ms >= 1000:
-        return f"{ms / 1000:.2f} s"
-    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
 
 
 # --- the numbers --------------------------------------------------------------------------------
