@@ -22,7 +22,7 @@ import orjson
 if TYPE_CHECKING:
     from llmbatch.model.request import Request
 
-__all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_material", "request_key"]
+__all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_from_material", "key_material", "request_key"]
 
 KEY_VERSION = "v1"
 
@@ -57,7 +57,12 @@ def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any
     }
 
 
+def key_from_material(material: dict[str, Any]) -> str:
+    """``v1:`` followed by the sha256 of the canonical key material: how an entry's key is
+    re-derived from the request it keeps (import, verify), without the line that asked for it."""
+    return f"{KEY_VERSION}:{hashlib.sha256(canonical_json(material)).hexdigest()}"
+
+
 def request_key(request: Request, endpoint: str | None = None) -> str:
-    """``v1:`` followed by the sha256 of the canonical key material."""
-    digest = hashlib.sha256(canonical_json(key_material(request, endpoint))).hexdigest()
-    return f"{KEY_VERSION}:{digest}"
+    """The key of a request sent to ``endpoint``."""
+    return key_from_material(key_material(request, endpoint))

@@ -16,6 +16,8 @@ import pytest
 
 from llmbatch.engine import Answered, Call, Failed, LiveExecutor, NotStarted, Outcome, Resolver, RunOptions
 from llmbatch.input import parse_line
+from llmbatch.keys import key_from_material
+from llmbatch.model.entry import entry_digest
 from llmbatch.model.request import Request
 from llmbatch.model.result import Result
 from llmbatch.model.stats import RunStats, StopReason
@@ -117,7 +119,8 @@ def test_answers_are_stored_before_they_are_written_and_a_rerun_calls_nothing():
     asyncio.run(first.run(requests("a", "b")))
     assert seen_in_store == [True, True]  # in the store before the line was written
     entry = store.get(first.key_of(requests("a")[0]))
-    assert entry is not None and entry["v"] == 2 and entry["request"]["messages"][-1]["content"] == "a"
+    assert entry is not None and entry["v"] == 3 and entry["request"]["messages"][-1]["content"] == "a"
+    assert entry["digest"] == entry_digest(entry) and entry["key"] == key_from_material(entry["request"])
 
     again = ScriptedExecutor(echo)
     written = run(resolver_for(again, store), requests("a", "b"))

@@ -2,21 +2,27 @@
 
 Stores write it as JSON (never a pickle) and read it back as a dict, so the type is a TypedDict:
 typed for the code that builds and reads entries, free at run time on the hot path of a cached
-rerun. ``v`` is the record's version (2: with the request it answers). Entries written before it
-(no ``v``, no ``request``) are read as they were; nothing in them is needed to serve a hit.
+rerun. ``v`` is the record's version (3: with the request it answers and a digest of itself).
+Entries written before it (no ``digest``; before 2, no ``request`` either) are read as they were;
+nothing in them is needed to serve a hit.
 
 ``request`` is the canonical material the key was made from (:func:`llmbatch.keys.key_material`),
 so that an entry can be explained, its key re-derived, exported and imported without the input
-file that asked for it.
+file that asked for it. ``digest`` is the sha256 of the rest of the record (canonical JSON), so
+damaged bytes are found by ``cache verify`` and refused by ``cache import``. It protects against
+corruption, not against someone who writes a false answer and its digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, TypedDict
 
-__all__ = ["ENTRY_VERSION", "CacheEntry", "make_entry"]
+from llmbatch.keys import canonical_json
 
-ENTRY_VERSION = 2
+__all__ = ["ENTRY_VERSION", "CacheEntry", "entry_digest", "make_entry"]
+
+ENTRY_VERSION = 3
 
 
 class CacheEntry(TypedDict, total=False):
@@ -31,6 +37,13 @@ class CacheEntry(TypedDict, total=False):
     cost_usd: float | None  # what the call cost (None: no known price)
     response: dict[str, Any]  # the provider's whole response
     request: dict[str, Any]  # the key material
+    digest: str  # sha256 of the canonical JSON of every other field
+
+
+def entry_digest(entry: CacheEntry | dict[str, Any]) -> str:
+    """The sha256 of ``entry`` without its ``digest``, as canonical JSON."""
+    rest = {name: value for name, value in entry.items() if name != "digest"}
+    return hashlib.sha256(canonical_json(rest)).hexdigest()
 
 
 def make_entry(
@@ -44,7 +57,7 @@ def make_entry(
     cost_usd: float | None,
 ) -> CacheEntry:
     """The record for an answer to the request whose key material is ``request``."""
-    return {
+    entry: CacheEntry = {
         "v": ENTRY_VERSION,
         "key": key,
         "stored_at": stored_at,
@@ -57,3 +70,5 @@ def make_entry(
         "response": response,
         "request": request,
     }
+    entry["digest"] = entry_digest(entry)
+    return entry
