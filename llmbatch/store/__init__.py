@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmbatch.store.base import ResponseStore, StoreStats, WriteBatcher
+from llmbatch.store.base import Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
 
@@ -18,9 +18,11 @@ __all__ = [
     "DEFAULT_EVICTION",
     "DEFAULT_SIZE_LIMIT",
     "DiskStore",
+    "Loaded",
     "MemoryStore",
     "ResponseStore",
     "StoreStats",
+    "Stored",
     "WriteBatcher",
     "default_cache_dir",
     "open_store",

@@ -5,7 +5,9 @@ under the same keys, so an entry written through one reads back identically thro
 port is batch-shaped (``get_many``/``put_many``) because a cached rerun of a million lines lives or
 dies by the cost of a lookup. Beside the run's side there is the coordination between runs that
 share a store (leases, the ``.partial`` files its runs write) and an admin side (stats, purge,
-clear, iterate, load).
+clear; and for export, import and verify: :meth:`~ResponseStore.entries` walks what is stored as
+:class:`Stored` items, :meth:`~ResponseStore.load` files them keeping the newer of two, and
+:meth:`~ResponseStore.remove` takes out what verify found broken).
 
 Two implementations: :class:`~llmbatch.store.disk.DiskStore` (diskcache, the default) and
 :class:`~llmbatch.store.memory.MemoryStore` (a dict, for tests and short library runs). A store for
@@ -26,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
 
-__all__ = ["ResponseStore", "StoreStats", "WriteBatcher"]
+__all__ = ["Loaded", "ResponseStore", "StoreStats", "Stored", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -63,8 +65,45 @@ class ResponseStore(Protocol):
         self, older_than_s: float | None, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
     ) -> int: ...
     def clear(self) -> int: ...
-    def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]: ...
-    def load(self, items: Iterable[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> int: ...
+    def entries(
+        self,
+        *,
+        tag: str | None = None,
+        stored_before: float | None = None,
+        stored_after: float | None = None,
+        broken: bool = False,
+    ) -> Iterator[Stored]: ...
+    def load(self, items: Iterable[Stored]) -> Loaded: ...
+    def remove(self, keys: Iterable[str]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One entry as a store holds it, for the admin side: what export writes and import files.
+
+    ``entries()`` yields them oldest first, a page at a time (flat memory over millions). It leaves
+    out what has expired and what does not decode, unless asked for them (``broken=True``, for
+    verify): then ``entry`` is None and ``problem`` says why, or ``expires_at`` is in the past.
+    ``stored_at`` is the store's own record of when (what purge and stats go by); ``load`` keeps it,
+    and the expiry, so that an imported answer ages as it would have where it came from.
+    """
+
+    key: str
+    entry: CacheEntry | None
+    tag: str | None
+    stored_at: float
+    expires_at: float | None = None
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What :meth:`ResponseStore.load` did: entries new to the store, entries that replaced an
+    older answer under the same key, and entries not filed because the store's was as new."""
+
+    added: int = 0
+    replaced: int = 0
+    kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ import orjson
 
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
-from llmbatch.store.base import StoreStats
+from llmbatch.store.base import Loaded, Stored, StoreStats
 
 __all__ = [
     "DEFAULT_EVICTION",
@@ -679,46 +679,108 @@ class DiskStore:
             self._cache._sql("DELETE FROM llmbatch_partial_files")
         return removed
 
-    def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]:
-        """Every entry that can be read, as ``(key, entry, tag)``, oldest first, a page at a time
-        (flat memory over millions); expired and unreadable ones are left out."""
+    def entries(
+        self,
+        *,
+        tag: str | None = None,
+        stored_before: float | None = None,
+        stored_after: float | None = None,
+        broken: bool = False,
+    ) -> Iterator[Stored]:
+        """What is stored, oldest first, a thousand rows at a time (flat memory over millions; the
+        filters are SQL on the index, so a filtered export reads only what it writes)."""
         sql = self._cache._sql
         fetch = self._cache.disk.fetch
+        where = ["raw = 1", "(store_time > ? OR (store_time = ? AND rowid > ?))"]
+        filters: list[Any] = []
+        if tag is not None:
+            where.append("tag = ?")
+            filters.append(tag)
+        if stored_before is not None:
+            where.append("store_time < ?")
+            filters.append(stored_before)
+        if stored_after is not None:
+            where.append("store_time > ?")
+            filters.append(stored_after)
+        select = (
+            "SELECT rowid, store_time, key, tag, expire_time, mode, filename, value FROM Cache "
+            f"WHERE {' AND '.join(where)} ORDER BY store_time, rowid LIMIT 1000"
+        )
         last = (-1.0, -1)
         while True:
-            rows = sql(
-                "SELECT rowid, store_time, key, tag, expire_time, mode, filename, value FROM Cache "
-                "WHERE raw = 1 AND (store_time > ? OR (store_time = ? AND rowid > ?)) "
-                "ORDER BY store_time, rowid LIMIT 1000",
-                (last[0], last[0], last[1]),
-            ).fetchall()
+            rows = sql(select, (last[0], last[0], last[1], *filters)).fetchall()
             if not rows:
                 return
             now = time.time()
-            for rowid, store_time, key, tag, expire_time, mode, filename, value in rows:
+            for rowid, store_time, key, row_tag, expire_time, mode, filename, value in rows:
                 last = (store_time, rowid)
-                if expire_time is not None and expire_time < now:
+                expired = expire_time is not None and expire_time < now
+                if expired and not broken:
                     continue
                 try:
                     entry = fetch(mode, filename, value, False)
-                except (CorruptEntry, OSError):
+                except (CorruptEntry, OSError) as exc:
+                    if broken:
+                        problem = str(exc) or type(exc).__name__
+                        yield Stored(key, None, row_tag, store_time, expire_time, problem=problem)
                     continue
-                yield key, entry, tag
+                yield Stored(key, entry, row_tag, store_time, expire_time)
 
-    def load(self, items: Iterable[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> int:
-        """Store ``(key, entry, tag)`` items, a transaction per thousand; how many."""
-        count = 0
-        batch: list[tuple[str, CacheEntry, str]] = []
+    def load(self, items: Iterable[Stored]) -> Loaded:
+        """File entries a transaction per thousand, each with the time it was first stored and its
+        expiry, keeping the newer answer where the key is already here."""
+        loaded = Loaded()
+        batch: list[Stored] = []
         for item in items:
             batch.append(item)
             if len(batch) >= 1000:
-                self.put_many(batch, ttl_s=ttl_s)
-                count += len(batch)
+                self._load_batch(batch, loaded)
                 batch = []
         if batch:
-            self.put_many(batch, ttl_s=ttl_s)
-            count += len(batch)
-        return count
+            self._load_batch(batch, loaded)
+        return loaded
+
+    def _load_batch(self, batch: list[Stored], loaded: Loaded) -> None:
+        cache = self._current()
+        held: dict[str, float] = {}
+        keys = [item.key for item in batch]
+        for at in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            chunk = keys[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, store_time in cache._sql(
+                f"SELECT key, store_time FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk
+            ).fetchall():
+                held[key] = store_time
+        try:
+            with cache.transact(retry=True):
+                for item in batch:
+                    assert item.entry is not None, "only decoded entries are loaded"
+                    if item.key in held and held[item.key] >= item.stored_at:
+                        loaded.kept += 1
+                        continue
+                    if item.key in held:
+                        loaded.replaced += 1
+                    else:
+                        loaded.added += 1
+                    held[item.key] = item.stored_at  # a later record of the same key in this batch
+                    cache.set(item.key, item.entry, tag=item.tag, retry=True)
+                    # diskcache stamps rows with now: give the entry back its own age and expiry.
+                    cache._sql(
+                        "UPDATE Cache SET store_time = ?, expire_time = ? WHERE raw = 1 AND key = ?",
+                        (item.stored_at, item.expires_at, item.key),
+                    )
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
+    def remove(self, keys: Iterable[str]) -> int:
+        """Take out the entries under ``keys`` (a broken one too: it is never read); how many."""
+        removed = 0
+        for key in keys:
+            try:
+                removed += bool(self._cache.delete(key, retry=True))
+            except (OSError, sqlite3.Error) as exc:
+                raise CacheError(f"cannot remove from the cache at {self.directory}: {exc}") from None
+        return removed
 
     def close(self) -> None:
         self._cache.close()

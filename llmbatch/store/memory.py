@@ -15,9 +15,13 @@ from typing import Any
 import orjson
 
 from llmbatch.model.entry import CacheEntry
-from llmbatch.store.base import StoreStats
+from llmbatch.store.base import Loaded, Stored, StoreStats
 
 __all__ = ["MemoryStore"]
+
+
+def _stored_at(entry: CacheEntry) -> float:
+    return float(entry.get("stored_at", 0.0))
 
 
 class MemoryStore:
@@ -105,7 +109,7 @@ class MemoryStore:
         by_model: dict[str, int] = {}
         for _, tag in live:
             by_model[tag or "(untagged)"] = by_model.get(tag or "(untagged)", 0) + 1
-        stamps = [entry.get("stored_at", 0.0) for entry, _ in live]
+        stamps = [_stored_at(entry) for entry, _ in live]
         return StoreStats(
             location=self.location,
             entries=len(live),
@@ -128,7 +132,7 @@ class MemoryStore:
         gone = [
             key
             for key, (entry, entry_tag, _) in self._entries.items()
-            if (cutoff is None or entry.get("stored_at", 0.0) < cutoff) and (tag is None or entry_tag == tag)
+            if (cutoff is None or _stored_at(entry) < cutoff) and (tag is None or entry_tag == tag)
         ]
         if not dry_run:
             for key in gone:
@@ -141,17 +145,46 @@ class MemoryStore:
         self._partials.clear()
         return count
 
-    def entries(self) -> Iterator[tuple[str, CacheEntry, str | None]]:
-        for key, (entry, tag, _) in sorted(self._entries.items(), key=lambda item: item[1][0].get("stored_at", 0.0)):
-            if self.get(key) is not None:
-                yield key, entry, tag
+    def entries(
+        self,
+        *,
+        tag: str | None = None,
+        stored_before: float | None = None,
+        stored_after: float | None = None,
+        broken: bool = False,
+    ) -> Iterator[Stored]:
+        now = self.clock()
+        for key, (entry, entry_tag, expires) in sorted(self._entries.items(), key=lambda item: _stored_at(item[1][0])):
+            stored_at = _stored_at(entry)
+            if tag is not None and entry_tag != tag:
+                continue
+            if (stored_before is not None and stored_at >= stored_before) or (
+                stored_after is not None and stored_at <= stored_after
+            ):
+                continue
+            if expires is not None and expires < now and not broken:
+                continue
+            yield Stored(key, entry, entry_tag, stored_at, expires)
 
-    def load(self, items: Iterable[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> int:
-        count = 0
-        for key, entry, tag in items:
-            self.put(key, entry, tag=tag, ttl_s=ttl_s)
-            count += 1
-        return count
+    def load(self, items: Iterable[Stored]) -> Loaded:
+        loaded = Loaded()
+        for item in items:
+            assert item.entry is not None, "only decoded entries are loaded"
+            held = self._entries.get(item.key)
+            if held is not None and _stored_at(held[0]) >= item.stored_at:
+                loaded.kept += 1
+                continue
+            if held is None:
+                loaded.added += 1
+            else:
+                loaded.replaced += 1
+            copy: CacheEntry = orjson.loads(orjson.dumps(item.entry))
+            copy["stored_at"] = item.stored_at
+            self._entries[item.key] = (copy, item.tag, item.expires_at)
+        return loaded
+
+    def remove(self, keys: Iterable[str]) -> int:
+        return sum(self._entries.pop(key, None) is not None for key in keys)
 
     def __enter__(self) -> MemoryStore:
         return self
