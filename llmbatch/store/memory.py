@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,8 +21,12 @@ from llmbatch.store.base import Loaded, Stored, StoreStats
 __all__ = ["MemoryStore"]
 
 
-def _stored_at(entry: CacheEntry) -> float:
-    return float(entry.get("stored_at", 0.0))
+@dataclass(slots=True)
+class _Held:
+    entry: CacheEntry
+    tag: str | None
+    stored_at: float  # the store's own clock, as diskcache's store_time: what purge goes by
+    expires: float | None
 
 
 class MemoryStore:
@@ -29,7 +34,7 @@ class MemoryStore:
         self.location = "memory"
         self.recreated = False
         self.clock = clock
-        self._entries: dict[str, tuple[CacheEntry, str | None, float | None]] = {}  # entry, tag, expires
+        self._entries: dict[str, _Held] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
         self._partials: dict[tuple[int, int], str] = {}
         self._lookups = [0, 0]
@@ -39,9 +44,9 @@ class MemoryStore:
 
     def get(self, key: str) -> CacheEntry | None:
         found = self._entries.get(key)
-        if found is None or (found[2] is not None and found[2] < self.clock()):
+        if found is None or (found.expires is not None and found.expires < self.clock()):
             return None
-        return found[0]
+        return found.entry
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         found = {key: self.get(key) for key in keys}
@@ -49,7 +54,8 @@ class MemoryStore:
 
     def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None:
         copy: CacheEntry = orjson.loads(orjson.dumps(entry))  # JSON, as a real store keeps it
-        self._entries[key] = (copy, tag, self.clock() + ttl_s if ttl_s is not None else None)
+        now = self.clock()
+        self._entries[key] = _Held(copy, tag, now, now + ttl_s if ttl_s is not None else None)
 
     def put_many(self, items: list[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> None:
         copies = [(key, orjson.loads(orjson.dumps(entry)), tag) for key, entry, tag in items]  # all or none
@@ -105,22 +111,22 @@ class MemoryStore:
     # -- the admin side --
 
     def stats(self) -> StoreStats:
-        live = [(entry, tag) for key, (entry, tag, _) in self._entries.items() if self.get(key) is not None]
+        live = [held for key, held in self._entries.items() if self.get(key) is not None]
         by_model: dict[str, int] = {}
-        for _, tag in live:
-            by_model[tag or "(untagged)"] = by_model.get(tag or "(untagged)", 0) + 1
-        stamps = [_stored_at(entry) for entry, _ in live]
+        for held in live:
+            by_model[held.tag or "(untagged)"] = by_model.get(held.tag or "(untagged)", 0) + 1
+        stamps = [held.stored_at for held in live]
         return StoreStats(
             location=self.location,
             entries=len(live),
-            size_bytes=sum(len(orjson.dumps(entry)) for entry, _ in live),
+            size_bytes=sum(len(orjson.dumps(held.entry)) for held in live),
             oldest=min(stamps, default=None),
             newest=max(stamps, default=None),
             by_model=dict(sorted(by_model.items(), key=lambda item: -item[1])),
             hits=self._lookups[0],
             misses=self._lookups[1],
             saved_usd=self._saved_usd,
-            stored_value_usd=sum(entry.get("cost_usd") or 0.0 for entry, _ in live),
+            stored_value_usd=sum(held.entry.get("cost_usd") or 0.0 for held in live),
         )
 
     def purge(
@@ -131,8 +137,8 @@ class MemoryStore:
         cutoff = (self.clock() if now is None else now) - older_than_s if older_than_s is not None else None
         gone = [
             key
-            for key, (entry, entry_tag, _) in self._entries.items()
-            if (cutoff is None or _stored_at(entry) < cutoff) and (tag is None or entry_tag == tag)
+            for key, held in self._entries.items()
+            if (cutoff is None or held.stored_at < cutoff) and (tag is None or held.tag == tag)
         ]
         if not dry_run:
             for key in gone:
@@ -154,24 +160,23 @@ class MemoryStore:
         broken: bool = False,
     ) -> Iterator[Stored]:
         now = self.clock()
-        for key, (entry, entry_tag, expires) in sorted(self._entries.items(), key=lambda item: _stored_at(item[1][0])):
-            stored_at = _stored_at(entry)
-            if tag is not None and entry_tag != tag:
+        for key, held in sorted(self._entries.items(), key=lambda item: item[1].stored_at):
+            if tag is not None and held.tag != tag:
                 continue
-            if (stored_before is not None and stored_at >= stored_before) or (
-                stored_after is not None and stored_at <= stored_after
+            if (stored_before is not None and held.stored_at >= stored_before) or (
+                stored_after is not None and held.stored_at <= stored_after
             ):
                 continue
-            if expires is not None and expires < now and not broken:
+            if held.expires is not None and held.expires < now and not broken:
                 continue
-            yield Stored(key, entry, entry_tag, stored_at, expires)
+            yield Stored(key, held.entry, held.tag, held.stored_at, held.expires)
 
     def load(self, items: Iterable[Stored]) -> Loaded:
         loaded = Loaded()
         for item in items:
             assert item.entry is not None, "only decoded entries are loaded"
             held = self._entries.get(item.key)
-            if held is not None and _stored_at(held[0]) >= item.stored_at:
+            if held is not None and held.stored_at >= item.stored_at:
                 loaded.kept += 1
                 continue
             if held is None:
@@ -179,8 +184,7 @@ class MemoryStore:
             else:
                 loaded.replaced += 1
             copy: CacheEntry = orjson.loads(orjson.dumps(item.entry))
-            copy["stored_at"] = item.stored_at
-            self._entries[item.key] = (copy, item.tag, item.expires_at)
+            self._entries[item.key] = _Held(copy, item.tag, item.stored_at, item.expires_at)
         return loaded
 
     def remove(self, keys: Iterable[str]) -> int:
