@@ -1010,6 +1010,108 @@ def cache_clear(
     sys.stdout.write(f"removed {_entries(removed)} from the cache at {directory}\n")
 
 
+@cache_app.command("export", short_help="Write the cache's answers as JSONL, for import elsewhere.")
+@_handles_errors
+def cache_export(
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Where to write the records (- for standard output).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="PROVIDER:MODEL", help="Only entries of this provider:model.")
+    ] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", metavar="DURATION", help="Only entries stored longer ago than this.")
+    ] = None,
+    newer_than: Annotated[
+        str | None, typer.Option("--newer-than", metavar="DURATION", help="Only entries stored within this (7d, 12h).")
+    ] = None,
+    cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Write every live entry as one JSON record per line, oldest first: the answer, the request its
+    key was made from, when it was stored, its expiry and a digest. llmbatch cache import reads it."""
+    from llmbatch.app.transfer import export_entries
+    from llmbatch.store import DiskStore, default_cache_dir, store_exists
+    from llmbatch.units import parse_duration
+
+    if model is not None and ":" not in model:
+        raise UsageError(f"--model {model}: name it as provider:model, as cache stats lists them")
+    now = time.time()
+    before = now - parse_duration(older_than, option="--older-than") if older_than is not None else None
+    after = now - parse_duration(newer_than, option="--newer-than") if newer_than is not None else None
+    if output == "-" and _stdout_is_terminal():
+        # As gzip does: records scrolling past on a terminal help nobody.
+        raise UsageError(
+            "cache export -o - writes records to standard output, which is a terminal: pipe it or name a file"
+        )
+    directory = cache_dir or default_cache_dir()
+    if not store_exists(directory):
+        raise UsageError(f"no cache at {directory}: nothing to export")
+    with DiskStore(directory, create=False, shared=shared_cache) as store:
+        done = export_entries(
+            store, None if output == "-" else Path(output), tag=model, stored_before=before, stored_after=after
+        )
+    where = "standard output" if done.where is None else str(done.where)
+    sys.stderr.write(f"exported {_entries(done.written)} from the cache at {directory} to {where}\n")
+    if done.unverifiable:
+        sys.stderr.write(
+            f"note: {_entries(done.unverifiable)} stored before llmbatch kept the request with the answer were "
+            "left out: import could not check their keys (they stay in this cache and still serve hits)\n"
+        )
+
+
+@cache_app.command("import", short_help="File the answers of an export into this cache; every record checked.")
+@_handles_errors(invalid="nothing was imported")
+def cache_import(
+    records: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE", help="Records written by llmbatch cache export, or - to read stdin.", show_default=False
+        ),
+    ],
+    cache_dir: CacheDirOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Check every record of an export (its key against the request it answers, its digest, that it
+    is an answer), then file them all, keeping when each was stored; where this cache already has
+    the key, the newer answer stays. A bad record is named by its line and nothing is imported."""
+    from llmbatch.app.transfer import import_entries
+    from llmbatch.store import DiskStore, default_cache_dir
+
+    directory = cache_dir or default_cache_dir()
+    source = _open_input(records)
+    try:
+        done = import_entries(lambda: DiskStore(directory, shared=shared_cache), source.path, source=source.source)
+    finally:
+        source.cleanup()
+    loaded = done.loaded
+    parts = [f"{loaded.added} new"] + [
+        text
+        for count, text in (
+            (loaded.replaced, f"{loaded.replaced} replaced an older answer"),
+            (loaded.kept, f"{loaded.kept} left as they were: this cache's answer is as new or newer"),
+            (done.expired, f"{done.expired} expired, not filed"),
+        )
+        if count
+    ]
+    records = f"{done.records} record{'s' if done.records != 1 else ''}"
+    sys.stdout.write(f"imported {records} into the cache at {directory}: {'; '.join(parts)}\n")
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test runner)
+        return False
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
