@@ -78,7 +78,7 @@ _SQL_BATCH = 500
 EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-frequently-used", "none")
 #: SQLite reads the database through its own page cache (diskcache's 8,192 pages, ~32 MB), not
 #: also through a memory map: diskcache maps the first 64 MB, and every mapped page read counts
-#: in the process's RSS. Measured on a 100,000-line cached rerun (bench/BENCHMARKS.md): peak RSS
+#: in the process's RSS. Measured on a 100,000-line cached rerun (bench/run.py): peak RSS
 #: 147 -> 82 MB, no difference in time.
 _MMAP_BYTES = 0
 #: Modes of what we create, private (the default) or shared on purpose (then the umask decides).
