@@ -11,6 +11,8 @@ import pytest
 from llmbatch.sim import SimConfig, SimulatorThread
 from tests.support import TEST_API_KEY, Run, run_cli
 
+pytest_plugins = ["tests.redis_server"]  # the redis_server fixture: a real server per test
+
 
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., SimulatorThread]]:

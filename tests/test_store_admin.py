@@ -34,11 +34,17 @@ def entry(text: str, stored_at: float, answer: str = "yes") -> tuple[str, CacheE
     return key, made
 
 
-@pytest.fixture(params=["disk", "memory"])
+@pytest.fixture(params=["disk", "memory", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResponseStore]:
     if request.param == "disk":
         with DiskStore(tmp_path / "cache") as disk:
             yield disk
+    elif request.param == "redis":
+        from llmbatch.store.redis import RedisStore
+
+        server = request.getfixturevalue("redis_server")
+        with RedisStore(server.url, clock=lambda: NOW) as shared:
+            yield shared
     else:
         yield MemoryStore(clock=lambda: NOW)
 

@@ -1,0 +1,484 @@
+"""The Redis store: one cache shared by many machines (``--cache redis://host:6379/0``).
+
+The same :class:`~llmbatch.store.base.ResponseStore` as the disk store: the same keys and the same
+versioned JSON entries, so an entry written through one reads back identically through the other
+(and ``cache export | cache import`` moves them between the two). This is the only module that
+imports redis-py.
+
+Layout, under a namespace (a key prefix, ``llmbatch:`` by default, so that teams can share a
+server; it is not a security boundary: whoever can read the server can read every answer)::
+
+    {ns}e:{key}       the entry's JSON (a string), with Redis's own expiry when --ttl is given
+    {ns}idx           sorted set: key -> stored_at (what purge, stats and export go by)
+    {ns}t:{tag}       sorted set per provider:model: key -> stored_at
+    {ns}tags          set of the tags in use
+    {ns}tagof         hash: key -> tag (to unindex a key)
+    {ns}cost          hash: key -> what the answer cost (the stored value in stats)
+    {ns}exp           sorted set: key -> expires_at, to unindex what Redis has expired
+    {ns}lookups       hash: lifetime hits, misses and dollars saved
+    {ns}lease:{key}   who is calling this key now (an owner token, with an expiry)
+    {ns}owners        set of lease owners (a run on this machine takes a dead one's keys at once)
+
+Every write of an entry and its index is one MULTI/EXEC transaction, so the indexes never name a
+value that was not written. They can name one that is gone: Redis evicts under its maxmemory
+policy, and then a lookup is a miss (never a wrong answer), ``cache stats`` shows the policy, and
+``cache verify --repair`` drops the stale index entries.
+
+The port is synchronous and batch-shaped: a lookup of a window of keys is one MGET, a batch of
+answers one transaction. The event loop is held for one round trip per batch, which on a LAN is
+well under the time the disk store takes for the same batch. Leases are taken with ``SET NX PX``
+and renewed and released with redis-py's own lock scripts (compare the owner, then act), in
+pipelines. Redis Cluster is not supported (a transaction spans keys in different slots).
+
+Which ``.partial`` files are this cache's runs' is a fact about this machine, so it is kept in the
+local disk store (``--cache-dir``), as are answers that could not reach the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import redis
+from redis.lock import Lock
+
+from llmbatch.errors import CacheError
+from llmbatch.model.entry import CacheEntry
+from llmbatch.store.base import Loaded, Stored, StoreStats
+
+if TYPE_CHECKING:
+    from llmbatch.store.base import ResponseStore
+
+__all__ = ["DEFAULT_NAMESPACE", "RedisStore", "redact_url"]
+
+DEFAULT_NAMESPACE = "llmbatch:"
+_PAGE = 1000
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://:***@host``): what people and logs see."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+class RedisStore:
+    """A store on a Redis server. ``local``: the disk store of this machine (``.partial`` records)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        local: ResponseStore | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        clock: Callable[[], float] = time.time,
+        timeout_s: float = 5.0,
+    ) -> None:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise CacheError(f"--cache {redact_url(url)}: use a redis://, rediss:// or unix:// URL")
+        self.url = url
+        self.namespace = namespace
+        self.location = f"{redact_url(url)} (namespace {namespace})"
+        self.recreated = False
+        self.clock = clock
+        self.local = local
+        self._secret = urlsplit(url).password or ""
+        try:
+            # Typed Any: redis-py types every reply as the union of what each decoding mode could
+            # give; with decode_responses=False they are bytes, floats and lists of them.
+            self._redis: Any = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=False
+            )
+        except ValueError as exc:
+            raise CacheError(f"--cache {redact_url(url)}: {self._clean(exc)}") from None
+        self._extend = self._redis.register_script(Lock.LUA_EXTEND_SCRIPT)
+        self._release = self._redis.register_script(Lock.LUA_RELEASE_SCRIPT)
+        self._partials: dict[tuple[int, int], str] = {}
+        with self._talking("reach"):
+            self._redis.ping()
+
+    # -- names and errors --
+
+    def _k(self, *parts: str) -> str:
+        return self.namespace + ":".join(parts)
+
+    def _clean(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._secret, "***") if self._secret else text
+
+    @contextlib.contextmanager
+    def _talking(self, doing: str) -> Iterator[None]:
+        """Turn the server's failures into a :class:`CacheError` for people, without the password."""
+        try:
+            yield
+        except redis.AuthenticationError as exc:
+            raise CacheError(f"the cache at {self.location} refused the credentials: {self._clean(exc)}") from None
+        except redis.RedisError as exc:
+            raise CacheError(f"cannot {doing} the cache at {self.location}: {self._clean(exc)}") from None
+
+    # -- the run's side --
+
+    def get(self, key: str) -> CacheEntry | None:
+        return self.get_many([key]).get(key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self._talking("read"):
+            values = self._redis.mget([self._k("e", key) for key in keys])
+        found: dict[str, CacheEntry] = {}
+        for key, value in zip(keys, values, strict=True):
+            entry = _decode(value)
+            if entry is not None:
+                found[key] = entry
+        return found
+
+    def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None:
+        self.put_many([(key, entry, tag)], ttl_s=ttl_s)
+
+    def put_many(self, items: list[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> None:
+        """Store every item and its index entries in one transaction: all of them, or none."""
+        now = self.clock()
+        expires = now + ttl_s if ttl_s is not None else None
+        self._write([Stored(key, entry, tag, now, expires) for key, entry, tag in items])
+
+    def _write(self, items: list[Stored]) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        for item in items:
+            data = orjson.dumps(item.entry)
+            tag = item.tag or "(untagged)"
+            if item.expires_at is not None:
+                pipe.set(self._k("e", item.key), data, pxat=int(item.expires_at * 1000))
+                pipe.zadd(self._k("exp"), {item.key: item.expires_at})
+            else:
+                pipe.set(self._k("e", item.key), data)
+                pipe.zrem(self._k("exp"), item.key)
+            pipe.zadd(self._k("idx"), {item.key: item.stored_at})
+            pipe.zadd(self._k("t", tag), {item.key: item.stored_at})
+            pipe.sadd(self._k("tags"), tag)
+            pipe.hset(self._k("tagof"), item.key, tag)
+            cost = item.entry.get("cost_usd") if item.entry is not None else None
+            if cost:
+                pipe.hset(self._k("cost"), item.key, repr(float(cost)))
+        with self._talking("write to"):
+            pipe.execute()
+
+    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(self._k("lookups"), "hits", hits)
+        pipe.hincrby(self._k("lookups"), "misses", misses)
+        if saved_usd:
+            pipe.hincrbyfloat(self._k("lookups"), "saved_usd", saved_usd)
+        with self._talking("write to"):
+            pipe.execute()
+
+    def close(self) -> None:
+        self._redis.close()
+
+    # -- runs sharing it --
+
+    def lease(self, keys: Iterable[str], owner: str, *, ttl_s: float, now: float | None = None) -> set[str]:
+        keys = list(keys)
+        if not keys:
+            return set()
+        ttl_ms = max(1, int(ttl_s * 1000))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sadd(self._k("owners"), owner)
+        for key in keys:
+            pipe.set(self._k("lease", key), owner, nx=True, px=ttl_ms)
+        with self._talking("lease keys in"):
+            taken = pipe.execute()[1:]
+            # A key not taken may be ours already (taken earlier by this run): then it is held, renewed.
+            again = [key for key, ok in zip(keys, taken, strict=True) if not ok]
+            holders = self._redis.mget([self._k("lease", key) for key in again]) if again else []
+        held = {key for key, ok in zip(keys, taken, strict=True) if ok}
+        mine = [key for key, holder in zip(again, holders, strict=True) if holder == owner.encode()]
+        if mine:
+            self._renew_keys(mine, owner, ttl_ms)
+        return held | set(mine)
+
+    def _renew_keys(self, keys: list[str], owner: str, ttl_ms: int) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            self._extend(keys=[self._k("lease", key)], args=[owner, ttl_ms, "1"], client=pipe)
+        with self._talking("renew leases in"):
+            pipe.execute()
+
+    def renew(self, owner: str, *, ttl_s: float, now: float | None = None) -> None:
+        keys = self._owned(owner)
+        if keys:
+            self._renew_keys(keys, owner, max(1, int(ttl_s * 1000)))
+
+    def _owned(self, owner: str) -> list[str]:
+        """The keys ``owner`` holds: found by scanning the lease names (only runs that wait on
+        others call this, every few seconds)."""
+        prefix = self._k("lease", "")
+        owned: list[str] = []
+        with self._talking("read leases in"):
+            names = [name for name in self._redis.scan_iter(match=_glob(prefix) + "*", count=_PAGE)]
+            for at in range(0, len(names), _PAGE):
+                chunk = names[at : at + _PAGE]
+                for name, holder in zip(chunk, self._redis.mget(chunk), strict=True):
+                    if holder == owner.encode():
+                        owned.append(name.decode()[len(prefix) :])
+        return owned
+
+    def release(self, keys: Iterable[str], owner: str) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            self._release(keys=[self._k("lease", key)], args=[owner], client=pipe)
+        with self._talking("release leases in"):
+            pipe.execute()
+
+    def release_all(self, owner: str) -> None:
+        self.release(self._owned(owner), owner)
+        with self._talking("release leases in"):
+            self._redis.srem(self._k("owners"), owner)
+
+    def lease_owners(self) -> set[str]:
+        with self._talking("read leases in"):
+            return {owner.decode() for owner in self._redis.smembers(self._k("owners"))}
+
+    # .partial files are on this machine: their records live in its disk store.
+    def note_partial(self, identity: tuple[int, int], token: str) -> None:
+        if self.local is not None:
+            self.local.note_partial(identity, token)
+        else:
+            self._partials[identity] = token
+
+    def knows_partial(self, identity: tuple[int, int], token: str) -> bool:
+        if self.local is not None:
+            return self.local.knows_partial(identity, token)
+        return self._partials.get(identity) == token
+
+    def forget_partial(self, identity: tuple[int, int]) -> None:
+        if self.local is not None:
+            self.local.forget_partial(identity)
+        else:
+            self._partials.pop(identity, None)
+
+    # -- the admin side --
+
+    def _sweep(self) -> None:
+        """Unindex what Redis has expired (its values are gone already)."""
+        now = self.clock()
+        with self._talking("read"):
+            while True:
+                gone = [k.decode() for k in self._redis.zrangebyscore(self._k("exp"), "-inf", now, start=0, num=_PAGE)]
+                if not gone:
+                    return
+                self._unindex(gone)
+
+    def _unindex(self, keys: list[str], *, values: bool = False) -> None:
+        """Take ``keys`` out of every index (and their values, if ``values``)."""
+        with self._talking("write to"):
+            tags = self._redis.hmget(self._k("tagof"), keys)
+            pipe = self._redis.pipeline(transaction=True)
+            if values:
+                pipe.unlink(*[self._k("e", key) for key in keys])
+            pipe.zrem(self._k("idx"), *keys)
+            for key, tag in zip(keys, tags, strict=True):
+                if tag is not None:
+                    pipe.zrem(self._k("t", tag.decode()), key)
+            pipe.hdel(self._k("tagof"), *keys)
+            pipe.hdel(self._k("cost"), *keys)
+            pipe.zrem(self._k("exp"), *keys)
+            pipe.execute()
+
+    def stats(self) -> StoreStats:
+        self._sweep()
+        with self._talking("read"):
+            count = int(self._redis.zcard(self._k("idx")))
+            oldest = self._redis.zrange(self._k("idx"), 0, 0, withscores=True)
+            newest = self._redis.zrange(self._k("idx"), -1, -1, withscores=True)
+            by_model = {}
+            for tag in sorted(self._redis.smembers(self._k("tags"))):
+                n = int(self._redis.zcard(self._k("t", tag.decode())))
+                if n:
+                    by_model[tag.decode()] = n
+            lookups = self._redis.hgetall(self._k("lookups"))
+            stored_value = sum(float(v) for v in self._redis.hvals(self._k("cost")))
+            memory = self._redis.info("memory")
+            try:
+                policy = str(self._redis.config_get("maxmemory-policy").get("maxmemory-policy", "unknown"))
+            except redis.ResponseError:  # CONFIG is disabled on many managed servers
+                policy = str(memory.get("maxmemory_policy", "unknown"))
+        return StoreStats(
+            location=self.location,
+            entries=count,
+            size_bytes=int(memory.get("used_memory", 0)),
+            oldest=oldest[0][1] if oldest else None,
+            newest=newest[0][1] if newest else None,
+            by_model=dict(sorted(by_model.items(), key=lambda item: -item[1])),
+            hits=int(lookups.get(b"hits", 0)),
+            misses=int(lookups.get(b"misses", 0)),
+            saved_usd=float(lookups.get(b"saved_usd", 0.0)),
+            stored_value_usd=stored_value,
+            details={
+                "namespace": self.namespace,
+                "maxmemory_policy": policy,
+                "maxmemory": int(memory.get("maxmemory", 0)),
+            },
+        )
+
+    def count(self) -> int:
+        with self._talking("read"):
+            return int(self._redis.zcard(self._k("idx")))
+
+    def purge(
+        self, older_than_s: float | None, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
+    ) -> int:
+        """As the disk store's: from the index, never reading a value."""
+        if older_than_s is None and tag is None:
+            raise ValueError("purge needs older_than_s or tag; clear() removes every entry")
+        self._sweep()
+        index = self._k("t", tag) if tag is not None else self._k("idx")
+        cutoff: Any = "+inf"
+        if older_than_s is not None:
+            cutoff = f"({(self.clock() if now is None else now) - older_than_s!r}"  # ( : strictly before
+        if dry_run:
+            with self._talking("read"):
+                return int(self._redis.zcount(index, "-inf", cutoff))
+        removed = 0
+        while True:
+            with self._talking("read"):
+                keys = [k.decode() for k in self._redis.zrangebyscore(index, "-inf", cutoff, start=0, num=_PAGE)]
+            if not keys:
+                return removed
+            self._unindex(keys, values=True)
+            removed += len(keys)
+
+    def clear(self) -> int:
+        """Remove every entry of this namespace; the lifetime counters stay."""
+        count = self.count()
+        keep = {self._k("lookups").encode()}
+        with self._talking("clear"):
+            batch: list[bytes] = []
+            for name in self._redis.scan_iter(match=_glob(self.namespace) + "*", count=_PAGE):
+                if name in keep or name.startswith(self._k("lease", "").encode()):
+                    continue
+                batch.append(name)
+                if len(batch) >= _PAGE:
+                    self._redis.unlink(*batch)
+                    batch = []
+            if batch:
+                self._redis.unlink(*batch)
+        self._partials.clear()
+        return count
+
+    def entries(
+        self,
+        *,
+        tag: str | None = None,
+        stored_before: float | None = None,
+        stored_after: float | None = None,
+        broken: bool = False,
+    ) -> Iterator[Stored]:
+        """Oldest first, a page at a time, from the index."""
+        if not broken:
+            self._sweep()
+        index = self._k("t", tag) if tag is not None else self._k("idx")
+        low: Any = f"({stored_after!r}" if stored_after is not None else "-inf"
+        high: Any = f"({stored_before!r}" if stored_before is not None else "+inf"
+        offset = 0
+        while True:
+            with self._talking("read"):
+                page = self._redis.zrangebyscore(index, low, high, start=offset, num=_PAGE, withscores=True)
+                if not page:
+                    return
+                keys = [k.decode() for k, _ in page]
+                values = self._redis.mget([self._k("e", key) for key in keys])
+                tags = self._redis.hmget(self._k("tagof"), keys)
+                expiries = self._redis.zmscore(self._k("exp"), keys)
+            offset += len(page)
+            for (key, stored_at), value, item_tag, expires in zip(page, values, tags, expiries, strict=True):
+                key = key.decode()
+                tag_text = item_tag.decode() if item_tag is not None else None
+                entry = _decode(value)
+                if entry is None:
+                    if broken:
+                        problem = "the value is gone (evicted by the server)" if value is None else "not a JSON object"
+                        yield Stored(key, None, tag_text, stored_at, expires, problem=problem)
+                    continue
+                yield Stored(key, entry, tag_text, stored_at, expires)
+
+    def load(self, items: Iterable[Stored]) -> Loaded:
+        loaded = Loaded()
+        batch: list[Stored] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= _PAGE:
+                self._load_batch(batch, loaded)
+                batch = []
+        if batch:
+            self._load_batch(batch, loaded)
+        return loaded
+
+    def _load_batch(self, batch: list[Stored], loaded: Loaded) -> None:
+        with self._talking("read"):
+            scores = self._redis.zmscore(self._k("idx"), [item.key for item in batch])
+        held = {item.key: score for item, score in zip(batch, scores, strict=True) if score is not None}
+        newer: dict[str, Stored] = {}
+        for item in batch:
+            if item.key in held and held[item.key] >= item.stored_at:
+                loaded.kept += 1
+                continue
+            if item.key in held:
+                loaded.replaced += 1
+            else:
+                loaded.added += 1
+            held[item.key] = item.stored_at
+            newer[item.key] = item
+        if newer:
+            self._write(list(newer.values()))
+
+    def remove(self, keys: Iterable[str]) -> int:
+        """Take out the entries under ``keys``, value and index (an evicted one's index too); how many."""
+        keys = list(keys)
+        removed = 0
+        for at in range(0, len(keys), _PAGE):
+            chunk = keys[at : at + _PAGE]
+            with self._talking("read"):
+                pipe = self._redis.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.exists(self._k("e", key))
+                pipe.zmscore(self._k("idx"), chunk)
+                *values, scores = pipe.execute()
+            removed += sum(bool(value) or score is not None for value, score in zip(values, scores, strict=True))
+            self._unindex(chunk, values=True)
+        return removed
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode(value: bytes | None) -> CacheEntry | None:
+    if value is None:
+        return None
+    try:
+        entry = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None  # type: ignore[return-value]
+
+
+def _glob(text: str) -> str:
+    """``text`` as a literal in a SCAN pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
