@@ -237,6 +237,28 @@ SharedCacheOption = Annotated[
         "shared on purpose): its files are then neither refused nor tightened.",
     ),
 ]
+CacheUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        metavar="URL",
+        envvar="LLMBATCH_CACHE_URL",
+        show_envvar=True,
+        help="Keep answers on a Redis server shared by many machines (redis://, rediss:// or unix://; "
+        "pip install 'llmbatch[redis]'). --cache-dir then holds only what stays on this machine.",
+    ),
+]
+CacheNamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-namespace",
+        metavar="PREFIX",
+        envvar="LLMBATCH_CACHE_NAMESPACE",
+        show_envvar=True,
+        help="With --cache URL: the prefix of every key on the server, so teams can share one "
+        "(default: llmbatch:).",
+    ),
+]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
 RefreshOption = Annotated[bool, typer.Option("--refresh", help="Ignore cached answers and overwrite them.")]
 CacheOnlyOption = Annotated[bool, typer.Option("--cache-only", help="Never call a provider; misses become errors.")]
@@ -341,6 +363,8 @@ def run(
         ),
     ] = 6,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
     no_cache: NoCacheOption = False,
     refresh: RefreshOption = False,
@@ -435,6 +459,8 @@ def run(
                 simulate=simulate,
                 options=options,
                 cache_dir=cache_dir,
+                cache_url=cache_url,
+                cache_namespace=cache_namespace,
                 shared_cache=shared_cache,
                 cache_size_limit=parse_size(cache_size_limit, option="--cache-size-limit")
                 if cache_size_limit
@@ -476,6 +502,8 @@ def plan(
     api_base: ApiBaseOption = None,
     simulate: SimulateOption = False,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
     no_cache: NoCacheOption = False,
     refresh: RefreshOption = False,
@@ -501,6 +529,8 @@ def plan(
                 simulate=simulate,
                 options=RunOptions(cache_mode=_cache_mode(no_cache, refresh, cache_only)),
                 cache_dir=cache_dir,
+                cache_url=cache_url,
+                cache_namespace=cache_namespace,
                 shared_cache=shared_cache,
                 max_line_size=max_line_size,
                 max_messages=max_messages,
@@ -538,6 +568,8 @@ def _run_config(
     max_line_size: str | None,
     max_messages: int | None,
     shared_cache: bool = False,
+    cache_url: str | None = None,
+    cache_namespace: str | None = None,
     cache_size_limit: int | None = None,
     cache_eviction: str | None = None,
     workers: int | None = None,
@@ -570,6 +602,8 @@ def _run_config(
         cache_size_limit=cache_size_limit,
         cache_eviction=cache_eviction,
         shared_cache=shared_cache,
+        cache_url=cache_url,
+        cache_namespace=cache_namespace,
         workers=workers,
         split=True,  # a big input is checked in two halves at once, unless --workers 0
     )
@@ -911,17 +945,19 @@ def _entries(count: int) -> str:
 def cache_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Entries, size on disk, size limit, oldest and newest entry, entries per model, lifetime hits and misses."""
     from llmbatch.display import print_cache_stats
-    from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
-    directory = cache_dir or default_cache_dir()
-    if not store_exists(directory):
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    directory = place.describe()
+    if not place.exists():
         stats = None
     else:
-        with DiskStore(directory, create=False, shared=shared_cache) as cache:
+        with place.open(create=False) as cache:
             stats = cache.stats()
     if as_json:
         import orjson
@@ -949,10 +985,11 @@ def cache_purge(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove cache entries older than a duration, or of one model, or both."""
-    from llmbatch.store import DiskStore, default_cache_dir, store_exists
     from llmbatch.units import parse_duration
 
     if older_than is None and model is None:
@@ -961,13 +998,14 @@ def cache_purge(
             "to remove every entry, use llmbatch cache clear"
         )
     seconds = parse_duration(older_than, option="--older-than") if older_than is not None else None
-    directory = cache_dir or default_cache_dir()
-    if not store_exists(directory):
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    directory = place.describe()
+    if not place.exists():
         sys.stdout.write(f"no cache at {directory}: nothing to purge\n")
         return
     if model is not None and ":" not in model:
         raise UsageError(f"--model {model}: name it as provider:model, as cache stats lists them")
-    with DiskStore(directory, create=False, shared=shared_cache) as cache:
+    with place.open(create=False) as cache:
         count = cache.purge(seconds, tag=model, dry_run=dry_run)
         names = list(cache.stats().by_model) if count == 0 and model is not None else []
     which = f" of {model}" if model else ""
@@ -984,20 +1022,22 @@ def cache_purge(
 def cache_clear(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first (for scripts).")] = False,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Remove every cache entry; the cache's settings (size limit, eviction) stay."""
-    from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
-    directory = cache_dir or default_cache_dir()
-    if not store_exists(directory):
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    directory = place.describe()
+    if not place.exists():
         sys.stdout.write(f"no cache at {directory}: nothing to clear\n")
         return
     asking = not yes
     if asking and not _stdin_is_terminal():
         # Nobody can answer: a script that forgot --yes must not hang, nor clear without saying so.
         raise UsageError(f"cache clear removes every entry in {directory}: add --yes to do it without a question")
-    with DiskStore(directory, create=False, shared=shared_cache) as cache:
+    with place.open(create=False) as cache:
         count = cache.count()
         if (
             count
@@ -1033,12 +1073,13 @@ def cache_export(
         str | None, typer.Option("--newer-than", metavar="DURATION", help="Only entries stored within this (7d, 12h).")
     ] = None,
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Write every live entry as one JSON record per line, oldest first: the answer, the request its
     key was made from, when it was stored, its expiry and a digest. llmbatch cache import reads it."""
     from llmbatch.app.transfer import export_entries
-    from llmbatch.store import DiskStore, default_cache_dir, store_exists
     from llmbatch.units import parse_duration
 
     if model is not None and ":" not in model:
@@ -1051,10 +1092,11 @@ def cache_export(
         raise UsageError(
             "cache export -o - writes records to standard output, which is a terminal: pipe it or name a file"
         )
-    directory = cache_dir or default_cache_dir()
-    if not store_exists(directory):
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    directory = place.describe()
+    if not place.exists():
         raise UsageError(f"no cache at {directory}: nothing to export")
-    with DiskStore(directory, create=False, shared=shared_cache) as store:
+    with place.open(create=False) as store:
         done = export_entries(
             store, None if output == "-" else Path(output), tag=model, stored_before=before, stored_after=after
         )
@@ -1077,18 +1119,20 @@ def cache_import(
         ),
     ],
     cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
     shared_cache: SharedCacheOption = False,
 ) -> None:
     """Check every record of an export (its key against the request it answers, its digest, that it
     is an answer), then file them all, keeping when each was stored; where this cache already has
     the key, the newer answer stays. A bad record is named by its line and nothing is imported."""
     from llmbatch.app.transfer import import_entries
-    from llmbatch.store import DiskStore, default_cache_dir
 
-    directory = cache_dir or default_cache_dir()
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    directory = place.describe()
     source = _open_input(records)
     try:
-        done = import_entries(lambda: DiskStore(directory, shared=shared_cache), source.path, source=source.source)
+        done = import_entries(place.open, source.path, source=source.source)
     finally:
         source.cleanup()
     loaded = done.loaded
@@ -1103,6 +1147,13 @@ def cache_import(
     ]
     records = f"{done.records} record{'s' if done.records != 1 else ''}"
     sys.stdout.write(f"imported {records} into the cache at {directory}: {'; '.join(parts)}\n")
+
+
+def _place(cache_dir: Path | None, cache_url: str | None, namespace: str | None, shared: bool) -> Any:
+    """Where the cache commands find the store (``StorePlace``)."""
+    from llmbatch.store import StorePlace
+
+    return StorePlace.of(cache_dir, cache_url, namespace, shared)
 
 
 def _stdout_is_terminal() -> bool:

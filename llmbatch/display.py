@@ -406,6 +406,12 @@ class Display:
         return printable("llmbatch: " + ", ".join(parts))
 
 
+def _eviction(policy: str) -> str:
+    if policy == "noeviction":
+        return "noeviction (a full server refuses new answers; none is dropped)"
+    return f"{policy} (the server may drop answers when full: a later miss, never a wrong answer)"
+
+
 def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = None) -> None:
     """``llmbatch cache stats`` for people (``--json`` is printed by the CLI itself)."""
     import sys
@@ -427,10 +433,20 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
     lookups = stats.hits + stats.misses
     rows = [
         ("entries", _count(stats.entries)),
-        ("size on disk", format_size(stats.size_bytes)),
         *(
-            (("size limit", f"{format_size(stats.details['size_limit'])} ({stats.details['eviction_policy']})"),)
+            (
+                ("size on disk", format_size(stats.size_bytes)),
+                ("size limit", f"{format_size(stats.details['size_limit'])} ({stats.details['eviction_policy']})"),
+            )
             if "size_limit" in stats.details
+            else ()
+        ),
+        *(
+            (
+                ("server memory", f"{format_size(stats.size_bytes)} (the whole server's)"),
+                ("server eviction", _eviction(stats.details["maxmemory_policy"])),
+            )
+            if "maxmemory_policy" in stats.details
             else ()
         ),
         ("oldest entry", when(stats.oldest)),

@@ -10,7 +10,6 @@ from llmbatch.engine import LOOKUP_CHUNK
 from llmbatch.input import (
     read_requests,
 )
-from llmbatch.store import DiskStore, default_cache_dir, store_exists
 
 __all__ = ["Plan", "plan"]
 
@@ -57,9 +56,9 @@ def plan(config: RunConfig) -> Plan:
     destination = config.destination
 
     cache = None
-    directory = config.cache_dir or default_cache_dir()
-    if options.cache_mode in ("normal", "only") and store_exists(directory):
-        cache = DiskStore(directory, create=False, shared=config.shared_cache)
+    place = config.store_place
+    if options.cache_mode in ("normal", "only") and place.exists():
+        cache = place.open(create=False)
     result = Plan()
     pending: set[str] = set()
     # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion

@@ -15,7 +15,7 @@ from llmbatch.input import (
     Request,
 )
 from llmbatch.results import Result, ResultWriter, append_or_undo, classify_output, encode
-from llmbatch.store import DiskStore
+from llmbatch.store import ResponseStore
 
 __all__ = ["HitPrefix"]
 
@@ -42,7 +42,7 @@ class HitPrefix:
         *,
         spool: IO[bytes] | None = None,
         first_line: int = 1,
-        open_cache: Callable[[], DiskStore] | None = None,
+        open_cache: Callable[[], ResponseStore] | None = None,
     ) -> None:
         """``spool``, ``first_line``, ``open_cache``: for the second half of a big input, answered
         by a forked child (:func:`validate`): its hits go to ``spool``."""
@@ -53,7 +53,7 @@ class HitPrefix:
         self.after_open: Callable[[bool], None] | None = None
         # Opened by the first lookup, so that a file that is bad from its first lines touches
         # nothing (and a cache that cannot be opened is reported by the run, after validation).
-        self.cache: DiskStore | None = None
+        self.cache: ResponseStore | None = None
         self.writer: ResultWriter | None = None
         self.spool: IO[bytes] | None = spool
         self._engine: Resolver | None = None

@@ -17,12 +17,12 @@ from llmbatch.input import (
 )
 from llmbatch.model.entry import CacheEntry, make_entry
 from llmbatch.results import partial_mark
-from llmbatch.store import DiskStore, ResponseStore
+from llmbatch.store import ResponseStore
 
 __all__ = []
 
 
-def _recovery(config: RunConfig, cache: DiskStore, recovered: list[int]) -> Callable[[BinaryIO], None]:
+def _recovery(config: RunConfig, cache: ResponseStore, recovered: list[int]) -> Callable[[BinaryIO], None]:
     """What to do with an earlier run's ``.partial`` before it is emptied: take the answers it paid
     for back into the cache, so that an answer that could not be stored then (a full disk) is not
     paid for again. Only from a ``.partial`` a run of this cache wrote (a file shipped in a cloned

@@ -23,7 +23,7 @@ from llmbatch.input import (
 )
 from llmbatch.providers.base import CallError, Destination
 from llmbatch.results import ResultWriter
-from llmbatch.store import DiskStore
+from llmbatch.store import ResponseStore
 
 __all__ = ["RunOutcome", "Started", "execute", "models_of", "start"]
 
@@ -46,7 +46,7 @@ class Started:
     :func:`execute` do it)."""
 
     provider: Any
-    cache: DiskStore | None
+    cache: ResponseStore | None
     writer: ResultWriter
     simulator: Any = None
     recovered: int = 0  # answers an earlier run paid for, taken back into the cache from its .partial
@@ -167,7 +167,7 @@ async def execute(
         stats=stats,
         results_at=str(where) if where is not None else "stdout",
         complete=stats.complete,
-        cache_recreated=str(started.cache.directory) if recreated and started.cache is not None else None,
+        cache_recreated=started.cache.location if recreated and started.cache is not None else None,
         recovered=started.recovered,
     )
 

@@ -14,7 +14,7 @@ from llmbatch.input import (
 )
 from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.providers.base import SIMULATOR_KEY, Destination
-from llmbatch.store import DiskStore, default_cache_dir
+from llmbatch.store import ResponseStore, StorePlace
 
 __all__ = ["SIMULATE_DEFAULT_MODEL", "RunConfig", "cpus", "effective_defaults", "open_run_store"]
 
@@ -37,6 +37,8 @@ class RunConfig:
     cache_size_limit: int | None = None
     cache_eviction: str | None = None
     shared_cache: bool = False  # --shared-cache: a cache directory others may own or write, on purpose
+    cache_url: str | None = None  # --cache redis://...: answers on a shared server (cache_dir stays local)
+    cache_namespace: str | None = None  # None: the default (llmbatch.store.DEFAULT_NAMESPACE)
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
     #: Where the calls go, and so what the keys record; made from the fields above when not given.
@@ -52,6 +54,10 @@ class RunConfig:
             else:
                 self.destination = Destination.of(api_base=self.api_base)
 
+    @property
+    def store_place(self) -> StorePlace:
+        return StorePlace.of(self.cache_dir, self.cache_url, self.cache_namespace, self.shared_cache)
+
 
 def effective_defaults(config: RunConfig) -> Defaults:
     if config.simulate and config.defaults.model is None:
@@ -59,14 +65,9 @@ def effective_defaults(config: RunConfig) -> Defaults:
     return config.defaults
 
 
-def open_run_store(config: RunConfig) -> DiskStore:
+def open_run_store(config: RunConfig) -> ResponseStore:
     """The run's store, with the settings the command line gave."""
-    return DiskStore(
-        config.cache_dir or default_cache_dir(),
-        size_limit=config.cache_size_limit,
-        eviction_policy=config.cache_eviction,
-        shared=config.shared_cache,
-    )
+    return config.store_place.open(size_limit=config.cache_size_limit, eviction_policy=config.cache_eviction)
 
 
 def cpus() -> int:

@@ -40,7 +40,7 @@ from llmbatch.input import (
     count_lines_before,
     line_start_near,
 )
-from llmbatch.store import DiskStore, default_cache_dir
+from llmbatch.store import ResponseStore
 
 __all__ = ["SPLIT_MIN_BYTES", "Forked", "can_fork", "validate"]
 
@@ -207,10 +207,10 @@ def _second_half(
     path, defaults, source = config.input.path, effective_defaults(config), config.input.source
     first_line = count_lines_before(path, start) + 1
 
-    def open_cache() -> DiskStore:
+    def open_cache() -> ResponseStore:
         if gate is None or not gate.wait():
             raise CacheError("the first half did not open the cache")
-        return DiskStore(config.cache_dir or default_cache_dir(), create=False, shared=config.shared_cache)
+        return config.store_place.open(create=False)
 
     prefix = None
     if spool is not None:

@@ -3,44 +3,88 @@
 :mod:`~llmbatch.store.base` holds the port (:class:`ResponseStore`), the figures every store gives
 (:class:`StoreStats`) and a run's batched writes (:class:`WriteBatcher`);
 :mod:`~llmbatch.store.disk` is the diskcache store (the default), :mod:`~llmbatch.store.memory`
-a dict. :func:`open_store` is the one place that chooses and opens a store for a run or a command.
+a dict, :mod:`~llmbatch.store.redis` a Redis server shared by many machines. :class:`StorePlace`
+is the one place that chooses and opens a store for a run or a command: a directory, or a URL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from llmbatch.store.base import Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
+from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
 
 __all__ = [
     "DEFAULT_EVICTION",
+    "DEFAULT_NAMESPACE",
     "DEFAULT_SIZE_LIMIT",
     "DiskStore",
     "Loaded",
     "MemoryStore",
     "ResponseStore",
+    "StorePlace",
     "StoreStats",
     "Stored",
     "WriteBatcher",
     "default_cache_dir",
-    "open_store",
     "store_exists",
 ]
 
 
-def open_store(
-    directory: Path | None = None,
-    *,
-    create: bool = True,
-    shared: bool = False,
-    size_limit: int | None = None,
-    eviction_policy: str | None = None,
-) -> DiskStore | None:
-    """The store at ``directory`` (default: :func:`default_cache_dir`); with ``create=False``,
-    None when there is none yet (``cache stats`` on a machine that never ran anything)."""
-    directory = directory or default_cache_dir()
-    if not create and not store_exists(directory):
-        return None
-    return DiskStore(directory, create=create, shared=shared, size_limit=size_limit, eviction_policy=eviction_policy)
+@dataclass(frozen=True, slots=True)
+class StorePlace:
+    """Where a run's or a command's answers live: ``--cache-dir`` and ``--cache URL``.
+
+    Without a URL, the disk store in ``directory`` (default: the user cache directory). With one,
+    the answers live on that Redis server, and ``directory`` is still this machine's: it keeps what
+    must stay here (which ``.partial`` files this cache's runs wrote). Both given is never an error.
+    """
+
+    directory: Path | None = None
+    url: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    shared: bool = False
+
+    @classmethod
+    def of(cls, directory: Path | None, url: str | None, namespace: str | None, shared: bool) -> StorePlace:
+        """From the command line's options, where None means the default."""
+        return cls(directory, url, namespace or DEFAULT_NAMESPACE, shared)
+
+    @property
+    def local_directory(self) -> Path:
+        return self.directory or default_cache_dir()
+
+    def describe(self) -> str:
+        """For people: the directory, or the URL without its password."""
+        if self.url is None:
+            return str(self.local_directory)
+        from llmbatch.store.redis import redact_url
+
+        return f"{redact_url(self.url)} (namespace {self.namespace})"
+
+    def exists(self) -> bool:
+        """Whether there is a store to read (a server is always there to ask: opening checks it)."""
+        return self.url is not None or store_exists(self.local_directory)
+
+    def open(
+        self, *, create: bool = True, size_limit: int | None = None, eviction_policy: str | None = None
+    ) -> ResponseStore:
+        """Open it (a server is asked to answer first: an unreachable one is a CacheError)."""
+        if self.url is None:
+            return DiskStore(
+                self.local_directory,
+                create=create,
+                shared=self.shared,
+                size_limit=size_limit,
+                eviction_policy=eviction_policy,
+            )
+        from llmbatch.store.redis import RedisStore
+
+        local = DiskStore(self.local_directory, shared=self.shared)
+        try:
+            return RedisStore(self.url, local=local, namespace=self.namespace)
+        except BaseException:
+            local.close()
+            raise

@@ -28,7 +28,10 @@ from typing import Any, Protocol, runtime_checkable
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
 
-__all__ = ["Loaded", "ResponseStore", "StoreStats", "Stored", "WriteBatcher"]
+#: The key prefix on a shared server (Redis) unless one is chosen: several teams can share a server.
+DEFAULT_NAMESPACE = "llmbatch:"
+
+__all__ = ["DEFAULT_NAMESPACE", "Loaded", "ResponseStore", "StoreStats", "Stored", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -61,6 +64,7 @@ class ResponseStore(Protocol):
 
     # -- the admin side --
     def stats(self) -> StoreStats: ...
+    def count(self) -> int: ...
     def purge(
         self, older_than_s: float | None, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
     ) -> int: ...

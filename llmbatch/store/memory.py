@@ -129,6 +129,9 @@ class MemoryStore:
             stored_value_usd=sum(held.entry.get("cost_usd") or 0.0 for held in live),
         )
 
+    def count(self) -> int:
+        return sum(self.get(key) is not None for key in self._entries)
+
     def purge(
         self, older_than_s: float | None, *, tag: str | None = None, dry_run: bool = False, now: float | None = None
     ) -> int:

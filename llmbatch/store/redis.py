@@ -49,14 +49,13 @@ from redis.lock import Lock
 
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
-from llmbatch.store.base import Loaded, Stored, StoreStats
+from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, Stored, StoreStats
 
 if TYPE_CHECKING:
     from llmbatch.store.base import ResponseStore
 
-__all__ = ["DEFAULT_NAMESPACE", "RedisStore", "redact_url"]
+__all__ = ["RedisStore", "redact_url"]
 
-DEFAULT_NAMESPACE = "llmbatch:"
 _PAGE = 1000
 
 
@@ -185,6 +184,8 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+        if self.local is not None:
+            self.local.close()
 
     # -- runs sharing it --
 
