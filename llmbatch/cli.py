@@ -677,7 +677,8 @@ def _run(
     elif stats.fatal:
         note = (
             "results are incomplete: fix what the error below says, then run the same command again "
-            "(answered prompts come from the cache)"
+            "(nothing answered is paid for again: each answer is in the cache, or in the .partial file "
+            "when the cache could not take it, and goes into the cache then)"
         )
     elif not (outcome and outcome.complete):
         note = "results are incomplete; run the same command again to finish (answered prompts come from the cache)"

@@ -92,3 +92,36 @@ def test_an_unreachable_server_is_one_error_before_anything_is_sent_and_hides_th
     assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
     bad = run_cli(["cache", "stats", "--cache", "http://cache.internal"], env=env)
     assert bad.exit_code == 2 and "use a redis://, rediss:// or unix:// URL" in bad.stderr
+
+
+def test_a_server_lost_mid_run_stops_the_run_and_nothing_paid_is_lost_or_paid_twice(
+    tmp_path, env, simulator, redis_server
+):
+    import time
+
+    sim = simulator(latency_s=0.05)
+    n = 120
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+    out = tmp_path / "out.jsonl"
+    args = run_args(path, sim, "-c", "4", "--cache", redis_server.url, "-o", str(out))
+    process = spawn(args, env, tmp_path)
+    deadline = time.monotonic() + 30
+    while sim.stats()["completions_served"] < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    redis_server.stop()  # the server goes away, and comes back empty (no persistence)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert_one_clear_error(stderr, "the cache at", "stopping so that no more answers are paid for and lost")
+    assert "or in the .partial file" in stderr
+    kept = len(read_results(tmp_path / "out.jsonl.partial"))
+    paid = sim.stats()["completions_served"]
+    assert 12 <= kept <= paid < n
+
+    redis_server.start()
+    again = spawn(args, env, tmp_path)
+    _, stderr = again.communicate(timeout=60)
+    assert again.returncode == 0, stderr
+    assert f"{kept} answers an earlier run paid for were taken back into the cache" in stderr
+    assert_complete(out, n)
+    assert sim.stats()["completions_served"] == n + (paid - kept)  # only what was in flight, if anything
+    assert paid - kept <= 4

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
 from llmbatch.store.base import ResponseStore
 
@@ -98,6 +99,7 @@ class Leases:
         #: room frees, before the keys other runs hold (those are looked at by the poller).
         self._untried: dict[str, None] = {}
         self.waited = 0  # keys answered by another run while this one waited (for the summary)
+        self._renewed = self._reaped = 0.0  # when run() last renewed the leases, and looked for dead holders
 
     @property
     def room(self) -> int:
@@ -128,13 +130,18 @@ class Leases:
                 self._claim()
         return await asyncio.shield(future)
 
+    def queued(self, key: str) -> bool:
+        """Whether ``key`` waits for room under this run's cap (not for another run)."""
+        return key in self._untried
+
     def release(self, keys: Iterable[str]) -> None:
         """Give up the leases on ``keys`` that this run holds (the answers are stored, or failed),
         and use the room for keys waiting their turn."""
         mine = [key for key in keys if key in self.held]
         if mine:
             self.held.difference_update(mine)
-            self.store.release(mine, self.owner)
+            with contextlib.suppress(CacheError):  # the store is gone: the leases run out on their own
+                self.store.release(mine, self.owner)
             self._claim()
 
     def forget(self, key: str) -> None:
@@ -157,19 +164,28 @@ class Leases:
     async def run(self) -> None:
         """Renew what is held and look for what is waited on, until cancelled."""
         interval = POLL_MIN_S
-        renewed = reaped = self.clock()
+        self._renewed = self._reaped = self.clock()
         while True:
             await self.sleep(interval)
-            now = self.clock()
-            if now - renewed >= self.ttl_s / 3:
-                renewed = now
-                if self.held:
-                    self.store.renew(self.owner, ttl_s=self.ttl_s, now=renewed)
-            if self._waiting and now - reaped >= REAP_EVERY_S:
-                reaped = now
-                self.reap()
-            progress = self.poll()
-            interval = POLL_MIN_S if progress else min(POLL_MAX_S, interval * 2)
+            try:
+                interval = self._tend(interval)
+            except CacheError:
+                # The store is gone (a server lost): the run hears of it from its own lookups and
+                # writes, and stops; until then, keep trying.
+                interval = POLL_MAX_S
+
+    def _tend(self, interval: float) -> float:
+        """One round of :meth:`run`: renew, reap, poll; the interval until the next."""
+        now = self.clock()
+        if now - self._renewed >= self.ttl_s / 3:
+            self._renewed = now
+            if self.held:
+                self.store.renew(self.owner, ttl_s=self.ttl_s, now=now)
+        if self._waiting and now - self._reaped >= REAP_EVERY_S:
+            self._reaped = now
+            self.reap()
+        progress = self.poll()
+        return POLL_MIN_S if progress else min(POLL_MAX_S, interval * 2)
 
     def reap(self) -> int:
         """Give up the leases of runs on this machine that are no longer running; how many runs."""

@@ -212,6 +212,8 @@ class Resolver:
                     self.flush()  # lines emitted straight out: let a reader see them
         except asyncio.CancelledError:
             raise  # the consumer is gone (run() is failing): nobody waits for the end marker
+        except CacheError as exc:  # the store went away (a server lost): what is answered is kept
+            self._store_failed(exc)
         except BaseException:
             await queue.put(_END)  # let the consumer finish what is queued; run() re-raises this
             raise
@@ -309,18 +311,31 @@ class Resolver:
 
     async def _answer(self, request: Request, key: str) -> Result | _Skipped:
         try:
+            return await self._answer_once(request, key)
+        except CacheError as exc:  # a lookup or a lease failed: the store went away
+            self._store_failed(exc)
+            return _SKIPPED
+
+    def _store_failed(self, exc: CacheError) -> None:
+        self.stop(f"{exc} — stopping so that no more answers are paid for and lost", StopReason.FATAL)
+
+    async def _answer_once(self, request: Request, key: str) -> Result | _Skipped:
+        try:
             while True:
                 decided = self._decide(request, key)
                 if decided is not None:
                     return decided if isinstance(decided, (Result, _Skipped)) else await decided
                 # Another run holds the key: its answer will land in the store, or the key comes
                 # back to this run (its call failed, it died, or this run is stopping): decide afresh.
+                # Or this run holds as many keys as it may, and the key waits its turn here: that is
+                # not waiting on another run, and the display must not say so.
                 assert self.leases is not None
-                self.stats.waiting += 1
+                elsewhere = not self.leases.queued(key)
+                self.stats.waiting += elsewhere
                 try:
                     entry = await self.leases.wait(key)
                 finally:
-                    self.stats.waiting -= 1
+                    self.stats.waiting -= elsewhere
                 if entry is not None:
                     return self._hit(request, key, entry)
         finally:
@@ -405,7 +420,7 @@ class Resolver:
         if self._writes is not None and cacheable(outcome.response):
             failed = await self._writes.put(key, entry, self.destination.tag_prefix + request.model_ref)
             if failed is not None:
-                self.stop(f"{failed} — stopping so that no more answers are paid for and lost", StopReason.FATAL)
+                self._store_failed(failed)
             if self.options.cache_mode == "refresh":
                 self._refreshed.add(key)
         future.set_result(entry)
