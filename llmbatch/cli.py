@@ -388,6 +388,16 @@ def run(
             "least-recently-used, least-frequently-used, or none.",
         ),
     ] = None,
+    rate_group: Annotated[
+        str | None,
+        typer.Option(
+            "--rate-group",
+            metavar="NAME",
+            envvar="LLMBATCH_RATE_GROUP",
+            help="With --cache URL: the runs that share one rate budget (default: every run using the same "
+            "API key and endpoint, by a fingerprint that never holds the key).",
+        ),
+    ] = None,
     rpm: Annotated[
         int | None,
         typer.Option("--rpm", metavar="N", min=1, help="Requests per minute per model, paced evenly (default: learn)."),
@@ -466,6 +476,7 @@ def run(
                 if cache_size_limit
                 else None,
                 cache_eviction=cache_eviction,
+                rate_group=rate_group,
                 workers=_parse_workers(workers),
                 max_line_size=max_line_size,
                 max_messages=max_messages,
@@ -572,6 +583,7 @@ def _run_config(
     cache_namespace: str | None = None,
     cache_size_limit: int | None = None,
     cache_eviction: str | None = None,
+    rate_group: str | None = None,
     workers: int | None = None,
 ) -> Any:
     from llmbatch.app.inputs import default_output
@@ -604,6 +616,7 @@ def _run_config(
         shared_cache=shared_cache,
         cache_url=cache_url,
         cache_namespace=cache_namespace,
+        rate_group=rate_group,
         workers=workers,
         split=True,  # a big input is checked in two halves at once, unless --workers 0
     )

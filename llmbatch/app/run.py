@@ -50,6 +50,7 @@ class Started:
     writer: ResultWriter
     simulator: Any = None
     recovered: int = 0  # answers an earlier run paid for, taken back into the cache from its .partial
+    limits: Any = None  # the rate limits' state when it is shared (--cache redis://); None: this process's
 
     async def close(self, complete: bool = False) -> Path | None:
         """Finish the results file (renamed into place if ``complete``), close everything."""
@@ -60,6 +61,8 @@ class Started:
             where = self.writer.finish(complete)
             if self.simulator is not None:
                 await self.simulator.stop()
+            if self.limits is not None:
+                self.limits.close()
             if self.cache is not None:
                 if complete and identity is not None:
                     with contextlib.suppress(CacheError):
@@ -79,6 +82,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
     cache = prefix.cache if prefix is not None and prefix.cache is not None else None
     simulator = None
     provider = None
+    limits = None
     try:
         if cache is None and options.cache_mode != "off":
             cache = open_run_store(config)
@@ -91,6 +95,12 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
         provider = _provider(_workers(config, _left(stats, prefix)), destination)
         if options.cache_mode != "only" and _left(stats, prefix) > 0:
             await _prepare_providers(provider, models)
+            # Runs sharing a server share each budget's pace: whose budget it is, by default a
+            # fingerprint of the API key and endpoint (never the key), or --rate-group.
+            paying = destination
+            limits = config.store_place.limit_state(
+                lambda budget: config.rate_group or paying.budget_identity(budget.split(":", 1)[0])
+            )
         recovered: list[int] = []
         recover = _recovery(config, cache, recovered) if cache is not None else None
         if prefix is not None:
@@ -104,12 +114,14 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
             await provider.aclose()
         if simulator is not None:
             await simulator.stop()
+        if limits is not None:
+            limits.close()
         if cache is not None and (prefix is None or cache is not prefix.cache):
             cache.close()
         raise
     if prefix is not None:
         prefix.cache = None  # the run owns it now
-    return Started(provider, cache, writer, simulator, sum(recovered))
+    return Started(provider, cache, writer, simulator, sum(recovered), limits)
 
 
 async def _prepare_providers(provider: Any, models: set[str]) -> None:
@@ -149,6 +161,7 @@ async def execute(
             flush=writer.flush,
             stats=stats,
             on_event=on_event,
+            limit_state=started.limits,
         )
         if on_engine is not None:
             on_engine(engine)

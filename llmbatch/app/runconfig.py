@@ -39,6 +39,7 @@ class RunConfig:
     shared_cache: bool = False  # --shared-cache: a cache directory others may own or write, on purpose
     cache_url: str | None = None  # --cache redis://...: answers on a shared server (cache_dir stays local)
     cache_namespace: str | None = None  # None: the default (llmbatch.store.DEFAULT_NAMESPACE)
+    rate_group: str | None = None  # --rate-group: whose rate budget the calls spend, when shared
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
     #: Where the calls go, and so what the keys record; made from the fields above when not given.

@@ -19,6 +19,7 @@ from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarte
 from llmbatch.engine.live import LiveExecutor
 from llmbatch.engine.options import CacheMode, RunOptions
 from llmbatch.engine.resolver import LOOKUP_CHUNK, Resolver
+from llmbatch.limits.state import LimitState
 from llmbatch.model.result import Result
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.providers.base import Provider
@@ -54,11 +55,15 @@ def live_resolver(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    limit_state: LimitState | None = None,
 ) -> Resolver:
-    """A run whose calls are made now through ``provider``: what the command line and the library use."""
+    """A run whose calls are made now through ``provider``: what the command line and the library use.
+    ``limit_state``: where the pace and pauses live (see :class:`LiveExecutor`)."""
     stats = stats or RunStats()
     options = options or RunOptions()
-    executor = LiveExecutor(provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock)
+    executor = LiveExecutor(
+        provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock, limit_state=limit_state
+    )
     return Resolver(
         executor=executor,
         store=store,

@@ -26,6 +26,7 @@ from llmbatch.engine.budget import CostBudget
 from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome
 from llmbatch.engine.options import RunOptions
 from llmbatch.limits import Governor, Slot, estimate_split
+from llmbatch.limits.state import LimitState
 from llmbatch.model.request import Request
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import call_cost
@@ -53,7 +54,10 @@ class LiveExecutor:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        limit_state: LimitState | None = None,
     ) -> None:
+        """``limit_state``: where each budget's pace and pause live (this process by default; a
+        server shared by every run with the same budget, with its clock, for ``--cache redis://``)."""
         options = options or RunOptions()
         self.provider = provider
         self.destination = provider.destination
@@ -70,9 +74,10 @@ class LiveExecutor:
             settings=options.limits,
             default=options.default_limits,
             learn_from_headers=options.learn_from_headers,
-            clock=clock,
+            clock=limit_state.clock if limit_state is not None else clock,
             sleep=self._sleep,
             stopping=lambda: self._stopping,
+            state=limit_state,
         )
         self.budget = CostBudget(
             options.max_cost_usd, spent=lambda: self.stats.spent_usd, stopping=lambda: self._stopping

@@ -243,6 +243,12 @@ class Governor:
                     due = now + wait
                     await self._wait(budget, wait)
                     continue
+                if budget.started == 0 and self.state.shared:
+                    # This process's first call opens its connection and reaches the provider
+                    # later than its slot, on top of the next process's call: on a strict window
+                    # shared by several processes that was one 429 at the start of every run. The
+                    # slot after it is left free (one per process and budget, once).
+                    await budget.pacer.precharge(1, 0, now)
             budget.in_flight += 1
             budget.started += 1
             budget.tokens_started += tokens

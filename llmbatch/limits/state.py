@@ -8,10 +8,15 @@ for the pace, a key with the server's clock for the pause) is the next.
 
 What stays in the process, whatever the state: the probe, the calls in flight and the AIMD limit of
 calls allowed in flight are about this process's own connections.
+
+The state also gives the clock that its times are read on: this process's monotonic clock for
+:class:`LocalLimitState`; for a state shared between machines, the server's (machines' own clocks
+may differ by seconds, which would shift one machine's pace against another's).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -21,6 +26,12 @@ __all__ = ["LimitState", "LocalLimitState"]
 
 
 class LimitState(Protocol):
+    #: Kept where several processes spend it (a server), rather than in this one.
+    shared: bool
+
+    def clock(self) -> float:
+        """Now, on the clock every time kept in this state is on (seconds)."""
+
     def bucket_store(self, budget: str, kind: str) -> StateStore:
         """The store of ``budget``'s ``kind`` bucket (``"requests"`` or ``"tokens"``)."""
 
@@ -30,14 +41,22 @@ class LimitState(Protocol):
     def pause(self, budget: str, until: float) -> None:
         """No call of ``budget`` starts before ``until`` (a later pause in force stands)."""
 
+    def close(self) -> None:
+        """The run is over: let go of what the state holds (a connection)."""
+
 
 class LocalLimitState:
     """Limits kept in this process: every governor given the same object shares them (one per run
     by default, so nothing is shared)."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._pauses: dict[str, float] = {}
         self._stores: dict[tuple[str, str], StateStore] = {}
+
+    def clock(self) -> float:
+        return time.monotonic()
 
     def bucket_store(self, budget: str, kind: str) -> StateStore:
         from pyrate_limiter import InMemoryStateStore
@@ -49,3 +68,6 @@ class LocalLimitState:
 
     def pause(self, budget: str, until: float) -> None:
         self._pauses[budget] = max(self._pauses.get(budget, 0.0), until)
+
+    def close(self) -> None:
+        pass

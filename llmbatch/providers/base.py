@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import os
 import re
 import time
@@ -301,6 +302,15 @@ class Destination:
     def key_endpoint(self, provider: str) -> str | None:
         """The endpoint recorded in the key of a request to ``provider``."""
         return self.namespace or self.api_base or self.env.get(provider)
+
+    def budget_identity(self, provider: str, environ: Mapping[str, str] | None = None) -> str:
+        """Whose rate limits the calls to ``provider`` spend, without saying who: a fingerprint of
+        the API key in use (the simulator's, or ``{PROVIDER}_API_KEY``) and the endpoint. Runs on
+        any machine with the same key and endpoint share one pace; the key itself never leaves."""
+        environ = os.environ if environ is None else environ
+        key = self.api_key or environ.get(f"{provider.upper()}_API_KEY") or ""
+        material = "\0".join((provider, key, self.api_base or self.env.get(provider) or self.namespace or ""))
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     @property
     def tag_prefix(self) -> str:

@@ -9,12 +9,18 @@ is the one place that chooses and opens a store for a run or a command: a direct
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from llmbatch.errors import CacheError
 from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from llmbatch.limits.state import LimitState
 
 __all__ = [
     "DEFAULT_EVICTION",
@@ -68,6 +74,13 @@ class StorePlace:
         """Whether there is a store to read (a server is always there to ask: opening checks it)."""
         return self.url is not None or store_exists(self.local_directory)
 
+    def limit_state(self, group: Callable[[str], str]) -> LimitState | None:
+        """The rate limits' state shared on the server (None for a directory: then each run keeps
+        its own). ``group(budget)``: whose limits a ``provider:model`` spends."""
+        if self.url is None:
+            return None
+        return _redis().RedisLimitState(self.url, namespace=self.namespace, group=group)
+
     def open(
         self, *, create: bool = True, size_limit: int | None = None, eviction_policy: str | None = None
     ) -> ResponseStore:
@@ -80,11 +93,19 @@ class StorePlace:
                 size_limit=size_limit,
                 eviction_policy=eviction_policy,
             )
-        from llmbatch.store.redis import RedisStore
-
+        redis_store = _redis()
         local = DiskStore(self.local_directory, shared=self.shared)
         try:
-            return RedisStore(self.url, local=local, namespace=self.namespace)
+            return redis_store.RedisStore(self.url, local=local, namespace=self.namespace)
         except BaseException:
             local.close()
             raise
+
+
+def _redis() -> Any:
+    """:mod:`llmbatch.store.redis`, or why it cannot be used (redis-py is an extra)."""
+    try:
+        from llmbatch.store import redis as redis_store
+    except ImportError as exc:
+        raise CacheError(f"--cache with a server URL needs redis-py ({exc}): pip install 'llmbatch[redis]'") from None
+    return redis_store

@@ -32,6 +32,11 @@ pipelines. Redis Cluster is not supported (a transaction spans keys in different
 
 Which ``.partial`` files are this cache's runs' is a fact about this machine, so it is kept in the
 local disk store (``--cache-dir``), as are answers that could not reach the server.
+
+:class:`RedisLimitState` is the other thing kept on the server: the rate limits' state, so that every
+run spending one budget (an API key at an endpoint, or a ``--rate-group``) keeps one pace and one
+pause. It lives here because this is redis-py's one home; what it implements is
+:class:`llmbatch.limits.state.LimitState`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
+from pyrate_limiter import InMemoryStateStore, StateStore
+from pyrate_limiter.buckets.redis_state import RedisStateStore
 from redis.lock import Lock
 
 from llmbatch.errors import CacheError
@@ -54,7 +61,7 @@ from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, Stored, StoreStats
 if TYPE_CHECKING:
     from llmbatch.store.base import ResponseStore
 
-__all__ = ["RedisStore", "redact_url"]
+__all__ = ["RedisLimitState", "RedisStore", "redact_url"]
 
 _PAGE = 1000
 
@@ -483,3 +490,96 @@ def _decode(value: bytes | None) -> CacheEntry | None:
 def _glob(text: str) -> str:
     """``text`` as a literal in a SCAN pattern."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class RedisLimitState:
+    """Each budget's pace (pyrate-limiter's GCRA in its Redis state store, atomic in Lua) and its
+    run-wide pause (a sorted set, raised with ZADD GT so a later pause in force stands), shared by
+    every run on this server whose calls spend the same budget.
+
+    ``group(budget)`` names whose limits a ``provider:model`` budget spends (a fingerprint of the API
+    key and endpoint, or ``--rate-group``). Times are on the server's clock: the offset of this
+    machine's clock from the server's is measured at the start (the best of a few round trips, so
+    it is off by at most half the fastest one) and added to ``time.time()``. If the server goes away
+    mid-run, each budget goes on pacing in this process (the run is stopping anyway: its next
+    write to the cache fails).
+    """
+
+    shared = True
+
+    def __init__(self, url: str, *, namespace: str, group: Callable[[str], str], timeout_s: float = 5.0) -> None:
+        self._store = RedisStore(url, namespace=namespace, timeout_s=timeout_s)
+        self._redis = self._store._redis
+        self._group = group
+        self._local_pauses: dict[str, float] = {}
+        self._offset = self._measure_offset()
+
+    def _k(self, *parts: str) -> str:
+        return self._store._k(*parts)
+
+    def _measure_offset(self) -> float:
+        best: tuple[float, float] | None = None
+        with self._store._talking("read the clock of"):
+            for _ in range(5):
+                sent = time.time()
+                seconds, micros = self._redis.time()
+                back = time.time()
+                trip = back - sent
+                if best is None or trip < best[0]:
+                    best = (trip, seconds + micros / 1e6 - (sent + back) / 2)
+        assert best is not None
+        return best[1]
+
+    def clock(self) -> float:
+        return time.time() + self._offset
+
+    def bucket_store(self, budget: str, kind: str) -> StateStore:
+        shared = RedisStateStore(self._redis, key=self._k("rate", self._group(budget), budget, kind))
+        return _Fallback(shared, InMemoryStateStore())
+
+    def paused_until(self, budget: str) -> float:
+        try:
+            until = self._redis.zscore(self._k("pause", self._group(budget)), budget)
+        except redis.RedisError:
+            return self._local_pauses.get(budget, 0.0)
+        return max(float(until or 0.0), self._local_pauses.get(budget, 0.0))
+
+    def pause(self, budget: str, until: float) -> None:
+        self._local_pauses[budget] = max(self._local_pauses.get(budget, 0.0), until)
+        with contextlib.suppress(redis.RedisError):
+            name = self._k("pause", self._group(budget))
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zadd(name, {budget: until}, gt=True)
+            pipe.expire(name, 3600)  # a pause is seconds long; the set goes once nobody is paused
+            pipe.execute()
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class _Fallback(StateStore):
+    """A pyrate-limiter state store on the server, or in this process while the server is away."""
+
+    is_async = False
+
+    def __init__(self, shared: RedisStateStore, local: InMemoryStateStore) -> None:
+        self.shared = shared
+        self.local = local
+        self.default_clock = shared.default_clock
+
+    def check(self, algorithm: Any, rates: Any, now: int, weight: int) -> Any:
+        try:
+            return self.shared.check(algorithm, rates, now, weight)
+        except redis.RedisError:
+            return self.local.check(algorithm, rates, now, weight)
+
+    def read(self, algorithm: Any, rates: Any) -> Any:
+        try:
+            return self.shared.read(algorithm, rates)
+        except redis.RedisError:
+            return self.local.read(algorithm, rates)
+
+    def reset(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.shared.reset()
+        self.local.reset()
