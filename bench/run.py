@@ -246,10 +246,11 @@ def cpu_of_process(pid: int) -> float:
 
 
 class SimProcess:
-    """`llmbatch sim --port 0 --latency L` in a child process; ``url`` from its first stderr line."""
+    """`llmbatch sim --port 0 --latency L [EXTRA]` in a child process; ``url`` from its first stderr line."""
 
-    def __init__(self, latency_ms: int) -> None:
+    def __init__(self, latency_ms: int, *extra: str) -> None:
         self.latency_ms = latency_ms
+        self.extra = extra
         self.url = ""
         self._proc: subprocess.Popen[str] | None = None
         self._tail: list[str] = []
@@ -257,7 +258,7 @@ class SimProcess:
     def __enter__(self) -> SimProcess:
         latency = f"{self.latency_ms}ms" if self.latency_ms else "0"
         self._proc = subprocess.Popen(
-            [*llmbatch_cmd(), "sim", "--port", "0", "--latency", latency],
+            [*llmbatch_cmd(), "sim", "--port", "0", "--latency", latency, *self.extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

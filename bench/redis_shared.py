@@ -1,0 +1,212 @@
+"""Many processes on one Redis, and one process at scale.
+
+    python bench/redis_shared.py                 # every part, ~6 minutes on 2 cores
+    python bench/redis_shared.py --part limited  # or: unlimited, warm, scale
+
+- **limited**: 1, 2 and 4 processes run the same file with `--cache unix://…` against a simulator
+  that enforces 6,000 requests a minute over any one second (its own process, 100 ms latency). Their
+  total pace as a share of the limit, while the simulator was serving, and the 429s they caused
+  (every prompt distinct, so each 429 is ours). The processes divide the file between them.
+- **unlimited**: the same without a limit (`-c 100` each): total answers a second.
+- **warm**: a rerun of 100,000 cached lines from Redis against the same from disk (each cache seeded by
+  bench/seed_cache.py), alternating, median of 3.
+- **scale**: one process at scale: 20,000 prompts, lognormal latency with a 2 s median, `-c 2000`, no
+  limit; share of ideal (20,000 / (2,000 / 2 s) = 20 s) while running, peak RSS of the process tree,
+  CPU per call.
+
+Redis is a real redis-server on a unix socket in a temporary directory (as the tests start it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.run import MODEL, SimProcess, llmbatch_cmd, measure, seed_argv, write_prompts
+from tests.redis_server import RedisServer
+
+
+def processes(n: int, file: Path, url: str, redis_url: str, tmp: Path, *extra: str) -> float:
+    """Run ``n`` llmbatch processes on ``file`` at once; wall seconds until the last one ends."""
+    import subprocess
+
+    started = time.perf_counter()
+    running = [
+        subprocess.Popen(
+            [
+                *llmbatch_cmd(),
+                "run",
+                str(file),
+                "--api-base",
+                url,
+                "-m",
+                MODEL,
+                "--cache",
+                redis_url,
+                "-q",
+                "-o",
+                str(tmp / f"out-{i}.jsonl"),
+                *extra,
+            ],
+            env={**os.environ, "LLMBATCH_CACHE_DIR": str(tmp / f"machine-{i}"), "OPENAI_API_KEY": "sk-bench"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    for process in running:
+        _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"llmbatch failed: {stderr[-500:]}")
+    return time.perf_counter() - started
+
+
+def limited(tmp: Path, prompts: int) -> None:
+    print(f"limited: {prompts:,} prompts, simulator at 6,000 RPM over 1 s, 100 ms latency")
+    print("  processes  wall s  running s  req/min  share of limit  our 429s  paid")
+    for n in (1, 2, 4):
+        run_dir = tmp / f"limited-{n}"
+        run_dir.mkdir()
+        file = write_prompts(run_dir / "p.jsonl", prompts, f"limited-{n}")
+        server = RedisServer(run_dir)
+        server.start()
+        try:
+            with SimProcess(100, "--rpm", "6000", "--limit-window", "1s") as sim:
+                wall = processes(n, file, sim.url, server.url, run_dir)
+                stats = sim.stats()
+        finally:
+            server.stop()
+        pace = stats["completions_served"] / stats["serving_s"] * 60
+        print(
+            f"  {n:9d}  {wall:6.1f}  {stats['serving_s']:9.1f}  {pace:7,.0f}  {pace / 6000:14.3f}  "
+            f"{stats['rate_limited']:8d}  {stats['completions_served']}"
+        )
+
+
+def unlimited(tmp: Path, prompts: int) -> None:
+    print(f"unlimited: {prompts:,} prompts, 100 ms latency, -c 100 each")
+    print("  processes  wall s  running s  answers/s  paid")
+    for n in (1, 2, 4):
+        run_dir = tmp / f"unlimited-{n}"
+        run_dir.mkdir()
+        file = write_prompts(run_dir / "p.jsonl", prompts, f"unlimited-{n}")
+        server = RedisServer(run_dir)
+        server.start()
+        try:
+            with SimProcess(100) as sim:
+                wall = processes(n, file, sim.url, server.url, run_dir, "-c", "100")
+                stats = sim.stats()
+        finally:
+            server.stop()
+        rate = stats["completions_served"] / stats["serving_s"]
+        print(f"  {n:9d}  {wall:6.1f}  {stats['serving_s']:9.1f}  {rate:9,.0f}  {stats['completions_served']}")
+
+
+def warm(tmp: Path, lines: int) -> None:
+    print(f"warm: a rerun of {lines:,} cached lines, Redis against disk (median of 3, alternating)")
+    run_dir = tmp / "warm"
+    run_dir.mkdir()
+    file = write_prompts(run_dir / "p.jsonl", lines, "warm")
+    server = RedisServer(run_dir)
+    server.start()
+    try:
+        with SimProcess(0) as sim:
+            env = {**os.environ, "LLMBATCH_CACHE_DIR": str(run_dir / "disk"), "OPENAI_API_KEY": "sk-bench"}
+            for extra in ([], ["--cache", server.url]):
+                seeded = measure([*seed_argv(file, sim.url, run_dir / "seed.jsonl"), *extra], env=env)
+                assert seeded.returncode == 0, seeded.stderr[-500:]
+            base = [
+                *llmbatch_cmd(),
+                "run",
+                str(file),
+                "--api-base",
+                sim.url,
+                "-m",
+                MODEL,
+                "-q",
+                "-o",
+                str(run_dir / "out.jsonl"),
+            ]
+            times: dict[str, list[float]] = {"disk": [], "redis": []}
+            rss: dict[str, list[float]] = {"disk": [], "redis": []}
+            for _ in range(3):
+                for label, extra in (("disk", []), ("redis", ["--cache", server.url])):
+                    done = measure([*base, *extra], env=env)
+                    assert done.returncode == 0, done.stderr[-500:]
+                    times[label].append(done.wall_s)
+                    rss[label].append(done.peak_tree_rss_mb)
+            assert sim.stats()["requests_received"] == 0, "a warm rerun made calls"
+    finally:
+        server.stop()
+    for label in ("disk", "redis"):
+        wall, peak = statistics.median(times[label]), statistics.median(rss[label])
+        print(f"  {label:5s}  {wall:6.2f} s  {lines / wall:9,.0f} lines/s  peak RSS {peak:.0f} MB")
+    print(f"  redis / disk: {statistics.median(times['redis']) / statistics.median(times['disk']):.2f}")
+
+
+def scale(tmp: Path, prompts: int) -> None:
+    print(f"scale: one process, {prompts:,} prompts, lognormal latency (median 2 s), -c 2000, no limit")
+    run_dir = tmp / "scale"
+    run_dir.mkdir()
+    file = write_prompts(run_dir / "p.jsonl", prompts, "scale")
+    ideal = prompts / (2000 / 2.0)
+    with SimProcess(2000, "--latency-dist", "lognormal", "--seed", "1") as sim:
+        env = {**os.environ, "LLMBATCH_CACHE_DIR": str(run_dir / "cache"), "OPENAI_API_KEY": "sk-bench"}
+        done = measure(
+            [
+                *llmbatch_cmd(),
+                "run",
+                str(file),
+                "--api-base",
+                sim.url,
+                "-m",
+                MODEL,
+                "-c",
+                "2000",
+                "-q",
+                "-o",
+                str(run_dir / "out.jsonl"),
+            ],
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-500:]
+        stats = sim.stats()
+    running = stats["serving_s"]
+    print(
+        f"  wall {done.wall_s:.1f} s; while running {running:.1f} s = {ideal / running:.3f} of ideal ({ideal:.0f} s); "
+        f"max in flight {stats['max_in_flight']}; peak RSS (tree) {done.peak_tree_rss_mb:.0f} MB; "
+        f"CPU {1000 * done.cpu_s / prompts:.2f} ms/call; paid {stats['completions_served']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("limited", "unlimited", "warm", "scale"), action="append")
+    parser.add_argument("--prompts", type=int, default=2000, help="for limited and unlimited")
+    parser.add_argument("--warm-lines", type=int, default=100_000)
+    parser.add_argument("--scale-prompts", type=int, default=20_000)
+    args = parser.parse_args()
+    parts = args.part or ["limited", "unlimited", "warm", "scale"]
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            if part == "limited":
+                limited(Path(tmp), args.prompts)
+            elif part == "unlimited":
+                unlimited(Path(tmp), args.prompts)
+            elif part == "warm":
+                warm(Path(tmp), args.warm_lines)
+            else:
+                scale(Path(tmp), args.scale_prompts)
+
+
+if __name__ == "__main__":
+    main()
