@@ -100,3 +100,21 @@ def test_the_budget_is_a_fingerprint_of_key_and_endpoint_never_the_key():
     )
     assert one == same and len({one, other_key, other_url}) == 3
     assert secret not in one and len(one) == 16
+
+
+def test_limits_one_run_heard_in_the_headers_pace_a_later_run_from_its_first_call(redis_server):
+    from llmbatch.limits import Governor
+
+    a = RedisLimitState(redis_server.url, namespace="llmbatch:", group=lambda budget: "key-1")
+    b = RedisLimitState(redis_server.url, namespace="llmbatch:", group=lambda budget: "key-1")
+    try:
+        assert b.learned("openai:gpt-4o-mini") == (None, None)
+        a.learn("openai:gpt-4o-mini", 1200, None)
+        assert b.learned("openai:gpt-4o-mini") == (1200, None)
+        later = Governor(concurrency=8, state=b, clock=b.clock).budget("openai:gpt-4o-mini")
+        assert later.rpm == 1200 and later.pacer is not None and not later.probing
+        unknown = Governor(concurrency=8, state=b, clock=b.clock).budget("openai:gpt-4o")
+        assert unknown.pacer is None and unknown.probing
+    finally:
+        a.close()
+        b.close()

@@ -186,8 +186,15 @@ class Governor:
             settings = self.settings.get(key, self.default)
             top = min(self.concurrency, settings.concurrency or self.concurrency)
             budget = Budget(key=key, max_concurrency=top, settings=settings, limit=float(top), state=self.state)
-            if settings.rpm or settings.tpm:
-                budget.pacer = self._pacer(key, settings.rpm, settings.tpm)
+            if self.learn_from_headers:
+                # Another run sharing this state has heard the provider's limits already: pace at
+                # them from the first call, with no probe.
+                rpm, tpm = self.state.learned(key)
+                budget.learned_rpm = None if settings.rpm else rpm
+                budget.learned_tpm = None if settings.tpm else tpm
+                budget.probing = not (budget.learned_rpm or budget.learned_tpm)
+            if budget.rpm or budget.tpm:
+                budget.pacer = self._pacer(key, budget.rpm, budget.tpm)
             self.budgets[key] = budget
         return budget
 
@@ -348,6 +355,7 @@ class Governor:
             if (rpm and rpm != budget.learned_rpm) or (tpm and tpm != budget.learned_tpm):
                 budget.learned_rpm = rpm or budget.learned_rpm
                 budget.learned_tpm = tpm or budget.learned_tpm
+                self.state.learn(budget.key, budget.learned_rpm, budget.learned_tpm)
                 old, budget.pacer = budget.pacer, self._pacer(budget.key, budget.rpm, budget.tpm)
                 if old is None:
                     # Calls already sent count against the window the provider is enforcing.

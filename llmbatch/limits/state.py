@@ -41,6 +41,12 @@ class LimitState(Protocol):
     def pause(self, budget: str, until: float) -> None:
         """No call of ``budget`` starts before ``until`` (a later pause in force stands)."""
 
+    def learned(self, budget: str) -> tuple[int | None, int | None]:
+        """The (rpm, tpm) a run sharing this state learned from ``budget``'s headers, if any."""
+
+    def learn(self, budget: str, rpm: int | None, tpm: int | None) -> None:
+        """``budget``'s headers state these limits: runs that start later need not probe for them."""
+
     def close(self) -> None:
         """The run is over: let go of what the state holds (a connection)."""
 
@@ -54,6 +60,7 @@ class LocalLimitState:
     def __init__(self) -> None:
         self._pauses: dict[str, float] = {}
         self._stores: dict[tuple[str, str], StateStore] = {}
+        self._learned: dict[str, tuple[int | None, int | None]] = {}
 
     def clock(self) -> float:
         return time.monotonic()
@@ -68,6 +75,12 @@ class LocalLimitState:
 
     def pause(self, budget: str, until: float) -> None:
         self._pauses[budget] = max(self._pauses.get(budget, 0.0), until)
+
+    def learned(self, budget: str) -> tuple[int | None, int | None]:
+        return self._learned.get(budget, (None, None))
+
+    def learn(self, budget: str, rpm: int | None, tpm: int | None) -> None:
+        self._learned[budget] = (rpm, tpm)
 
     def close(self) -> None:
         pass

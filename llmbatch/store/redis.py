@@ -553,6 +553,24 @@ class RedisLimitState:
             pipe.expire(name, 3600)  # a pause is seconds long; the set goes once nobody is paused
             pipe.execute()
 
+    def learned(self, budget: str) -> tuple[int | None, int | None]:
+        try:
+            found = self._redis.hget(self._k("learned", self._group(budget)), budget)
+        except redis.RedisError:
+            return None, None
+        if not found:
+            return None, None
+        rpm, _, tpm = found.decode().partition(",")
+        return (int(rpm) if rpm else None), (int(tpm) if tpm else None)
+
+    def learn(self, budget: str, rpm: int | None, tpm: int | None) -> None:
+        with contextlib.suppress(redis.RedisError):
+            name = self._k("learned", self._group(budget))
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(name, budget, f"{rpm or ''},{tpm or ''}")
+            pipe.expire(name, 3600)  # limits change (a new tier): an hour-old figure is heard again
+            pipe.execute()
+
     def close(self) -> None:
         self._store.close()
 
