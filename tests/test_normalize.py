@@ -7,6 +7,9 @@ prompt prove what was paid for and what was sent."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from llmbatch.input.normalize import normalize_messages, normalize_whitespace
 from llmbatch.keys import key_material, request_key
 from tests.support import read_results, run_cli, write_jsonl
 
+ROOT = Path(__file__).parent.parent
 MODEL = "openai:gpt-4o-mini"
 WHITESPACE = Defaults(normalize="whitespace")
 
@@ -258,3 +262,17 @@ def test_simulate_without_a_model_still_normalises(tmp_path, env):
     done = run_cli(["run", str(path), "--simulate", "--normalize", "whitespace", "-q"], env=env)
     assert done.exit_code == 0, done.stderr
     assert ", 1 calls," in done.stderr
+
+
+def test_the_benchmark_runs_and_counts_one_call_per_distinct_prompt(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "normalize.py"), "--prompts", "3", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert (figures["plain"]["calls"], figures["normalized"]["calls"]) == (15, 3)
+    assert figures["normalized"]["prompt_chars_sent"] < figures["plain"]["prompt_chars_sent"] / 5
