@@ -269,7 +269,18 @@ ConfigOption = Annotated[
         metavar="FILE",
         envvar="LLMBATCH_CONFIG",
         show_envvar=True,
-        help="Per-model limits (default: ./llmbatch.toml if present).",
+        help="Per-model limits and normalisation (default: ./llmbatch.toml if present).",
+    ),
+]
+NormalizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--normalize",
+        metavar="MODE",
+        help="Normalise prompts before they are keyed and sent, for every model: whitespace (runs of "
+        "whitespace become one space, ends trimmed; not for code or poetry) or none (default: "
+        "llmbatch.toml's normalize, else none).",
+        show_default=False,
     ),
 ]
 MaxLineSizeOption = Annotated[
@@ -407,6 +418,7 @@ def run(
         typer.Option("--tpm", metavar="N", min=1, help="Tokens per minute per model, paced evenly (default: learn)."),
     ] = None,
     config_file: ConfigOption = None,
+    normalize: NormalizeOption = None,
     max_cost: Annotated[
         float | None,
         typer.Option(
@@ -442,10 +454,11 @@ def run(
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
     if max_cost is not None and not math.isfinite(max_cost):
         raise UsageError(f"--max-cost {max_cost}: give an amount in USD, like 5 or 0.25")
-    from llmbatch.config import load_config, merge_limits
+    from llmbatch.config import load_config, merge_limits, merge_normalize
 
     config_in_use = load_config(config_file)
     limits, default_limits = merge_limits(config_in_use, rpm=rpm, tpm=tpm)
+    normalized = merge_normalize(config_in_use, normalize)
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
@@ -480,6 +493,7 @@ def run(
                 workers=_parse_workers(workers),
                 max_line_size=max_line_size,
                 max_messages=max_messages,
+                normalize=normalized,
             )
             if dry_run:
                 _validate(config, None)
@@ -522,12 +536,17 @@ def plan(
     max_line_size: MaxLineSizeOption = None,
     max_messages: MaxMessagesOption = None,
     as_json: JsonOption = False,
+    config_file: ConfigOption = None,
+    normalize: NormalizeOption = None,
 ) -> None:
     """Show what a run of INPUT would do and cost, from the cache alone: nothing is sent."""
+    from llmbatch.config import load_config, merge_normalize
     from llmbatch.engine import RunOptions
 
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
+    # The file's normalisation changes the keys, so plan reads it as run does, or the two disagree.
+    normalized = merge_normalize(load_config(config_file), normalize)
     with _Signals():
         source = _open_input(input)
         try:
@@ -545,6 +564,7 @@ def plan(
                 shared_cache=shared_cache,
                 max_line_size=max_line_size,
                 max_messages=max_messages,
+                normalize=normalized,
             )
             _validate(config, None)
             _print_plan(config, as_json=as_json)
@@ -585,6 +605,7 @@ def _run_config(
     cache_eviction: str | None = None,
     rate_group: str | None = None,
     workers: int | None = None,
+    normalize: tuple[dict[str, str | None], str | None] = ({}, None),
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -605,6 +626,8 @@ def _run_config(
             provider=provider,
             max_line_bytes=parse_size(max_line_size, option="--max-line-size") if max_line_size else MAX_LINE_BYTES,
             max_messages=max_messages or MAX_MESSAGES,
+            normalize_models=normalize[0],
+            normalize=normalize[1],
         ),
         options=options,
         api_base=api_base,

@@ -1,7 +1,9 @@
-"""``llmbatch.toml``: defaults per ``provider:model`` (rpm, tpm, concurrency).
+"""``llmbatch.toml``: defaults per ``provider:model`` (rpm, tpm, concurrency, normalize).
 
 Read from ``--config FILE``, else ``llmbatch.toml`` in the working directory if there is one.
 Command-line options win over the file::
+
+    normalize = "whitespace"        # prompt normalisation for every model not named below
 
     [models."openai:gpt-4o-mini"]
     rpm = 500
@@ -10,6 +12,7 @@ Command-line options win over the file::
 
     [models."anthropic:claude-sonnet-4-5"]
     rpm = 50
+    normalize = "none"              # this one's prompts are code: keep their layout
 
 Pure parsing (:func:`parse_config`) is separate from reading the file, so every rule is tested
 on strings.
@@ -24,18 +27,26 @@ from pathlib import Path
 from typing import Any
 
 from llmbatch.errors import UsageError
+from llmbatch.input.normalize import parse_mode
 from llmbatch.limits import LimitSettings
 
-__all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "parse_config"]
+__all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "merge_normalize", "parse_config"]
 
 CONFIG_NAME = "llmbatch.toml"
-_MODEL_KEYS = ("rpm", "tpm", "concurrency")
+_LIMIT_KEYS = ("rpm", "tpm", "concurrency")
+_MODEL_KEYS = (*_LIMIT_KEYS, "normalize")
+_TOP_KEYS = ("models", "normalize")
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str | None = None
+    #: Limits per provider:model (only the models whose table sets one, or sets nothing at all).
     models: dict[str, LimitSettings] = field(default_factory=dict)
+    #: Prompt normalisation per provider:model ("whitespace", or None where "none" turns it off).
+    normalize_models: dict[str, str | None] = field(default_factory=dict)
+    #: The top-level ``normalize``: for every model without its own.
+    normalize: str | None = None
 
 
 def _problem(source: str, text: str) -> UsageError:
@@ -54,9 +65,11 @@ def parse_config(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise _problem(source, f"not valid TOML: {exc}") from None
     for name in data:
-        if name != "models":
-            raise _problem(source, f'unknown table "{name}" (llmbatch reads [models."provider:model"])')
+        if name not in _TOP_KEYS:
+            raise _problem(source, f'unknown table "{name}" (llmbatch reads [models."provider:model"] and normalize)')
+    default = _normalize(source, "", data["normalize"]) if "normalize" in data else None
     models: dict[str, LimitSettings] = {}
+    normalize_models: dict[str, str | None] = {}
     table = data.get("models", {})
     if not isinstance(table, dict):
         raise _problem(source, 'models must be a table: [models."provider:model"]')
@@ -71,9 +84,21 @@ def parse_config(text: str, source: str) -> Config:
                 close = difflib.get_close_matches(key, _MODEL_KEYS, n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 raise _problem(source, f'{where}: unknown setting "{key}"{hint}')
-        settings = {k: _positive_int(source, where, k, v) for k, v in values.items()}
-        models[model.split(":", 1)[0].lower() + ":" + model.split(":", 1)[1]] = LimitSettings(**settings)
-    return Config(source=source, models=models)
+        name = model.split(":", 1)[0].lower() + ":" + model.split(":", 1)[1]
+        if "normalize" in values:
+            normalize_models[name] = _normalize(source, f"{where}: ", values["normalize"])
+        settings = {k: _positive_int(source, where, k, v) for k, v in values.items() if k in _LIMIT_KEYS}
+        # A table that only sets normalize sets no limits: the run must not announce "limits from".
+        if settings or "normalize" not in values:
+            models[name] = LimitSettings(**settings)
+    return Config(source=source, models=models, normalize_models=normalize_models, normalize=default)
+
+
+def _normalize(source: str, where: str, value: Any) -> str | None:
+    try:
+        return parse_mode(value)
+    except ValueError as exc:
+        raise _problem(source, f"{where}normalize {exc}") from None
 
 
 def load_config(path: Path | None, cwd: Path | None = None) -> Config:
@@ -99,3 +124,15 @@ def merge_limits(config: Config, *, rpm: int | None, tpm: int | None) -> tuple[d
         for model, s in config.models.items()
     }
     return models, LimitSettings(rpm=rpm, tpm=tpm)
+
+
+def merge_normalize(config: Config, flag: str | None) -> tuple[dict[str, str | None], str | None]:
+    """Normalisation per model and for other models. ``flag`` is ``--normalize`` as typed (None:
+    not given); given, it applies to every model, whatever the file says, so ``--normalize none``
+    turns the file's normalisation off for one run. An unknown value is a :class:`UsageError`."""
+    if flag is None:
+        return dict(config.normalize_models), config.normalize
+    try:
+        return {}, parse_mode(flag)
+    except ValueError as exc:
+        raise UsageError(f"--normalize {exc}") from None

@@ -2,8 +2,9 @@
 
 A cache hit is only as trustworthy as its key, and a wrong hit is worse than a miss. So the key
 covers every input that can change what the provider answers — provider, endpoint, model, the
-normalised messages, every generation parameter, provider extras and the sample index — and
-nothing that cannot (the line's id, its metadata, the API key, the timeout).
+normalised messages, every generation parameter, provider extras, the sample index and, when
+one was asked for, the prompt normalisation (``--normalize``) — and nothing that cannot (the
+line's id, its metadata, the API key, the timeout).
 
 The digest is sha256 over canonical JSON (keys sorted at every depth, no whitespace, UTF-8),
 tagged with a schema version. Bump ``KEY_VERSION`` whenever the material changes shape: old
@@ -46,7 +47,7 @@ def normalise_endpoint(endpoint: str | None) -> str | None:
 
 def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any]:
     """The exact value that is hashed; exposed so tests and ``--explain`` can show it."""
-    return {
+    material = {
         "provider": request.provider,
         "endpoint": normalise_endpoint(endpoint),
         "model": request.model,
@@ -55,6 +56,14 @@ def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any
         "extra": request.extra,
         "sample": request.sample,
     }
+    if request.normalize is not None:
+        # Only when on (--normalize, issue 17), so every key made without it stays the key it was
+        # and users' caches stay valid; no KEY_VERSION bump is needed. With it on, the mode is in
+        # the material, so a normalised request can never share a key with a line that was written
+        # already normalised: that line's answer was asked for verbatim, this one on the promise that
+        # layout does not matter, and a cache must not blur the two.
+        material["normalize"] = request.normalize
+    return material
 
 
 def key_from_material(material: dict[str, Any]) -> str:

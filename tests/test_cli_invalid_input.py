@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import prompts, write_jsonl
+from tests.support import prompts, run_cli, write_jsonl
 
 USER_HI = {"role": "user", "content": "hi"}
 
@@ -199,6 +199,14 @@ def test_a_line_over_the_size_limit_is_refused_and_the_limit_can_be_raised(tmp_p
     assert result.exit_code == 2
     assert f"{path}:1: the line is 2,027 bytes, over the limit of 1,000 (--max-line-size)" in result.stderr
     assert llmbatch("run", str(path), "--max-line-size", "1MB").exit_code == 0
+
+
+def test_the_line_limits_hold_with_simulate_and_no_model(tmp_path, env):
+    # --simulate gives model-less lines a default model; that must not drop the limits given.
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "big", "prompt": "x" * 2000}])
+    result = run_cli(["run", str(path), "--simulate", "--max-line-size", "1KB"], env=env)
+    assert result.exit_code == 2
+    assert f"{path}:1: the line is 2,027 bytes, over the limit of 1,000 (--max-line-size)" in result.stderr
 
 
 def test_a_line_of_absurdly_many_content_parts_or_tools_is_refused_too(tmp_path, sim, llmbatch):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ class RunConfig:
 
 def effective_defaults(config: RunConfig) -> Defaults:
     if config.simulate and config.defaults.model is None:
-        return Defaults(model=SIMULATE_DEFAULT_MODEL, provider=config.defaults.provider)
+        # replace, not a new Defaults: the line limits and the normalisation still hold.
+        return replace(config.defaults, model=SIMULATE_DEFAULT_MODEL)
     return config.defaults
 
 

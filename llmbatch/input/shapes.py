@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from llmbatch.input.normalize import normalize_messages
 from llmbatch.model.request import Request
 
 __all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "MAX_MESSAGES", "PARAMS", "Defaults", "InvalidLine", "parse_line"]
@@ -49,6 +50,14 @@ class Defaults:
     provider: str | None = None
     max_line_bytes: int = MAX_LINE_BYTES
     max_messages: int = MAX_MESSAGES
+    #: Prompt normalisation (``"whitespace"``) for models not in ``normalize_models``, or None: off.
+    normalize: str | None = None
+    #: Per ``provider:model`` (``llmbatch.toml``), None for a model it is off for.
+    normalize_models: Mapping[str, str | None] = field(default_factory=dict)
+
+    def normalize_for(self, model_ref: str) -> str | None:
+        """The normalisation the requests of ``provider:model`` get, if any."""
+        return self.normalize_models.get(model_ref, self.normalize) if self.normalize_models else self.normalize
 
 
 class InvalidLine(ValueError):
@@ -467,4 +476,10 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
         request = _parse_simple(obj, line, defaults)
     if containers:
         _check_containers(containers, defaults)
+    # Here, on the checked request and before any key is made of it, so that the key, the cache entry
+    # and the call all see the same normalised text (the model is only known once the line is read).
+    mode = defaults.normalize_for(request.model_ref)
+    if mode is not None:
+        request.messages = normalize_messages(request.messages, mode)
+        request.normalize = mode
     return request

@@ -23,6 +23,9 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific keyword arguments
     sample: int = 0
     metadata: Any = None
+    #: How ``messages`` were normalised before they were keyed and sent (``"whitespace"``), or
+    #: None: as the line wrote them. Part of the key only when set (see ``llmbatch.keys``).
+    normalize: str | None = None
 
     @property
     def model_ref(self) -> str:
