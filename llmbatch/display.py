@@ -446,12 +446,39 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
     for name, value in rows:
         table.add_row(name, Text(value))
     console.print(table)
-    if stats.by_model:
-        by_model = Table(title="entries by model", title_justify="left", box=None, padding=(0, 2))
-        by_model.add_column("provider:model")
-        by_model.add_column("entries", justify="right")
-        for tag, n in stats.by_model.items():
-            by_model.add_row(Text(tag), _count(n))
+    models = stats.models()
+    if models:
+        by_model = Table(title="by model", title_justify="left", box=None, padding=(0, 1))
+        # The names whole, even on a narrow terminal: they are what purge --model wants.
+        by_model.add_column("provider:model", min_width=max(len(tag) for tag in models))
+        for name in ("entries", "hits", "misses", "hit rate", "saved"):
+            by_model.add_column(name, justify="right")
+
+        def rate(hits: int, misses: int) -> str:
+            return f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "--"
+
+        for tag, row in models.items():
+            by_model.add_row(
+                Text(tag),
+                _count(row["entries"]),
+                _count(row["hits"]),
+                _count(row["misses"]),
+                rate(row["hits"], row["misses"]),
+                _usd(row["saved_usd"]),
+            )
+        # A cache older than the per-model counters holds lookups that no model can be given.
+        earlier_hits = stats.hits - sum(row["hits"] for row in models.values())
+        earlier_misses = stats.misses - sum(row["misses"] for row in models.values())
+        if earlier_hits > 0 or earlier_misses > 0:
+            earlier_saved = stats.saved_usd - sum(row["saved_usd"] for row in models.values())
+            by_model.add_row(
+                Text("(counted before per model)", style="dim"),
+                "",
+                _count(earlier_hits),
+                _count(earlier_misses),
+                rate(earlier_hits, earlier_misses),
+                _usd(max(0.0, earlier_saved)),
+            )
         console.print(by_model)
 
 

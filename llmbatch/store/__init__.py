@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_SIZE_LIMIT",
     "DiskStore",
     "Loaded",
+    "Lookups",
     "MemoryStore",
     "ResponseStore",
     "StoreStats",

@@ -46,7 +46,7 @@ import shlex
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +56,7 @@ import orjson
 
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
+from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, Stored, StoreStats
 
 __all__ = [
@@ -456,15 +457,20 @@ class DiskStore:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
-    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
-        """Add a run's hits and misses to the lifetime counters.
+    def record_lookups(self, lookups: Mapping[str, Lookups]) -> None:
+        """Add a run's hits, misses and savings to the lifetime counters, per tag and in total.
 
-        diskcache keeps ``hits``/``misses`` rows in its Settings table for its own statistics
-        mode, which costs a write per ``get``. We leave that mode off and add the run's totals
-        in one transaction instead, so ``Cache.stats()`` still reports lifetime figures.
+        The totals: diskcache keeps ``hits``/``misses`` rows in its Settings table for its own
+        statistics mode, which costs a write per ``get``. We leave that mode off and add the run's
+        totals in one transaction instead, so ``Cache.stats()`` still reports lifetime figures.
+        Per ``provider:model``: our own small table (like the leases'), in the same transaction.
         """
-        if not hits and not misses:
+        lookups = {tag: n for tag, n in lookups.items() if n.hits or n.misses}
+        if not lookups:
             return
+        hits = sum(n.hits for n in lookups.values())
+        misses = sum(n.misses for n in lookups.values())
+        saved_usd = sum(n.saved_usd for n in lookups.values())
         cache = self._current()
         try:
             with cache.transact(retry=True):
@@ -474,8 +480,26 @@ class DiskStore:
                 # Our own row beside diskcache's: the dollars that hits saved over the cache's life.
                 sql("INSERT OR IGNORE INTO Settings VALUES ('llmbatch_saved_usd', 0.0)")
                 sql("UPDATE Settings SET value = value + ? WHERE key = 'llmbatch_saved_usd'", (saved_usd,))
+                sql(
+                    "CREATE TABLE IF NOT EXISTS llmbatch_lookups "
+                    "(tag TEXT PRIMARY KEY, hits INTEGER NOT NULL, misses INTEGER NOT NULL, saved_usd REAL NOT NULL)"
+                )
+                for tag, n in lookups.items():
+                    sql(
+                        "INSERT INTO llmbatch_lookups (tag, hits, misses, saved_usd) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (tag) DO UPDATE SET hits = hits + excluded.hits, "
+                        "misses = misses + excluded.misses, saved_usd = saved_usd + excluded.saved_usd",
+                        (tag, n.hits, n.misses, n.saved_usd),
+                    )
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
+
+    def _lookups_by_model(self) -> dict[str, Lookups]:
+        try:
+            rows = self._cache._sql("SELECT tag, hits, misses, saved_usd FROM llmbatch_lookups").fetchall()
+        except sqlite3.Error:  # no table yet: a cache from before per-model counts, or never run
+            return {}
+        return {tag: Lookups(hits, misses, saved_usd) for tag, hits, misses, saved_usd in rows}
 
     # -- leases: which run is calling which key ---------------------------------------------
 
@@ -608,6 +632,7 @@ class DiskStore:
             by_model=by_model,
             hits=hits,
             misses=misses,
+            lookups_by_model=self._lookups_by_model(),
         )
 
     def _stored_value(self) -> float:
