@@ -711,6 +711,7 @@ class DiskStore:
         stored_before: float | None = None,
         stored_after: float | None = None,
         broken: bool = False,
+        key_prefix: str | None = None,
     ) -> Iterator[Stored]:
         """What is stored, oldest first, a thousand rows at a time (flat memory over millions; the
         filters are SQL on the index, so a filtered export reads only what it writes)."""
@@ -727,6 +728,11 @@ class DiskStore:
         if stored_after is not None:
             where.append("store_time > ?")
             filters.append(stored_after)
+        if key_prefix is not None:
+            # A range on diskcache's (key, raw) index, not LIKE (which would read every row). Keys
+            # compare as UTF-8 bytes; no key goes on past U+10FFFF.
+            where.append("key >= ? AND key < ?")
+            filters += [key_prefix, key_prefix + "\U0010ffff"]
         select = (
             "SELECT rowid, store_time, key, tag, expire_time, mode, filename, value FROM Cache "
             f"WHERE {' AND '.join(where)} ORDER BY store_time, rowid LIMIT 1000"

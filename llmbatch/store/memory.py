@@ -152,11 +152,12 @@ class MemoryStore:
         stored_before: float | None = None,
         stored_after: float | None = None,
         broken: bool = False,
+        key_prefix: str | None = None,
     ) -> Iterator[Stored]:
         now = self.clock()
         for key, (entry, entry_tag, expires) in sorted(self._entries.items(), key=lambda item: _stored_at(item[1][0])):
             stored_at = _stored_at(entry)
-            if tag is not None and entry_tag != tag:
+            if (tag is not None and entry_tag != tag) or (key_prefix is not None and not key.startswith(key_prefix)):
                 continue
             if (stored_before is not None and stored_at >= stored_before) or (
                 stored_after is not None and stored_at <= stored_after
