@@ -807,13 +807,22 @@ class DiskStore:
             raise CacheError(f"cannot write to the cache at {self.directory}: {exc}") from None
 
     def remove(self, keys: Iterable[str]) -> int:
-        """Take out the entries under ``keys`` (a broken one too: it is never read); how many."""
+        """Take out the entries under ``keys``, broken or expired ones too (diskcache's own delete
+        skips an expired row, which verify --repair must remove); how many. One transaction per
+        call, value files included (diskcache's cleanup removes them once it commits)."""
+        cache = self._current()
         removed = 0
-        for key in keys:
-            try:
-                removed += bool(self._cache.delete(key, retry=True))
-            except (OSError, sqlite3.Error) as exc:
-                raise CacheError(f"cannot remove from the cache at {self.directory}: {exc}") from None
+        try:
+            with cache._transact(retry=True) as (sql, cleanup):
+                for key in keys:
+                    for rowid, filename in sql(
+                        "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1", (key,)
+                    ).fetchall():
+                        sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                        cleanup(filename)
+                        removed += 1
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot remove from the cache at {self.directory}: {exc}") from None
         return removed
 
     def close(self) -> None:
