@@ -1144,7 +1144,7 @@ def cache_show(
     print_entry(found)
 
 
-@cache_app.command("verify", short_help="Check every entry (decodes, key, digest, expiry); --repair removes the bad.")
+@cache_app.command("verify", short_help="Check every entry; --repair removes broken and expired ones.")
 @_handles_errors
 def cache_verify(
     repair: Annotated[
