@@ -117,7 +117,7 @@ async def run_batch(
 
     ``store``: where answers are kept: a :class:`~llmbatch.store.DiskStore`, or any object with
     its methods ``get(key)``, ``get_many(keys)``, ``put(key, entry, *, tag, ttl_s)``,
-    ``put_many([(key, entry, tag)], *, ttl_s)``, ``record_lookups(hits, misses, *, saved_usd)`` and
+    ``put_many([(key, entry, tag)], *, ttl_s)``, ``record_lookups({tag: Lookups(hits, misses, saved_usd)})`` and
     ``close()`` (entries are JSON-ready dicts). Default: a ``DiskStore`` at ``cache_dir``, else
     ``$LLMBATCH_CACHE_DIR``, else the user cache directory: the CLI's own. Not both ``store`` and
     ``cache_dir``. With ``options.cache_mode == "off"`` no store is opened or used.

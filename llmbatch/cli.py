@@ -47,7 +47,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 cache_app = typer.Typer(help="Look after the response cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache", short_help="Look after the response cache: stats, purge, clear.")
+app.add_typer(cache_app, name="cache", short_help="Look after the response cache: stats, purge, export, import, explain, verify.")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1054,6 +1054,210 @@ def cache_purge(
         sys.stdout.write(f"note: this cache also holds {', '.join(alike)}: name it so to purge those\n")
 
 
+# --- cache explain, show, verify (the logic is in app.inspect; here options and rendering) ---------
+
+LineRefArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="FILE:LINE",
+        help="An input file and a line number from 1, as error messages give them (split at the last colon).",
+        show_default=False,
+    ),
+]
+
+
+@cache_app.command("explain", short_help="A line's cache key: what it is made of, and whether it is stored.")
+@_handles_errors
+def cache_explain(
+    line: LineRefArgument,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            metavar="FILE:LINE",
+            help="Another line (of this file or another): say field by field how its key material differs.",
+        ),
+    ] = None,
+    model: ModelOption = None,
+    provider: ProviderOption = None,
+    api_base: ApiBaseOption = None,
+    simulate: SimulateOption = False,
+    config_file: ConfigOption = None,
+    cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
+    shared_cache: SharedCacheOption = False,
+    max_line_size: MaxLineSizeOption = None,
+    max_messages: MaxMessagesOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print the key a run with the same options would make for one line: the canonical material it
+    hashes (provider, endpoint, model, messages, params, extra, sample), the key, and whether the cache
+    holds an answer for it (when stored, at what cost). Nothing is sent."""
+    from llmbatch.app.inspect import diff_material, explain_line, split_line_ref, stored_under
+    from llmbatch.config import load_config
+    from llmbatch.engine import RunOptions
+    refs = [split_line_ref(line)] + ([split_line_ref(against)] if against is not None else [])
+    load_config(config_file)  # as run reads it, so a bad file is the same error (it holds limits, not keys)
+    sources: dict[str, Any] = {}
+    try:
+        explained = []
+        for name, number in refs:
+            if name not in sources:  # one copy of stdin for both sides of -:3 --against -:4
+                sources[name] = _open_input(name)
+            config = _run_config(
+                sources[name],
+                output=None,
+                model=model,
+                provider=provider,
+                api_base=api_base,
+                simulate=simulate,
+                options=RunOptions(),
+                cache_dir=cache_dir,
+                shared_cache=shared_cache,
+                max_line_size=max_line_size,
+                max_messages=max_messages,
+            )
+            explained.append(explain_line(config, number))
+    finally:
+        for source in sources.values():
+            source.cleanup()
+    store = _open_existing(_place(cache_dir, cache_url, cache_namespace, shared_cache))
+    try:
+        stored = [stored_under(store, item.key) for item in explained]
+    finally:
+        if store is not None:
+            store.close()
+    differences = diff_material(explained[1].material, explained[0].material) if against is not None else []
+    if as_json:
+        import orjson
+
+        sides = [
+            {**_explained_dict(item), "stored": _stored_dict(found)}
+            for item, found in zip(explained, stored, strict=True)
+        ]
+        payload: dict[str, Any] = sides[0]
+        if against is not None:
+            payload = {
+                "line": sides[0],
+                "against": sides[1],
+                "same_key": explained[0].key == explained[1].key,
+                "differences": [difference.to_dict() for difference in differences],
+            }
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from llmbatch.display import print_against, print_explain
+
+    if against is None:
+        print_explain(explained[0], stored[0])
+    else:
+        print_against(explained, differences, stored)
+
+
+def _explained_dict(explained: Any) -> dict[str, Any]:
+    return {
+        "where": explained.where,
+        "model": explained.model_ref,
+        "key": explained.key,
+        "material": explained.material,
+    }
+
+
+def _stored_dict(stored: Any) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    entry = stored.entry or {}
+    expired = stored.expires_at is not None and stored.expires_at < time.time()
+    return {
+        "stored_at": stored.stored_at,
+        "expires_at": stored.expires_at,
+        "expired": expired,
+        "tag": stored.tag,
+        "cost_usd": entry.get("cost_usd"),
+        "problem": stored.problem,
+        "served": stored.entry is not None and not expired,
+    }
+
+
+@cache_app.command("show", short_help="One cache entry, readably: prompt, answer, usage, cost, when.")
+@_handles_errors
+def cache_show(
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY", help="A key (v1:…, as results and cache explain give it) or its first 8+ hex digits."
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored record itself, as JSON.")] = False,
+    cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Show one cache entry: the prompt, the answer, usage, cost, when it was stored and when it
+    expires, model and tag. A key that is not in the cache is exit 1; one that is not a key, or a
+    prefix of several, exit 2."""
+    from llmbatch.app.inspect import find_entry
+
+    store = _open_existing(_place(cache_dir, cache_url, cache_namespace, shared_cache))
+    try:
+        found = find_entry(store, key)
+    finally:
+        if store is not None:
+            store.close()
+    if found.entry is None:
+        raise LlmbatchError(
+            f"the entry {found.key} does not decode ({found.problem}): it is never served; "
+            "llmbatch cache verify --repair removes it"
+        )
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(found.entry, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from llmbatch.display import print_entry
+
+    print_entry(found)
+
+
+@cache_app.command("verify", short_help="Check every entry; --repair removes broken and expired ones.")
+@_handles_errors
+def cache_verify(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Remove every entry found (broken or expired); the next run pays again.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    cache_dir: CacheDirOption = None,
+    cache_url: CacheUrlOption = None,
+    cache_namespace: CacheNamespaceOption = None,
+    shared_cache: SharedCacheOption = False,
+) -> None:
+    """Check every cache entry: that it decodes, that its key is the one its request material makes,
+    that its digest matches (damaged bytes), and whether it has expired. Entries from before keys and
+    digests were recorded cannot be checked and are counted apart. Like fsck, exits 1 when it finds
+    broken entries and --repair was not given (expired ones are listed, but are not damage); with
+    --repair, every entry found is removed and it exits 0."""
+    from llmbatch.app.inspect import verify
+    place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
+    store = _open_existing(place)
+    if store is None:
+        sys.stdout.write(f"no cache at {place.describe()}: nothing to verify\n")
+        return
+    with store:
+        report = verify(store, repair=repair)
+    if as_json:
+        import orjson
+
+        payload = {"directory": place.describe(), **report.to_dict()}
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from llmbatch.display import print_verify
+
+        print_verify(report, directory=place.describe())
+    if report.broken and not repair:
+        raise typer.Exit(EXIT_SOME_ERRORS)
+
+
 @cache_app.command("clear", short_help="Remove every entry (asks first).")
 @_handles_errors
 def cache_clear(
@@ -1191,6 +1395,11 @@ def _place(cache_dir: Path | None, cache_url: str | None, namespace: str | None,
     from llmbatch.store import StorePlace
 
     return StorePlace.of(cache_dir, cache_url, namespace, shared)
+
+
+def _open_existing(place: Any) -> Any:
+    """The store at ``place``, or None when there is none yet (a machine that never ran anything)."""
+    return place.open(create=False) if place.exists() else None
 
 
 def _stdout_is_terminal() -> bool:

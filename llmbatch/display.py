@@ -32,7 +32,20 @@ from llmbatch.engine import RunStats, StopReason
 from llmbatch.errors import printable
 from llmbatch.pricing import format_usd
 
-__all__ = ["Display", "Mode", "Summary", "choose_mode", "format_duration", "print_cache_stats", "print_plan"]
+__all__ = [
+    "Display",
+    "Mode",
+    "Summary",
+    "choose_mode",
+    "describe_stored",
+    "format_duration",
+    "print_against",
+    "print_cache_stats",
+    "print_entry",
+    "print_explain",
+    "print_plan",
+    "print_verify",
+]
 
 Mode = Literal["live", "plain", "quiet"]
 
@@ -462,13 +475,253 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
     for name, value in rows:
         table.add_row(name, Text(value))
     console.print(table)
-    if stats.by_model:
-        by_model = Table(title="entries by model", title_justify="left", box=None, padding=(0, 2))
-        by_model.add_column("provider:model")
-        by_model.add_column("entries", justify="right")
-        for tag, n in stats.by_model.items():
-            by_model.add_row(Text(tag), _count(n))
+    models = stats.models()
+    if models:
+        by_model = Table(title="by model", title_justify="left", box=None, padding=(0, 1))
+        # The names whole, even on a narrow terminal: they are what purge --model wants.
+        by_model.add_column("provider:model", min_width=max(len(tag) for tag in models))
+        for name in ("entries", "hits", "misses", "hit rate", "saved"):
+            by_model.add_column(name, justify="right")
+
+        def rate(hits: int, misses: int) -> str:
+            return f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "--"
+
+        for tag, row in models.items():
+            by_model.add_row(
+                Text(tag),
+                _count(row["entries"]),
+                _count(row["hits"]),
+                _count(row["misses"]),
+                rate(row["hits"], row["misses"]),
+                _usd(row["saved_usd"]),
+            )
+        # A cache older than the per-model counters holds lookups that no model can be given.
+        earlier_hits = stats.hits - sum(row["hits"] for row in models.values())
+        earlier_misses = stats.misses - sum(row["misses"] for row in models.values())
+        if earlier_hits > 0 or earlier_misses > 0:
+            earlier_saved = stats.saved_usd - sum(row["saved_usd"] for row in models.values())
+            by_model.add_row(
+                Text("(counted before per model)", style="dim"),
+                "",
+                _count(earlier_hits),
+                _count(earlier_misses),
+                rate(earlier_hits, earlier_misses),
+                _usd(max(0.0, earlier_saved)),
+            )
         console.print(by_model)
+
+
+# --- llmbatch cache explain, show, verify -------------------------------------------------------
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "--"
+
+
+def _lines(text: str) -> str:
+    """Text from a prompt or an answer, safe for a terminal, its line breaks kept: each line goes
+    through ``printable`` (escape sequences shown, never obeyed)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _json_text(value: Any, *, limit: int | None = None) -> str:
+    import orjson
+
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return printable(text)
+
+
+def describe_stored(stored: Any, *, now: float | None = None) -> str:
+    """One line: whether a key is stored, when, at what cost, and if it would be served."""
+    if stored is None:
+        return "not stored: a run would call for it"
+    if stored.entry is None:
+        problem = printable(stored.problem)
+        return f"stored but unreadable ({problem}): a run would call again; cache verify --repair removes it"
+    entry = stored.entry
+    parts = [f"stored {_when(stored.stored_at)}", f"cost {_usd(entry.get('cost_usd'))}"]
+    if stored.tag:
+        parts.append(printable(stored.tag))
+    if stored.expires_at is not None:
+        expired = stored.expires_at < (time.time() if now is None else now)
+        parts.append(f"{'expired' if expired else 'expires'} {_when(stored.expires_at)}")
+        if expired:
+            return ", ".join(parts) + ": a run would call again"
+    return ", ".join(parts)
+
+
+def print_explain(explained: Any, stored: Any, stream: IO[str] | None = None) -> None:
+    """``llmbatch cache explain FILE:LINE``: the key, whether it is stored, and its material."""
+    import sys
+
+    import orjson
+
+    console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+    console.print(Text.assemble((printable(explained.where), "bold"), "  ", explained.key))
+    console.print(Text(describe_stored(stored)))
+    console.print(Text("key material (hashed as canonical JSON: keys sorted, no spaces, UTF-8):", style="dim"))
+    pretty = orjson.dumps(explained.material, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode()
+    console.print(Text(_lines(pretty)))
+
+
+def print_against(pair: Any, differences: Any, stored: Any, stream: IO[str] | None = None) -> None:
+    """``cache explain A --against B``: both keys, and each field of B's material that A changes."""
+    import sys
+
+    console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+    width = max(len(printable(line.where)) for line in pair)
+    for line, found in zip(pair, stored, strict=True):
+        console.print(
+            Text.assemble((printable(line.where).ljust(width), "bold"), "  ", line.key, "  ", describe_stored(found))
+        )
+    this, against = pair
+    if this.key == against.key:
+        console.print(Text("the keys are equal: either line is answered from the other's cache entry"))
+        return
+    count = len(differences)
+    console.print(Text(f"the keys differ: {count} field{'s' if count != 1 else ''} of the key material"))
+    for difference in differences:
+        console.print(
+            Text.assemble(
+                f"  {printable(difference.path)}: ",
+                (_side(difference, "before"), "red"),
+                " → ",
+                (_side(difference, "after"), "green"),
+            )
+        )
+
+
+def _side(difference: Any, side: str) -> str:
+    return "(absent)" if difference.missing == side else _json_text(getattr(difference, side), limit=120)
+
+
+def _content_text(content: Any) -> str:
+    """A message's content for people: text as it is; parts (text, images, ...) one per line."""
+    if isinstance(content, str):
+        return _lines(content)
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(_lines(part["text"]))
+            else:
+                parts.append(_json_text(part, limit=200))
+        return "\n".join(parts)
+    return _json_text(content, limit=500)
+
+
+def print_entry(stored: Any, stream: IO[str] | None = None, *, now: float | None = None) -> None:
+    """``llmbatch cache show KEY``: an entry as a person reads it (``--json`` prints the record)."""
+    import sys
+
+    from rich.panel import Panel
+
+    console = Console(file=stream or sys.stdout, highlight=False)
+    entry = stored.entry
+    now = time.time() if now is None else now
+    about = Table(show_header=False, box=None, padding=(0, 2))
+    about.add_column(style="dim")
+    about.add_column(overflow="fold")  # a key is copied from here: whole, never cut with an ellipsis
+    usage = entry.get("usage") or {}
+    tokens = (
+        f"{_count(int(usage.get('prompt_tokens') or 0))} in / {_count(int(usage.get('completion_tokens') or 0))} out"
+        if usage
+        else "--"
+    )
+    expiry = "never"
+    if stored.expires_at is not None:
+        expiry = _when(stored.expires_at) + (" (expired: no longer served)" if stored.expires_at < now else "")
+    latency = entry.get("latency_ms")
+    rows = [
+        ("key", stored.key),
+        ("model", f"{entry.get('provider', '?')}:{entry.get('model', '?')}"),
+        ("tag", stored.tag or "--"),
+        ("endpoint", str(entry.get("endpoint") or "--")),
+        ("stored", _when(stored.stored_at)),
+        ("expires", expiry),
+        ("cost", _usd(entry.get("cost_usd"))),
+        ("usage", tokens),
+        ("latency", f"{latency:,.0f} ms" if isinstance(latency, (int, float)) else "--"),
+        ("version", str(entry.get("v", 1))),
+    ]
+    for name, value in rows:
+        about.add_row(name, Text(printable(value)))
+    console.print(about)
+    request = entry.get("request") or {}
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        prompt = Text()
+        for number, message in enumerate(messages):
+            if number:
+                prompt.append("\n")
+            role = message.get("role", "?") if isinstance(message, dict) else "?"
+            prompt.append(f"{printable(role)}: ", style="bold")
+            prompt.append(_content_text(message.get("content") if isinstance(message, dict) else message))
+        if request.get("params"):
+            prompt.append(f"\nparams: {_json_text(request['params'], limit=300)}", style="dim")
+        console.print(Panel(prompt, title="prompt", title_align="left"))
+    else:
+        console.print(Text("prompt: not recorded (an entry from before v2 keeps only the answer)", style="dim"))
+    console.print(Panel(_answer_text(entry.get("response")), title="answer", title_align="left"))
+
+
+def _answer_text(response: Any) -> Text:
+    answer = Text()
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices:
+        return Text(_json_text(response, limit=2000))
+    for number, choice in enumerate(choices):
+        if number:
+            answer.append("\n")
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if len(choices) > 1:
+            answer.append(f"[{number}] ", style="bold")
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None:
+            answer.append(_content_text(content))
+        tool_calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if tool_calls:
+            answer.append(f"\ntool calls: {_json_text(tool_calls, limit=1000)}")
+        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if finish and finish != "stop":
+            answer.append(f"\n(finish_reason: {printable(finish)})", style="yellow")
+    return answer
+
+
+_KIND_NAMES = {
+    "undecodable": "do not decode",
+    "key_mismatch": "key does not match its request",
+    "digest_mismatch": "digest does not match (damaged)",
+    "expired": "expired",
+}
+
+
+def print_verify(report: Any, *, directory: str, stream: IO[str] | None = None) -> None:
+    """``llmbatch cache verify``: counts per kind, a few keys of each, and what --repair did."""
+    import sys
+
+    out = stream or sys.stdout
+    lines = [
+        f"checked {_count(report.checked)} entries in {printable(directory)} ({report.seconds:.1f}s)",
+        f"  ok                                 {_count(report.ok)}",
+        f"  cannot be checked (older entries)  {_count(report.unverifiable)}",
+    ]
+    for kind, name in _KIND_NAMES.items():
+        lines.append(f"  {name.ljust(35)}{_count(report.found[kind])}")
+        lines += [f"      e.g. {key}" for key in report.examples[kind]]
+    if report.removed is not None:
+        removed = f"removed {_count(report.removed)} entr{'y' if report.removed == 1 else 'ies'}"
+        lines.append(f"{removed} (the next run pays for them again)")
+    elif report.broken:
+        lines.append(
+            f"{_count(report.broken)} broken entr{'y' if report.broken == 1 else 'ies'}: never served, "
+            "each a miss; llmbatch cache verify --repair removes them"
+        )
+    out.write("\n".join(lines) + "\n")
 
 
 def print_plan(plan: Any, stream: IO[str] | None = None) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "LineError",
     "LlmbatchError",
+    "NotFound",
     "OutputError",
     "UsageError",
     "printable",
@@ -71,6 +72,11 @@ class InputError(LlmbatchError):
         self.errors = errors
         self.total_errors = total_errors if total_errors is not None else len(errors)
         super().__init__("\n".join(str(e) for e in errors))
+
+
+class NotFound(LlmbatchError):
+    """What was asked for by name is not there (``cache show`` of a key the cache does not hold).
+    Exit 1, as grep's "no match": a script can tell it from a malformed request (2)."""
 
 
 class CacheError(LlmbatchError):

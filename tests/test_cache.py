@@ -8,6 +8,7 @@ import time
 import pytest
 
 from llmbatch.errors import CacheError
+from llmbatch.model.stats import Lookups
 from llmbatch.store import DEFAULT_SIZE_LIMIT, DiskStore
 
 
@@ -97,8 +98,8 @@ def test_stats_count_entries_by_model_and_lifetime_lookups(tmp_path):
         for i in range(3):
             cache.put(f"v1:a{i}", entry(i), tag="openai:a")
         cache.put("v1:b", entry(), tag="anthropic:b")
-        cache.record_lookups(hits=5, misses=4)
-        cache.record_lookups(hits=1, misses=0)
+        cache.record_lookups({"openai:a": Lookups(5, 4)})
+        cache.record_lookups({"openai:a": Lookups(1, 0)})
         stats = cache.stats()
     assert stats.entries == 4
     assert stats.by_model == {"openai:a": 3, "anthropic:b": 1}
@@ -202,7 +203,7 @@ def test_a_cache_directory_removed_between_two_writes_is_recreated_and_the_secon
         assert cache.get("v1:b") == entry(2)
         write(cache, "v1:c", entry(3))  # the new cache is the one in use now: no second reopening
         recreated_at = cache.recreated_at
-        cache.record_lookups(hits=2, misses=1)
+        cache.record_lookups({"openai:a": Lookups(2, 1)})
         assert cache.recreated_at == recreated_at
     with DiskStore(directory) as fresh:
         assert fresh.get("v1:a") is None  # gone with the directory
@@ -221,7 +222,7 @@ def test_lifetime_lookups_after_the_directory_was_removed_go_to_the_new_cache(tm
     directory = tmp_path / "c"
     with DiskStore(directory) as cache:
         shutil.rmtree(directory)
-        cache.record_lookups(hits=3, misses=4)
+        cache.record_lookups({"openai:a": Lookups(3, 4)})
         assert cache.recreated
     with DiskStore(directory) as fresh:
         assert (fresh.stats().hits, fresh.stats().misses) == (3, 4)
@@ -285,7 +286,7 @@ def test_clear_removes_every_entry_and_value_file_and_keeps_the_settings(tmp_pat
         for i in range(5):
             cache.put(f"v1:{i}", entry(i), tag="openai:a")
         cache.put("v1:big", {"text": "x" * 100_000}, tag="t")
-        cache.record_lookups(hits=1, misses=6)
+        cache.record_lookups({"openai:a": Lookups(1, 6)})
         assert cache.count() == 6
         assert cache.clear() == 6
         assert cache.count() == 0 and cache.get("v1:0") is None

@@ -276,9 +276,9 @@ def test_a_store_of_the_callers_own_is_used_and_left_open(env, cache_dir, sim):
             for key, entry, tag in items:
                 self.put(key, entry, tag=tag, ttl_s=ttl_s)
 
-        def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
-            self.lookups[0] += hits
-            self.lookups[1] += misses
+        def record_lookups(self, lookups: dict[str, Any]) -> None:
+            self.lookups[0] += sum(n.hits for n in lookups.values())
+            self.lookups[1] += sum(n.misses for n in lookups.values())
 
         def close(self) -> None:
             self.closed = True

@@ -14,6 +14,7 @@ from llmbatch.errors import CacheError, LlmbatchError, UsageError
 from llmbatch.input import (
     Request,
 )
+from llmbatch.model.stats import Lookups
 from llmbatch.results import Result, ResultWriter, append_or_undo, classify_output, encode
 from llmbatch.store import ResponseStore
 
@@ -160,6 +161,7 @@ class HitPrefix:
             "resume_line": self.resume_line,
             "open": self._open,
             "counters": {name: getattr(self._stats, name) for name in self._COUNTERS},
+            "lookups": {ref: [n.hits, n.misses, n.saved_usd] for ref, n in self._stats.lookups.items()},
         }
 
     def take_over(self, spool: IO[bytes], handed: dict[str, Any]) -> bool:
@@ -184,6 +186,8 @@ class HitPrefix:
         self.lines += lines
         for name, value in handed["counters"].items():
             setattr(self._stats, name, getattr(self._stats, name) + value)
+        for ref, (hits, misses, saved_usd) in handed.get("lookups", {}).items():
+            self._stats.lookups.setdefault(ref, Lookups()).add(Lookups(hits, misses, saved_usd))
         self.resume_line = handed["resume_line"]
         self._open = handed["open"]
         return True

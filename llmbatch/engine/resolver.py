@@ -43,7 +43,7 @@ from llmbatch.keys import key_material, request_key
 from llmbatch.model.entry import CacheEntry, make_entry
 from llmbatch.model.request import Request
 from llmbatch.model.result import Result
-from llmbatch.model.stats import RunStats, StopReason
+from llmbatch.model.stats import Lookups, RunStats, StopReason
 from llmbatch.pricing import call_cost
 from llmbatch.providers.base import CallError, Destination
 from llmbatch.store.base import ResponseStore, WriteBatcher
@@ -175,8 +175,9 @@ class Resolver:
             self.stats.finished_at = self.clock()
             if self.store is not None:
                 # Lifetime counters, not paid work: a full disk here must not hide the run's outcome.
+                prefix = self.destination.tag_prefix  # the store's tags, as put() files answers
                 with contextlib.suppress(CacheError):
-                    self.store.record_lookups(self.stats.hits, self.stats.calls, saved_usd=self.stats.saved_usd)
+                    self.store.record_lookups({prefix + ref: n for ref, n in self.stats.lookups.items()})
         return self.stats
 
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
@@ -284,8 +285,11 @@ class Resolver:
                 self.stats.deduplicated_usd += cost
         else:
             self.stats.hits += 1
+            counts = self._lookups(request)
+            counts.hits += 1
             if cost is not None:
                 self.stats.saved_usd += cost
+                counts.saved_usd += cost
         return Result(
             cost_usd=cost,
             line=request.line,
@@ -301,6 +305,12 @@ class Resolver:
             latency_ms=entry.get("latency_ms"),
             attempts=0,
         )
+
+    def _lookups(self, request: Request) -> Lookups:
+        counts = self.stats.lookups.get(request.model_ref)
+        if counts is None:
+            counts = self.stats.lookups[request.model_ref] = Lookups()
+        return counts
 
     async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
         result = await self._answer(request, key)
@@ -401,6 +411,8 @@ class Resolver:
             if outcome.reason is not None:
                 self.stop(outcome.message, outcome.reason)
             return _SKIPPED
+        if outcome.attempts:  # a call was made: a miss, as the executor counts calls
+            self._lookups(request).misses += 1
         if isinstance(outcome, Failed):
             future.set_exception(outcome.error)
             if outcome.error.kind == "fatal":

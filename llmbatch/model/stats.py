@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["RunStats", "StopReason"]
+__all__ = ["Lookups", "RunStats", "StopReason"]
 
 
 class StopReason(enum.Enum):
@@ -21,6 +21,22 @@ class StopReason(enum.Enum):
     BUDGET = "budget"  # --max-cost: the next call could not fit, even alone
     FATAL = "fatal"  # what every line would share (a bad key, an unknown model), or nowhere to keep answers
     ERROR = "error"  # something around the calls failed (the results file, a changed input)
+
+
+@dataclass(slots=True)
+class Lookups:
+    """One model's cache lookups: lines answered from the cache, calls made, and what the hits
+    would have cost as calls. A run counts them per ``provider:model``; a store adds them up over
+    its life (``cache stats``)."""
+
+    hits: int = 0
+    misses: int = 0
+    saved_usd: float = 0.0
+
+    def add(self, other: Lookups) -> None:
+        self.hits += other.hits
+        self.misses += other.misses
+        self.saved_usd += other.saved_usd
 
 
 @dataclass
@@ -54,6 +70,10 @@ class RunStats:
     deduplicated_usd: float = 0.0  # what the duplicates that shared a call would have cost
     unpriced_calls: int = 0  # calls whose model genai-prices does not know
     unpriced_models: set[str] = field(default_factory=set)
+    #: Per ``provider:model`` of the lines (the store files them under its tags): what the run
+    #: adds to the store's lifetime counters. ``hits`` and ``saved_usd`` above are their sums;
+    #: misses are the calls made.
+    lookups: dict[str, Lookups] = field(default_factory=dict)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
     started_at: float = 0.0
     finished_at: float | None = None

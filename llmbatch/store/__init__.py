@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbatch.errors import CacheError
+from llmbatch.model.stats import Lookups
 from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_SIZE_LIMIT",
     "DiskStore",
     "Loaded",
+    "Lookups",
     "MemoryStore",
     "ResponseStore",
     "StorePlace",

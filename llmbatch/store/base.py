@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
+from llmbatch.model.stats import Lookups
 
 #: The key prefix on a shared server (Redis) unless one is chosen: several teams can share a server.
 DEFAULT_NAMESPACE = "llmbatch:"
@@ -49,7 +50,9 @@ class ResponseStore(Protocol):
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]: ...
     def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None: ...
     def put_many(self, items: list[tuple[str, CacheEntry, str]], *, ttl_s: float | None = None) -> None: ...
-    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None: ...
+    def record_lookups(self, lookups: Mapping[str, Lookups]) -> None:
+        """Add a run's hits, misses and savings per ``provider:model`` tag to the lifetime counters
+        (and to the totals, which also hold what was counted before there were tags)."""
     def close(self) -> None: ...
 
     # -- runs sharing the store: who calls which key, and which .partial files are theirs --
@@ -76,7 +79,11 @@ class ResponseStore(Protocol):
         stored_before: float | None = None,
         stored_after: float | None = None,
         broken: bool = False,
-    ) -> Iterator[Stored]: ...
+        key_prefix: str | None = None,
+    ) -> Iterator[Stored]:
+        """What is stored, oldest first (see :class:`Stored`); ``key_prefix``: only keys that
+        start with it (an exact key is its own prefix: ``cache show``)."""
+        ...
     def load(self, items: Iterable[Stored]) -> Loaded: ...
     def remove(self, keys: Iterable[str]) -> int: ...
 
@@ -126,6 +133,26 @@ class StoreStats:
     saved_usd: float = 0.0  # lifetime: what hits would have cost as calls
     stored_value_usd: float = 0.0  # what the stored answers cost when paid
     details: dict[str, Any] = field(default_factory=dict)
+    #: Lifetime lookups per ``provider:model`` tag, since the store counted them so (the totals
+    #: above may hold more: what a cache counted before).
+    lookups_by_model: dict[str, Lookups] = field(default_factory=dict)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Per tag: entries held, and lifetime hits, misses, hit rate and dollars saved (a model
+        whose entries are all gone still shows what it saved)."""
+        tags = list(self.by_model) + sorted(set(self.lookups_by_model) - set(self.by_model))
+        rows: dict[str, dict[str, Any]] = {}
+        for tag in tags:
+            counts = self.lookups_by_model.get(tag, Lookups())
+            lookups = counts.hits + counts.misses
+            rows[tag] = {
+                "entries": self.by_model.get(tag, 0),
+                "hits": counts.hits,
+                "misses": counts.misses,
+                "hit_rate": round(counts.hits / lookups, 4) if lookups else None,
+                "saved_usd": round(counts.saved_usd, 10),
+            }
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +167,7 @@ class StoreStats:
             "misses": self.misses,
             "saved_usd": round(self.saved_usd, 10),
             "stored_value_usd": round(self.stored_value_usd, 10),
+            "models": self.models(),
         }
 
 

@@ -9,13 +9,14 @@ runs of this process.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from llmbatch.model.entry import CacheEntry
+from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, Stored, StoreStats
 
 __all__ = ["MemoryStore"]
@@ -37,8 +38,7 @@ class MemoryStore:
         self._entries: dict[str, _Held] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
         self._partials: dict[tuple[int, int], str] = {}
-        self._lookups = [0, 0]
-        self._saved_usd = 0.0
+        self._lookups: dict[str, Lookups] = {}  # per provider:model tag
 
     # -- the run's side --
 
@@ -62,10 +62,9 @@ class MemoryStore:
         for key, entry, tag in copies:
             self.put(key, entry, tag=tag, ttl_s=ttl_s)
 
-    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
-        self._lookups[0] += hits
-        self._lookups[1] += misses
-        self._saved_usd += saved_usd
+    def record_lookups(self, lookups: Mapping[str, Lookups]) -> None:
+        for tag, counts in lookups.items():
+            self._lookups.setdefault(tag, Lookups()).add(counts)
 
     def close(self) -> None:
         pass
@@ -123,9 +122,10 @@ class MemoryStore:
             oldest=min(stamps, default=None),
             newest=max(stamps, default=None),
             by_model=dict(sorted(by_model.items(), key=lambda item: -item[1])),
-            hits=self._lookups[0],
-            misses=self._lookups[1],
-            saved_usd=self._saved_usd,
+            hits=sum(n.hits for n in self._lookups.values()),
+            misses=sum(n.misses for n in self._lookups.values()),
+            saved_usd=sum(n.saved_usd for n in self._lookups.values()),
+            lookups_by_model={tag: Lookups(n.hits, n.misses, n.saved_usd) for tag, n in self._lookups.items()},
             stored_value_usd=sum(held.entry.get("cost_usd") or 0.0 for held in live),
         )
 
@@ -161,10 +161,11 @@ class MemoryStore:
         stored_before: float | None = None,
         stored_after: float | None = None,
         broken: bool = False,
+        key_prefix: str | None = None,
     ) -> Iterator[Stored]:
         now = self.clock()
         for key, held in sorted(self._entries.items(), key=lambda item: item[1].stored_at):
-            if tag is not None and held.tag != tag:
+            if (tag is not None and held.tag != tag) or (key_prefix is not None and not key.startswith(key_prefix)):
                 continue
             if (stored_before is not None and held.stored_at >= stored_before) or (
                 stored_after is not None and held.stored_at <= stored_after

@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +56,7 @@ from redis.lock import Lock
 
 from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry
+from llmbatch.model.stats import Lookups
 from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, Stored, StoreStats
 
 if TYPE_CHECKING:
@@ -180,12 +181,21 @@ class RedisStore:
         with self._talking("write to"):
             pipe.execute()
 
-    def record_lookups(self, hits: int, misses: int, *, saved_usd: float = 0.0) -> None:
+    def record_lookups(self, lookups: Mapping[str, Lookups]) -> None:
+        """Add a run's lookups per ``provider:model`` (a hash per tag) and in total, in one transaction."""
+        lookups = {tag: n for tag, n in lookups.items() if n.hits or n.misses}
+        if not lookups:
+            return
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hincrby(self._k("lookups"), "hits", hits)
-        pipe.hincrby(self._k("lookups"), "misses", misses)
-        if saved_usd:
-            pipe.hincrbyfloat(self._k("lookups"), "saved_usd", saved_usd)
+        for name, n in [
+            (self._k("lookups"), _sum(lookups.values())),
+            *((self._k("lookups", t), n) for t, n in lookups.items()),
+        ]:
+            pipe.hincrby(name, "hits", n.hits)
+            pipe.hincrby(name, "misses", n.misses)
+            if n.saved_usd:
+                pipe.hincrbyfloat(name, "saved_usd", n.saved_usd)
+        pipe.sadd(self._k("lookup-tags"), *lookups)
         with self._talking("write to"):
             pipe.execute()
 
@@ -319,6 +329,12 @@ class RedisStore:
                 if n:
                     by_model[tag.decode()] = n
             lookups = self._redis.hgetall(self._k("lookups"))
+            by_tag = {}
+            for tag in sorted(self._redis.smembers(self._k("lookup-tags"))):
+                counted = self._redis.hgetall(self._k("lookups", tag.decode()))
+                by_tag[tag.decode()] = Lookups(
+                    int(counted.get(b"hits", 0)), int(counted.get(b"misses", 0)), float(counted.get(b"saved_usd", 0.0))
+                )
             stored_value = sum(float(v) for v in self._redis.hvals(self._k("cost")))
             memory = self._redis.info("memory")
             try:
@@ -336,6 +352,7 @@ class RedisStore:
             misses=int(lookups.get(b"misses", 0)),
             saved_usd=float(lookups.get(b"saved_usd", 0.0)),
             stored_value_usd=stored_value,
+            lookups_by_model=by_tag,
             details={
                 "namespace": self.namespace,
                 "maxmemory_policy": policy,
@@ -395,34 +412,63 @@ class RedisStore:
         stored_before: float | None = None,
         stored_after: float | None = None,
         broken: bool = False,
+        key_prefix: str | None = None,
     ) -> Iterator[Stored]:
-        """Oldest first, a page at a time, from the index."""
+        """Oldest first, a page at a time, from the index. ``key_prefix`` (``cache show``) looks the
+        keys up by name instead: a scan of the server's key names, for a handful of entries."""
         if not broken:
             self._sweep()
+        if key_prefix is not None:
+            yield from self._by_prefix(key_prefix, tag, stored_before, stored_after, broken)
+            return
         index = self._k("t", tag) if tag is not None else self._k("idx")
         low: Any = f"({stored_after!r}" if stored_after is not None else "-inf"
         high: Any = f"({stored_before!r}" if stored_before is not None else "+inf"
         offset = 0
         while True:
             with self._talking("read"):
-                page = self._redis.zrangebyscore(index, low, high, start=offset, num=_PAGE, withscores=True)
-                if not page:
-                    return
-                keys = [k.decode() for k, _ in page]
-                values = self._redis.mget([self._k("e", key) for key in keys])
-                tags = self._redis.hmget(self._k("tagof"), keys)
-                expiries = self._redis.zmscore(self._k("exp"), keys)
+                page = self._redis.zrangebyscore(index, low, high, start=offset, num=_PAGE)
+            if not page:
+                return
             offset += len(page)
-            for (key, stored_at), value, item_tag, expires in zip(page, values, tags, expiries, strict=True):
-                key = key.decode()
-                tag_text = item_tag.decode() if item_tag is not None else None
-                entry = _decode(value)
-                if entry is None:
-                    if broken:
-                        problem = "the value is gone (evicted by the server)" if value is None else "not a JSON object"
-                        yield Stored(key, None, tag_text, stored_at, expires, problem=problem)
-                    continue
-                yield Stored(key, entry, tag_text, stored_at, expires)
+            yield from self._items([key.decode() for key in page], broken)
+
+    def _by_prefix(
+        self, prefix: str, tag: str | None, before: float | None, after: float | None, broken: bool
+    ) -> Iterator[Stored]:
+        start = len(self._k("e", ""))
+        with self._talking("read"):
+            keys = sorted(
+                name.decode()[start:]
+                for name in self._redis.scan_iter(match=_glob(self._k("e", prefix)) + "*", count=_PAGE)
+            )
+        for at in range(0, len(keys), _PAGE):
+            for item in self._items(keys[at : at + _PAGE], broken):
+                if (
+                    (tag is None or item.tag == tag)
+                    and (before is None or item.stored_at < before)
+                    and (after is None or item.stored_at > after)
+                ):
+                    yield item
+
+    def _items(self, keys: list[str], broken: bool) -> list[Stored]:
+        """The entries under ``keys`` with their index data; unreadable ones only if ``broken``."""
+        with self._talking("read"):
+            values = self._redis.mget([self._k("e", key) for key in keys])
+            tags = self._redis.hmget(self._k("tagof"), keys)
+            expiries = self._redis.zmscore(self._k("exp"), keys)
+            stamps = self._redis.zmscore(self._k("idx"), keys)
+        found = []
+        for key, value, tag, expires, stored_at in zip(keys, values, tags, expiries, stamps, strict=True):
+            tag_text = tag.decode() if tag is not None else None
+            entry = _decode(value)
+            if entry is None:
+                if broken:
+                    problem = "the value is gone (evicted by the server)" if value is None else "not a JSON object"
+                    found.append(Stored(key, None, tag_text, stored_at or 0.0, expires, problem=problem))
+                continue
+            found.append(Stored(key, entry, tag_text, stored_at if stored_at is not None else 0.0, expires))
+        return found
 
     def load(self, items: Iterable[Stored]) -> Loaded:
         loaded = Loaded()
@@ -475,6 +521,13 @@ class RedisStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sum(counts: Iterable[Lookups]) -> Lookups:
+    total = Lookups()
+    for n in counts:
+        total.add(n)
+    return total
 
 
 def _decode(value: bytes | None) -> CacheEntry | None:
