@@ -47,7 +47,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 cache_app = typer.Typer(help="Look after the response cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache", short_help="Look after the response cache: stats, purge, export, import, explain, verify.")
+app.add_typer(
+    cache_app, name="cache", short_help="Look after the response cache: stats, purge, export, import, explain, verify."
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
