@@ -95,13 +95,9 @@ class StorePlace:
                 size_limit=size_limit,
                 eviction_policy=eviction_policy,
             )
-        redis_store = _redis()
-        local = DiskStore(self.local_directory, shared=self.shared)
-        try:
-            return redis_store.RedisStore(self.url, local=local, namespace=self.namespace)
-        except BaseException:
-            local.close()
-            raise
+        directory, shared = self.local_directory, self.shared
+        here = lambda: DiskStore(directory, shared=shared)  # noqa: E731 - opened when a run first needs it
+        return _redis().RedisStore(self.url, local=here, namespace=self.namespace)
 
 
 def _redis() -> Any:

@@ -31,7 +31,7 @@ and renewed and released with redis-py's own lock scripts (compare the owner, th
 pipelines. Redis Cluster is not supported (a transaction spans keys in different slots).
 
 Which ``.partial`` files are this cache's runs' is a fact about this machine, so it is kept in the
-local disk store (``--cache-dir``), as are answers that could not reach the server.
+local disk store (``--cache-dir``), opened the first time a run needs it.
 
 :class:`RedisLimitState` is the other thing kept on the server: the rate limits' state, so that every
 run spending one budget (an API key at an endpoint, or a ``--rate-group``) keeps one pace and one
@@ -80,13 +80,14 @@ def redact_url(url: str) -> str:
 
 
 class RedisStore:
-    """A store on a Redis server. ``local``: the disk store of this machine (``.partial`` records)."""
+    """A store on a Redis server. ``local``: opens the disk store of this machine (``.partial``
+    records), when a run first needs it (``cache stats`` never does, and makes no directory)."""
 
     def __init__(
         self,
         url: str,
         *,
-        local: ResponseStore | None = None,
+        local: Callable[[], ResponseStore] | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         clock: Callable[[], float] = time.time,
         timeout_s: float = 5.0,
@@ -98,7 +99,8 @@ class RedisStore:
         self.location = f"{redact_url(url)} (namespace {namespace})"
         self.recreated = False
         self.clock = clock
-        self.local = local
+        self._open_local = local
+        self._local: ResponseStore | None = None
         self._secret = urlsplit(url).password or ""
         try:
             # Typed Any: redis-py types every reply as the union of what each decoding mode could
@@ -201,8 +203,8 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
-        if self.local is not None:
-            self.local.close()
+        if self._local is not None:
+            self._local.close()
 
     # -- runs sharing it --
 
@@ -272,20 +274,26 @@ class RedisStore:
             return {owner.decode() for owner in self._redis.smembers(self._k("owners"))}
 
     # .partial files are on this machine: their records live in its disk store.
+    def _here(self) -> ResponseStore | None:
+        if self._local is None and self._open_local is not None:
+            self._local = self._open_local()
+        return self._local
+
     def note_partial(self, identity: tuple[int, int], token: str) -> None:
-        if self.local is not None:
-            self.local.note_partial(identity, token)
+        local = self._here()
+        if local is not None:
+            local.note_partial(identity, token)
         else:
             self._partials[identity] = token
 
     def knows_partial(self, identity: tuple[int, int], token: str) -> bool:
-        if self.local is not None:
-            return self.local.knows_partial(identity, token)
-        return self._partials.get(identity) == token
+        local = self._here()
+        return local.knows_partial(identity, token) if local is not None else self._partials.get(identity) == token
 
     def forget_partial(self, identity: tuple[int, int]) -> None:
-        if self.local is not None:
-            self.local.forget_partial(identity)
+        local = self._here()
+        if local is not None:
+            local.forget_partial(identity)
         else:
             self._partials.pop(identity, None)
 
