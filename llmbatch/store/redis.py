@@ -224,6 +224,13 @@ class RedisStore:
             holders = self._redis.mget([self._k("lease", key) for key in again]) if again else []
         held = {key for key, ok in zip(keys, taken, strict=True) if ok}
         mine = [key for key, holder in zip(again, holders, strict=True) if holder == owner.encode()]
+        if held:
+            # What this owner holds, so that renewing and releasing never scan the server's keys.
+            # The set outlives its leases by a little; a dead owner's is found by lease_owners.
+            with self._talking("lease keys in"):
+                self._redis.pipeline(transaction=False).sadd(self._k("owned", owner), *held).pexpire(
+                    self._k("owned", owner), 2 * ttl_ms
+                ).execute()
         if mine:
             self._renew_keys(mine, owner, ttl_ms)
         return held | set(mine)
@@ -232,6 +239,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             self._extend(keys=[self._k("lease", key)], args=[owner, ttl_ms, "1"], client=pipe)
+        pipe.pexpire(self._k("owned", owner), 2 * ttl_ms)
         with self._talking("renew leases in"):
             pipe.execute()
 
@@ -241,18 +249,8 @@ class RedisStore:
             self._renew_keys(keys, owner, max(1, int(ttl_s * 1000)))
 
     def _owned(self, owner: str) -> list[str]:
-        """The keys ``owner`` holds: found by scanning the lease names (only runs that wait on
-        others call this, every few seconds)."""
-        prefix = self._k("lease", "")
-        owned: list[str] = []
         with self._talking("read leases in"):
-            names = [name for name in self._redis.scan_iter(match=_glob(prefix) + "*", count=_PAGE)]
-            for at in range(0, len(names), _PAGE):
-                chunk = names[at : at + _PAGE]
-                for name, holder in zip(chunk, self._redis.mget(chunk), strict=True):
-                    if holder == owner.encode():
-                        owned.append(name.decode()[len(prefix) :])
-        return owned
+            return sorted(key.decode() for key in self._redis.smembers(self._k("owned", owner)))
 
     def release(self, keys: Iterable[str], owner: str) -> None:
         keys = list(keys)
@@ -260,7 +258,10 @@ class RedisStore:
             return
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
+            # redis-py's own compare-and-delete: a lease that ran out and was taken by another
+            # run is left to it.
             self._release(keys=[self._k("lease", key)], args=[owner], client=pipe)
+        pipe.srem(self._k("owned", owner), *keys)
         with self._talking("release leases in"):
             pipe.execute()
 
@@ -396,20 +397,18 @@ class RedisStore:
             removed += len(keys)
 
     def clear(self) -> int:
-        """Remove every entry of this namespace; the lifetime counters stay."""
+        """Remove every entry of this namespace and its indexes; lifetime counters, leases and the
+        rate limits' state stay."""
         count = self.count()
-        keep = {self._k("lookups").encode()}
         with self._talking("clear"):
             batch: list[bytes] = []
-            for name in self._redis.scan_iter(match=_glob(self.namespace) + "*", count=_PAGE):
-                if name in keep or name.startswith(self._k("lease", "").encode()):
-                    continue
+            for name in self._redis.scan_iter(match=_glob(self._k("e", "")) + "*", count=_PAGE):
                 batch.append(name)
                 if len(batch) >= _PAGE:
                     self._redis.unlink(*batch)
                     batch = []
-            if batch:
-                self._redis.unlink(*batch)
+            tags = [self._k("t", tag.decode()) for tag in self._redis.smembers(self._k("tags"))]
+            self._redis.unlink(*batch, *tags, *(self._k(name) for name in ("idx", "tags", "tagof", "cost", "exp")))
         self._partials.clear()
         return count
 
