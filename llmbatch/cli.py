@@ -48,7 +48,7 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="Look after the response cache.", no_args_is_help=True)
 app.add_typer(
-    cache_app, name="cache", short_help="Look after the response cache: stats, purge, export, import, explain, verify."
+    cache_app, name="cache", short_help="Look after the cache: stats, purge, export, import, explain, verify."
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
