@@ -40,7 +40,7 @@ def problem(response: dict[str, Any]) -> CallError | None:
     if not isinstance(choices, list) or not choices:
         return CallError("retryable", "EmptyAnswer", "the provider answered with no choices (HTTP 200)")
     for choice in choices:
-        if not isinstance(choice, dict):
+        if not isinstance(choice, dict) or not isinstance(choice.get("message", {}), dict):
             return CallError("permanent", "UnexpectedResponse", "a choice in the answer is not an object")
         error = choice.get("error")
         if choice.get("finish_reason") == "error" or error is not None:

@@ -450,7 +450,7 @@ def run(
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
     from llmbatch.retry import RetryPolicy
-    from llmbatch.units import parse_duration, parse_size
+    from llmbatch.units import parse_size
 
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
@@ -461,6 +461,10 @@ def run(
     config_in_use = load_config(config_file)
     limits, default_limits = merge_limits(config_in_use, rpm=rpm, tpm=tpm)
     normalized = merge_normalize(config_in_use, normalize)
+    if normalize is None and any(mode for mode in (*normalized[0].values(), normalized[1])) and not quiet:
+        # A file nobody named changes what is sent and the keys: said, as its limits are.
+        which = "every model" if normalized[1] else ", ".join(m for m, mode in normalized[0].items() if mode)
+        sys.stderr.write(f"llmbatch: prompts normalised (whitespace) for {which}, as {config_in_use.source} says\n")
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
@@ -469,7 +473,7 @@ def run(
         default_limits=default_limits,
         retry=RetryPolicy(max_retries=max_retries),
         cache_mode=_cache_mode(no_cache, refresh, cache_only),
-        ttl_s=parse_duration(ttl, option="--ttl") if ttl else None,
+        ttl_s=_ttl(ttl),
         max_cost_usd=max_cost,
     )
     with _Signals() as signals:
@@ -620,6 +624,8 @@ def _run_config(
         )
     if simulate and api_base:
         raise UsageError("--simulate sends every call to the simulator; drop --api-base")
+    if rate_group is not None and cache_url is None:
+        raise UsageError("--rate-group names a budget shared through a server: give --cache URL too")
     return RunConfig(
         input=source,
         output=None if output == "-" else Path(output) if output else default_output(source),
@@ -1085,6 +1091,7 @@ def cache_explain(
     api_base: ApiBaseOption = None,
     simulate: SimulateOption = False,
     config_file: ConfigOption = None,
+    normalize: NormalizeOption = None,
     cache_dir: CacheDirOption = None,
     cache_url: CacheUrlOption = None,
     cache_namespace: CacheNamespaceOption = None,
@@ -1097,10 +1104,12 @@ def cache_explain(
     hashes (provider, endpoint, model, messages, params, extra, sample), the key, and whether the cache
     holds an answer for it (when stored, at what cost). Nothing is sent."""
     from llmbatch.app.inspect import diff_material, explain_line, split_line_ref, stored_under
-    from llmbatch.config import load_config
+    from llmbatch.config import load_config, merge_normalize
     from llmbatch.engine import RunOptions
+
     refs = [split_line_ref(line)] + ([split_line_ref(against)] if against is not None else [])
-    load_config(config_file)  # as run reads it, so a bad file is the same error (it holds limits, not keys)
+    # As run reads it: a bad file is the same error, and its normalisation is part of the keys.
+    normalized = merge_normalize(load_config(config_file), normalize)
     sources: dict[str, Any] = {}
     try:
         explained = []
@@ -1119,6 +1128,7 @@ def cache_explain(
                 shared_cache=shared_cache,
                 max_line_size=max_line_size,
                 max_messages=max_messages,
+                normalize=normalized,
             )
             explained.append(explain_line(config, number))
     finally:
@@ -1337,6 +1347,8 @@ def cache_export(
         )
     place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
     directory = place.describe()
+    if output != "-" and place.holds(Path(output)):
+        raise UsageError(f"cannot write the records to {output}: it is inside the cache directory; choose another file")
     if not place.exists():
         raise UsageError(f"no cache at {directory}: nothing to export")
     with place.open(create=False) as store:
@@ -1397,6 +1409,22 @@ def _place(cache_dir: Path | None, cache_url: str | None, namespace: str | None,
     from llmbatch.store import StorePlace
 
     return StorePlace.of(cache_dir, cache_url, namespace, shared)
+
+
+#: The longest --ttl: a hundred years. Longer is "never" (leave --ttl out), and a server refuses
+#: an expiry past what it can count (Redis: a time in milliseconds that fits 64 bits).
+MAX_TTL_S = 100 * 365 * 86_400
+
+
+def _ttl(text: str | None) -> float | None:
+    from llmbatch.units import parse_duration
+
+    if not text:
+        return None
+    seconds = parse_duration(text, option="--ttl")
+    if seconds > MAX_TTL_S:
+        raise UsageError(f"--ttl {text}: at most 100 years; leave --ttl out for answers that never expire")
+    return seconds
 
 
 def _open_existing(place: Any) -> Any:

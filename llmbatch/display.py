@@ -693,10 +693,11 @@ def _answer_text(response: Any) -> Text:
 
 
 _KIND_NAMES = {
-    "undecodable": "do not decode",
+    "undecodable": "do not decode, or are no answer",
     "key_mismatch": "key does not match its request",
     "digest_mismatch": "digest does not match (damaged)",
     "expired": "expired",
+    "gone": "gone (dropped by the server)",
 }
 
 
@@ -718,8 +719,8 @@ def print_verify(report: Any, *, directory: str, stream: IO[str] | None = None) 
         lines.append(f"{removed} (the next run pays for them again)")
     elif report.broken:
         lines.append(
-            f"{_count(report.broken)} broken entr{'y' if report.broken == 1 else 'ies'}: never served, "
-            "each a miss; llmbatch cache verify --repair removes them"
+            f"{_count(report.broken)} broken entr{'y' if report.broken == 1 else 'ies'}: "
+            "llmbatch cache verify --repair removes them (the next run pays for them again)"
         )
     out.write("\n".join(lines) + "\n")
 

@@ -190,7 +190,7 @@ def test_verify_finds_damaged_rows_and_repair_removes_exactly_those_so_the_rerun
     found = run_cli(["cache", "verify", "--json"], env=env)
     assert found.exit_code == 1
     report = json.loads(found.stdout)
-    assert report["found"] == {"undecodable": 1, "key_mismatch": 1, "digest_mismatch": 1, "expired": 0}
+    assert report["found"] == {"undecodable": 1, "key_mismatch": 1, "digest_mismatch": 1, "expired": 0, "gone": 0}
     assert report["examples"]["undecodable"] == [keys[0]]
     assert report["examples"]["key_mismatch"] == [keys[1]]
     assert report["examples"]["digest_mismatch"] == [keys[2]]

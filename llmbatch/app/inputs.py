@@ -92,6 +92,10 @@ def check_output(config: RunConfig) -> None:
                 f"cannot write results to {output}: its temporary file {partial} is the input file; "
                 "choose another file with -o"
             )
+    if output is not None and config.store_place.holds(output):
+        raise UsageError(
+            f"cannot write results to {output}: it is inside the cache directory; choose another file with -o"
+        )
     target = classify_output(output)
     if source is not None and target.kind == "stdout" and _same_file(_stdout_stat(), source):
         raise UsageError(

@@ -27,8 +27,8 @@ from llmbatch.app.runconfig import RunConfig, effective_defaults
 from llmbatch.errors import InputError, LineError, NotFound, UsageError
 from llmbatch.input import InvalidLine, iter_raw_lines, parse_line
 from llmbatch.keys import KEY_VERSION, key_from_material, key_material
-from llmbatch.model.entry import entry_digest
-from llmbatch.store.base import ResponseStore, Stored
+from llmbatch.model.entry import entry_digest, servable
+from llmbatch.store.base import GONE, ResponseStore, Stored
 
 __all__ = [
     "BROKEN",
@@ -48,9 +48,10 @@ __all__ = [
 #: of a big cache, and a typo could silently name another.
 MIN_PREFIX = 8
 #: What verify finds, in the order an entry is judged (the first that applies is its kind).
-KINDS = ("undecodable", "key_mismatch", "digest_mismatch", "expired")
-#: The kinds that make verify fail (exit 1). An expired entry is the TTL doing its job: it is
-#: never served, and --repair removes it, but it is not damage.
+KINDS = ("undecodable", "key_mismatch", "digest_mismatch", "expired", "gone")
+#: The kinds that make verify fail (exit 1). An expired entry is the TTL doing its job, and one
+#: whose value a server dropped (its maxmemory policy) is a miss: neither is served, --repair
+#: removes what is left of them, but neither is damage.
 BROKEN = ("undecodable", "key_mismatch", "digest_mismatch")
 #: Removed a transaction's worth at a time during --repair, so that memory stays flat.
 _REMOVE_BATCH = 1000
@@ -279,16 +280,18 @@ def verify(
 def _judge(item: Stored, now: float, report: VerifyReport) -> str | None:
     """The kind of trouble an entry is in, or None (counted as ok or unverifiable)."""
     entry = item.entry
+    if item.expires_at is not None and item.expires_at < now:
+        return "expired"  # a server drops an expired value itself: nothing to decode
     if entry is None:
-        return "undecodable"
+        return "gone" if item.problem == GONE else "undecodable"
+    if not servable(item.key, entry):
+        return "undecodable"  # not an answer, or another key's: never served
     request = entry.get("request")
     digest = entry.get("digest")
     if request is not None and key_from_material(request) != item.key:
         return "key_mismatch"
     if digest is not None and entry_digest(entry) != digest:
         return "digest_mismatch"
-    if item.expires_at is not None and item.expires_at < now:
-        return "expired"
     if request is None or digest is None:
         report.unverifiable += 1
     else:

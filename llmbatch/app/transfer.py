@@ -33,8 +33,8 @@ import orjson
 
 from llmbatch import answers
 from llmbatch.errors import InputError, LineError, UsageError
-from llmbatch.keys import key_from_material
-from llmbatch.model.entry import CacheEntry, entry_digest
+from llmbatch.keys import SIMULATOR_ENDPOINT, key_from_material
+from llmbatch.model.entry import CacheEntry, entry_digest, servable
 from llmbatch.results import ResultWriter
 from llmbatch.store.base import Loaded, ResponseStore, Stored
 
@@ -99,7 +99,7 @@ def export_record(item: Stored) -> dict[str, Any] | None:
     return {
         "llmbatch_cache": EXPORT_FORMAT,
         "key": item.key,
-        "tag": item.tag,
+        "tag": item.tag if item.tag is not None else _tag_of(entry["request"]),
         "stored_at": item.stored_at,
         "expires_at": item.expires_at,
         "entry": entry,
@@ -115,7 +115,7 @@ def check_record(line: bytes) -> Stored:
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     version = record.get("llmbatch_cache")
-    if version != EXPORT_FORMAT:
+    if type(version) is not int or version != EXPORT_FORMAT:
         what = "no llmbatch_cache field" if version is None else f"llmbatch_cache format {version!r}"
         raise ValueError(f"not an llmbatch cache export record ({what}; this llmbatch reads format {EXPORT_FORMAT})")
     key, tag, entry = record.get("key"), record.get("tag"), record.get("entry")
@@ -124,8 +124,8 @@ def check_record(line: bytes) -> Stored:
         raise ValueError('"key" must be a string')
     if tag is not None and not isinstance(tag, str):
         raise ValueError('"tag" must be a string or null')
-    if not _number(stored_at) or (expires_at is not None and not _number(expires_at)):
-        raise ValueError('"stored_at" must be a number, and "expires_at" a number or null')
+    if not _time(stored_at) or (expires_at is not None and not _time(expires_at)):
+        raise ValueError('"stored_at" and "expires_at" must be times (Unix seconds, up to the year 9999), or null')
     if not isinstance(entry, dict):
         raise ValueError('"entry" must be a JSON object')
     request, response = entry.get("request"), entry.get("response")
@@ -141,18 +141,51 @@ def check_record(line: bytes) -> Stored:
     if refused is not None or not answers.cacheable(response):
         why = refused.message if refused is not None else "a content filter's refusal"
         raise ValueError(f"the response is not an answer to keep: {why}")
+    for name, kinds in _FIELDS.items():
+        if name in entry and not isinstance(entry[name], kinds):
+            raise ValueError(f'the entry\'s "{name}" is not what llmbatch stores there')
+    if not servable(key, entry):
+        raise ValueError("the entry is not one llmbatch would serve")
+    expected = _tag_of(request)
+    if tag != expected:
+        raise ValueError(f'"tag" {tag!r} does not match the request ({expected!r})')
     typed: CacheEntry = entry  # type: ignore[assignment]  # checked above, field by field that matters
     return Stored(key, typed, tag, float(record["stored_at"]), float(expires_at) if expires_at is not None else None)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+#: Fields of an entry and the JSON types llmbatch writes there: anything else would break a run
+#: that reads it (a cost that is text cannot be added up).
+_FIELDS: dict[str, Any] = {
+    "v": int,
+    "stored_at": int | float,
+    "provider": str,
+    "model": str,
+    "endpoint": str | None,
+    "usage": dict | None,
+    "latency_ms": int | float | None,
+    "cost_usd": int | float | None,
+    "digest": str,
+}
+#: The last second of the year 9999: later is not a time a store can keep.
+_LAST = 253_402_300_799
+
+
+def _time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _LAST
+
+
+def _tag_of(request: dict[str, Any]) -> str:
+    """The ``provider:model`` tag a run files this request's answer under (simulated answers apart)."""
+    simulated = "simulated/" if request.get("endpoint") == SIMULATOR_ENDPOINT else ""
+    return f"{simulated}{request.get('provider')}:{request.get('model')}"
 
 
 def read_records(path: Path) -> Iterator[tuple[int, bytes]]:
     """``(line number, bytes)`` of each non-blank line, a line at a time."""
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM, as editors on Windows write one
             if line.strip():
                 yield number, line
 

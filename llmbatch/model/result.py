@@ -15,12 +15,13 @@ def first_choice(response: dict[str, Any] | None) -> tuple[str | None, str | Non
     if not response:
         return None, None
     choices = response.get("choices") or []
-    if not choices:
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None, None
     choice = choices[0]
-    message = choice.get("message") or {}
-    content = message.get("content")
-    return (content if isinstance(content, str) else None), choice.get("finish_reason")
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    return (content if isinstance(content, str) else None), (finish if isinstance(finish, str) else None)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field

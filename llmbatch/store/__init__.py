@@ -9,6 +9,7 @@ is the one place that chooses and opens a store for a run or a command: a direct
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,12 @@ class StorePlace:
         from llmbatch.store.redis import redact_url
 
         return f"{redact_url(self.url)} (namespace {self.namespace})"
+
+    def holds(self, path: Path) -> bool:
+        """Whether writing ``path`` would write inside the cache directory (over its database, its
+        value files): results and exports must never land there."""
+        inside = os.path.realpath(self.local_directory)
+        return os.path.realpath(path).startswith(inside + os.sep)
 
     def exists(self) -> bool:
         """Whether there is a store to read (a server is always there to ask: opening checks it)."""

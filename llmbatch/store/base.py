@@ -32,7 +32,10 @@ from llmbatch.model.stats import Lookups
 #: The key prefix on a shared server (Redis) unless one is chosen: several teams can share a server.
 DEFAULT_NAMESPACE = "llmbatch:"
 
-__all__ = ["DEFAULT_NAMESPACE", "Loaded", "ResponseStore", "StoreStats", "Stored", "WriteBatcher"]
+#: ``Stored.problem`` of an entry a server has dropped (its maxmemory policy): a miss, not damage.
+GONE = "the value is gone (evicted by the server)"
+
+__all__ = ["DEFAULT_NAMESPACE", "GONE", "Loaded", "ResponseStore", "StoreStats", "Stored", "WriteBatcher"]
 
 
 @runtime_checkable

@@ -55,7 +55,7 @@ import diskcache
 import orjson
 
 from llmbatch.errors import CacheError
-from llmbatch.model.entry import CacheEntry
+from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, Stored, StoreStats
 
@@ -374,11 +374,12 @@ class DiskStore:
         """The stored entry, or None when missing, expired or unreadable (a miss costs money;
         a wrong or corrupt hit costs trust)."""
         try:
-            return self._cache.get(key, default=None, retry=True)  # type: ignore[no-any-return]
-        except CorruptEntry:
+            entry = self._cache.get(key, default=None, retry=True)
+        except (CorruptEntry, TypeError, ValueError):  # TypeError, ValueError: a damaged row
             return None
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
+        return entry if servable(key, entry) else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         """The stored entries among ``keys``; missing, expired or unreadable keys are absent.
@@ -403,18 +404,18 @@ class DiskStore:
                     batch,
                 ).fetchall()
                 for key, expire_time, mode, filename, value in rows:
-                    if expire_time is not None and expire_time < now:
-                        continue  # expired: a miss, as diskcache's get would say
+                    if expire_time is not None and not (isinstance(expire_time, float | int) and expire_time >= now):
+                        continue  # expired (or a damaged time): a miss, as diskcache's get would say
                     try:
                         if mode == raw_mode and filename is None and type(value) is bytes:
                             # The common row: our JSON bytes inline. What fetch does, minus two calls.
                             entry = orjson.loads(value)
-                            if type(entry) is dict:
-                                found[key] = cast(CacheEntry, entry)
-                            continue
-                        found[key] = fetch(mode, filename, value, False)
-                    except (CorruptEntry, OSError, orjson.JSONDecodeError):
+                        else:
+                            entry = fetch(mode, filename, value, False)
+                    except (CorruptEntry, OSError, orjson.JSONDecodeError, TypeError, ValueError):
                         continue  # unreadable (or a value file removed meanwhile): a miss
+                    if servable(key, entry):
+                        found[key] = cast(CacheEntry, entry)
         except sqlite3.Error as exc:
             raise CacheError(f"cannot read the cache at {self.directory}: {exc}") from None
         return found
@@ -613,7 +614,11 @@ class DiskStore:
 
     def stats(self) -> StoreStats:
         sql = self._cache._sql
-        ((count, oldest, newest),) = sql("SELECT COUNT(*), MIN(store_time), MAX(store_time) FROM Cache").fetchall()
+        ((count,),) = sql("SELECT COUNT(*) FROM Cache").fetchall()
+        # Times that are numbers only: a damaged row's text would sort after every one of them.
+        ((oldest, newest),) = sql(
+            "SELECT MIN(store_time), MAX(store_time) FROM Cache WHERE typeof(store_time) IN ('real', 'integer')"
+        ).fetchall()
         by_model = {
             str(tag if tag is not None else "(untagged)"): n
             for tag, n in sql("SELECT tag, COUNT(*) FROM Cache GROUP BY tag ORDER BY COUNT(*) DESC").fetchall()
@@ -736,29 +741,51 @@ class DiskStore:
             # compare as UTF-8 bytes; no key goes on past U+10FFFF.
             where.append("key >= ? AND key < ?")
             filters += [key_prefix, key_prefix + "\U0010ffff"]
-        select = (
-            "SELECT rowid, store_time, key, tag, expire_time, mode, filename, value FROM Cache "
-            f"WHERE {' AND '.join(where)} ORDER BY store_time, rowid LIMIT 1000"
-        )
+        columns = "rowid, store_time, key, tag, expire_time, mode, filename, value"
+        select = f"SELECT {columns} FROM Cache WHERE {' AND '.join(where)} ORDER BY store_time, rowid LIMIT 1000"
         last = (-1.0, -1)
         while True:
             rows = sql(select, (last[0], last[0], last[1], *filters)).fetchall()
             if not rows:
-                return
+                break
             now = time.time()
             for rowid, store_time, key, row_tag, expire_time, mode, filename, value in rows:
                 last = (store_time, rowid)
-                expired = expire_time is not None and expire_time < now
-                if expired and not broken:
-                    continue
-                try:
-                    entry = fetch(mode, filename, value, False)
-                except (CorruptEntry, OSError) as exc:
-                    if broken:
-                        problem = str(exc) or type(exc).__name__
-                        yield Stored(key, None, row_tag, store_time, expire_time, problem=problem)
-                    continue
-                yield Stored(key, entry, row_tag, store_time, expire_time)
+                if not isinstance(store_time, float | int):
+                    continue  # a damaged time (text sorts after every number): the pass below
+                item = self._item(key, row_tag, store_time, expire_time, mode, filename, value, fetch, now)
+                if broken or (item.problem is None and (item.expires_at is None or item.expires_at >= now)):
+                    yield item
+        if broken and key_prefix is None and tag is None and stored_before is None and stored_after is None:
+            # Rows no page above reaches: a time that is not a number, or a key that is not text.
+            # Damaged, so shown to verify (which can remove them), never served.
+            for (key,) in sql(
+                "SELECT key FROM Cache WHERE raw = 0 OR typeof(store_time) NOT IN ('real', 'integer')"
+            ).fetchall():
+                text = key if isinstance(key, str) else repr(key)
+                yield Stored(text, None, None, 0.0, None, problem="a damaged row (its key or time is not readable)")
+
+    def _item(
+        self,
+        key: str,
+        tag: Any,
+        store_time: float,
+        expire_time: Any,
+        mode: int,
+        filename: Any,
+        value: Any,
+        fetch: Any,
+        now: float,
+    ) -> Stored:
+        """One row as a Stored item; a row whose parts are not what diskcache writes has a problem."""
+        tag = tag if isinstance(tag, str) else None
+        if expire_time is not None and not isinstance(expire_time, float | int):
+            return Stored(key, None, tag, store_time, None, problem="a damaged expiry time")
+        try:
+            entry = fetch(mode, filename, value, False)
+        except (CorruptEntry, OSError, TypeError, ValueError) as exc:
+            return Stored(key, None, tag, store_time, expire_time, problem=str(exc) or type(exc).__name__)
+        return Stored(key, entry, tag, store_time, expire_time)
 
     def load(self, items: Iterable[Stored]) -> Loaded:
         """File entries a transaction per thousand, each with the time it was first stored and its

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.model.entry import CacheEntry
+from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, Stored, StoreStats
 
@@ -46,7 +46,7 @@ class MemoryStore:
         found = self._entries.get(key)
         if found is None or (found.expires is not None and found.expires < self.clock()):
             return None
-        return found.entry
+        return found.entry if servable(key, found.entry) else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         found = {key: self.get(key) for key in keys}

@@ -42,11 +42,12 @@ pause. It lives here because this is redis-py's one home; what it implements is
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 import redis
@@ -55,9 +56,9 @@ from pyrate_limiter.buckets.redis_state import RedisStateStore
 from redis.lock import Lock
 
 from llmbatch.errors import CacheError
-from llmbatch.model.entry import CacheEntry
+from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
-from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, Stored, StoreStats
+from llmbatch.store.base import DEFAULT_NAMESPACE, GONE, Loaded, Stored, StoreStats
 
 if TYPE_CHECKING:
     from llmbatch.store.base import ResponseStore
@@ -68,15 +69,23 @@ _PAGE = 1000
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://:***@host``): what people and logs see."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """``url`` without its password, whether in the address (``redis://:***@host``) or in the
+    query (``?password=***``, redis-py's form for unix sockets): what people and logs see."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:  # not a URL at all: show nothing of it but its scheme
+        return f"{url.partition(':')[0]}://…"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}" if sep else name
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    # Joined by hand: urlunsplit drops the "//" of unix:///path, which is then no longer the URL given.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (
+        f"#{parts.fragment}" if parts.fragment else ""
+    )
 
 
 class RedisStore:
@@ -94,6 +103,11 @@ class RedisStore:
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise CacheError(f"--cache {redact_url(url)}: use a redis://, rediss:// or unix:// URL")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise CacheError(
+                f"--cache-namespace {namespace!r}: use letters, digits, '.', '_' or '-', ending in ':' "
+                "(one namespace must never be the start of another's keys)"
+            )
         self.url = url
         self.namespace = namespace
         self.location = f"{redact_url(url)} (namespace {namespace})"
@@ -101,7 +115,7 @@ class RedisStore:
         self.clock = clock
         self._open_local = local
         self._local: ResponseStore | None = None
-        self._secret = urlsplit(url).password or ""
+        self._secrets = _passwords(url)
         try:
             # Typed Any: redis-py types every reply as the union of what each decoding mode could
             # give; with decode_responses=False they are bytes, floats and lists of them.
@@ -123,7 +137,9 @@ class RedisStore:
 
     def _clean(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     @contextlib.contextmanager
     def _talking(self, doing: str) -> Iterator[None]:
@@ -149,7 +165,7 @@ class RedisStore:
         found: dict[str, CacheEntry] = {}
         for key, value in zip(keys, values, strict=True):
             entry = _decode(value)
-            if entry is not None:
+            if entry is not None and servable(key, entry):
                 found[key] = entry
         return found
 
@@ -342,9 +358,11 @@ class RedisStore:
             for tag in sorted(self._redis.smembers(self._k("lookup-tags"))):
                 counted = self._redis.hgetall(self._k("lookups", tag.decode()))
                 by_tag[tag.decode()] = Lookups(
-                    int(counted.get(b"hits", 0)), int(counted.get(b"misses", 0)), float(counted.get(b"saved_usd", 0.0))
+                    int(_number(counted.get(b"hits"))),
+                    int(_number(counted.get(b"misses"))),
+                    _number(counted.get(b"saved_usd")),
                 )
-            stored_value = sum(float(v) for v in self._redis.hvals(self._k("cost")))
+            stored_value = sum(_number(v) for v in self._redis.hvals(self._k("cost")))
             memory = self._redis.info("memory")
             try:
                 policy = str(self._redis.config_get("maxmemory-policy").get("maxmemory-policy", "unknown"))
@@ -354,12 +372,12 @@ class RedisStore:
             location=self.location,
             entries=count,
             size_bytes=int(memory.get("used_memory", 0)),
-            oldest=oldest[0][1] if oldest else None,
-            newest=newest[0][1] if newest else None,
+            oldest=_moment(oldest),
+            newest=_moment(newest),
             by_model=dict(sorted(by_model.items(), key=lambda item: -item[1])),
-            hits=int(lookups.get(b"hits", 0)),
-            misses=int(lookups.get(b"misses", 0)),
-            saved_usd=float(lookups.get(b"saved_usd", 0.0)),
+            hits=int(_number(lookups.get(b"hits"))),
+            misses=int(_number(lookups.get(b"misses"))),
+            saved_usd=_number(lookups.get(b"saved_usd")),
             stored_value_usd=stored_value,
             lookups_by_model=by_tag,
             details={
@@ -471,7 +489,7 @@ class RedisStore:
             entry = _decode(value)
             if entry is None:
                 if broken:
-                    problem = "the value is gone (evicted by the server)" if value is None else "not a JSON object"
+                    problem = GONE if value is None else "not a JSON object"
                     found.append(Stored(key, None, tag_text, stored_at or 0.0, expires, problem=problem))
                 continue
             found.append(Stored(key, entry, tag_text, stored_at if stored_at is not None else 0.0, expires))
@@ -530,6 +548,20 @@ class RedisStore:
         self.close()
 
 
+def _number(value: bytes | None) -> float:
+    """A counter read back from the server; 0 for one that is missing or was damaged by hand."""
+    try:
+        number = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _moment(found: list[tuple[bytes, float]]) -> float | None:
+    """The score of a one-item ZRANGE WITHSCORES as a time, if it is one."""
+    return found[0][1] if found and math.isfinite(found[0][1]) else None
+
+
 def _sum(counts: Iterable[Lookups]) -> Lookups:
     total = Lookups()
     for n in counts:
@@ -545,6 +577,25 @@ def _decode(value: bytes | None) -> CacheEntry | None:
     except orjson.JSONDecodeError:
         return None
     return entry if isinstance(entry, dict) else None  # type: ignore[return-value]
+
+
+#: A namespace is a name and one colon, so that no namespace's keys begin with another's.
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]+:")
+
+
+def _passwords(url: str) -> list[str]:
+    """The passwords in ``url`` (address and query), to keep out of every message."""
+    found: list[str] = []
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        found += [
+            value
+            for name, _, value in (i.partition("=") for i in parts.query.split("&"))
+            if name.lower() == "password" and value
+        ]
+    return found
 
 
 def _glob(text: str) -> str:
