@@ -693,7 +693,7 @@ def _answer_text(response: Any) -> Text:
 
 
 _KIND_NAMES = {
-    "undecodable": "do not decode, or are no answer",
+    "undecodable": "do not decode, or not answers",
     "key_mismatch": "key does not match its request",
     "digest_mismatch": "digest does not match (damaged)",
     "expired": "expired",
