@@ -496,6 +496,7 @@ def run(
                 max_line_size=max_line_size,
                 max_messages=max_messages,
                 normalize=normalized,
+                routes=config_in_use.routes,
             )
             if dry_run:
                 _validate(config, None)
@@ -548,7 +549,8 @@ def plan(
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
     # The file's normalisation changes the keys, so plan reads it as run does, or the two disagree.
-    normalized = merge_normalize(load_config(config_file), normalize)
+    config_in_use = load_config(config_file)
+    normalized = merge_normalize(config_in_use, normalize)
     with _Signals():
         source = _open_input(input)
         try:
@@ -567,6 +569,7 @@ def plan(
                 max_line_size=max_line_size,
                 max_messages=max_messages,
                 normalize=normalized,
+                routes=config_in_use.routes,
             )
             _validate(config, None)
             _print_plan(config, as_json=as_json)
@@ -608,6 +611,7 @@ def _run_config(
     rate_group: str | None = None,
     workers: int | None = None,
     normalize: tuple[dict[str, str | None], str | None] = ({}, None),
+    routes: tuple[Any, ...] = (),
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -630,6 +634,7 @@ def _run_config(
             max_messages=max_messages or MAX_MESSAGES,
             normalize_models=normalize[0],
             normalize=normalize[1],
+            routes=routes,
         ),
         options=options,
         api_base=api_base,
@@ -1100,7 +1105,8 @@ def cache_explain(
     from llmbatch.config import load_config
     from llmbatch.engine import RunOptions
     refs = [split_line_ref(line)] + ([split_line_ref(against)] if against is not None else [])
-    load_config(config_file)  # as run reads it, so a bad file is the same error (it holds limits, not keys)
+    # As run reads it, so a bad file is the same error; its routes choose models, and so keys.
+    routes = load_config(config_file).routes
     sources: dict[str, Any] = {}
     try:
         explained = []
@@ -1119,6 +1125,7 @@ def cache_explain(
                 shared_cache=shared_cache,
                 max_line_size=max_line_size,
                 max_messages=max_messages,
+                routes=routes,
             )
             explained.append(explain_line(config, number))
     finally:

@@ -746,8 +746,32 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if plan.by_route:
+        _print_plan_routes(console, plan.by_route)
     if plan.unpriced_models:
         console.print(Text(f"note: no known price for {', '.join(plan.unpriced_models)}: the cost is unknown, not 0"))
+
+
+_ROUTE_NAMES = {"line": "the line's own model", "--model": "--model"}
+
+
+def _print_plan_routes(console: Console, by_route: dict[str, dict[str, Any]]) -> None:
+    """Lines, calls and estimated cost per route, and per model within it (models come from the config
+    and the input: Text, never markup)."""
+    table = Table(title="by route", title_justify="left", box=None, padding=(0, 1))
+    for name in ("route", "model", "lines", "calls", "estimated cost"):
+        table.add_column(name, justify="left" if name in ("route", "model") else "right")
+    for label, taken in by_route.items():
+        table.add_row(
+            Text(_ROUTE_NAMES.get(label, label)),
+            "",
+            _count(taken["lines"]),
+            _count(taken["calls"]),
+            _usd(taken["cost_usd"]),
+        )
+        for model_ref, row in taken["by_model"].items():
+            table.add_row("", Text(printable(model_ref)), "", "", _usd(row["cost_usd"]))
+    console.print(table)
 
 
 # --- llmbatch report ----------------------------------------------------------------------------

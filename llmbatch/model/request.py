@@ -26,6 +26,11 @@ class Request:
     #: How ``messages`` were normalised before they were keyed and sent (``"whitespace"``), or
     #: None: as the line wrote them. Part of the key only when set (see ``llmbatch.keys``).
     normalize: str | None = None
+    #: How the model was chosen: ``"line"`` (its own ``model``), ``"route N"`` (a rule of
+    #: ``llmbatch.toml``) or ``"--model"``. Not in the key: the model itself is.
+    route: str = "line"
+    #: Models to ask, in order, when ``model`` fails for good (the route's ``fallback``). Not in the key.
+    fallback: tuple[str, ...] = ()
 
     @property
     def model_ref(self) -> str:

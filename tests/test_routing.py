@@ -1,0 +1,172 @@
+"""Routing rules (issue 19): ``[[route]]`` in llmbatch.toml chooses the model of a line without its
+own. The rules are pure (unit tests below); end to end, the real CLI runs against the simulator over
+HTTP and the response's ``model`` says which model answered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmbatch.config import parse_config
+from llmbatch.errors import UsageError
+from llmbatch.input import Defaults, parse_line
+from llmbatch.input.routes import choose_route, parse_routes
+from tests.support import read_results, run_cli, write_jsonl
+
+ROUTES = """
+[[route]]
+when  = { metadata = { task = "extract" } }
+model = "openai:gpt-4o-mini"
+
+[[route]]
+when  = { prompt_tokens_below = 20 }
+model = "openai:sim-1"
+
+[[route]]
+model = "openai:gpt-4o"
+"""
+
+
+def _config(tmp_path: Path, text: str = ROUTES) -> Path:
+    path = tmp_path / "llmbatch.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _routes(text: str = ROUTES) -> Defaults:
+    return Defaults(routes=parse_config(text, "llmbatch.toml").routes)
+
+
+# --- the rules, pure -------------------------------------------------------------------------
+
+
+def test_the_first_matching_route_chooses_the_model():
+    defaults = _routes()
+    extract = parse_line('{"prompt": "' + "word " * 200 + '", "metadata": {"task": "extract"}}', 1, defaults)
+    short = parse_line('{"prompt": "hi", "metadata": {"task": "reason"}}', 2, defaults)
+    long = parse_line('{"prompt": "' + "word " * 200 + '"}', 3, defaults)
+    assert (extract.model_ref, extract.route) == ("openai:gpt-4o-mini", "route 1")
+    assert (short.model_ref, short.route) == ("openai:sim-1", "route 2")
+    assert (long.model_ref, long.route) == ("openai:gpt-4o", "route 3")
+
+
+def test_a_lines_own_model_wins_then_a_route_then_model_option():
+    only_extract = parse_config(ROUTES.split("[[route]]\nwhen  = { prompt")[0], "llmbatch.toml").routes
+    defaults = Defaults(model="openai:sim-1", routes=only_extract)
+    own = parse_line('{"prompt": "x", "model": "openai:gpt-4o", "metadata": {"task": "extract"}}', 1, defaults)
+    routed = parse_line('{"prompt": "x", "metadata": {"task": "extract"}}', 2, defaults)
+    flag = parse_line('{"prompt": "x", "metadata": {"task": "other"}}', 3, defaults)
+    assert [(r.model_ref, r.route) for r in (own, routed, flag)] == [
+        ("openai:gpt-4o", "line"),
+        ("openai:gpt-4o-mini", "route 1"),
+        ("openai:sim-1", "--model"),
+    ]
+
+
+def test_every_condition_of_a_when_must_hold():
+    [route] = parse_routes([{"when": {"metadata": {"task": "x", "lang": "fr"}, "match": r"\bcode\b"}, "model": "a:b"}])
+    messages = [{"role": "user", "content": "write code"}]
+    assert choose_route([route], {"task": "x", "lang": "fr"}, messages) is route
+    assert choose_route([route], {"task": "x"}, messages) is None
+    assert choose_route([route], {"task": "x", "lang": "fr"}, [{"role": "user", "content": "codes"}]) is None
+    assert choose_route([route], None, messages) is None  # no metadata object: a metadata rule cannot hold
+
+
+def test_a_line_no_route_takes_and_no_model_option_is_an_invalid_line():
+    defaults = _routes(ROUTES.split("[[route]]\nmodel")[0])  # no default route
+    with pytest.raises(ValueError, match="no route matched this line"):
+        parse_line('{"prompt": "' + "word " * 200 + '"}', 1, defaults)
+
+
+def test_a_batch_api_line_without_a_model_is_routed_too():
+    line = '{"custom_id": "r", "body": {"messages": [{"role": "user", "content": "hi"}]}}'
+    request = parse_line(line, 1, _routes())
+    assert (request.model_ref, request.route) == ("openai:sim-1", "route 2")
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            'when = { metadta = { a = 1 } }\nmodel = "openai:x"',
+            'route 2: unknown condition "metadta" (did you mean "metadata"?)',
+        ),
+        ('when = { match = "([" }\nmodel = "openai:x"', "route 2: match '([' is not a valid regular expression"),
+        ('model = "gpt-4o"', "route 2: model 'gpt-4o' has no provider"),
+        ('model = "openai:x"\nfallback = ["gpt-4o"]', "route 2: fallback 'gpt-4o' has no provider"),
+        ('when = { prompt_tokens_below = 0 }\nmodel = "openai:x"', "route 2: prompt_tokens_below must be a positive"),
+        ('modle = "openai:x"', 'route 2: unknown setting "modle" (did you mean "model"?)'),
+        ("when = { match = 'x' }", "route 2: no model"),
+    ],
+)
+def test_a_bad_rule_is_an_error_naming_the_file_and_the_rule(rule, message):
+    text = '[[route]]\nmodel = "openai:gpt-4o-mini"\n\n[[route]]\n' + rule + "\n"
+    with pytest.raises(UsageError) as caught:
+        parse_config(text, "llmbatch.toml")
+    assert str(caught.value).startswith("llmbatch.toml: " + message)
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def _rows() -> list[dict]:
+    return [
+        {"id": "e", "prompt": "pull the names out of this rather long paragraph " * 4, "metadata": {"task": "extract"}},
+        {"id": "s", "prompt": "short one"},
+        {"id": "l", "prompt": "a long question that needs the big model to think about it " * 4},
+        {"id": "own", "prompt": "short one too", "model": "openai:gpt-4o"},
+    ]
+
+
+def test_run_routes_by_metadata_and_prompt_length_and_a_rerun_pays_nothing(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", _rows())
+    config = _config(tmp_path)
+    done = llmbatch("run", str(path), "--config", str(config))
+    assert done.exit_code == 0, done.stderr
+    results = read_results(tmp_path / "p.results.jsonl")
+    assert [r["model"] for r in results] == ["openai:gpt-4o-mini", "openai:sim-1", "openai:gpt-4o", "openai:gpt-4o"]
+    assert [r["response"]["model"] for r in results] == ["gpt-4o-mini", "sim-1", "gpt-4o", "gpt-4o"]
+    assert sim.stats()["requests_received"] == 4
+
+    again = llmbatch("run", str(path), "--config", str(config))
+    assert again.exit_code == 0, again.stderr
+    assert sim.stats()["requests_received"] == 4
+    assert all(r["cached"] for r in read_results(tmp_path / "p.results.jsonl"))
+
+
+def test_model_option_takes_only_the_lines_no_route_took(tmp_path, sim, env):
+    config = _config(tmp_path, ROUTES.split("[[route]]\nwhen  = { prompt")[0])  # the metadata route only
+    path = write_jsonl(tmp_path / "p.jsonl", _rows())
+    argv = ["run", str(path), "--config", str(config), "--api-base", sim.url, "--model", "openai:sim-1"]
+    done = run_cli(argv, env=env)
+    assert done.exit_code == 0, done.stderr
+    models = [r["model"] for r in read_results(tmp_path / "p.results.jsonl")]
+    assert models == ["openai:gpt-4o-mini", "openai:sim-1", "openai:sim-1", "openai:gpt-4o"]
+
+
+def test_plan_shows_the_lines_and_cost_of_each_route(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", _rows())
+    config = _config(tmp_path)
+    shown = llmbatch("plan", str(path), "--config", str(config), "--api-base", sim.url, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    by_route = json.loads(shown.stdout)["by_route"]
+    assert list(by_route) == ["route 1", "route 2", "route 3", "line"]
+    assert [(v["lines"], v["calls"]) for v in by_route.values()] == [(1, 1), (1, 1), (1, 1), (1, 1)]
+    assert list(by_route["route 3"]["by_model"]) == ["openai:gpt-4o"]
+    assert by_route["route 1"]["cost_usd"] > 0
+    assert by_route["route 3"]["cost_usd"] == by_route["route 3"]["by_model"]["openai:gpt-4o"]["cost_usd"]
+
+    table = llmbatch("plan", str(path), "--config", str(config), "--api-base", sim.url)
+    assert "by route" in table.stdout and "route 2" in table.stdout and "the line's own model" in table.stdout
+
+
+def test_a_bad_rule_stops_the_run_before_anything_is_sent(tmp_path, sim, llmbatch, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _config(tmp_path, '[[route]]\nwhen = { match = "(" }\nmodel = "openai:gpt-4o"\n')
+    path = write_jsonl(tmp_path / "p.jsonl", _rows())
+    done = llmbatch("run", str(path))  # llmbatch.toml in the working directory
+    assert done.exit_code == 2
+    assert "llmbatch.toml: route 1: match '(' is not a valid regular expression" in done.stderr
+    assert sim.stats()["requests_received"] == 0
