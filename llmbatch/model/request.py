@@ -27,8 +27,8 @@ class Request:
     #: None: as the line wrote them. Part of the key only when set (see ``llmbatch.keys``).
     normalize: str | None = None
     #: How the model was chosen: ``"line"`` (its own ``model``), ``"route N"`` (a rule of
-    #: ``llmbatch.toml``) or ``"--model"``. Not in the key: the model itself is.
-    route: str = "line"
+    #: ``llmbatch.toml``) or ``"--model"``. Not in the key, nor in equality: the model itself is.
+    route: str = field(default="line", compare=False)
     #: Models to ask, in order, when ``model`` fails for good (the route's ``fallback``). Not in the key.
     fallback: tuple[str, ...] = ()
 
