@@ -864,6 +864,11 @@ def _print_warning(text: str) -> None:
 def _describe_event(event: dict[str, Any]) -> str:
     if event["event"] == "stop":
         return f"stop: {event['message']}"
+    if event["event"] == "fallback":
+        error = event["error"]
+        status = f" {error['status_code']}" if error.get("status_code") else ""
+        failed = f"{event['from']} failed ({error['type']}{status})"
+        return f"fallback line {event['line']} ({event['id']}): {failed}, asking {event['to']}"
     status = f" {event['status_code']}" if event.get("status_code") else ""
     what = f"line {event['line']} ({event['id']}), attempt {event['attempt']}: {event.get('type')}{status}"
     message = f": {event['message']}" if event.get("message") else ""

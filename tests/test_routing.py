@@ -170,3 +170,125 @@ def test_a_bad_rule_stops_the_run_before_anything_is_sent(tmp_path, sim, llmbatc
     assert done.exit_code == 2
     assert "llmbatch.toml: route 1: match '(' is not a valid regular expression" in done.stderr
     assert sim.stats()["requests_received"] == 0
+
+
+# --- fallback --------------------------------------------------------------------------------
+
+FALLBACK = """
+[[route]]
+model    = "openai:retired"
+fallback = ["openai:gpt-4o-mini"]
+"""
+
+OVERLOADED = """
+[[route]]
+model    = "openai:gpt-4o"
+fallback = ["openai:sim-1", "openai:gpt-4o-mini"]
+"""
+
+
+def test_a_fallback_answers_after_a_404_and_a_rerun_pays_nothing(tmp_path, simulator, env):
+    sim = simulator(models=("gpt-4o-mini",))  # any other model is 404 model_not_found
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "first"}, {"id": "b", "prompt": "second"}])
+    argv = ["run", str(path), "--config", str(_config(tmp_path, FALLBACK)), "--api-base", sim.url]
+    done = run_cli(argv, env=env)
+    assert done.exit_code == 0, done.stderr
+    results = read_results(tmp_path / "p.results.jsonl")
+    assert [(r["status"], r["model"], r["answered_by"]) for r in results] == [
+        ("ok", "openai:retired", "openai:gpt-4o-mini")
+    ] * 2
+    assert [r["response"]["model"] for r in results] == ["gpt-4o-mini"] * 2
+    assert sim.stats()["unknown_model"] == 2 and sim.stats()["completions_served"] == 2
+    keys = [r["key"] for r in results]
+
+    again = run_cli(argv, env=env)
+    assert again.exit_code == 0, again.stderr
+    assert sim.stats()["requests_received"] == 4  # not one more call, not even to the retired model
+    assert run_cli([*argv, "--cache-only"], env=env).exit_code == 0
+    rerun = read_results(tmp_path / "p.results.jsonl")
+    assert [(r["cached"], r["answered_by"], r["key"]) for r in rerun] == [(True, "openai:gpt-4o-mini", k) for k in keys]
+
+
+def test_the_answer_is_cached_under_the_key_of_the_model_that_gave_it(tmp_path, simulator, env):
+    sim = simulator(models=("gpt-4o-mini",))
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "first"}])
+    fell_back = run_cli(
+        ["run", str(path), "--config", str(_config(tmp_path, FALLBACK)), "--api-base", sim.url], env=env
+    )
+    assert fell_back.exit_code == 0, fell_back.stderr
+    [row] = read_results(tmp_path / "p.results.jsonl")
+    # Asked directly of the fallback model, with no config: the same key, a hit.
+    direct = run_cli(
+        [
+            "run",
+            str(path),
+            "--config",
+            str(_config(tmp_path, "")),
+            "--api-base",
+            sim.url,
+            "--model",
+            "openai:gpt-4o-mini",
+        ],
+        env=env,
+    )
+    assert direct.exit_code == 0, direct.stderr
+    [hit] = read_results(tmp_path / "p.results.jsonl")
+    assert hit["cached"] is True and hit["key"] == row["key"] and hit["answered_by"] == "openai:gpt-4o-mini"
+    assert sim.stats()["completions_served"] == 1
+
+
+def test_a_fallback_answers_after_exhausted_503s_and_a_rerun_pays_nothing(tmp_path, sim, env):
+    rows = [
+        {"id": "down", "prompt": "overloaded [[sim:status=503]] [[sim:only_model=gpt-4o]]"},
+        {"id": "fine", "prompt": "answered by the first model"},
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    argv = ["run", str(path), "--config", str(_config(tmp_path, OVERLOADED)), "--api-base", sim.url]
+    done = run_cli([*argv, "--max-retries", "1", "-v"], env=env)
+    assert done.exit_code == 0, done.stderr
+    results = read_results(tmp_path / "p.results.jsonl")
+    assert [(r["model"], r["answered_by"]) for r in results] == [
+        ("openai:gpt-4o", "openai:sim-1"),
+        ("openai:gpt-4o", "openai:gpt-4o"),
+    ]
+    assert [r["attempts"] for r in results] == [3, 1]  # two 503s, then the fallback's one call
+    assert (
+        "fallback line 1 (down): openai:gpt-4o failed (" in done.stderr and "503), asking openai:sim-1" in done.stderr
+    )
+    calls = sim.stats()["requests_received"]
+
+    again = run_cli(argv, env=env)
+    assert again.exit_code == 0, again.stderr
+    assert sim.stats()["requests_received"] == calls
+    assert all(r["cached"] for r in read_results(tmp_path / "p.results.jsonl"))
+
+
+def test_a_chain_that_fails_everywhere_is_an_error_line_and_the_last_404_stops_the_run(tmp_path, simulator, env):
+    sim = simulator(models=("gpt-4o-mini",))
+    config = _config(tmp_path, '[[route]]\nmodel = "openai:gone"\nfallback = ["openai:also-gone"]\n')
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "first"}])
+    done = run_cli(["run", str(path), "--config", str(config), "--api-base", sim.url], env=env)
+    assert done.exit_code == 1
+    assert sim.stats()["unknown_model"] == 2
+    assert "also-gone" in done.stderr
+
+
+def test_a_bad_key_is_not_a_model_failure_and_stops_the_run(tmp_path, simulator, env):
+    sim = simulator(require_api_key="sk-the-right-key-000000")
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "first"}])
+    done = run_cli(["run", str(path), "--config", str(_config(tmp_path, OVERLOADED)), "--api-base", sim.url], env=env)
+    assert done.exit_code == 1
+    assert sim.stats()["auth_failures"] == 1 and sim.stats()["requests_received"] == 1  # no fallback was asked
+    assert not (tmp_path / "p.results.jsonl").exists()
+
+
+def test_only_model_failures_move_on():
+    from llmbatch.providers.base import model_failed
+
+    assert model_failed({"status_code": 404, "type": "NotFoundError", "message": "no such model"})
+    assert model_failed({"status_code": 529, "type": "ProviderError", "message": "overloaded"})
+    assert model_failed({"status_code": 400, "type": "BadRequestError", "message": "maximum context length is 8192"})
+    assert model_failed({"status_code": None, "type": "ContextLengthExceededError", "message": "too long"})
+    assert not model_failed({"status_code": 400, "type": "BadRequestError", "message": "temperature out of range"})
+    assert not model_failed({"status_code": 401, "type": "AuthenticationError", "message": "bad key"})
+    assert not model_failed({"status_code": 429, "type": "RateLimitError", "message": "slow down"})

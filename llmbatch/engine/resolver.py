@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
@@ -45,7 +46,7 @@ from llmbatch.model.request import Request
 from llmbatch.model.result import Result
 from llmbatch.model.stats import Lookups, RunStats, StopReason
 from llmbatch.pricing import call_cost
-from llmbatch.providers.base import CallError, Destination
+from llmbatch.providers.base import CallError, Destination, model_failed
 from llmbatch.store.base import ResponseStore, WriteBatcher
 
 __all__ = ["LOOKUP_CHUNK", "Resolver"]
@@ -299,6 +300,7 @@ class Resolver:
             cached=True,
             hit="duplicate" if coalesced else "exact",
             model=request.model_ref,
+            answered_by=request.model_ref,
             metadata=request.metadata,
             response=entry.get("response"),
             usage=entry.get("usage"),
@@ -313,11 +315,40 @@ class Resolver:
         return counts
 
     async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
-        result = await self._answer(request, key)
+        result = await (self._fall_back(request, key) if request.fallback else self._answer(request, key))
         if result is not _SKIPPED:
             assert isinstance(result, Result)
             self._count(result)
         return result
+
+    async def _fall_back(self, request: Request, key: str) -> Result | _Skipped:
+        """A line whose route has a ``fallback``: its model, then each fallback model in turn, each under
+        its own key, moving on only after a failure another model may not share (``model_failed``).
+        Each model of the chain is an ordinary request, so coalescing, leases, the budget and the store
+        work as for any line; the chain's later keys are looked up before the first call, so a rerun
+        finds an answer an earlier run's fallback paid for and calls nothing."""
+        chain = [(request, key)]
+        for at in range(len(request.fallback)):
+            # Each alternate carries the rest of the chain: a model failure of the last one is fatal again.
+            alternate = _ask_instead(request, at)
+            chain.append((alternate, self.key_of(alternate)))
+        if self.store is not None and self.options.cache_mode in ("normal", "only"):
+            for alternate, alternate_key in chain[1:]:
+                entry = self.store.get(alternate_key)
+                if entry is not None:
+                    return _asked_for(request, self._hit(alternate, alternate_key, entry), 0)
+        attempts = 0
+        for alternate, alternate_key in chain:
+            result = await self._answer(alternate, alternate_key)
+            if isinstance(result, _Skipped):
+                return result
+            attempts += result.attempts
+            if result.ok or not alternate.fallback or not model_failed(result.error or {}):
+                return _asked_for(request, result, attempts)
+            if self.on_event is not None:
+                moved = {"from": alternate.model_ref, "to": alternate.fallback[0], "error": result.error}
+                self.on_event({"event": "fallback", "line": request.line, "id": request.id, **moved})
+        raise AssertionError("the last model of a chain has no fallback")  # pragma: no cover
 
     async def _answer(self, request: Request, key: str) -> Result | _Skipped:
         try:
@@ -415,7 +446,8 @@ class Resolver:
             self._lookups(request).misses += 1
         if isinstance(outcome, Failed):
             future.set_exception(outcome.error)
-            if outcome.error.kind == "fatal":
+            # A model that is gone is not fatal to a line that has another to ask (its route's fallback).
+            if outcome.error.kind == "fatal" and not (request.fallback and model_failed(outcome.error.to_dict())):
                 self.stop(outcome.error.message, StopReason.FATAL)
             return _error(request, key, outcome.error, outcome.attempts)
         assert isinstance(outcome, Answered)
@@ -443,6 +475,7 @@ class Resolver:
             status="ok",
             cached=False,
             model=request.model_ref,
+            answered_by=request.model_ref,
             metadata=request.metadata,
             response=outcome.response,
             usage=outcome.usage,
@@ -465,6 +498,18 @@ def _error(request: Request, key: str, exc: CallError, attempts: int, *, hit: st
         attempts=attempts,
         error=exc.to_dict(),
     )
+
+
+def _ask_instead(request: Request, at: int) -> Request:
+    """The same request for fallback model ``at``, with the rest of the chain after it."""
+    provider, model = request.fallback[at].split(":", 1)
+    return replace(request, provider=provider, model=model, fallback=request.fallback[at + 1 :])
+
+
+def _asked_for(request: Request, result: Result, attempts: int) -> Result:
+    """A chain's result as the line's: the model it asked for, beside ``answered_by`` and the key of the
+    one that answered (where its answer is stored), and every attempt the chain made in this run."""
+    return replace(result, model=request.model_ref, attempts=attempts)
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

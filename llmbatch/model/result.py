@@ -41,6 +41,9 @@ class Result:
     error: dict[str, Any] | None = None
     cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
     hit: str | None = None  # "exact" (from the cache), "duplicate" (shared a call in flight), or None
+    #: The ``provider:model`` whose answer this is: ``model``, or a model of its route's ``fallback``
+    #: (None for an error).
+    answered_by: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,6 +72,7 @@ class Result:
             "finish_reason": finish_reason,
             "truncated": self.truncated,
             "model": self.model,
+            "answered_by": self.answered_by,
             "usage": self.usage,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,

@@ -24,6 +24,8 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   ``[[sim:quirk_first=N]]`` applies the quirk to the first N attempts of the same body only.
   ``[[sim:trickle=0.5]]`` sends the headers at once and then the body one byte per interval (a
   stalled upstream that keeps the connection alive: per-read timeouts never fire).
+  ``[[sim:only_model=NAME]]`` makes the other directives of the message apply only to requests for
+  model ``NAME`` (one model of a fallback chain down, the next one answering).
   The directive text stays in the echoed content.
 * Faults: ``429`` (``Retry-After: retry_after_s``), ``500``, ``503``, ``hang`` (the handler sleeps
   ``hang_s``; it is cancelled when the client disconnects) and ``drop`` (the connection is closed
@@ -216,6 +218,7 @@ class _Directives:
     quirk: str | None = None
     quirk_first: int = 0  # 0: every attempt
     trickle_s: float | None = None
+    only_model: str | None = None  # the directives apply to this model's requests only
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,7 @@ def _parse_directives(text: str) -> _Directives:
         quirk = found.pop("quirk", None)
         quirk_first = int(found.pop("quirk_first", "0"))
         trickle = parse_duration_s(found.pop("trickle")) if "trickle" in found else None
+        only_model = found.pop("only_model", None)
     except ValueError as exc:
         raise _InvalidRequest(f"bad sim directive: {exc}", "messages") from None
     if found:
@@ -260,7 +264,7 @@ def _parse_directives(text: str) -> _Directives:
         raise _InvalidRequest(f"sim directive finish must be one of {', '.join(_FINISH_REASONS)}", "messages")
     if quirk is not None and quirk not in _QUIRKS:
         raise _InvalidRequest(f"sim directive quirk must be one of {', '.join(_QUIRKS)}", "messages")
-    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0), trickle)
+    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0), trickle, only_model)
 
 
 def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
@@ -292,6 +296,8 @@ def _plan_completion(body: dict[str, Any]) -> _Plan:
     messages: list[dict[str, Any]] = body["messages"]
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     directives = _parse_directives(last_user)
+    if directives.only_model is not None and directives.only_model != body["model"]:
+        directives = _Directives()
     n = _positive_int(body, "n", _MAX_N) or 1
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     fmt = body.get("response_format")
