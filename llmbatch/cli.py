@@ -864,6 +864,9 @@ def _print_warning(text: str) -> None:
 def _describe_event(event: dict[str, Any]) -> str:
     if event["event"] == "stop":
         return f"stop: {event['message']}"
+    if event["event"] == "escalate":
+        failed = f"{event['from']} failed {event['reason']}"
+        return f"escalate line {event['line']} ({event['id']}): {failed}, asking {event['to']}"
     if event["event"] == "fallback":
         error = event["error"]
         status = f" {error['status_code']}" if error.get("status_code") else ""

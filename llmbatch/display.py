@@ -743,6 +743,11 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
         ),
         ("estimated cost", _usd(plan.estimated_cost_usd)),
     ]
+    if plan.escalations:
+        # Which answers fail their check is only known once they come back.
+        high = _usd(plan.estimated_cost_max_usd)
+        rows[-1] = ("estimated cost", f"{_usd(plan.estimated_cost_usd)} to {high}")
+        rows.append(("may escalate (not known before the answers)", _count(plan.escalations)))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

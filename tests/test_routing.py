@@ -29,8 +29,8 @@ model = "openai:gpt-4o"
 """
 
 
-def _config(tmp_path: Path, text: str = ROUTES) -> Path:
-    path = tmp_path / "llmbatch.toml"
+def _config(tmp_path: Path, text: str = ROUTES, name: str = "llmbatch.toml") -> Path:
+    path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -223,7 +223,7 @@ def test_the_answer_is_cached_under_the_key_of_the_model_that_gave_it(tmp_path, 
             "run",
             str(path),
             "--config",
-            str(_config(tmp_path, "")),
+            str(_config(tmp_path, "", "none.toml")),
             "--api-base",
             sim.url,
             "--model",
@@ -292,3 +292,141 @@ def test_only_model_failures_move_on():
     assert not model_failed({"status_code": 400, "type": "BadRequestError", "message": "temperature out of range"})
     assert not model_failed({"status_code": 401, "type": "AuthenticationError", "message": "bad key"})
     assert not model_failed({"status_code": 429, "type": "RateLimitError", "message": "slow down"})
+
+
+# --- the cascade -----------------------------------------------------------------------------
+
+CASCADE = """
+[[route]]
+model    = "openai:gpt-4o-mini"
+escalate = { on = ["length", "invalid_json"], to = "openai:gpt-4o" }
+"""
+
+CUT = "[[sim:finish=length]] [[sim:only_model=gpt-4o-mini]]"
+NOT_JSON = "[[sim:quirk=not_json]] [[sim:only_model=gpt-4o-mini]]"
+JSON = {"type": "json_object"}
+
+
+def test_an_answer_cut_off_is_asked_again_of_the_escalate_model_and_a_rerun_pays_nothing(tmp_path, sim, env):
+    rows = [{"id": "cut", "prompt": f"a long story {CUT}"}, {"id": "fine", "prompt": "a short one"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    argv = ["run", str(path), "--config", str(_config(tmp_path, CASCADE)), "--api-base", sim.url]
+    done = run_cli([*argv, "-v"], env=env)
+    assert done.exit_code == 0, done.stderr
+    cut, fine = read_results(tmp_path / "p.results.jsonl")
+    assert (cut["model"], cut["answered_by"], cut["escalated"], cut["finish_reason"]) == (
+        "openai:gpt-4o-mini",
+        "openai:gpt-4o",
+        "length",
+        "stop",
+    )
+    assert cut["attempts"] == 2 and cut["response"]["model"] == "gpt-4o"
+    assert (fine["answered_by"], fine["escalated"], fine["attempts"]) == ("openai:gpt-4o-mini", None, 1)
+    assert "escalate line 1 (cut): openai:gpt-4o-mini failed length, asking openai:gpt-4o" in done.stderr
+    assert sim.stats()["completions_served"] == 3
+    paid = cut["cost_usd"]
+
+    again = run_cli(argv, env=env)
+    assert again.exit_code == 0, again.stderr
+    assert sim.stats()["requests_received"] == 3  # both answers of the cascade come from the cache
+    cut, fine = read_results(tmp_path / "p.results.jsonl")
+    assert cut["cached"] is True and cut["answered_by"] == "openai:gpt-4o" and cut["escalated"] == "length"
+    assert cut["cost_usd"] == pytest.approx(paid)  # what both answers cost, as when first paid
+
+
+def test_an_answer_that_is_not_json_when_json_was_asked_for_is_escalated(tmp_path, sim, env):
+    rows = [
+        {"id": "bad", "prompt": f"give JSON {NOT_JSON}", "response_format": JSON},
+        {"id": "good", "prompt": "give JSON", "response_format": JSON},
+        {"id": "text", "prompt": f"no JSON asked {NOT_JSON}"},  # not JSON, and none was asked for
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    argv = ["run", str(path), "--config", str(_config(tmp_path, CASCADE)), "--api-base", sim.url]
+    done = run_cli(argv, env=env)
+    assert done.exit_code == 0, done.stderr
+    results = read_results(tmp_path / "p.results.jsonl")
+    assert [(r["answered_by"], r["escalated"]) for r in results] == [
+        ("openai:gpt-4o", "invalid_json"),
+        ("openai:gpt-4o-mini", None),
+        ("openai:gpt-4o-mini", None),
+    ]
+    assert json.loads(results[0]["content"])["answer"].startswith("Simulated answer")
+    assert sim.stats()["completions_served"] == 4
+
+    again = run_cli(argv, env=env)
+    assert again.exit_code == 0, again.stderr
+    assert sim.stats()["requests_received"] == 4
+    assert all(r["cached"] for r in read_results(tmp_path / "p.results.jsonl"))
+
+
+def test_both_answers_of_a_cascade_are_cached_under_their_own_keys(tmp_path, sim, env):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "cut", "prompt": f"a long story {CUT}"}])
+    cascade = ["run", str(path), "--config", str(_config(tmp_path, CASCADE)), "--api-base", sim.url]
+    assert run_cli(cascade, env=env).exit_code == 0
+    no_routes = ["--config", str(_config(tmp_path, "", "none.toml")), "--api-base", sim.url]
+    for model in ("openai:gpt-4o-mini", "openai:gpt-4o"):
+        direct = run_cli(["run", str(path), *no_routes, "--model", model], env=env)
+        assert direct.exit_code == 0, direct.stderr
+        [row] = read_results(tmp_path / "p.results.jsonl")
+        assert row["cached"] is True and row["escalated"] is None
+    assert sim.stats()["requests_received"] == 2
+
+
+def test_plan_says_escalations_cannot_be_known_and_gives_a_cost_range(tmp_path, sim, llmbatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}])
+    config = str(_config(tmp_path, CASCADE))
+    shown = json.loads(llmbatch("plan", str(path), "--config", config, "--api-base", sim.url, "--json").stdout)
+    assert shown["escalations"] == 2
+    assert shown["estimated_cost_max_usd"] > shown["estimated_cost_usd"] > 0
+    table = llmbatch("plan", str(path), "--config", config, "--api-base", sim.url).stdout
+    assert "may escalate (not known before the answers)" in table and " to $" in table
+
+
+def test_max_cost_counts_escalations(tmp_path, sim, env):
+    rows = [{"id": f"c{i}", "prompt": f"story {i} {CUT}", "max_tokens": 50} for i in range(4)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    argv = ["run", str(path), "--config", str(_config(tmp_path, CASCADE)), "--api-base", sim.url, "-c", "1"]
+    # The four small calls fit (about $0.00003 each at their max_tokens); an escalation to the bigger
+    # model (about $0.0005 at its max_tokens) does not: the budget stops the run before it.
+    small = ["run", str(path), "--config", str(_config(tmp_path, "", "none.toml")), "--api-base", sim.url, "-c", "1"]
+    alone = run_cli([*small, "--model", "openai:gpt-4o-mini", "--max-cost", "0.0003"], env=env)
+    assert alone.exit_code == 0, alone.stderr
+    (tmp_path / "p.results.jsonl").unlink()
+    done = run_cli([*argv, "--max-cost", "0.0003"], env=env)
+    assert done.exit_code == 3, done.stderr
+    assert sim.stats()["requests_received"] == 4  # the small answers are cached; no escalation fitted
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('escalate = { on = ["lenght"], to = "openai:gpt-4o" }', "unknown check 'lenght' (did you mean \"length\"?)"),
+        ('escalate = { on = ["length"], to = "gpt-4o" }', "escalate.to 'gpt-4o' has no provider"),
+        ('escalate = { on = ["length"] }', "escalate has no to"),
+        ('escalate = { on = [], to = "openai:gpt-4o" }', "escalate.on must be a non-empty array"),
+    ],
+)
+def test_a_bad_escalate_is_an_error_naming_the_rule(rule, message):
+    with pytest.raises(UsageError, match="^llmbatch.toml: route 1: .*" + re_escape(message)):
+        parse_config(f'[[route]]\nmodel = "openai:gpt-4o-mini"\n{rule}\n', "llmbatch.toml")
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_the_checks_are_pure():
+    from llmbatch.answers import failed_check
+
+    def answer(content, finish="stop"):
+        return {"choices": [{"message": {"content": content}, "finish_reason": finish}]}
+
+    both = ("length", "invalid_json")
+    assert failed_check(answer("x", "length"), {}, both) == "length"
+    assert failed_check(answer("x", "length"), {}, ("invalid_json",)) is None
+    assert failed_check(answer("not json"), {"response_format": JSON}, both) == "invalid_json"
+    assert failed_check(answer('{"a": 1}'), {"response_format": JSON}, both) is None
+    assert failed_check(answer("not json"), {}, both) is None
+    assert failed_check(answer(None), {"response_format": {"type": "json_schema"}}, both) == "invalid_json"

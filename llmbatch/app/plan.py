@@ -30,6 +30,10 @@ class Plan:
     #: Per way a model was chosen (``"route N"``, ``"line"``, ``"--model"``): the lines it took, the
     #: calls they would make, and per model their estimated tokens and cost. Empty without routes.
     by_route: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The cascade: which answers fail their check is only known once they come back, so the plan gives
+    #: a range. ``escalations``: lines that may be asked again; the cost if every one of them is.
+    escalations: int = 0
+    estimated_cost_max_usd: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +47,10 @@ class Plan:
             "unpriced_models": self.unpriced_models,
             "by_model": self.by_model,
             "by_route": self.by_route,
+            "escalations": self.escalations,
+            "estimated_cost_max_usd": None
+            if self.estimated_cost_max_usd is None
+            else round(self.estimated_cost_max_usd, 10),
         }
 
 
@@ -52,6 +60,7 @@ def plan(config: RunConfig) -> Plan:
     of the cached answers of that model (or of all cached answers, or 256)."""
     from itertools import islice
 
+    from llmbatch.answers import failed_check
     from llmbatch.keys import request_key
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
     from llmbatch.pricing import estimate_cost, usage_tokens
@@ -69,6 +78,7 @@ def plan(config: RunConfig) -> Plan:
     # completion tokens of hits, hits with usage]
     models: dict[tuple[str, str], list[int]] = {}
     routes: dict[str, dict[str, Any]] = {}  # per route: lines, calls
+    escalations: dict[str, list[int]] = {}  # per escalate model: lines, input tokens, capped output, uncapped
     try:
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         while chunk := list(islice(requests, LOOKUP_CHUNK)):
@@ -80,6 +90,10 @@ def plan(config: RunConfig) -> Plan:
                 taken = routes.setdefault(request.route, {"lines": 0, "calls": 0})
                 taken["lines"] += 1
                 entry = found.get(key)
+                if request.escalate_to is not None and key not in pending:
+                    response = entry.get("response") if entry is not None else None
+                    if entry is None or failed_check(response, request.params, request.escalate_on):
+                        _may_escalate(escalations, request)
                 if entry is not None:
                     result.hits += 1
                     _, completion, _ = usage_tokens(entry.get("usage"))
@@ -126,12 +140,39 @@ def plan(config: RunConfig) -> Plan:
         _add(result.by_model.setdefault(model_ref, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}), row)
         routes[route].setdefault("by_model", {})[model_ref] = row
     result.estimated_cost_usd = None if result.unpriced_models else total_cost
+    result.estimated_cost_max_usd = result.estimated_cost_usd
+    for model_ref, (lines, prompt, capped, uncapped) in escalations.items():
+        tokens, count = hit_tokens.get(model_ref, [0, 0])
+        output = capped + int(uncapped * (tokens / count if count else overall))
+        provider, model = model_ref.split(":", 1)
+        cost = estimate_cost(provider, model, prompt, output)
+        result.escalations += lines
+        if cost is None and model_ref not in result.unpriced_models:
+            result.unpriced_models.append(model_ref)
+        if cost is None or result.estimated_cost_max_usd is None:
+            result.estimated_cost_max_usd = None
+        else:
+            result.estimated_cost_max_usd += cost
     if any(r.startswith("route ") for r in routes):
         for taken in routes.values():
             costs = [row["cost_usd"] for row in taken["by_model"].values()]
             taken["cost_usd"] = None if None in costs else sum(costs)
         result.by_route = dict(sorted(routes.items(), key=lambda item: _route_order(item[0])))
     return result
+
+
+def _may_escalate(escalations: dict[str, list[int]], request: Any) -> None:
+    """A line the cascade may ask again of its route's ``escalate.to``: counted at that model's cost."""
+    from llmbatch.limits import estimate_split
+
+    acc = escalations.setdefault(request.escalate_to, [0, 0, 0, 0])
+    acc[0] += 1
+    acc[1] += estimate_split(request.messages, request.params, None)[0]
+    cap = request.output_cap
+    if cap is not None:
+        acc[2] += cap
+    else:
+        acc[3] += int(request.params.get("n") or 1)
 
 
 def _add(total: dict[str, Any], row: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from dataclasses import replace
 from itertools import islice
 from typing import Any
 
-from llmbatch.answers import cacheable
+from llmbatch.answers import cacheable, failed_check
 from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
 from llmbatch.engine.leases import Leases
 from llmbatch.engine.options import RunOptions
@@ -194,7 +194,7 @@ class Resolver:
                         break
                     self.stats.read += 1
                     entry = found.get(key)
-                    if entry is not None:
+                    if entry is not None and not self._escalates(request, entry):
                         hit = self._hit(request, key, entry)
                         self._count(hit)
                         if self._outstanding == 0:
@@ -227,7 +227,7 @@ class Resolver:
         keyed, found = self._keyed_lookup(requests)
         for answered, (request, key) in enumerate(keyed):
             entry = found.get(key)
-            if entry is None:
+            if entry is None or self._escalates(request, entry):
                 return answered
             self.stats.read += 1
             hit = self._hit(request, key, entry)
@@ -316,10 +316,45 @@ class Resolver:
 
     async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
         result = await (self._fall_back(request, key) if request.fallback else self._answer(request, key))
+        if isinstance(result, Result) and result.ok and request.escalate_to is not None:
+            reason = failed_check(result.response, request.params, request.escalate_on)
+            if reason is not None:
+                result = await self._escalate(request, result, reason)
         if result is not _SKIPPED:
             assert isinstance(result, Result)
             self._count(result)
         return result
+
+    def _escalates(self, request: Request, entry: CacheEntry) -> bool:
+        """A stored answer this line's cascade would not accept: it goes the slow way, to be escalated."""
+        checks = request.escalate_on
+        return (
+            request.escalate_to is not None and failed_check(entry.get("response"), request.params, checks) is not None
+        )
+
+    async def _escalate(self, request: Request, first: Result, reason: str) -> Result:
+        """The cascade: an answer that failed the route's check is asked again of ``escalate_to``, an
+        ordinary request under its own key (a rerun finds both answers stored and pays nothing). The line
+        reports the second answer and what both cost; if the second cannot be had (it failed, the run is
+        stopping, the budget is spent), the first stays the line's answer and a rerun tries again."""
+        assert request.escalate_to is not None
+        provider, model = request.escalate_to.split(":", 1)
+        bigger = replace(request, provider=provider, model=model, fallback=(), escalate_on=(), escalate_to=None)
+        second = await self._answer(bigger, self.key_of(bigger))
+        if isinstance(second, _Skipped) or not second.ok:
+            return first
+        if self.on_event is not None:
+            moved = {"from": first.answered_by, "to": bigger.model_ref, "reason": reason}
+            self.on_event({"event": "escalate", "line": request.line, "id": request.id, **moved})
+        both = None if first.cost_usd is None or second.cost_usd is None else first.cost_usd + second.cost_usd
+        return replace(
+            second,
+            model=request.model_ref,
+            attempts=first.attempts + second.attempts,
+            cost_usd=both,
+            cached=first.cached and second.cached,
+            escalated=reason,
+        )
 
     async def _fall_back(self, request: Request, key: str) -> Result | _Skipped:
         """A line whose route has a ``fallback``: its model, then each fallback model in turn, each under

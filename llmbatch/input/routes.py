@@ -11,6 +11,7 @@ turns the ``[[route]]`` tables of ``llmbatch.toml`` into :class:`Route` values (
     [[route]]                                      # no `when`: the default route, matches every line
     model    = "openai:gpt-4o"
     fallback = ["anthropic:claude-sonnet-4-5"]     # when the model fails for good
+    escalate = { on = ["length", "invalid_json"], to = "openai:gpt-4o" }   # the cascade
 
 Precedence (decided in :mod:`llmbatch.input.shapes`): a line's own ``model``, then the first route
 whose every condition holds, then ``--model``. The conditions of one ``when`` must all hold:
@@ -29,11 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CONDITIONS", "Route", "RouteError", "choose_route", "parse_routes", "prompt_tokens"]
+__all__ = ["CHECKS", "CONDITIONS", "Route", "RouteError", "choose_route", "parse_routes", "prompt_tokens"]
 
 #: What a ``when`` may test.
 CONDITIONS = ("metadata", "prompt_tokens_below", "match")
-_ROUTE_KEYS = ("when", "model", "fallback")
+_ROUTE_KEYS = ("when", "model", "fallback", "escalate")
+#: What an answer can fail, to be asked again of ``escalate.to`` (``llmbatch.answers.failed_check``).
+CHECKS = ("length", "invalid_json")
 
 
 class RouteError(ValueError):
@@ -51,6 +54,9 @@ class Route:
     match: re.Pattern[str] | None = None
     #: Models to ask, in order, when ``model`` fails for good.
     fallback: tuple[str, ...] = field(default=())
+    #: The checks (:data:`CHECKS`) whose failure sends the line to ``escalate_to``; empty: no cascade.
+    escalate_on: tuple[str, ...] = field(default=())
+    escalate_to: str | None = None
 
     @property
     def label(self) -> str:
@@ -116,6 +122,7 @@ def _parse_route(number: int, table: Any) -> Route:
     if not isinstance(fallback, list):
         raise RouteError(f'{where}: fallback must be an array of models, like ["anthropic:claude-sonnet-4-5"]')
     chain = tuple(_model_ref(where, "fallback", m) for m in fallback)
+    escalate_on, escalate_to = _escalate(where, table["escalate"]) if "escalate" in table else ((), None)
     when = table.get("when", {})
     if not isinstance(when, dict):
         raise RouteError(f'{where}: when must be a table, like when = {{ metadata = {{ task = "extract" }} }}')
@@ -130,6 +137,8 @@ def _parse_route(number: int, table: Any) -> Route:
         prompt_tokens_below=_below(where, when["prompt_tokens_below"]) if "prompt_tokens_below" in when else None,
         match=_regex(where, when["match"]) if "match" in when else None,
         fallback=chain,
+        escalate_on=escalate_on,
+        escalate_to=escalate_to,
     )
 
 
@@ -142,6 +151,25 @@ def _model_ref(where: str, name: str, value: Any) -> str:
             f'{where}: {name} {value!r} has no provider: write it as "provider:model" (for example "openai:{value}")'
         )
     return f"{provider.lower()}:{model}"
+
+
+def _escalate(where: str, value: Any) -> tuple[tuple[str, ...], str]:
+    example = 'escalate = { on = ["length", "invalid_json"], to = "openai:gpt-4o" }'
+    if not isinstance(value, dict):
+        raise RouteError(f"{where}: escalate must be a table, like {example}")
+    for key in value:
+        if key not in ("on", "to"):
+            raise RouteError(f'{where}: unknown escalate setting "{key}" (llmbatch reads on and to)')
+    if "to" not in value:
+        raise RouteError(f"{where}: escalate has no to, like {example}")
+    on = value.get("on", list(CHECKS))
+    if not isinstance(on, list) or not on:
+        raise RouteError(f"{where}: escalate.on must be a non-empty array of {', '.join(CHECKS)}")
+    for check in on:
+        if check not in CHECKS:
+            known = ", ".join(CHECKS)
+            raise RouteError(f"{where}: escalate.on: unknown check {check!r}{_hint(str(check), CHECKS)} ({known})")
+    return tuple(dict.fromkeys(on)), _model_ref(where, "escalate.to", value["to"])
 
 
 def _metadata(where: str, value: Any) -> Mapping[str, Any]:

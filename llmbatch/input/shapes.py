@@ -316,6 +316,8 @@ class _Chosen:
     model: str
     route: str = "line"
     fallback: tuple[str, ...] = ()
+    escalate_on: tuple[str, ...] = ()
+    escalate_to: str | None = None
 
 
 def _choose_model(
@@ -331,7 +333,7 @@ def _choose_model(
         route = choose_route(defaults.routes, metadata, messages)
         if route is not None:
             provider, name = route.model.split(":", 1)
-            return _Chosen(provider, name, route.label, route.fallback)
+            return _Chosen(provider, name, route.label, route.fallback, route.escalate_on, route.escalate_to)
     if model is None and defaults.model is not None:
         return _Chosen(*_resolve_model(None, defaults, implied_provider=implied_provider), route="--model")
     if model is None and defaults.routes:
@@ -443,6 +445,8 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
         metadata=obj.get("metadata"),
         route=chosen.route,
         fallback=chosen.fallback,
+        escalate_on=chosen.escalate_on,
+        escalate_to=chosen.escalate_to,
     )
 
 
@@ -482,6 +486,8 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
         metadata=None,
         route=chosen.route,
         fallback=chosen.fallback,
+        escalate_on=chosen.escalate_on,
+        escalate_to=chosen.escalate_to,
     )
 
 

@@ -31,6 +31,10 @@ class Request:
     route: str = field(default="line", compare=False)
     #: Models to ask, in order, when ``model`` fails for good (the route's ``fallback``). Not in the key.
     fallback: tuple[str, ...] = ()
+    #: The cascade (the route's ``escalate``): an answer that fails one of these checks
+    #: (``answers.failed_check``) is asked again of ``escalate_to``. Not in the key.
+    escalate_on: tuple[str, ...] = ()
+    escalate_to: str | None = None
 
     @property
     def model_ref(self) -> str:

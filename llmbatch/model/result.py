@@ -44,6 +44,9 @@ class Result:
     #: The ``provider:model`` whose answer this is: ``model``, or a model of its route's ``fallback``
     #: (None for an error).
     answered_by: str | None = None
+    #: Why the line was asked again of its route's ``escalate.to`` (``"length"``, ``"invalid_json"``),
+    #: or None; ``cost_usd`` and ``attempts`` then count both answers.
+    escalated: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,7 @@ class Result:
             "truncated": self.truncated,
             "model": self.model,
             "answered_by": self.answered_by,
+            "escalated": self.escalated,
             "usage": self.usage,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,

@@ -20,7 +20,8 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   ``no_choices`` (``"choices": []``), ``choice_error`` (OpenRouter's ``finish_reason: "error"``
   with an ``error`` object, code 502, and no content), ``bigint`` (an integer over 64 bits in the
   body), ``deep`` (an object nested 300 deep in the body) or ``echo_key`` (the API key the client
-  sent, quoted in the content: the one exception to never echoing it, asked for by the prompt);
+  sent, quoted in the content: the one exception to never echoing it, asked for by the prompt) or
+  ``not_json`` (the content prefixed with chatter, so that a JSON answer no longer parses);
   ``[[sim:quirk_first=N]]`` applies the quirk to the first N attempts of the same body only.
   ``[[sim:trickle=0.5]]`` sends the headers at once and then the body one byte per interval (a
   stalled upstream that keeps the connection alive: per-read timeouts never fire).
@@ -82,7 +83,7 @@ _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINISH_REASONS = ("stop", "length", "content_filter")
-_QUIRKS = ("no_choices", "choice_error", "bigint", "deep", "echo_key")
+_QUIRKS = ("no_choices", "choice_error", "bigint", "deep", "echo_key", "not_json")
 _FAULTS = ("429", "500", "503", "hang", "drop")
 
 
@@ -714,6 +715,9 @@ def _quirky(completion: dict[str, Any], quirk: str, token: str) -> bytes:
             choice["finish_reason"] = "error"
             choice["message"]["content"] = None
             choice["error"] = {"code": 502, "message": "Upstream provider error (simulated)"}
+    elif quirk == "not_json":
+        for choice in completion["choices"]:
+            choice["message"]["content"] = "Sure! Here it is: " + (choice["message"]["content"] or "")
     elif quirk == "echo_key":
         for choice in completion["choices"]:
             choice["message"]["content"] += f" (you sent the key {token})"
