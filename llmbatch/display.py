@@ -371,8 +371,23 @@ class Display:
             self.console.print(
                 Text.assemble("  ", (name.ljust(width), "dim"), "    ", printable(value)), soft_wrap=True
             )
+        if any(label.startswith("route ") for label in s.spent_by_route):
+            self._spent_by_route()
         for note in self._notes(summary):
             self.console.print(Text(printable(note), style="yellow" if note is summary.note else ""), soft_wrap=True)
+
+    def _spent_by_route(self) -> None:
+        """Routing rules in use: what each route's calls cost, per model that answered (fallbacks and
+        escalations under the route of their line)."""
+        table = Table(title="spent by route", title_justify="left", box=None, padding=(0, 1))
+        for name in ("route", "model", "spent"):
+            table.add_column(name, justify="right" if name == "spent" else "left")
+        from llmbatch.input.routes import route_order
+
+        for label in sorted(self.stats.spent_by_route, key=route_order):
+            for model_ref, usd in sorted(self.stats.spent_by_route[label].items()):
+                table.add_row(Text(_ROUTE_NAMES.get(label, label)), Text(printable(model_ref)), _usd(usd))
+        self.console.print(table)
 
     def _notes(self, summary: Summary) -> list[str]:
         s = self.stats

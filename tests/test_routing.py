@@ -430,3 +430,35 @@ def test_the_checks_are_pure():
     assert failed_check(answer('{"a": 1}'), {"response_format": JSON}, both) is None
     assert failed_check(answer("not json"), {}, both) is None
     assert failed_check(answer(None), {"response_format": {"type": "json_schema"}}, both) == "invalid_json"
+
+
+def test_the_summary_shows_what_each_route_spent_per_model(tmp_path, sim, env):
+    config = _config(
+        tmp_path,
+        """
+[[route]]
+when     = { metadata = { task = "extract" } }
+model    = "openai:gpt-4o-mini"
+escalate = { on = ["length"], to = "openai:gpt-4o" }
+
+[[route]]
+model = "openai:gpt-4o"
+""",
+    )
+    rows = [
+        {"id": "cut", "prompt": f"pull the names out {CUT}", "metadata": {"task": "extract"}},
+        {"id": "big", "prompt": "think hard"},
+        {"id": "own", "prompt": "mine", "model": "openai:gpt-4o-mini"},
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    done = run_cli(["run", str(path), "--config", str(config), "--api-base", sim.url], env=env)
+    assert done.exit_code == 0, done.stderr
+    table = done.stderr[done.stderr.index("spent by route") :].splitlines()
+    named = [" ".join(line.split()[:-1]) for line in table[2:6]]  # the rows, less the dollars
+    assert named == [
+        "route 1 openai:gpt-4o",  # the escalation, under the route of its line
+        "route 1 openai:gpt-4o-mini",
+        "route 2 openai:gpt-4o",
+        "the line's own model openai:gpt-4o-mini",
+    ]
+    assert all(line.split()[-1].startswith("$") for line in table[2:6])

@@ -10,6 +10,7 @@ from llmbatch.engine import LOOKUP_CHUNK
 from llmbatch.input import (
     read_requests,
 )
+from llmbatch.input.routes import route_order
 
 __all__ = ["Plan", "plan"]
 
@@ -157,7 +158,7 @@ def plan(config: RunConfig) -> Plan:
         for taken in routes.values():
             costs = [row["cost_usd"] for row in taken["by_model"].values()]
             taken["cost_usd"] = None if None in costs else sum(costs)
-        result.by_route = dict(sorted(routes.items(), key=lambda item: _route_order(item[0])))
+        result.by_route = dict(sorted(routes.items(), key=lambda item: route_order(item[0])))
     return result
 
 
@@ -180,10 +181,3 @@ def _add(total: dict[str, Any], row: dict[str, Any]) -> None:
     total["output_tokens"] += row["output_tokens"]
     cost = row["cost_usd"]
     total["cost_usd"] = None if cost is None or total["cost_usd"] is None else total["cost_usd"] + cost
-
-
-def _route_order(label: str) -> tuple[int, int]:
-    """Routes in file order, then the lines' own models, then ``--model``."""
-    if label.startswith("route "):
-        return 0, int(label.split()[1])
-    return (1, 0) if label == "line" else (2, 0)

@@ -486,6 +486,9 @@ class Resolver:
                 self.stop(outcome.error.message, StopReason.FATAL)
             return _error(request, key, outcome.error, outcome.attempts)
         assert isinstance(outcome, Answered)
+        if outcome.cost_usd is not None:
+            spent = self.stats.spent_by_route.setdefault(request.route, {})
+            spent[request.model_ref] = spent.get(request.model_ref, 0.0) + outcome.cost_usd
         entry = make_entry(
             key=key,
             request=key_material(request, self.destination.key_endpoint(request.provider)),

@@ -30,7 +30,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CHECKS", "CONDITIONS", "Route", "RouteError", "choose_route", "parse_routes", "prompt_tokens"]
+__all__ = [
+    "CHECKS",
+    "CONDITIONS",
+    "Route",
+    "RouteError",
+    "choose_route",
+    "parse_routes",
+    "prompt_tokens",
+    "route_order",
+]
 
 #: What a ``when`` may test.
 CONDITIONS = ("metadata", "prompt_tokens_below", "match")
@@ -79,6 +88,14 @@ def choose_route(routes: Sequence[Route], metadata: Any, messages: Sequence[Mapp
         if route.matches(metadata, messages):
             return route
     return None
+
+
+def route_order(label: str) -> tuple[int, int]:
+    """How ``Request.route`` labels sort for people: routes in file order, then the lines' own
+    models, then ``--model``."""
+    if label.startswith("route "):
+        return 0, int(label.split()[1])
+    return (1, 0) if label == "line" else (2, 0)
 
 
 def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
