@@ -340,7 +340,7 @@ class Resolver:
         assert request.escalate_to is not None
         provider, model = request.escalate_to.split(":", 1)
         bigger = replace(request, provider=provider, model=model, fallback=(), escalate_on=(), escalate_to=None)
-        second = await self._answer(bigger, self.key_of(bigger))
+        second = await self._answer_another(bigger, self.key_of(bigger))
         if isinstance(second, _Skipped) or not second.ok:
             return first
         if self.on_event is not None:
@@ -374,7 +374,9 @@ class Resolver:
                     return _asked_for(request, self._hit(alternate, alternate_key, entry), 0)
         attempts = 0
         for alternate, alternate_key in chain:
-            result = await self._answer(alternate, alternate_key)
+            result = await (self._answer_another if alternate is not request else self._answer)(
+                alternate, alternate_key
+            )
             if isinstance(result, _Skipped):
                 return result
             attempts += result.attempts
@@ -384,6 +386,18 @@ class Resolver:
                 moved = {"from": alternate.model_ref, "to": alternate.fallback[0], "error": result.error}
                 self.on_event({"event": "fallback", "line": request.line, "id": request.id, **moved})
         raise AssertionError("the last model of a chain has no fallback")  # pragma: no cover
+
+    async def _answer_another(self, request: Request, key: str) -> Result | _Skipped:
+        """``_answer`` for a key the producer never saw (a fallback's, an escalation's). Leased first,
+        as the producer leases a chunk's misses: an unleased key would be taken for one another run
+        holds, and this run would wait for the leases' next poll before calling it."""
+        if self.leases is not None and key not in self._in_flight:
+            try:
+                self.leases.take([key])  # released after, as any lease, if the key turns out stored
+            except CacheError as exc:
+                self._store_failed(exc)
+                return _SKIPPED
+        return await self._answer(request, key)
 
     async def _answer(self, request: Request, key: str) -> Result | _Skipped:
         try:
