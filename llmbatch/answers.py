@@ -25,7 +25,7 @@ import orjson
 
 from llmbatch.providers.base import CallError
 
-__all__ = ["cacheable", "keepable", "problem"]
+__all__ = ["cacheable", "failed_check", "keepable", "problem"]
 
 #: How deep an answer may nest: orjson writes at most 255 levels, and a line's key material and
 #: result line wrap the response in a few more.
@@ -91,3 +91,33 @@ def _writable(value: Any, depth: int) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
         return str(value)  # JSON writers refuse integers over 64 bits; the digits are kept
     return value
+
+
+def failed_check(response: dict[str, Any] | None, params: dict[str, Any], checks: tuple[str, ...]) -> str | None:
+    """The first of ``checks`` (a route's ``escalate.on``) the answer fails, or None: ``"length"``, a
+    choice cut off at max_tokens; ``"invalid_json"``, a JSON ``response_format`` asked for and the first
+    choice's content not JSON. Both are answers (cached as such); the cascade asks a bigger model."""
+    choices = (response or {}).get("choices") or []
+    for check in checks:
+        if check == "length" and any(isinstance(c, dict) and c.get("finish_reason") == "length" for c in choices):
+            return check
+        if check == "invalid_json" and _asks_json(params) and not _is_json(choices):
+            return check
+    return None
+
+
+def _asks_json(params: dict[str, Any]) -> bool:
+    fmt = params.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _is_json(choices: list[Any]) -> bool:
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    content = (first.get("message") or {}).get("content")
+    if not isinstance(content, str):
+        return False
+    try:
+        orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return True

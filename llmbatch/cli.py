@@ -500,6 +500,7 @@ def run(
                 max_line_size=max_line_size,
                 max_messages=max_messages,
                 normalize=normalized,
+                routes=config_in_use.routes,
             )
             if dry_run:
                 _validate(config, None)
@@ -552,7 +553,8 @@ def plan(
     if sum((no_cache, refresh, cache_only)) > 1:
         raise UsageError("--no-cache, --refresh and --cache-only cannot be combined")
     # The file's normalisation changes the keys, so plan reads it as run does, or the two disagree.
-    normalized = merge_normalize(load_config(config_file), normalize)
+    config_in_use = load_config(config_file)
+    normalized = merge_normalize(config_in_use, normalize)
     with _Signals():
         source = _open_input(input)
         try:
@@ -571,6 +573,7 @@ def plan(
                 max_line_size=max_line_size,
                 max_messages=max_messages,
                 normalize=normalized,
+                routes=config_in_use.routes,
             )
             _validate(config, None)
             _print_plan(config, as_json=as_json)
@@ -612,6 +615,7 @@ def _run_config(
     rate_group: str | None = None,
     workers: int | None = None,
     normalize: tuple[dict[str, str | None], str | None] = ({}, None),
+    routes: tuple[Any, ...] = (),
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -636,6 +640,7 @@ def _run_config(
             max_messages=max_messages or MAX_MESSAGES,
             normalize_models=normalize[0],
             normalize=normalize[1],
+            routes=routes,
         ),
         options=options,
         api_base=api_base,
@@ -865,6 +870,14 @@ def _print_warning(text: str) -> None:
 def _describe_event(event: dict[str, Any]) -> str:
     if event["event"] == "stop":
         return f"stop: {event['message']}"
+    if event["event"] == "escalate":
+        failed = f"{event['from']} failed {event['reason']}"
+        return f"escalate line {event['line']} ({event['id']}): {failed}, asking {event['to']}"
+    if event["event"] == "fallback":
+        error = event["error"]
+        status = f" {error['status_code']}" if error.get("status_code") else ""
+        failed = f"{event['from']} failed ({error['type']}{status})"
+        return f"fallback line {event['line']} ({event['id']}): {failed}, asking {event['to']}"
     status = f" {event['status_code']}" if event.get("status_code") else ""
     what = f"line {event['line']} ({event['id']}), attempt {event['attempt']}: {event.get('type')}{status}"
     message = f": {event['message']}" if event.get("message") else ""
@@ -1108,8 +1121,10 @@ def cache_explain(
     from llmbatch.engine import RunOptions
 
     refs = [split_line_ref(line)] + ([split_line_ref(against)] if against is not None else [])
-    # As run reads it: a bad file is the same error, and its normalisation is part of the keys.
-    normalized = merge_normalize(load_config(config_file), normalize)
+    # As run reads it: a bad file is the same error, and its normalisation and routes make the keys.
+    config_in_use = load_config(config_file)
+    normalized = merge_normalize(config_in_use, normalize)
+    routes = config_in_use.routes
     sources: dict[str, Any] = {}
     try:
         explained = []
@@ -1129,6 +1144,7 @@ def cache_explain(
                 max_line_size=max_line_size,
                 max_messages=max_messages,
                 normalize=normalized,
+                routes=routes,
             )
             explained.append(explain_line(config, number))
     finally:

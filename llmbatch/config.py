@@ -14,6 +14,10 @@ Command-line options win over the file::
     rpm = 50
     normalize = "none"              # this one's prompts are code: keep their layout
 
+    [[route]]                       # routing rules: see llmbatch.input.routes
+    when  = { metadata = { task = "extract" } }
+    model = "openai:gpt-4o-mini"
+
 Pure parsing (:func:`parse_config`) is separate from reading the file, so every rule is tested
 on strings.
 """
@@ -28,6 +32,7 @@ from typing import Any
 
 from llmbatch.errors import UsageError
 from llmbatch.input.normalize import parse_mode
+from llmbatch.input.routes import Route, RouteError, parse_routes
 from llmbatch.limits import LimitSettings
 
 __all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "merge_normalize", "parse_config"]
@@ -35,7 +40,7 @@ __all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "merge_normal
 CONFIG_NAME = "llmbatch.toml"
 _LIMIT_KEYS = ("rpm", "tpm", "concurrency")
 _MODEL_KEYS = (*_LIMIT_KEYS, "normalize")
-_TOP_KEYS = ("models", "normalize")
+_TOP_KEYS = ("models", "normalize", "route")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,8 @@ class Config:
     normalize_models: dict[str, str | None] = field(default_factory=dict)
     #: The top-level ``normalize``: for every model without its own.
     normalize: str | None = None
+    #: ``[[route]]`` rules, in file order: which model a line without its own goes to.
+    routes: tuple[Route, ...] = ()
 
 
 def _problem(source: str, text: str) -> UsageError:
@@ -66,7 +73,13 @@ def parse_config(text: str, source: str) -> Config:
         raise _problem(source, f"not valid TOML: {exc}") from None
     for name in data:
         if name not in _TOP_KEYS:
-            raise _problem(source, f'unknown table "{name}" (llmbatch reads [models."provider:model"] and normalize)')
+            raise _problem(
+                source, f'unknown table "{name}" (llmbatch reads [models."provider:model"], [[route]] and normalize)'
+            )
+    try:
+        routes = parse_routes(data["route"]) if "route" in data else ()
+    except RouteError as exc:
+        raise _problem(source, str(exc)) from None
     default = _normalize(source, "", data["normalize"]) if "normalize" in data else None
     models: dict[str, LimitSettings] = {}
     normalize_models: dict[str, str | None] = {}
@@ -91,7 +104,7 @@ def parse_config(text: str, source: str) -> Config:
         # A table that only sets normalize sets no limits: the run must not announce "limits from".
         if settings or "normalize" not in values:
             models[name] = LimitSettings(**settings)
-    return Config(source=source, models=models, normalize_models=normalize_models, normalize=default)
+    return Config(source=source, models=models, normalize_models=normalize_models, normalize=default, routes=routes)
 
 
 def _normalize(source: str, where: str, value: Any) -> str | None:

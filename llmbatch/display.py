@@ -371,8 +371,23 @@ class Display:
             self.console.print(
                 Text.assemble("  ", (name.ljust(width), "dim"), "    ", printable(value)), soft_wrap=True
             )
+        if any(label.startswith("route ") for label in s.spent_by_route):
+            self._spent_by_route()
         for note in self._notes(summary):
             self.console.print(Text(printable(note), style="yellow" if note is summary.note else ""), soft_wrap=True)
+
+    def _spent_by_route(self) -> None:
+        """Routing rules in use: what each route's calls cost, per model that answered (fallbacks and
+        escalations under the route of their line)."""
+        table = Table(title="spent by route", title_justify="left", box=None, padding=(0, 1))
+        for name in ("route", "model", "spent"):
+            table.add_column(name, justify="right" if name == "spent" else "left")
+        from llmbatch.input.routes import route_order
+
+        for label in sorted(self.stats.spent_by_route, key=route_order):
+            for model_ref, usd in sorted(self.stats.spent_by_route[label].items()):
+                table.add_row(Text(_ROUTE_NAMES.get(label, label)), Text(printable(model_ref)), _usd(usd))
+        self.console.print(table)
 
     def _notes(self, summary: Summary) -> list[str]:
         s = self.stats
@@ -744,11 +759,40 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
         ),
         ("estimated cost", _usd(plan.estimated_cost_usd)),
     ]
+    if plan.escalations:
+        # Which answers fail their check is only known once they come back.
+        high = _usd(plan.estimated_cost_max_usd)
+        rows[-1] = ("estimated cost", f"{_usd(plan.estimated_cost_usd)} to {high}")
+        rows.append(("may escalate (not known before the answers)", _count(plan.escalations)))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if plan.by_route:
+        _print_plan_routes(console, plan.by_route)
     if plan.unpriced_models:
         console.print(Text(f"note: no known price for {', '.join(plan.unpriced_models)}: the cost is unknown, not 0"))
+
+
+_ROUTE_NAMES = {"line": "the line's own model", "--model": "--model"}
+
+
+def _print_plan_routes(console: Console, by_route: dict[str, dict[str, Any]]) -> None:
+    """Lines, calls and estimated cost per route, and per model within it (models come from the config
+    and the input: Text, never markup)."""
+    table = Table(title="by route", title_justify="left", box=None, padding=(0, 1))
+    for name in ("route", "model", "lines", "calls", "estimated cost"):
+        table.add_column(name, justify="left" if name in ("route", "model") else "right")
+    for label, taken in by_route.items():
+        table.add_row(
+            Text(_ROUTE_NAMES.get(label, label)),
+            "",
+            _count(taken["lines"]),
+            _count(taken["calls"]),
+            _usd(taken["cost_usd"]),
+        )
+        for model_ref, row in taken["by_model"].items():
+            table.add_row("", Text(printable(model_ref)), "", "", _usd(row["cost_usd"]))
+    console.print(table)
 
 
 # --- llmbatch report ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from llmbatch.engine import LOOKUP_CHUNK
 from llmbatch.input import (
     read_requests,
 )
+from llmbatch.input.routes import route_order
 
 __all__ = ["Plan", "plan"]
 
@@ -27,6 +28,13 @@ class Plan:
     estimated_cost_usd: float | None = 0.0
     unpriced_models: list[str] = field(default_factory=list)
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per way a model was chosen (``"route N"``, ``"line"``, ``"--model"``): the lines it took, the
+    #: calls they would make, and per model their estimated tokens and cost. Empty without routes.
+    by_route: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The cascade: which answers fail their check is only known once they come back, so the plan gives
+    #: a range. ``escalations``: lines that may be asked again; the cost if every one of them is.
+    escalations: int = 0
+    estimated_cost_max_usd: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +47,11 @@ class Plan:
             "estimated_cost_usd": None if self.estimated_cost_usd is None else round(self.estimated_cost_usd, 10),
             "unpriced_models": self.unpriced_models,
             "by_model": self.by_model,
+            "by_route": self.by_route,
+            "escalations": self.escalations,
+            "estimated_cost_max_usd": None
+            if self.estimated_cost_max_usd is None
+            else round(self.estimated_cost_max_usd, 10),
         }
 
 
@@ -48,6 +61,7 @@ def plan(config: RunConfig) -> Plan:
     of the cached answers of that model (or of all cached answers, or 256)."""
     from itertools import islice
 
+    from llmbatch.answers import failed_check
     from llmbatch.keys import request_key
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
     from llmbatch.pricing import estimate_cost, usage_tokens
@@ -61,9 +75,11 @@ def plan(config: RunConfig) -> Plan:
         cache = place.open(create=False)
     result = Plan()
     pending: set[str] = set()
-    # per model: [input tokens, output tokens with a cap, calls without a cap (times n), completion
-    # tokens of hits, hits with usage]
-    models: dict[str, list[int]] = {}
+    # per (route, model): [input tokens, output tokens with a cap, calls without a cap (times n),
+    # completion tokens of hits, hits with usage]
+    models: dict[tuple[str, str], list[int]] = {}
+    routes: dict[str, dict[str, Any]] = {}  # per route: lines, calls
+    escalations: dict[str, list[int]] = {}  # per escalate model: lines, input tokens, capped output, uncapped
     try:
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         while chunk := list(islice(requests, LOOKUP_CHUNK)):
@@ -71,8 +87,14 @@ def plan(config: RunConfig) -> Plan:
             found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
             for request, key in keyed:
                 result.prompts += 1
-                acc = models.setdefault(request.model_ref, [0, 0, 0, 0, 0])
+                acc = models.setdefault((request.route, request.model_ref), [0, 0, 0, 0, 0])
+                taken = routes.setdefault(request.route, {"lines": 0, "calls": 0})
+                taken["lines"] += 1
                 entry = found.get(key)
+                if request.escalate_to is not None and key not in pending:
+                    response = entry.get("response") if entry is not None else None
+                    if entry is None or failed_check(response, request.params, request.escalate_on):
+                        _may_escalate(escalations, request)
                 if entry is not None:
                     result.hits += 1
                     _, completion, _ = usage_tokens(entry.get("usage"))
@@ -84,6 +106,7 @@ def plan(config: RunConfig) -> Plan:
                     continue
                 pending.add(key)
                 result.calls += 1
+                taken["calls"] += 1
                 prompt, _ = estimate_split(request.messages, request.params, None)
                 acc[0] += prompt
                 cap = request.output_cap
@@ -96,18 +119,65 @@ def plan(config: RunConfig) -> Plan:
             cache.close()
     all_hits = sum(a[4] for a in models.values())
     overall = sum(a[3] for a in models.values()) / all_hits if all_hits else DEFAULT_COMPLETION_TOKENS
+    # The average completion of a model's hits, whatever route they came by.
+    hit_tokens: dict[str, list[int]] = {}
+    for (_, model_ref), acc in models.items():
+        seen = hit_tokens.setdefault(model_ref, [0, 0])
+        seen[0] += acc[3]
+        seen[1] += acc[4]
     total_cost: float | None = 0.0
-    for model_ref, (prompt, capped, uncapped, hit_tokens, hit_count) in models.items():
-        average = hit_tokens / hit_count if hit_count else overall
-        output = capped + int(uncapped * average)
+    for (route, model_ref), (prompt, capped, uncapped, _, _) in models.items():
+        tokens, count = hit_tokens[model_ref]
+        output = capped + int(uncapped * (tokens / count if count else overall))
         result.estimated_input_tokens += prompt
         result.estimated_output_tokens += output
         provider, model = model_ref.split(":", 1)
         cost = estimate_cost(provider, model, prompt, output) if (prompt or output) else 0.0
-        if cost is None:
+        if cost is None and model_ref not in result.unpriced_models:
             result.unpriced_models.append(model_ref)
-        elif total_cost is not None:
+        elif cost is not None and total_cost is not None:
             total_cost += cost
-        result.by_model[model_ref] = {"input_tokens": prompt, "output_tokens": output, "cost_usd": cost}
+        row = {"input_tokens": prompt, "output_tokens": output, "cost_usd": cost}
+        _add(result.by_model.setdefault(model_ref, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}), row)
+        routes[route].setdefault("by_model", {})[model_ref] = row
     result.estimated_cost_usd = None if result.unpriced_models else total_cost
+    result.estimated_cost_max_usd = result.estimated_cost_usd
+    for model_ref, (lines, prompt, capped, uncapped) in escalations.items():
+        tokens, count = hit_tokens.get(model_ref, [0, 0])
+        output = capped + int(uncapped * (tokens / count if count else overall))
+        provider, model = model_ref.split(":", 1)
+        cost = estimate_cost(provider, model, prompt, output)
+        result.escalations += lines
+        if cost is None and model_ref not in result.unpriced_models:
+            result.unpriced_models.append(model_ref)
+        if cost is None or result.estimated_cost_max_usd is None:
+            result.estimated_cost_max_usd = None
+        else:
+            result.estimated_cost_max_usd += cost
+    if any(r.startswith("route ") for r in routes):
+        for taken in routes.values():
+            costs = [row["cost_usd"] for row in taken["by_model"].values()]
+            taken["cost_usd"] = None if None in costs else sum(costs)
+        result.by_route = dict(sorted(routes.items(), key=lambda item: route_order(item[0])))
     return result
+
+
+def _may_escalate(escalations: dict[str, list[int]], request: Any) -> None:
+    """A line the cascade may ask again of its route's ``escalate.to``: counted at that model's cost."""
+    from llmbatch.limits import estimate_split
+
+    acc = escalations.setdefault(request.escalate_to, [0, 0, 0, 0])
+    acc[0] += 1
+    acc[1] += estimate_split(request.messages, request.params, None)[0]
+    cap = request.output_cap
+    if cap is not None:
+        acc[2] += cap
+    else:
+        acc[3] += int(request.params.get("n") or 1)
+
+
+def _add(total: dict[str, Any], row: dict[str, Any]) -> None:
+    total["input_tokens"] += row["input_tokens"]
+    total["output_tokens"] += row["output_tokens"]
+    cost = row["cost_usd"]
+    total["cost_usd"] = None if cost is None or total["cost_usd"] is None else total["cost_usd"] + cost

@@ -31,10 +31,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
-from llmbatch.answers import cacheable
+from llmbatch.answers import cacheable, failed_check
 from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
 from llmbatch.engine.leases import Leases
 from llmbatch.engine.options import RunOptions
@@ -45,7 +46,7 @@ from llmbatch.model.request import Request
 from llmbatch.model.result import Result
 from llmbatch.model.stats import Lookups, RunStats, StopReason
 from llmbatch.pricing import call_cost
-from llmbatch.providers.base import CallError, Destination
+from llmbatch.providers.base import CallError, Destination, model_failed
 from llmbatch.store.base import ResponseStore, WriteBatcher
 
 __all__ = ["LOOKUP_CHUNK", "Resolver"]
@@ -193,7 +194,7 @@ class Resolver:
                         break
                     self.stats.read += 1
                     entry = found.get(key)
-                    if entry is not None:
+                    if entry is not None and not self._escalates(request, entry):
                         hit = self._hit(request, key, entry)
                         self._count(hit)
                         if self._outstanding == 0:
@@ -226,7 +227,7 @@ class Resolver:
         keyed, found = self._keyed_lookup(requests)
         for answered, (request, key) in enumerate(keyed):
             entry = found.get(key)
-            if entry is None:
+            if entry is None or self._escalates(request, entry):
                 return answered
             self.stats.read += 1
             hit = self._hit(request, key, entry)
@@ -299,6 +300,7 @@ class Resolver:
             cached=True,
             hit="duplicate" if coalesced else "exact",
             model=request.model_ref,
+            answered_by=request.model_ref,
             metadata=request.metadata,
             response=entry.get("response"),
             usage=entry.get("usage"),
@@ -313,11 +315,89 @@ class Resolver:
         return counts
 
     async def _resolve(self, request: Request, key: str) -> Result | _Skipped:
-        result = await self._answer(request, key)
+        result = await (self._fall_back(request, key) if request.fallback else self._answer(request, key))
+        if isinstance(result, Result) and result.ok and request.escalate_to is not None:
+            reason = failed_check(result.response, request.params, request.escalate_on)
+            if reason is not None:
+                result = await self._escalate(request, result, reason)
         if result is not _SKIPPED:
             assert isinstance(result, Result)
             self._count(result)
         return result
+
+    def _escalates(self, request: Request, entry: CacheEntry) -> bool:
+        """A stored answer this line's cascade would not accept: it goes the slow way, to be escalated."""
+        checks = request.escalate_on
+        return (
+            request.escalate_to is not None and failed_check(entry.get("response"), request.params, checks) is not None
+        )
+
+    async def _escalate(self, request: Request, first: Result, reason: str) -> Result:
+        """The cascade: an answer that failed the route's check is asked again of ``escalate_to``, an
+        ordinary request under its own key (a rerun finds both answers stored and pays nothing). The line
+        reports the second answer and what both cost; if the second cannot be had (it failed, the run is
+        stopping, the budget is spent), the first stays the line's answer and a rerun tries again."""
+        assert request.escalate_to is not None
+        provider, model = request.escalate_to.split(":", 1)
+        bigger = replace(request, provider=provider, model=model, fallback=(), escalate_on=(), escalate_to=None)
+        second = await self._answer_another(bigger, self.key_of(bigger))
+        if isinstance(second, _Skipped) or not second.ok:
+            return first
+        if self.on_event is not None:
+            moved = {"from": first.answered_by, "to": bigger.model_ref, "reason": reason}
+            self.on_event({"event": "escalate", "line": request.line, "id": request.id, **moved})
+        both = None if first.cost_usd is None or second.cost_usd is None else first.cost_usd + second.cost_usd
+        return replace(
+            second,
+            model=request.model_ref,
+            attempts=first.attempts + second.attempts,
+            cost_usd=both,
+            cached=first.cached and second.cached,
+            escalated=reason,
+        )
+
+    async def _fall_back(self, request: Request, key: str) -> Result | _Skipped:
+        """A line whose route has a ``fallback``: its model, then each fallback model in turn, each under
+        its own key, moving on only after a failure another model may not share (``model_failed``).
+        Each model of the chain is an ordinary request, so coalescing, leases, the budget and the store
+        work as for any line; the chain's later keys are looked up before the first call, so a rerun
+        finds an answer an earlier run's fallback paid for and calls nothing."""
+        chain = [(request, key)]
+        for at in range(len(request.fallback)):
+            # Each alternate carries the rest of the chain: a model failure of the last one is fatal again.
+            alternate = _ask_instead(request, at)
+            chain.append((alternate, self.key_of(alternate)))
+        if self.store is not None and self.options.cache_mode in ("normal", "only"):
+            for alternate, alternate_key in chain[1:]:
+                entry = self.store.get(alternate_key)
+                if entry is not None:
+                    return _asked_for(request, self._hit(alternate, alternate_key, entry), 0)
+        attempts = 0
+        for alternate, alternate_key in chain:
+            result = await (self._answer_another if alternate is not request else self._answer)(
+                alternate, alternate_key
+            )
+            if isinstance(result, _Skipped):
+                return result
+            attempts += result.attempts
+            if result.ok or not alternate.fallback or not model_failed(result.error or {}):
+                return _asked_for(request, result, attempts)
+            if self.on_event is not None:
+                moved = {"from": alternate.model_ref, "to": alternate.fallback[0], "error": result.error}
+                self.on_event({"event": "fallback", "line": request.line, "id": request.id, **moved})
+        raise AssertionError("the last model of a chain has no fallback")  # pragma: no cover
+
+    async def _answer_another(self, request: Request, key: str) -> Result | _Skipped:
+        """``_answer`` for a key the producer never saw (a fallback's, an escalation's). Leased first,
+        as the producer leases a chunk's misses: an unleased key would be taken for one another run
+        holds, and this run would wait for the leases' next poll before calling it."""
+        if self.leases is not None and key not in self._in_flight:
+            try:
+                self.leases.take([key])  # released after, as any lease, if the key turns out stored
+            except CacheError as exc:
+                self._store_failed(exc)
+                return _SKIPPED
+        return await self._answer(request, key)
 
     async def _answer(self, request: Request, key: str) -> Result | _Skipped:
         try:
@@ -415,10 +495,14 @@ class Resolver:
             self._lookups(request).misses += 1
         if isinstance(outcome, Failed):
             future.set_exception(outcome.error)
-            if outcome.error.kind == "fatal":
+            # A model that is gone is not fatal to a line that has another to ask (its route's fallback).
+            if outcome.error.kind == "fatal" and not (request.fallback and model_failed(outcome.error.to_dict())):
                 self.stop(outcome.error.message, StopReason.FATAL)
             return _error(request, key, outcome.error, outcome.attempts)
         assert isinstance(outcome, Answered)
+        if outcome.cost_usd is not None:
+            spent = self.stats.spent_by_route.setdefault(request.route, {})
+            spent[request.model_ref] = spent.get(request.model_ref, 0.0) + outcome.cost_usd
         entry = make_entry(
             key=key,
             request=key_material(request, self.destination.key_endpoint(request.provider)),
@@ -443,6 +527,7 @@ class Resolver:
             status="ok",
             cached=False,
             model=request.model_ref,
+            answered_by=request.model_ref,
             metadata=request.metadata,
             response=outcome.response,
             usage=outcome.usage,
@@ -465,6 +550,18 @@ def _error(request: Request, key: str, exc: CallError, attempts: int, *, hit: st
         attempts=attempts,
         error=exc.to_dict(),
     )
+
+
+def _ask_instead(request: Request, at: int) -> Request:
+    """The same request for fallback model ``at``, with the rest of the chain after it."""
+    provider, model = request.fallback[at].split(":", 1)
+    return replace(request, provider=provider, model=model, fallback=request.fallback[at + 1 :])
+
+
+def _asked_for(request: Request, result: Result, attempts: int) -> Result:
+    """A chain's result as the line's: the model it asked for, beside ``answered_by`` and the key of the
+    one that answered (where its answer is stored), and every attempt the chain made in this run."""
+    return replace(result, model=request.model_ref, attempts=attempts)
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -157,6 +157,10 @@ def check_lines(
                 feeding = on_valid(request)  # type: ignore[misc]
             count += 1
             models.add(request.model_ref)
+            if request.fallback:  # a fallback may be asked too: its provider is prepared, its price checked
+                models.update(request.fallback)
+            if request.escalate_to is not None:  # and so may the cascade's model
+                models.add(request.escalate_to)
             # Ids are checked for duplicates through 8-byte hashes, not a dict of strings (a million
             # ids would cost 120 MB); equal hashes are confirmed on the text afterwards.
             ids.add(hash(str(request.id)))

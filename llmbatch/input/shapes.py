@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from llmbatch.input.normalize import normalize_messages
+from llmbatch.input.routes import Route, choose_route
 from llmbatch.model.request import Request
 
 __all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "MAX_MESSAGES", "PARAMS", "Defaults", "InvalidLine", "parse_line"]
@@ -54,6 +55,8 @@ class Defaults:
     normalize: str | None = None
     #: Per ``provider:model`` (``llmbatch.toml``), None for a model it is off for.
     normalize_models: Mapping[str, str | None] = field(default_factory=dict)
+    #: ``[[route]]`` rules (``llmbatch.toml``): for a line without its own model, before ``model``.
+    routes: tuple[Route, ...] = ()
 
     def normalize_for(self, model_ref: str) -> str | None:
         """The normalisation the requests of ``provider:model`` get, if any."""
@@ -307,6 +310,37 @@ def _check_messages(value: Any, limit: int = MAX_MESSAGES) -> list[dict[str, Any
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Chosen:
+    provider: str
+    model: str
+    route: str = "line"
+    fallback: tuple[str, ...] = ()
+    escalate_on: tuple[str, ...] = ()
+    escalate_to: str | None = None
+
+
+def _choose_model(
+    model: Any,
+    defaults: Defaults,
+    metadata: Any,
+    messages: list[dict[str, Any]],
+    *,
+    implied_provider: str | None = None,
+) -> _Chosen:
+    """The line's own ``model``, else the first route it matches, else ``--model``."""
+    if model is None and defaults.routes:
+        route = choose_route(defaults.routes, metadata, messages)
+        if route is not None:
+            provider, name = route.model.split(":", 1)
+            return _Chosen(provider, name, route.label, route.fallback, route.escalate_on, route.escalate_to)
+    if model is None and defaults.model is not None:
+        return _Chosen(*_resolve_model(None, defaults, implied_provider=implied_provider), route="--model")
+    if model is None and defaults.routes:
+        raise InvalidLine('no model: no route matched this line; add "model" to it, a default route, or --model')
+    return _Chosen(*_resolve_model(model, defaults, implied_provider=implied_provider))
+
+
 def _resolve_model(model: Any, defaults: Defaults, *, implied_provider: str | None = None) -> tuple[str, str]:
     """``provider:model`` from the line, else from ``--model``; a bare name needs ``--provider``."""
     if model is None:
@@ -381,7 +415,7 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
             raise InvalidLine('"system" goes with "prompt"; with "messages", add a {"role": "system"} message')
         messages = _check_messages(obj["messages"], defaults.max_messages)
 
-    provider, model = _resolve_model(obj.get("model"), defaults)
+    chosen = _choose_model(obj.get("model"), defaults, obj.get("metadata"), messages)
     params = _take_params(obj, _LINE_FIELDS, _LINE_KNOWN)
 
     sample = obj.get("sample", 0)
@@ -402,13 +436,17 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
     return Request(
         line=line,
         id=_check_id("id", obj["id"]) if "id" in obj else line,
-        provider=provider,
-        model=model,
+        provider=chosen.provider,
+        model=chosen.model,
         messages=messages,
         params=params,
         extra=extra,
         sample=sample,
         metadata=obj.get("metadata"),
+        route=chosen.route,
+        fallback=chosen.fallback,
+        escalate_on=chosen.escalate_on,
+        escalate_to=chosen.escalate_to,
     )
 
 
@@ -433,19 +471,23 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
         raise InvalidLine('"body" has no "messages"')
     messages = _check_messages(body["messages"], defaults.max_messages)
     # A Batch API file is an OpenAI file: a bare model name means OpenAI unless --provider says otherwise.
-    provider, model = _resolve_model(body.get("model"), defaults, implied_provider="openai")
+    chosen = _choose_model(body.get("model"), defaults, None, messages, implied_provider="openai")
     params = _take_params(body, _BODY_STRUCTURAL | _OPENAI_BODY_EXTRAS, _BODY_KNOWN, where_body=True)
     extra = {k: v for k, v in body.items() if k in _OPENAI_BODY_EXTRAS and v is not None}
     return Request(
         line=line,
         id=_check_id("custom_id", obj["custom_id"]) if "custom_id" in obj else line,
-        provider=provider,
-        model=model,
+        provider=chosen.provider,
+        model=chosen.model,
         messages=messages,
         params=params,
         extra=extra,
         sample=0,
         metadata=None,
+        route=chosen.route,
+        fallback=chosen.fallback,
+        escalate_on=chosen.escalate_on,
+        escalate_to=chosen.escalate_to,
     )
 
 

@@ -26,6 +26,15 @@ class Request:
     #: How ``messages`` were normalised before they were keyed and sent (``"whitespace"``), or
     #: None: as the line wrote them. Part of the key only when set (see ``llmbatch.keys``).
     normalize: str | None = None
+    #: How the model was chosen: ``"line"`` (its own ``model``), ``"route N"`` (a rule of
+    #: ``llmbatch.toml``) or ``"--model"``. Not in the key, nor in equality: the model itself is.
+    route: str = field(default="line", compare=False)
+    #: Models to ask, in order, when ``model`` fails for good (the route's ``fallback``). Not in the key.
+    fallback: tuple[str, ...] = ()
+    #: The cascade (the route's ``escalate``): an answer that fails one of these checks
+    #: (``answers.failed_check``) is asked again of ``escalate_to``. Not in the key.
+    escalate_on: tuple[str, ...] = ()
+    escalate_to: str | None = None
 
     @property
     def model_ref(self) -> str:

@@ -42,6 +42,12 @@ class Result:
     error: dict[str, Any] | None = None
     cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
     hit: str | None = None  # "exact" (from the cache), "duplicate" (shared a call in flight), or None
+    #: The ``provider:model`` whose answer this is: ``model``, or a model of its route's ``fallback``
+    #: (None for an error).
+    answered_by: str | None = None
+    #: Why the line was asked again of its route's ``escalate.to`` (``"length"``, ``"invalid_json"``),
+    #: or None; ``cost_usd`` and ``attempts`` then count both answers.
+    escalated: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +76,8 @@ class Result:
             "finish_reason": finish_reason,
             "truncated": self.truncated,
             "model": self.model,
+            "answered_by": self.answered_by,
+            "escalated": self.escalated,
             "usage": self.usage,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,

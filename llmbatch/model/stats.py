@@ -74,6 +74,9 @@ class RunStats:
     #: adds to the store's lifetime counters. ``hits`` and ``saved_usd`` above are their sums;
     #: misses are the calls made.
     lookups: dict[str, Lookups] = field(default_factory=dict)
+    #: What this run's answered calls cost, per way the model was chosen (``"route N"``, ``"line"``,
+    #: ``"--model"``) and per ``provider:model`` that answered (fallbacks and escalations included).
+    spent_by_route: dict[str, dict[str, float]] = field(default_factory=dict)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
     started_at: float = 0.0
     finished_at: float | None = None

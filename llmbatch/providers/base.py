@@ -35,6 +35,7 @@ __all__ = [
     "Reply",
     "classify",
     "env_endpoints",
+    "model_failed",
     "parse_retry_after",
     "redact",
 ]
@@ -161,6 +162,24 @@ class CallError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "message": self.message, "status_code": self.status_code}
+
+
+_CONTEXT_LENGTH = re.compile(r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long", re.I)
+
+
+def model_failed(error: Mapping[str, Any]) -> bool:
+    """A failure (``CallError.to_dict()``, after its retries) that another model may not share: the model
+    does not exist (404), it stayed overloaded past every retry (5xx, Anthropic's 529), or the prompt is
+    longer than its context (a 400 that says so). A route's ``fallback`` moves on after these. A bad key
+    (401/403), no credit (402) or a request no model takes (another 400) would fail there too."""
+    status, type_ = error.get("status_code"), error.get("type")
+    if status == 404 or type_ == "ModelNotFoundError":
+        return True
+    if isinstance(status, int) and status >= 500:
+        return True
+    if type_ == "ContextLengthExceededError":
+        return True
+    return status == 400 and _CONTEXT_LENGTH.search(str(error.get("message") or "")) is not None
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

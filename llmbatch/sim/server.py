@@ -20,10 +20,13 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   ``no_choices`` (``"choices": []``), ``choice_error`` (OpenRouter's ``finish_reason: "error"``
   with an ``error`` object, code 502, and no content), ``bigint`` (an integer over 64 bits in the
   body), ``deep`` (an object nested 300 deep in the body) or ``echo_key`` (the API key the client
-  sent, quoted in the content: the one exception to never echoing it, asked for by the prompt);
+  sent, quoted in the content: the one exception to never echoing it, asked for by the prompt) or
+  ``not_json`` (the content prefixed with chatter, so that a JSON answer no longer parses);
   ``[[sim:quirk_first=N]]`` applies the quirk to the first N attempts of the same body only.
   ``[[sim:trickle=0.5]]`` sends the headers at once and then the body one byte per interval (a
   stalled upstream that keeps the connection alive: per-read timeouts never fire).
+  ``[[sim:only_model=NAME]]`` makes the other directives of the message apply only to requests for
+  model ``NAME`` (one model of a fallback chain down, the next one answering).
   The directive text stays in the echoed content.
 * Faults: ``429`` (``Retry-After: retry_after_s``), ``500``, ``503``, ``hang`` (the handler sleeps
   ``hang_s``; it is cancelled when the client disconnects) and ``drop`` (the connection is closed
@@ -80,7 +83,7 @@ _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINISH_REASONS = ("stop", "length", "content_filter")
-_QUIRKS = ("no_choices", "choice_error", "bigint", "deep", "echo_key")
+_QUIRKS = ("no_choices", "choice_error", "bigint", "deep", "echo_key", "not_json")
 _FAULTS = ("429", "500", "503", "hang", "drop")
 
 
@@ -216,6 +219,7 @@ class _Directives:
     quirk: str | None = None
     quirk_first: int = 0  # 0: every attempt
     trickle_s: float | None = None
+    only_model: str | None = None  # the directives apply to this model's requests only
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +254,7 @@ def _parse_directives(text: str) -> _Directives:
         quirk = found.pop("quirk", None)
         quirk_first = int(found.pop("quirk_first", "0"))
         trickle = parse_duration_s(found.pop("trickle")) if "trickle" in found else None
+        only_model = found.pop("only_model", None)
     except ValueError as exc:
         raise _InvalidRequest(f"bad sim directive: {exc}", "messages") from None
     if found:
@@ -260,7 +265,7 @@ def _parse_directives(text: str) -> _Directives:
         raise _InvalidRequest(f"sim directive finish must be one of {', '.join(_FINISH_REASONS)}", "messages")
     if quirk is not None and quirk not in _QUIRKS:
         raise _InvalidRequest(f"sim directive quirk must be one of {', '.join(_QUIRKS)}", "messages")
-    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0), trickle)
+    return _Directives(status, finish, max(fail_first, 0), latency, quirk, max(quirk_first, 0), trickle, only_model)
 
 
 def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
@@ -292,6 +297,8 @@ def _plan_completion(body: dict[str, Any]) -> _Plan:
     messages: list[dict[str, Any]] = body["messages"]
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     directives = _parse_directives(last_user)
+    if directives.only_model is not None and directives.only_model != body["model"]:
+        directives = _Directives()
     n = _positive_int(body, "n", _MAX_N) or 1
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     fmt = body.get("response_format")
@@ -708,6 +715,9 @@ def _quirky(completion: dict[str, Any], quirk: str, token: str) -> bytes:
             choice["finish_reason"] = "error"
             choice["message"]["content"] = None
             choice["error"] = {"code": 502, "message": "Upstream provider error (simulated)"}
+    elif quirk == "not_json":
+        for choice in completion["choices"]:
+            choice["message"]["content"] = "Sure! Here it is: " + (choice["message"]["content"] or "")
     elif quirk == "echo_key":
         for choice in completion["choices"]:
             choice["message"]["content"] += f" (you sent the key {token})"
