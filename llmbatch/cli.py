@@ -465,6 +465,12 @@ def run(
         # A file nobody named changes what is sent and the keys: said, as its limits are.
         which = "every model" if normalized[1] else ", ".join(m for m, mode in normalized[0].items() if mode)
         sys.stderr.write(f"llmbatch: prompts normalised (whitespace) for {which}, as {config_in_use.source} says\n")
+    if config_in_use.routes and not quiet:
+        count = len(config_in_use.routes)
+        sys.stderr.write(
+            f"llmbatch: {count} route{'s' if count != 1 else ''} from {config_in_use.source} choose the model "
+            "of lines that name none\n"
+        )
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,

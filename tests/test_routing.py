@@ -125,6 +125,7 @@ def test_run_routes_by_metadata_and_prompt_length_and_a_rerun_pays_nothing(tmp_p
     config = _config(tmp_path)
     done = llmbatch("run", str(path), "--config", str(config))
     assert done.exit_code == 0, done.stderr
+    assert f"routes from {config} choose the model of lines that name none" in done.stderr  # never silently
     results = read_results(tmp_path / "p.results.jsonl")
     assert [r["model"] for r in results] == ["openai:gpt-4o-mini", "openai:sim-1", "openai:gpt-4o", "openai:gpt-4o"]
     assert [r["response"]["model"] for r in results] == ["gpt-4o-mini", "sim-1", "gpt-4o", "gpt-4o"]
