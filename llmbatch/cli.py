@@ -1362,6 +1362,11 @@ def cache_export(
     now = time.time()
     before = now - parse_duration(older_than, option="--older-than") if older_than is not None else None
     after = now - parse_duration(newer_than, option="--newer-than") if newer_than is not None else None
+    if before is not None and after is not None and after >= before:
+        raise UsageError(
+            f"--older-than {older_than} and --newer-than {newer_than} select nothing together: "
+            "an entry cannot be both; the newer bound must be the shorter duration"
+        )
     if output == "-" and _stdout_is_terminal():
         # As gzip does: records scrolling past on a terminal help nobody.
         raise UsageError(
@@ -1379,6 +1384,9 @@ def cache_export(
         )
     where = "standard output" if done.where is None else str(done.where)
     sys.stderr.write(f"exported {_entries(done.written)} from the cache at {directory} to {where}\n")
+    if done.written == 0 and model is not None and not model.startswith("simulated/"):
+        # As purge says: answers from --simulate are filed apart, as simulated/provider:model.
+        sys.stderr.write(f"note: answers from --simulate are filed as simulated/{model}: name it so to export those\n")
     if done.unverifiable:
         sys.stderr.write(
             f"note: {_entries(done.unverifiable)} stored before llmbatch kept the request with the answer were "

@@ -162,3 +162,22 @@ def test_export_of_a_cache_that_does_not_exist_is_a_clear_error_and_writes_nothi
     done = run_cli(["cache", "export", "-o", str(tmp_path / "a.jsonl")], env=env)
     assert done.exit_code == 2 and f"no cache at {cache_dir}" in done.stderr
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_export_says_when_its_filters_cannot_select_anything_or_name_the_wrong_tag(tmp_path, env):
+    from llmbatch.store import DiskStore
+
+    DiskStore(tmp_path / "cache").close()  # an empty cache, so the filters are what is judged
+    both = run_cli(
+        ["cache", "export", "-o", str(tmp_path / "x.jsonl"), "--newer-than", "5d", "--older-than", "30d"], env=env
+    )
+    assert both.exit_code == 2 and "select nothing together" in both.stderr
+    plain = run_cli(["cache", "export", "-o", str(tmp_path / "y.jsonl"), "--model", "openai:gpt-4o-mini"], env=env)
+    assert plain.exit_code == 0 and "simulated/openai:gpt-4o-mini" in plain.stderr
+
+
+def test_import_from_a_pipe_by_name_says_to_use_standard_input(tmp_path, env):
+    fifo = tmp_path / "records.fifo"
+    os.mkfifo(fifo)
+    done = run_cli(["cache", "import", str(fifo)], env=env)
+    assert done.exit_code == 2 and "give - and send it to standard input" in done.stderr

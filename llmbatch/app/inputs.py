@@ -54,7 +54,9 @@ def open_input(name: str) -> Input:
     if not path.exists():
         raise UsageError(f"input file not found: {name}")
     if not path.is_file():
-        raise UsageError(f"input is not a file: {name}")
+        # A pipe (<(…), a FIFO) cannot be read twice by name; standard input is copied first.
+        hint = "; to read a pipe, give - and send it to standard input" if not path.is_dir() else ""
+        raise UsageError(f"input is not a file: {name}{hint}")
     return Input(path, name)
 
 
