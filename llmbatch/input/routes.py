@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.model.request import content_text, prompt_estimate
+
 __all__ = [
     "CHECKS",
     "CONDITIONS",
@@ -37,7 +39,6 @@ __all__ = [
     "RouteError",
     "choose_route",
     "parse_routes",
-    "prompt_tokens",
     "route_order",
 ]
 
@@ -77,7 +78,7 @@ class Route:
                 return False
             if any(name not in metadata or metadata[name] != value for name, value in self.metadata.items()):
                 return False
-        if self.prompt_tokens_below is not None and prompt_tokens(messages) >= self.prompt_tokens_below:
+        if self.prompt_tokens_below is not None and prompt_estimate(messages) >= self.prompt_tokens_below:
             return False
         return self.match is None or self.match.search(_text(messages)) is not None
 
@@ -98,21 +99,8 @@ def route_order(label: str) -> tuple[int, int]:
     return (1, 0) if label == "line" else (2, 0)
 
 
-def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """About 4 characters a token, plus 4 a message: the estimate the pacer and ``plan`` use."""
-    return sum(len(_content_text(m.get("content"))) for m in messages) // 4 + 4 * len(messages)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _text(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "\n".join(_content_text(m.get("content")) for m in messages)
+    return "\n".join(content_text(m.get("content")) for m in messages)
 
 
 # --- parsing ---------------------------------------------------------------------------------

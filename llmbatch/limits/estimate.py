@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmbatch.model.request import output_cap
+from llmbatch.model.request import output_cap, prompt_estimate
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate_split", "estimate_tokens"]
 
@@ -14,20 +14,12 @@ __all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate_split", "estimate_tokens"]
 DEFAULT_COMPLETION_TOKENS = 256
 
 
-def _text_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
-    return 0
-
-
 def estimate_split(
     messages: list[dict[str, Any]], params: Mapping[str, Any], avg_completion: float | None
 ) -> tuple[int, int]:
     """``(input, output)`` tokens a request will cost before we know: about 4 characters a token
     for the prompt; the completion's cap (or the average completion seen so far, times ``n``)."""
-    prompt = sum(_text_chars(m.get("content")) for m in messages) // 4 + 4 * len(messages)
+    prompt = prompt_estimate(messages)
     cap = output_cap(params)
     if cap is None:
         cap = int((avg_completion or DEFAULT_COMPLETION_TOKENS) * int(params.get("n") or 1))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Request", "output_cap"]
+__all__ = ["Request", "content_text", "output_cap", "prompt_estimate"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs an object.__setattr__ call per field
@@ -51,3 +51,19 @@ def output_cap(params: Mapping[str, Any]) -> int | None:
     """``max_completion_tokens`` (else ``max_tokens``) times ``n``; None when neither is set."""
     cap = params.get("max_completion_tokens") or params.get("max_tokens")
     return None if cap is None else int(cap) * int(params.get("n") or 1)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string as it is; of a list of parts, the text parts'
+    text (images, audio and files have none)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
+    """A prompt's tokens before any tokenizer has seen it: about 4 characters a token, plus 4 a
+    message. The pacer, ``plan`` and routing all go by this one estimate."""
+    return sum(len(content_text(m.get("content"))) for m in messages) // 4 + 4 * len(messages)
