@@ -69,21 +69,31 @@ def processes(n: int, file: Path, url: str, redis_url: str, tmp: Path, *extra: s
     return time.perf_counter() - started
 
 
-def limited(tmp: Path, prompts: int) -> None:
-    print(f"limited: {prompts:,} prompts, simulator at 6,000 RPM over 1 s, 100 ms latency")
-    print("  processes  wall s  running s  req/min  share of limit  our 429s  paid")
+def _each_count(
+    tmp: Path, part: str, prompts: int, sim_args: tuple[str, ...], run_args: tuple[str, ...]
+) -> list[tuple[int, float, dict]]:
+    """1, 2 and 4 processes on ``prompts`` prompts, each count with a fresh simulator and Redis:
+    ``(processes, wall s, the simulator's counters)``."""
+    rows = []
     for n in (1, 2, 4):
-        run_dir = tmp / f"limited-{n}"
+        run_dir = tmp / f"{part}-{n}"
         run_dir.mkdir()
-        file = write_prompts(run_dir / "p.jsonl", prompts, f"limited-{n}")
+        file = write_prompts(run_dir / "p.jsonl", prompts, f"{part}-{n}")
         server = RedisServer(run_dir)
         server.start()
         try:
-            with SimProcess(100, "--rpm", "6000", "--limit-window", "1s") as sim:
-                wall = processes(n, file, sim.url, server.url, run_dir)
-                stats = sim.stats()
+            with SimProcess(100, *sim_args) as sim:
+                wall = processes(n, file, sim.url, server.url, run_dir, *run_args)
+                rows.append((n, wall, sim.stats()))
         finally:
             server.stop()
+    return rows
+
+
+def limited(tmp: Path, prompts: int) -> None:
+    print(f"limited: {prompts:,} prompts, simulator at 6,000 RPM over 1 s, 100 ms latency")
+    print("  processes  wall s  running s  req/min  share of limit  our 429s  paid")
+    for n, wall, stats in _each_count(tmp, "limited", prompts, ("--rpm", "6000", "--limit-window", "1s"), ()):
         pace = stats["completions_served"] / stats["serving_s"] * 60
         print(
             f"  {n:9d}  {wall:6.1f}  {stats['serving_s']:9.1f}  {pace:7,.0f}  {pace / 6000:14.3f}  "
@@ -94,18 +104,7 @@ def limited(tmp: Path, prompts: int) -> None:
 def unlimited(tmp: Path, prompts: int) -> None:
     print(f"unlimited: {prompts:,} prompts, 100 ms latency, -c 100 each")
     print("  processes  wall s  running s  answers/s  paid")
-    for n in (1, 2, 4):
-        run_dir = tmp / f"unlimited-{n}"
-        run_dir.mkdir()
-        file = write_prompts(run_dir / "p.jsonl", prompts, f"unlimited-{n}")
-        server = RedisServer(run_dir)
-        server.start()
-        try:
-            with SimProcess(100) as sim:
-                wall = processes(n, file, sim.url, server.url, run_dir, "-c", "100")
-                stats = sim.stats()
-        finally:
-            server.stop()
+    for n, wall, stats in _each_count(tmp, "unlimited", prompts, (), ("-c", "100")):
         rate = stats["completions_served"] / stats["serving_s"]
         print(f"  {n:9d}  {wall:6.1f}  {stats['serving_s']:9.1f}  {rate:9,.0f}  {stats['completions_served']}")
 

@@ -21,50 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from llmbatch.keys import key_from_material
-from llmbatch.model.entry import make_entry
-from llmbatch.store import DiskStore, Stored, store_exists
+from _store import fill as fill_store  # bench/ is on sys.path when run
 
-
-def items(count: int, now: float) -> Iterator[Stored]:
-    for i in range(count):
-        material = {
-            "provider": "openai",
-            "endpoint": None,
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": f"question number {i}: what is {i} squared?"}],
-            "params": {"temperature": 0.0},
-            "extra": {},
-            "sample": 0,
-        }
-        key = key_from_material(material)
-        response = {
-            "id": f"chatcmpl-{i}",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"{i * i}"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17},
-        }
-        stored_at = now - (count - i) * 0.01
-        entry = make_entry(
-            key=key,
-            request=material,
-            response=response,
-            stored_at=stored_at,
-            usage=response["usage"],
-            latency_ms=120.0,
-            cost_usd=0.0000039,
-        )
-        yield Stored(key, entry, "openai:gpt-4o-mini", stored_at)
+from llmbatch.store import store_exists
 
 
 def fill(directory: Path, count: int, damage: int) -> float:
     started = time.perf_counter()
-    with DiskStore(directory) as store:
-        store.load(items(count, time.time()))
+    fill_store(directory, count)
     db = sqlite3.connect(directory / "cache.db")
     with db:
         rows = db.execute("SELECT rowid, value FROM Cache ORDER BY rowid LIMIT ?", (damage,)).fetchall()

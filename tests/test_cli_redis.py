@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from tests.support import prompts, read_results, run_cli, write_jsonl
-from tests.test_resilience import assert_complete, assert_one_clear_error, run_args, spawn
+from tests.test_resilience import all_succeed, assert_complete, assert_one_clear_error, run_args, spawn
 
 
 def test_a_rerun_through_redis_pays_nothing_and_stats_and_purge_read_the_server(tmp_path, sim, env, redis_server):
@@ -68,13 +68,7 @@ def test_two_runs_sharing_a_redis_cache_pay_once_for_each_prompt(tmp_path, env, 
         spawn(run_args(path, sim, "-c", "16", "--cache", redis_server.url, "-o", str(out)), machine, tmp_path)
         for out, machine in zip(outputs, envs, strict=True)
     ]
-    try:
-        finished = [p.communicate(timeout=120) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for p, (_, stderr) in zip(processes, finished, strict=True):
-        assert p.returncode == 0, stderr
+    all_succeed(processes, timeout=120)
     a, b = (assert_complete(out, n) for out in outputs)
     assert [row["content"] for row in a] == [row["content"] for row in b]
     assert sim.stats()["requests_received"] == n  # each prompt paid once between the two

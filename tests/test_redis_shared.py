@@ -11,7 +11,7 @@ import time
 from llmbatch.providers.base import Destination
 from llmbatch.store.redis import RedisLimitState
 from tests.support import prompts, write_jsonl
-from tests.test_resilience import assert_complete, run_args, spawn
+from tests.test_resilience import all_succeed, assert_complete, run_args, spawn
 
 
 def machines(env, tmp_path, count):
@@ -28,13 +28,7 @@ def test_three_processes_on_one_file_pay_once_for_each_prompt_without_a_429(tmp_
         spawn(run_args(path, strict, "--cache", redis_server.url, "-o", str(out)), machine, tmp_path)
         for out, machine in zip(outputs, machines(env, tmp_path, 3), strict=True)
     ]
-    try:
-        finished = [p.communicate(timeout=180) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for p, (_, stderr) in zip(processes, finished, strict=True):
-        assert p.returncode == 0, stderr
+    all_succeed(processes, timeout=180)
     contents = [[row["content"] for row in assert_complete(out, n)] for out in outputs]
     assert contents[0] == contents[1] == contents[2]
     stats = strict.stats()

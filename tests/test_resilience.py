@@ -83,6 +83,44 @@ def ok_lines_from_cache_only(path: Path, sim: SimulatorThread, env: dict[str, st
     }
 
 
+def all_succeed(processes: list[subprocess.Popen[str]], timeout: float) -> list[str]:
+    """Wait for every process (each killed if the wait fails); each must exit 0. Their stderr."""
+    try:
+        finished = [p.communicate(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, (_, stderr) in zip(processes, finished, strict=True):
+        assert p.returncode == 0, stderr
+    return [stderr for _, stderr in finished]
+
+
+def run_reading_stdin(
+    tmp_path: Path, env: dict[str, str], sim: SimulatorThread, spool_dir: Path
+) -> subprocess.Popen[str]:
+    """``llmbatch run -`` as its own process, its copy of stdin spooled in ``spool_dir`` (TMPDIR)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmbatch",
+            "run",
+            "-",
+            "--api-base",
+            sim.url,
+            "-m",
+            MODEL,
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
+        env={**os.environ, **env, "TMPDIR": str(spool_dir)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def assert_complete(path: Path, n: int) -> list[dict[str, Any]]:
     rows = read_results(path)
     assert [row["id"] for row in rows] == [f"q{i}" for i in range(n)]
@@ -281,26 +319,7 @@ def test_the_copy_of_stdin_is_removed_however_the_run_is_stopped(tmp_path, env, 
     sim = simulator(latency_s=1.0)
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmbatch",
-            "run",
-            "-",
-            "--api-base",
-            sim.url,
-            "-m",
-            MODEL,
-            "-o",
-            str(tmp_path / "o.jsonl"),
-        ],
-        env={**os.environ, **env, "TMPDIR": str(spool_dir)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = run_reading_stdin(tmp_path, env, sim, spool_dir)
     try:
         assert process.stdin is not None
         lines = "".join(json.dumps(row) + "\n" for row in slow_prompts(8))
@@ -345,14 +364,7 @@ def test_two_runs_at_once_on_one_cache_both_finish_and_leave_it_consistent(tmp_p
     path = write_jsonl(tmp_path / "shared.jsonl", prompts(n))
     outputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     processes = [spawn(run_args(path, sim, "-c", "8", "-o", str(out)), env, tmp_path) for out in outputs]
-    try:
-        finished = [p.communicate(timeout=60) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-
-    for p, (_, stderr) in zip(processes, finished, strict=True):
-        assert p.returncode == 0, stderr
+    for stderr in all_succeed(processes, timeout=60):
         assert "Traceback" not in stderr, stderr
     a, b = (assert_complete(out, n) for out in outputs)
     assert [row["content"] for row in a] == [row["content"] for row in b]
@@ -373,13 +385,7 @@ def test_two_runs_started_together_pay_once_for_each_prompt(tmp_path, env, simul
     outputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     args = ["-c", "16", "--workers", workers]
     processes = [spawn(run_args(path, sim, *args, "-o", str(out)), env, tmp_path) for out in outputs]
-    try:
-        finished = [p.communicate(timeout=120) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for p, (_, stderr) in zip(processes, finished, strict=True):
-        assert p.returncode == 0, stderr
+    all_succeed(processes, timeout=120)
     a, b = (assert_complete(out, n) for out in outputs)
     assert [row["content"] for row in a] == [row["content"] for row in b]
     stats = sim.stats()
@@ -759,26 +765,7 @@ def test_a_run_killed_with_9_leaves_no_copy_of_the_prompts_in_tmpdir(tmp_path, e
     sim = simulator(latency_s=1.0)
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmbatch",
-            "run",
-            "-",
-            "--api-base",
-            sim.url,
-            "-m",
-            MODEL,
-            "-o",
-            str(tmp_path / "o.jsonl"),
-        ],
-        env={**os.environ, **env, "TMPDIR": str(spool_dir)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = run_reading_stdin(tmp_path, env, sim, spool_dir)
     try:
         assert process.stdin is not None
         process.stdin.write("".join(json.dumps(row) + "\n" for row in slow_prompts(8)))
