@@ -30,6 +30,7 @@ import typer
 from llmbatch.errors import (
     EXIT_BUDGET,
     EXIT_OK,
+    EXIT_PENDING,
     EXIT_SOME_ERRORS,
     InputError,
     LlmbatchError,
@@ -257,8 +258,7 @@ CacheNamespaceOption = Annotated[
         metavar="PREFIX",
         envvar="LLMBATCH_CACHE_NAMESPACE",
         show_envvar=True,
-        help="With --cache URL: the prefix of every key on the server, so teams can share one "
-        "(default: llmbatch:).",
+        help="With --cache URL: the prefix of every key on the server, so teams can share one (default: llmbatch:).",
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
@@ -302,6 +302,12 @@ MaxMessagesOption = Annotated[
         min=1,
         help="Refuse lines with more messages (default 10,000).",
         show_default=False,
+    ),
+]
+BatchApiOption = Annotated[
+    bool,
+    typer.Option(
+        "--batch-api", help="Send the misses to the provider's Batch API (openai, anthropic): half price, slower."
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")]
@@ -446,6 +452,29 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress and no notes: one summary line at the end.")
     ] = False,
+    batch_api: BatchApiOption = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="With --batch-api: submit the jobs and return (exit code 75); the same command later collects.",
+        ),
+    ] = False,
+    batch_fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-fallback",
+            metavar="live",
+            help="With --batch-api: retry the lines a job failed as live calls (default: in a later job).",
+        ),
+    ] = None,
+    batch_poll: Annotated[
+        str,
+        typer.Option("--batch-poll", metavar="DURATION", help="With --batch-api: first wait between polls (5s)."),
+    ] = "5s",
+    batch_max_requests: Annotated[
+        int | None, typer.Option("--batch-max-requests", metavar="N", min=1, hidden=True)
+    ] = None,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -471,6 +500,15 @@ def run(
             f"llmbatch: {count} route{'s' if count != 1 else ''} from {config_in_use.source} choose the model "
             "of lines that name none\n"
         )
+    batch = _batch_settings(
+        batch_api,
+        no_wait=no_wait,
+        fallback=batch_fallback,
+        poll=batch_poll,
+        max_requests=batch_max_requests,
+        no_cache=no_cache,
+        cache_only=cache_only,
+    )
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
@@ -507,6 +545,7 @@ def run(
                 max_messages=max_messages,
                 normalize=normalized,
                 routes=config_in_use.routes,
+                batch=batch,
             )
             if dry_run:
                 _validate(config, None)
@@ -587,6 +626,39 @@ def plan(
             source.cleanup()
 
 
+def _batch_settings(
+    batch_api: bool,
+    *,
+    no_wait: bool = False,
+    fallback: str | None = None,
+    poll: str = "5s",
+    max_requests: int | None = None,
+    no_cache: bool = False,
+    cache_only: bool = False,
+) -> Any:
+    """``--batch-api`` and its options, checked together; None without it."""
+    if not batch_api:
+        if no_wait or fallback is not None:
+            raise UsageError("--no-wait and --batch-fallback go with --batch-api")
+        return None
+    if no_cache:
+        raise UsageError("--batch-api keeps each job's answers in the cache; it cannot run with --no-cache")
+    if cache_only:
+        raise UsageError("--batch-api submits jobs; --cache-only never calls: give one or the other")
+    if fallback not in (None, "live"):
+        raise UsageError(f"--batch-fallback {fallback}: the one fallback is live")
+    from llmbatch.app.runconfig import BatchSettings
+    from llmbatch.units import parse_duration
+
+    first = parse_duration(poll, option="--batch-poll")
+    return BatchSettings(
+        no_wait=no_wait,
+        fallback_live=fallback == "live",
+        max_requests=max_requests,
+        poll_s=(first, max(first, 60.0)),
+    )
+
+
 def _cache_mode(no_cache: bool, refresh: bool, cache_only: bool) -> Any:
     return "off" if no_cache else "refresh" if refresh else "only" if cache_only else "normal"
 
@@ -622,6 +694,7 @@ def _run_config(
     workers: int | None = None,
     normalize: tuple[dict[str, str | None], str | None] = ({}, None),
     routes: tuple[Any, ...] = (),
+    batch: Any = None,
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -661,6 +734,7 @@ def _run_config(
         rate_group=rate_group,
         workers=workers,
         split=True,  # a big input is checked in two halves at once, unless --workers 0
+        batch=batch,
     )
 
 
@@ -699,12 +773,18 @@ def _run(
 
     stats = RunStats()
     # A cached rerun's leading hits are answered in the validation pass: each line parsed once.
-    prefix = HitPrefix(config, stats) if config.options.cache_mode in ("normal", "only") else None
+    # (Not with --batch-api: its lines are checked twice, and nothing may be written before that.)
+    leading = config.options.cache_mode in ("normal", "only") and config.batch is None
+    prefix = HitPrefix(config, stats) if leading else None
     display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr, simulated=config.simulate)
     events = _EventLog(display if verbose else None, log_file, None if config.input.temporary else config.input.path)
     outcome = None
     try:
         report = _validate(config, prefix)
+        if config.batch is not None:
+            from llmbatch.app.run import check_batch_lines
+
+            check_batch_lines(config)
         if config.options.max_cost_usd is not None:
             _check_prices(report.models)
         stats.total = report.requests
@@ -724,7 +804,12 @@ def _run(
         events.close()
     results_at = outcome.results_at if outcome else _partial_name(config.output)
     note = None
-    if stats.budget_reached:
+    if stats.stop_reason is StopReason.PENDING:
+        note = (
+            f"{stats.stopped}\nbatch jobs are running; run the same command again to collect their answers "
+            "(nothing is submitted twice)"
+        )
+    elif stats.budget_reached:
         note = (
             f"the budget of {_usd(config.options.max_cost_usd)} is spent; results are incomplete. To go on, run the "
             "same command again with a larger --max-cost (answered prompts come from the cache and cost nothing)"
@@ -759,6 +844,8 @@ def _run(
         raise typer.Exit(EXIT_SOME_ERRORS)
     if stats.budget_reached:
         raise typer.Exit(EXIT_BUDGET)
+    if stats.stop_reason is StopReason.PENDING:
+        raise typer.Exit(EXIT_PENDING)
     raise typer.Exit(EXIT_SOME_ERRORS if stats.errors or not stats.complete else EXIT_OK)
 
 
@@ -1272,6 +1359,7 @@ def cache_verify(
     broken entries and --repair was not given (expired ones are listed, but are not damage); with
     --repair, every entry found is removed and it exits 0."""
     from llmbatch.app.inspect import verify
+
     place = _place(cache_dir, cache_url, cache_namespace, shared_cache)
     store = _open_existing(place)
     if store is None:

@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_BUDGET",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_SOME_ERRORS",
     "EXIT_USAGE",
     "CacheError",
@@ -31,6 +32,7 @@ EXIT_OK = 0
 EXIT_SOME_ERRORS = 1  # the run finished, some lines ended in error (they are in the results)
 EXIT_USAGE = 2  # bad options or input; nothing was sent
 EXIT_BUDGET = 3  # --max-cost reached: the run stopped before spending more (rerun to go on)
+EXIT_PENDING = 75  # --batch-api --no-wait: jobs are running (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # Ctrl-C, after writing every completed line
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["PROVIDER_IDS", "call_cost", "estimate_cost", "format_usd", "is_priced", "usage_tokens"]
+__all__ = ["BATCH_MULTIPLIER", "PROVIDER_IDS", "call_cost", "estimate_cost", "format_usd", "is_priced", "usage_tokens"]
 
 #: any-llm provider names that genai-prices spells differently. Providers that run models on your
 #: own machine (ollama, vllm, lmstudio, llamafile, llamacpp) have no price: their cost is unknown.
@@ -29,6 +29,12 @@ PROVIDER_IDS: dict[str, str] = {
     "moonshot": "moonshotai",
     "voyage": "voyageai",
 }
+
+
+#: What a Batch-API answer costs against a live one: OpenAI and Anthropic both charge half.
+#: genai-prices has batch prices (a ``PriceContext``) only for some Anthropic models, where they
+#: are this same 50 %; the multiplier covers OpenAI's too, with one rule for both.
+BATCH_MULTIPLIER = 0.5
 
 
 def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:

@@ -15,8 +15,8 @@ from llmbatch.app.inputs import check_output
 from llmbatch.app.prefix import HitPrefix
 from llmbatch.app.recovery import _recovery
 from llmbatch.app.runconfig import RunConfig, cpus, effective_defaults, open_run_store
-from llmbatch.engine import Resolver, RunStats, live_resolver
-from llmbatch.errors import CacheError, UsageError
+from llmbatch.engine import Resolver, RunStats, batch_resolver, live_resolver
+from llmbatch.errors import CacheError, InputError, LineError, UsageError
 from llmbatch.input import (
     Request,
     read_requests,
@@ -25,7 +25,7 @@ from llmbatch.providers.base import CallError, Destination
 from llmbatch.results import ResultWriter
 from llmbatch.store import ResponseStore
 
-__all__ = ["RunOutcome", "Started", "execute", "models_of", "start"]
+__all__ = ["RunOutcome", "Started", "check_batch_lines", "execute", "models_of", "start"]
 
 
 @dataclass
@@ -153,16 +153,19 @@ async def execute(
     ``prefix``: the leading hits :func:`validate` already answered."""
     provider, writer = started.provider, started.writer
     try:
-        engine = live_resolver(
-            provider,
-            store=started.cache,
-            options=config.options,
-            sink=writer.write,
-            flush=writer.flush,
-            stats=stats,
-            on_event=on_event,
-            limit_state=started.limits,
-        )
+        if config.batch is not None:
+            engine = _batch_engine(config, stats, started, on_event)
+        else:
+            engine = live_resolver(
+                provider,
+                store=started.cache,
+                options=config.options,
+                sink=writer.write,
+                flush=writer.flush,
+                stats=stats,
+                on_event=on_event,
+                limit_state=started.limits,
+            )
         if on_engine is not None:
             on_engine(engine)
         requests = read_requests(
@@ -185,6 +188,52 @@ async def execute(
     )
 
 
+def _batch_engine(
+    config: RunConfig, stats: RunStats, started: Started, on_event: Callable[[dict[str, Any]], None] | None
+) -> Resolver:
+    from llmbatch.providers.batch import LIMITS, JobLimits
+    from llmbatch.store.jobs import JobBook
+
+    assert config.batch is not None
+    settings = config.batch
+    limits = None
+    if settings.max_requests is not None:
+        limits = {name: JobLimits(min(settings.max_requests, lim.requests), lim.bytes) for name, lim in LIMITS.items()}
+    return batch_resolver(
+        started.provider,
+        book=JobBook(config.store_place.jobs_directory),
+        store=started.cache,
+        options=config.options,
+        sink=started.writer.write,
+        flush=started.writer.flush,
+        stats=stats,
+        on_event=on_event,
+        limits=limits,
+        no_wait=settings.no_wait,
+        fallback_live=settings.fallback_live,
+        poll_s=settings.poll_s,
+        limit_state=started.limits,
+    )
+
+
+def check_batch_lines(config: RunConfig) -> None:
+    """With ``--batch-api``: every line the provider's batch path cannot carry as it is, reported as
+    ``FILE:LINE: ...`` (exit 2) before anything is sent. Run after the whole file was validated."""
+    from llmbatch.providers.batch import cannot_carry
+
+    force = config.destination.force_provider
+    errors: list[LineError] = []
+    total = 0
+    for request in read_requests(config.input.path, effective_defaults(config), source=config.input.source):
+        why = cannot_carry(request, force or request.provider)
+        if why is not None:
+            total += 1
+            if len(errors) < 100:  # as the validation lists them
+                errors.append(LineError(config.input.source, request.line, why))
+    if errors:
+        raise InputError(errors, total)
+
+
 def _provider(workers: int, destination: Destination) -> Any:
     if workers > 0:
         from llmbatch.providers.workers import WorkerPool
@@ -201,6 +250,8 @@ def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
 
 
 def _workers(config: RunConfig, requests: int) -> int:
+    if config.batch is not None:
+        return 0  # jobs are a few HTTP calls: no worker processes (live fallback calls are made here)
     if config.workers is not None:
         return config.workers
     from llmbatch.providers.workers import auto_workers

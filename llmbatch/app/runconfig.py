@@ -16,12 +16,22 @@ from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.providers.base import SIMULATOR_KEY, Destination
 from llmbatch.store import ResponseStore, StorePlace
 
-__all__ = ["SIMULATE_DEFAULT_MODEL", "RunConfig", "cpus", "effective_defaults", "open_run_store"]
+__all__ = ["SIMULATE_DEFAULT_MODEL", "BatchSettings", "RunConfig", "cpus", "effective_defaults", "open_run_store"]
 
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
 #: everything downstream (keys, tags, later prices) behaves as it will for real.
 SIMULATE_DEFAULT_MODEL = "openai:gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """``--batch-api``: the misses go to the providers' Batch APIs (see :mod:`llmbatch.engine.batch`)."""
+
+    no_wait: bool = False  # --no-wait: submit (or look once at pending jobs) and return
+    fallback_live: bool = False  # --batch-fallback live: failed lines are retried live
+    max_requests: int | None = None  # a lower per-job request limit than the provider's
+    poll_s: tuple[float, float] = (5.0, 60.0)  # first and longest wait between polls
 
 
 @dataclass
@@ -42,6 +52,7 @@ class RunConfig:
     rate_group: str | None = None  # --rate-group: whose rate budget the calls spend, when shared
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
+    batch: BatchSettings | None = None  # --batch-api
     #: Where the calls go, and so what the keys record; made from the fields above when not given.
     destination: Destination = field(default=None)  # type: ignore[assignment]
 

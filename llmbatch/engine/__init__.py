@@ -39,6 +39,7 @@ __all__ = [
     "RunOptions",
     "RunStats",
     "StopReason",
+    "batch_resolver",
     "live_resolver",
 ]
 
@@ -63,6 +64,71 @@ def live_resolver(
     options = options or RunOptions()
     executor = LiveExecutor(
         provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock, limit_state=limit_state
+    )
+    return Resolver(
+        executor=executor,
+        store=store,
+        options=options,
+        sink=sink,
+        flush=flush,
+        stats=stats,
+        on_event=on_event,
+        clock=clock,
+        wall_clock=wall_clock,
+        sleep=sleep,
+    )
+
+
+def batch_resolver(
+    provider: Any,
+    *,
+    book: Any,
+    store: ResponseStore | None,
+    sink: Callable[[Result], None],
+    options: RunOptions | None = None,
+    flush: Callable[[], None] = lambda: None,
+    stats: RunStats | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    limits: dict[str, Any] | None = None,
+    no_wait: bool = False,
+    fallback_live: bool = False,
+    poll_s: tuple[float, float] = (5.0, 60.0),
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    limit_state: LimitState | None = None,
+) -> Resolver:
+    """A run whose misses go to the providers' Batch APIs through ``provider`` (an
+    ``AnyLLMProvider``), with job records in ``book`` (a ``store.jobs.JobBook``). The resolver holds
+    up to :data:`~llmbatch.engine.batch.BATCH_WINDOW` requests (unless ``options.window`` says),
+    so that one gathering fills a job."""
+    from dataclasses import replace
+
+    from llmbatch.engine.batch import BATCH_WINDOW, BatchExecutor
+    from llmbatch.providers.batch import BatchClient
+
+    stats = stats or RunStats()
+    options = options or RunOptions()
+    if options.window is None:
+        options = replace(options, window=BATCH_WINDOW)
+    fallback = None
+    if fallback_live:
+        fallback = LiveExecutor(
+            provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock, limit_state=limit_state
+        )
+    executor = BatchExecutor(
+        BatchClient(provider),
+        book,
+        options=options,
+        stats=stats,
+        on_event=on_event,
+        limits=limits,
+        no_wait=no_wait,
+        fallback=fallback,
+        poll_s=poll_s,
+        sleep=sleep,
+        clock=clock,
+        wall_clock=wall_clock,
     )
     return Resolver(
         executor=executor,

@@ -7,7 +7,8 @@ another run) and hands each to an :class:`Executor` as a :class:`Call`; it gets 
 
 :class:`~llmbatch.engine.live.LiveExecutor` makes the calls now, under the pace, with retries and
 the budget, through a provider in this process or in worker processes. A Batch-API executor will be
-the second: it submits its calls as a job and answers them when the job is done.
+the second (:mod:`llmbatch.engine.batch`): it gathers its calls into jobs and answers them when
+a job's output is read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Answered:
     latency_ms: float
     cost_usd: float | None
     attempts: int
+    #: How the answer was made: ``"live"`` (a call now) or ``"batch"`` (a Batch-API job).
+    via: str = "live"
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -73,6 +76,9 @@ class Executor(Protocol):
     destination: Destination
     #: No attempt outlives this many seconds (how long a stopping run waits for calls in flight).
     longest_timeout_s: float
+    #: Calls it can use at once: the resolver leases this many keys ahead (a live executor: about
+    #: its concurrency; a batch executor: a whole job's worth).
+    wants: int
 
     async def execute(self, call: Call) -> Outcome: ...
 

@@ -84,6 +84,7 @@ class LiveExecutor:
         )
         #: The longest timeout any attempt has had: no call in flight outlives it (Ctrl-C's grace).
         self.longest_timeout_s = options.timeout_s
+        self.wants = options.concurrency
         self._answered = False  # some call got an HTTP answer: the server is there
         self._unreachable = 0  # connection failures in a row before any answer
 

@@ -113,7 +113,7 @@ class Resolver:
             # Held at most: what the run calls at once, twice over, so that a call that ends is
             # followed at once by another; never a whole chunk, which a faster run sharing the
             # store would have to wait for.
-            cap = max(32, 2 * options.concurrency)
+            cap = max(32, 2 * getattr(executor, "wants", options.concurrency))
             self.leases = Leases(self.store, cap=cap, clock=wall_clock, sleep=sleep)
             self._writes.after.append(self.leases.release)  # stored: the leases go
 
@@ -534,6 +534,7 @@ class Resolver:
             latency_ms=outcome.latency_ms,
             attempts=outcome.attempts,
             cost_usd=outcome.cost_usd,
+            via=outcome.via,
         )
 
 

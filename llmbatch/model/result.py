@@ -48,6 +48,9 @@ class Result:
     #: Why the line was asked again of its route's ``escalate.to`` (``"length"``, ``"invalid_json"``),
     #: or None; ``cost_usd`` and ``attempts`` then count both answers.
     escalated: str | None = None
+    #: How this run got the answer: ``"live"`` (a call), ``"batch"`` (a Batch-API job), or None
+    #: (from the cache, or an error).
+    via: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,7 @@ class Result:
             "model": self.model,
             "answered_by": self.answered_by,
             "escalated": self.escalated,
+            "via": self.via,
             "usage": self.usage,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Lookups", "RunStats", "StopReason"]
 
@@ -21,6 +22,7 @@ class StopReason(enum.Enum):
     BUDGET = "budget"  # --max-cost: the next call could not fit, even alone
     FATAL = "fatal"  # what every line would share (a bad key, an unknown model), or nowhere to keep answers
     ERROR = "error"  # something around the calls failed (the results file, a changed input)
+    PENDING = "pending"  # --batch-api --no-wait: jobs submitted or still running; a rerun collects
 
 
 @dataclass(slots=True)
@@ -77,6 +79,9 @@ class RunStats:
     #: What this run's answered calls cost, per way the model was chosen (``"route N"``, ``"line"``,
     #: ``"--model"``) and per ``provider:model`` that answered (fallbacks and escalations included).
     spent_by_route: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Batch-API jobs this run submitted, and every job it waits on as the display shows it.
+    batch_submitted: int = 0
+    batch_jobs: dict[str, Any] = field(default_factory=dict)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
     started_at: float = 0.0
     finished_at: float | None = None

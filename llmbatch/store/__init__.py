@@ -65,6 +65,12 @@ class StorePlace:
     def local_directory(self) -> Path:
         return self.directory or default_cache_dir()
 
+    @property
+    def jobs_directory(self) -> Path:
+        """Where Batch-API job records live: beside the disk store, in this machine's directory
+        (with ``--cache redis://`` too: a job is attached to by the machine that submitted it)."""
+        return self.local_directory / "batches"
+
     def describe(self) -> str:
         """For people: the directory, or the URL without its password."""
         if self.url is None:

@@ -1,0 +1,147 @@
+"""Batch-API job records: what was submitted, kept durably on this machine.
+
+A job costs money the moment it is created, and its answers come back hours later. So before the
+first poll, its record is on disk: the provider, the endpoint its keys record, the batch id, the
+input file id, when it was submitted, and which request key each ``custom_id`` stands for. A run
+that was killed (kill -9, Ctrl-C, a crash) finds its pending jobs here and attaches to them instead
+of submitting again.
+
+One JSON file per job in ``<cache dir>/batches/`` (:attr:`StorePlace.jobs_directory`), written to a
+temporary file, fsynced and renamed into place (then the directory fsynced): a record is either the
+old one or the new one, never half of each. The directory is private (0700, files 0600), as the
+cache is. No secret is ever in a record: the destination is recorded by its endpoint, not its key.
+
+With ``--cache redis://`` the records stay in this machine's ``--cache-dir`` too: a job is attached
+to by the machine that submitted it (the answers, once read, go to the shared store).
+
+States: ``submitting`` (written before the provider is asked: if the run dies before the batch id
+comes back, a later run can tell that a batch may exist), ``submitted`` (the batch id is known: the
+job is pending), ``collected`` (every line's outcome was handed to a run that then ended normally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmbatch.errors import CacheError
+
+__all__ = ["JobBook", "JobRecord"]
+
+_SUFFIX = ".json"
+
+
+@dataclass
+class JobRecord:
+    """One Batch-API job. ``ids`` maps each ``custom_id`` to the request key it answers."""
+
+    id: str
+    provider: str
+    model: str
+    endpoint: str  # what the keys record as the endpoint (the destination), never a key
+    ids: dict[str, str]
+    submitted_at: float
+    state: str = "submitting"
+    batch_id: str | None = None
+    input_file_id: str | None = None
+    status: str | None = None  # the provider's last status seen
+    done: int = 0
+    failed: int = 0
+    estimate_usd: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.ids)
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "submitted"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobRecord:
+        raw = orjson.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class JobBook:
+    """The job records of one cache directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def new_id() -> str:
+        # Short, sortable by nothing in particular, and safe as a file name and as batch metadata.
+        return "job_" + secrets.token_hex(8)
+
+    def _path(self, job_id: str) -> Path:
+        if not job_id.replace("_", "").isalnum():
+            raise CacheError(f"not a job id: {job_id!r}")
+        return self.directory / f"{job_id}{_SUFFIX}"
+
+    def write(self, record: JobRecord) -> None:
+        """Durably: the record is on disk when this returns."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=_SUFFIX)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(record.to_json())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self._path(record.id))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise CacheError(f"cannot write the batch job record in {self.directory}: {exc.strerror or exc}") from None
+
+    def read(self, job_id: str) -> JobRecord | None:
+        try:
+            return JobRecord.from_json(self._path(job_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            raise CacheError(f"cannot read the batch job record {job_id}: {exc}") from None
+
+    def find(self, id_or_batch: str) -> JobRecord | None:
+        """A record by its own id or by the provider's batch id."""
+        if id_or_batch.startswith("job_"):
+            return self.read(id_or_batch)
+        return next((r for r in self.all() if r.batch_id == id_or_batch), None)
+
+    def all(self) -> Iterator[JobRecord]:
+        """Every readable record, oldest first (a damaged one is skipped, not fatal)."""
+        if not self.directory.is_dir():
+            return iter(())
+        records = []
+        for path in self.directory.glob(f"job_*{_SUFFIX}"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                records.append(JobRecord.from_json(path.read_bytes()))
+        return iter(sorted(records, key=lambda r: r.submitted_at))
+
+    def pending(self, endpoint: str) -> list[JobRecord]:
+        """Jobs submitted to ``endpoint`` whose answers no run has collected yet (``submitting``
+        ones too: a batch may exist for them)."""
+        return [r for r in self.all() if r.endpoint == endpoint and r.state in ("submitted", "submitting")]
