@@ -963,6 +963,8 @@ def _print_warning(text: str) -> None:
 def _describe_event(event: dict[str, Any]) -> str:
     if event["event"] == "stop":
         return f"stop: {event['message']}"
+    if event["event"].startswith("batch_"):
+        return _describe_batch_event(event)
     if event["event"] == "escalate":
         failed = f"{event['from']} failed {event['reason']}"
         return f"escalate line {event['line']} ({event['id']}): {failed}, asking {event['to']}"
@@ -978,6 +980,18 @@ def _describe_event(event: dict[str, Any]) -> str:
         wait = f"; retrying in {event['wait_s']:.1f}s" if event.get("wait_s") is not None else ""
         return f"retry {what}{message}{wait}"
     return f"failed {what}{message}"
+
+
+def _describe_batch_event(event: dict[str, Any]) -> str:
+    kind, job = event["event"], f"{event['job']} ({event.get('batch_id') or 'no batch id'})"
+    if kind == "batch_submitted":
+        return f"batch job {job}: {event['requests']} requests of {event['model']} submitted"
+    if kind == "batch_attached":
+        return f"batch job {job}: submitted by an earlier run, waiting for it"
+    if kind == "batch_collected":
+        return f"batch job {job}: {event['status']}, {event['answered']} lines read"
+    what = "refused" if kind == "batch_refused" else "could not be read"
+    return f"batch job {job} {what}: {event.get('type')}: {event.get('message')}"
 
 
 def _describe_limits(config: Any) -> str:

@@ -174,7 +174,11 @@ async def execute(
             source=config.input.source,
             start_line=prefix.resume_line if prefix is not None else 1,
         )
-        await engine.run(requests)
+        try:
+            await engine.run(requests)
+        finally:
+            if config.batch is not None and engine.executor is not None:
+                await engine.executor.aclose()  # marks the jobs whose every line was handed out collected
     finally:
         stats.workers_lost = provider.lost
         recreated = started.cache is not None and started.cache.recreated

@@ -176,8 +176,7 @@ class BatchExecutor:
                 # Not written: left pending, and a rerun reads its output again (free), never resubmits it.
                 with contextlib.suppress(CacheError):
                     self.book.write(job.record)
-        if self.fallback is not None:
-            await self.fallback.aclose()
+        # The fallback's provider is the run's own, closed with the run (app.run.Started.close).
 
     # -- calls in --------------------------------------------------------------------------------
 
@@ -213,6 +212,7 @@ class BatchExecutor:
             self._view(record)
             self._event({"event": "batch_attached", "job": record.id, "batch_id": record.batch_id})
         job.waiting[custom_id] = call
+        self._attempts[call.key] = self._attempts.get(call.key, 0) + 1  # sent once, by the earlier run
         self._ensure_poller()
 
     async def _gather(self) -> None:
@@ -223,9 +223,7 @@ class BatchExecutor:
                 await asyncio.sleep(0)  # a turn of the loop, not a wait: not the injected sleep
         calls, self._queue = self._queue, []
         self._gathering = None
-        task = asyncio.create_task(self._submit_all(calls))
-        self._submitting.add(task)
-        task.add_done_callback(self._submitting.discard)
+        self._background(self._submit_all(calls))
 
     # -- jobs out --------------------------------------------------------------------------------
 
@@ -313,9 +311,10 @@ class BatchExecutor:
             return
         if estimate is not None:
             self._committed_usd += estimate
-        self.stats.calls += len(calls)
         self.stats.batch_submitted += 1
         for call in calls:
+            if call.key not in self._attempts:
+                self.stats.calls += 1  # as the live executor counts: once a line, its retries apart
             self._attempts[call.key] = self._attempts.get(call.key, 0) + 1
         job = self._jobs[record.id] = _Job(record, waiting={cid: by_key[key] for cid, key in ids.items()})
         self._view(record)
@@ -333,6 +332,24 @@ class BatchExecutor:
             return
         self._ensure_poller()
 
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.create_task(self._guarded(work))
+        self._submitting.add(task)
+        task.add_done_callback(self._submitting.discard)
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """Work no call awaits directly: a bug in it must not leave the run waiting for ever, so
+        every call still waiting gets the exception (and the run raises it)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+
     def _leave_pending(self, job: _Job) -> None:
         message = f"batch job {job.record.batch_id} is {job.record.status}: run the same command again to collect it"
         for call in job.waiting.values():
@@ -347,7 +364,7 @@ class BatchExecutor:
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
-            self._poller = asyncio.create_task(self._poll_loop())
+            self._poller = asyncio.create_task(self._guarded(self._poll_loop()))
 
     async def _poll_loop(self) -> None:
         interval = self.poll_s[0]
@@ -496,9 +513,7 @@ class BatchExecutor:
             {"event": "retry", "line": call.request.line, "id": call.request.id, "attempt": attempts, **error.to_dict()}
         )
         if self.fallback is not None:
-            task = asyncio.create_task(self._live(call, attempts))
-            self._submitting.add(task)
-            task.add_done_callback(self._submitting.discard)
+            self._background(self._live(call, attempts))
         else:
             self._enqueue(call)
 
