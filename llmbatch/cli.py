@@ -549,6 +549,10 @@ def run(
             )
             if dry_run:
                 _validate(config, None)
+                if config.batch is not None:
+                    from llmbatch.app.run import check_batch_lines
+
+                    check_batch_lines(config)
                 _print_plan(config, as_json=as_json)
                 return
             from llmbatch.app.inputs import check_output
@@ -590,6 +594,7 @@ def plan(
     as_json: JsonOption = False,
     config_file: ConfigOption = None,
     normalize: NormalizeOption = None,
+    batch_api: BatchApiOption = False,
 ) -> None:
     """Show what a run of INPUT would do and cost, from the cache alone: nothing is sent."""
     from llmbatch.config import load_config, merge_normalize
@@ -619,8 +624,13 @@ def plan(
                 max_messages=max_messages,
                 normalize=normalized,
                 routes=config_in_use.routes,
+                batch=_batch_settings(batch_api, no_cache=no_cache, cache_only=cache_only),
             )
             _validate(config, None)
+            if config.batch is not None:
+                from llmbatch.app.run import check_batch_lines
+
+                check_batch_lines(config)
             _print_plan(config, as_json=as_json)
         finally:
             source.cleanup()

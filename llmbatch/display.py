@@ -757,12 +757,12 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
             "estimated tokens in / out",
             f"{_count(plan.estimated_input_tokens)} / {_count(plan.estimated_output_tokens)}",
         ),
-        ("estimated cost", _usd(plan.estimated_cost_usd)),
+        ("estimated cost at Batch API prices" if plan.batch_api else "estimated cost", _usd(plan.estimated_cost_usd)),
     ]
     if plan.escalations:
         # Which answers fail their check is only known once they come back.
         high = _usd(plan.estimated_cost_max_usd)
-        rows[-1] = ("estimated cost", f"{_usd(plan.estimated_cost_usd)} to {high}")
+        rows[-1] = (rows[-1][0], f"{_usd(plan.estimated_cost_usd)} to {high}")
         rows.append(("may escalate (not known before the answers)", _count(plan.escalations)))
     for name, value in rows:
         table.add_row(name, value)

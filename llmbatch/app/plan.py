@@ -35,6 +35,8 @@ class Plan:
     #: a range. ``escalations``: lines that may be asked again; the cost if every one of them is.
     escalations: int = 0
     estimated_cost_max_usd: float | None = 0.0
+    #: ``--batch-api``: the costs are at the Batch API's prices (``pricing.BATCH_MULTIPLIER``).
+    batch_api: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class Plan:
             "estimated_cost_max_usd": None
             if self.estimated_cost_max_usd is None
             else round(self.estimated_cost_max_usd, 10),
+            "batch_api": self.batch_api,
         }
 
 
@@ -64,16 +67,17 @@ def plan(config: RunConfig) -> Plan:
     from llmbatch.answers import failed_check
     from llmbatch.keys import request_key
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
-    from llmbatch.pricing import estimate_cost, usage_tokens
+    from llmbatch.pricing import BATCH_MULTIPLIER, estimate_cost, usage_tokens
 
     options = config.options
     destination = config.destination
+    multiplier = BATCH_MULTIPLIER if config.batch is not None else 1.0
 
     cache = None
     place = config.store_place
     if options.cache_mode in ("normal", "only") and place.exists():
         cache = place.open(create=False)
-    result = Plan()
+    result = Plan(batch_api=config.batch is not None)
     pending: set[str] = set()
     # per (route, model): [input tokens, output tokens with a cap, calls without a cap (times n),
     # completion tokens of hits, hits with usage]
@@ -132,7 +136,7 @@ def plan(config: RunConfig) -> Plan:
         result.estimated_input_tokens += prompt
         result.estimated_output_tokens += output
         provider, model = model_ref.split(":", 1)
-        cost = estimate_cost(provider, model, prompt, output) if (prompt or output) else 0.0
+        cost = estimate_cost(provider, model, prompt, output, multiplier=multiplier) if (prompt or output) else 0.0
         if cost is None and model_ref not in result.unpriced_models:
             result.unpriced_models.append(model_ref)
         elif cost is not None and total_cost is not None:
@@ -146,7 +150,7 @@ def plan(config: RunConfig) -> Plan:
         tokens, count = hit_tokens.get(model_ref, [0, 0])
         output = capped + int(uncapped * (tokens / count if count else overall))
         provider, model = model_ref.split(":", 1)
-        cost = estimate_cost(provider, model, prompt, output)
+        cost = estimate_cost(provider, model, prompt, output, multiplier=multiplier)
         result.escalations += lines
         if cost is None and model_ref not in result.unpriced_models:
             result.unpriced_models.append(model_ref)
