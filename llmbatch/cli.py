@@ -52,6 +52,9 @@ app.add_typer(
     cache_app, name="cache", short_help="Look after the cache: stats, purge, export, import, explain, verify."
 )
 
+batches_app = typer.Typer(help="The Batch-API jobs of --batch-api runs.", no_args_is_help=True)
+app.add_typer(batches_app, name="batches", short_help="Batch-API jobs: list, status ID, cancel ID.")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Per attempt, for chat calls: long enough for a normal answer, short enough that a hung
@@ -1582,6 +1585,62 @@ def _stdout_is_terminal() -> bool:
 
 
 # --- report ------------------------------------------------------------------------------------
+
+
+@batches_app.command("list", short_help="The jobs this cache directory knows (nothing is sent).")
+@_handles_errors
+def batches_list(
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per job, one a line.")] = False,
+) -> None:
+    from llmbatch.app.batches import job_dict, jobs
+    from llmbatch.display import print_jobs
+
+    rows = [job_dict(record) for record in jobs(_place(cache_dir, None, None, False))]
+    if as_json:
+        import orjson
+
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return
+    print_jobs(rows)
+
+
+@batches_app.command("status", short_help="Ask the provider how a job is doing (ID: ours or the batch id).")
+@_handles_errors
+def batches_status(
+    job: Annotated[str, typer.Argument(metavar="ID", help="A job id (job_...) or the provider's batch id.")],
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    _batch_command(job, cache_dir, as_json, cancel=False)
+
+
+@batches_app.command("cancel", short_help="Cancel a job; the next run keeps its finished answers.")
+@_handles_errors
+def batches_cancel(
+    job: Annotated[str, typer.Argument(metavar="ID", help="A job id (job_...) or the provider's batch id.")],
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    _batch_command(job, cache_dir, as_json, cancel=True)
+
+
+def _batch_command(job: str, cache_dir: Path | None, as_json: bool, *, cancel: bool) -> None:
+    import asyncio
+
+    from llmbatch.app import batches
+    from llmbatch.display import print_jobs
+
+    place = _place(cache_dir, None, None, False)
+    record = asyncio.run((batches.cancel if cancel else batches.status)(place, job))
+    row = batches.job_dict(record)
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+    else:
+        print_jobs([row])
 
 
 @app.command("report", short_help="Sum up a results file: status, errors, cost, tokens, latency.")

@@ -946,3 +946,30 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
 
 #: Error groups printed in the terminal (``--json`` and ``--html`` list every group kept).
 _REPORT_ERROR_GROUPS = 20
+
+
+def print_jobs(rows: list[dict[str, Any]], stream: IO[str] | None = None) -> None:
+    """``llmbatch batches list`` / ``status`` / ``cancel``: one row per job."""
+    import sys
+    import time
+
+    out = stream or sys.stdout
+    if not rows:
+        out.write("no batch jobs\n")
+        return
+    if not out.isatty():  # piped: one plain line a job, for grep and awk
+        for row in rows:
+            counts = f"{row['done']}/{row['failed']}/{row['total']}"
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(row["submitted_at"]))
+            fields = (row["id"], row["batch_id"] or "-", row["model"], row["state"], row["status"] or "-", counts, when)
+            out.write("  ".join(fields) + "\n")
+        return
+    console = Console(file=out, highlight=False)
+    table = Table(box=None, padding=(0, 2))
+    for name in ("job", "batch id", "model", "state", "status", "done/failed/total", "submitted"):
+        table.add_column(name)
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["submitted_at"]))
+        counts = f"{row['done']}/{row['failed']}/{row['total']}"
+        table.add_row(row["id"], row["batch_id"] or "-", row["model"], row["state"], row["status"] or "-", counts, when)
+    console.print(table)
