@@ -186,6 +186,7 @@ class _LiveView:
             *_pace_parts(s),
         )
         parts: list[Any] = [head, counters, money, pace]
+        parts.extend(Text(line, style="dim") for line in job_lines(s, time.time()))
         if s.stopped:
             parts.append(Text(_stopping_text(s), style="bold red"))
         return Group(*parts)
@@ -235,6 +236,20 @@ def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
 def _waiting_text(stats: RunStats) -> str:
     """Lines whose answers another run sharing the cache is making: they are not paid twice."""
     return f"waiting for {_count(stats.waiting)} answer{'s' if stats.waiting != 1 else ''} another run is making"
+
+
+def job_lines(stats: RunStats, wall_now: float) -> list[str]:
+    """One line per Batch-API job the run waits on: status, done/failed/total, elapsed, next poll."""
+    lines = []
+    for view in stats.batch_jobs.values():
+        elapsed = format_duration(max(0.0, wall_now - view.submitted_at))
+        poll = view.next_poll_at
+        when = f", next poll in {format_duration(max(0.0, poll - wall_now))}" if poll is not None else ""
+        lines.append(
+            f"job {view.batch_id or view.id} ({view.model}): {view.status}, "
+            f"{view.done}/{view.failed}/{view.total} done/failed/total, elapsed {elapsed}{when}"
+        )
+    return lines
 
 
 def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = False) -> str:
@@ -316,6 +331,7 @@ class Display:
             wait = self.plain_every_s
             # Straight to the stream: a log line must not be wrapped or styled.
             line = _plain_line(self.stats, rate, self.clock(), simulated=self.simulated)
+            line = "\n".join([line, *(f"llmbatch: {job}" for job in job_lines(self.stats, time.time()))])
             with self._lock:
                 self.stream.write(line + "\n")
                 self.stream.flush()
