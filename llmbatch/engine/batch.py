@@ -402,8 +402,20 @@ class BatchExecutor:
     async def _poll(self, job: _Job) -> None:
         record = job.record
         if record.batch_id is None:
-            # Submitted by a run that died before the batch id came back: whether a batch exists
-            # cannot be told here. Its lines go out again; the record stays for `batches list`.
+            # Submitted by a run that died before the batch id came back: the batch, if it was
+            # created, carries our job id in its metadata.
+            try:
+                record.batch_id = await self.client.find(record.provider, record.id)
+            except CallError as exc:
+                self._event({"event": "batch_poll_failed", "job": record.id, **exc.to_dict()})
+                return  # asked again at the next poll
+            if record.batch_id is not None:
+                record.state = "submitted"
+                self._write_quietly(record)
+                self._event({"event": "batch_attached", "job": record.id, "batch_id": record.batch_id})
+        if record.batch_id is None:
+            # No batch carries it (or the provider keeps no metadata): its lines go out again; the
+            # record stays, "abandoned", for `batches list`.
             record.state = "abandoned"
             self._write_quietly(record)
             for call in job.waiting.values():

@@ -262,6 +262,14 @@ class BatchClient:
                 outcomes.append(LineOutcome(item.custom_id, error=line_error(None, code, message, self.secrets)))
         return outcomes
 
+    async def find(self, provider: str, job_id: str) -> str | None:
+        """The batch id of the job we tagged ``job_id`` in its metadata, among the latest 100 (OpenAI
+        keeps metadata; any-llm's Anthropic conversion drops it, so there: None)."""
+        if self.route_of(provider) == "anthropic":
+            return None
+        batches = await self._sdk(self._client(provider).alist_batches(limit=100))
+        return next((b.id for b in batches if (getattr(b, "metadata", None) or {}).get("llmbatch_job") == job_id), None)
+
     async def list(self, provider: str, limit: int = 20) -> list[JobState]:
         batches = await self._sdk(self._client(provider).alist_batches(limit=limit))
         return [_state(b) for b in batches]

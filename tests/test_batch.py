@@ -1,0 +1,262 @@
+"""``llmbatch run --batch-api`` end to end: the CLI, any-llm and the simulator's Batch APIs over HTTP on
+127.0.0.1, with a real cache in a temporary directory.
+
+The simulator counts what was submitted and answered (``batches_created``, ``batch_requests_submitted``,
+``batch_lines_answered``, ``max_answers_per_request``), so each test proves what was paid for, not only
+what the results say.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from llmbatch.sim import SimulatorThread
+from tests.support import prompts, read_results, run_cli, write_jsonl
+from tests.test_resilience import spawn, wait_for
+
+MODEL = "openai:gpt-4o-mini"
+
+
+def batch_args(path: Path, sim: SimulatorThread, *extra: str) -> list[str]:
+    # Polls every 10 ms: the simulator's jobs end on the first look (or when its clock is moved).
+    return ["run", str(path), "--api-base", sim.url, "--model", MODEL, "--batch-api", "--batch-poll", "0.01s", *extra]
+
+
+def records(env: dict[str, str]) -> list[dict[str, Any]]:
+    folder = Path(env["LLMBATCH_CACHE_DIR"]) / "batches"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("job_*.json"))] if folder.is_dir() else []
+
+
+def advance_clock(sim: SimulatorThread, seconds: float) -> None:
+    base = sim.url.removesuffix("/v1")
+    body = json.dumps({"seconds": seconds}).encode()
+    request = urllib.request.Request(f"{base}/clock/advance", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def test_only_misses_are_submitted_in_one_job_and_a_rerun_makes_no_batch_and_no_call(tmp_path, env, sim):
+    seeded = write_jsonl(tmp_path / "seed.jsonl", prompts(30))
+    assert run_cli(["run", str(seeded), "--api-base", sim.url, "--model", MODEL], env=env).exit_code == 0
+    rows = prompts(30) + prompts(100, start=100)
+    rows += [{**row, "id": f"again-{row['id']}"} for row in prompts(5, start=100)]  # duplicates of misses
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    sim.reset_stats()
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 0, result.stderr
+    out = read_results(tmp_path / "big.results.jsonl")
+    assert [row["id"] for row in out] == [row["id"] for row in rows]  # complete, in input order
+    assert all(row["status"] == "ok" for row in out)
+    assert [row["via"] for row in out[:30]] == [None] * 30  # hits: from the cache
+    assert {row["via"] for row in out[30:130]} == {"batch"}
+    assert {row["hit"] for row in out[130:]} == {"duplicate"}
+    stats = sim.stats()
+    assert stats["batches_created"] == 1
+    assert stats["batch_requests_submitted"] == 100
+    assert stats["completions_served"] == 0  # nothing live
+    assert stats["max_answers_per_request"] == 1
+    [job] = records(env)
+    assert len(job["ids"]) == 100 and job["state"] == "collected"
+    # custom_ids Anthropic would accept, each mapped to a whole request key
+    assert all(len(cid) <= 64 and cid.replace("-", "").replace("_", "").isalnum() for cid in job["ids"])
+    assert set(job["ids"].values()) == {row["key"] for row in out[30:130]}
+
+    sim.reset_stats()
+    again = run_cli(batch_args(path, sim), env=env)
+
+    assert again.exit_code == 0, again.stderr
+    assert all(row["cached"] for row in read_results(tmp_path / "big.results.jsonl"))
+    stats = sim.stats()
+    assert stats["batches_created"] == 0 and stats["completions_served"] == 0 and stats["files_uploaded"] == 0
+
+
+def test_after_kill_9_once_a_job_is_submitted_the_rerun_attaches_and_creates_no_second_batch(
+    tmp_path, env, simulator
+):
+    sim = simulator(batch_processing_s=3600)  # the job stays in progress until the clock is moved
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(50))
+    args = batch_args(path, sim)
+
+    process = spawn(args, env, tmp_path)
+    try:
+        wait_for(
+            lambda: any(r["state"] == "submitted" for r in records(env)), timeout=60, process=process, what="a job"
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+    assert sim.stats()["batches_created"] == 1
+    advance_clock(sim, 3600)  # the job ends meanwhile
+
+    again = run_cli(args, env=env)
+
+    assert again.exit_code == 0, again.stderr
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert len(out) == 50 and all(row["status"] == "ok" and row["via"] == "batch" for row in out)
+    stats = sim.stats()
+    assert stats["batches_created"] == 1  # attached, never resubmitted
+    assert stats["max_answers_per_request"] == 1
+    assert [r["state"] for r in records(env)] == ["collected"]
+
+
+def test_three_lines_in_the_error_file_are_retried_in_a_later_job(tmp_path, env, sim):
+    rows = prompts(20)
+    for row in rows[3:6]:
+        row["prompt"] += " [[sim:batch_fail=1]]"  # fails (500) in the first job that carries it
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 0, result.stderr
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert all(row["status"] == "ok" for row in out)
+    assert [row["attempts"] for row in out[3:6]] == [2, 2, 2]
+    stats = sim.stats()
+    assert stats["batches_created"] == 2
+    assert stats["batch_requests_submitted"] == 23  # the second job: the three failed lines alone
+    assert sorted(len(r["ids"]) for r in records(env)) == [3, 20]
+
+
+def test_lines_that_fail_every_try_end_as_clear_error_lines(tmp_path, env, sim):
+    rows = prompts(10)
+    rows[2]["prompt"] += " [[sim:batch_fail=9]]"
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+
+    result = run_cli(batch_args(path, sim, "--max-retries", "1"), env=env)
+
+    assert result.exit_code == 1
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert [row["status"] for row in out].count("error") == 1
+    assert out[2]["status"] == "error" and out[2]["error"]["status_code"] == 500 and out[2]["attempts"] == 2
+    assert sim.stats()["batches_created"] == 2
+
+
+def test_failed_lines_go_live_with_batch_fallback_live(tmp_path, env, sim):
+    rows = prompts(10)
+    rows[4]["prompt"] += " [[sim:batch_fail=9]]"  # batch lines only: live calls answer
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+
+    result = run_cli(batch_args(path, sim, "--batch-fallback", "live"), env=env)
+
+    assert result.exit_code == 0, result.stderr
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert out[4]["via"] == "live" and out[4]["status"] == "ok"
+    assert {row["via"] for i, row in enumerate(out) if i != 4} == {"batch"}
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["completions_served"] == 1
+
+
+def test_an_expired_job_keeps_its_60_answers_and_resubmits_only_the_40_others(tmp_path, env, simulator):
+    sim = simulator(batch_expire_after=60)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(100))
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 0, result.stderr
+    assert all(row["status"] == "ok" for row in read_results(tmp_path / "in.results.jsonl"))
+    stats = sim.stats()
+    assert stats["batches_created"] == 2
+    assert stats["batch_requests_submitted"] == 140  # 100, then the 40 the first never did
+    assert stats["batch_lines_answered"] == 100
+    assert stats["max_answers_per_request"] == 1
+    assert sorted(len(r["ids"]) for r in records(env)) == [40, 100]
+
+
+def test_a_line_the_anthropic_batch_path_cannot_carry_is_refused_before_anything_is_sent(tmp_path, env, sim):
+    rows = prompts(3, model="anthropic:claude-sonnet-4-5")
+    rows[1]["stop"] = ["END"]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 2
+    expected = f'{path}:2: anthropic\'s batch path (any-llm) would drop "stop"; remove it or run without --batch-api'
+    assert expected in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    stats = sim.stats()
+    assert stats["files_uploaded"] == 0 and stats["batches_created"] == 0 and stats["completions_served"] == 0
+    assert records(env) == []
+
+
+def test_misses_over_a_lowered_job_limit_are_split_into_several_jobs(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(100))
+
+    result = run_cli(batch_args(path, sim, "--batch-max-requests", "40"), env=env)
+
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["batches_created"] == 3
+    assert sorted(len(r["ids"]) for r in records(env)) == [20, 40, 40]
+    assert len(read_results(tmp_path / "in.results.jsonl")) == 100
+
+
+def test_a_batch_answer_costs_half_the_live_price_for_the_same_usage(tmp_path, env, sim, monkeypatch):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    live_out, batch_out = tmp_path / "live.jsonl", tmp_path / "batch.jsonl"
+    live = run_cli(["run", str(path), "--api-base", sim.url, "--model", MODEL, "-o", str(live_out)], env=env)
+    assert live.exit_code == 0, live.stderr
+    other_cache = {**env, "LLMBATCH_CACHE_DIR": str(tmp_path / "other-cache")}
+    monkeypatch.setenv("LLMBATCH_CACHE_DIR", other_cache["LLMBATCH_CACHE_DIR"])
+
+    batch = run_cli([*batch_args(path, sim), "-o", str(batch_out)], env=other_cache)
+
+    assert batch.exit_code == 0, batch.stderr
+    for live_row, batch_row in zip(read_results(live_out), read_results(batch_out), strict=True):
+        assert batch_row["usage"] == live_row["usage"]
+        assert batch_row["cost_usd"] == live_row["cost_usd"] / 2
+        assert batch_row["cost_usd"] > 0
+
+
+def test_no_wait_submits_and_returns_then_the_same_command_collects(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(10))
+
+    first = run_cli(batch_args(path, sim, "--no-wait"), env=env)
+
+    assert first.exit_code == 75, first.stderr
+    assert "run the same command again" in first.stderr
+    assert not (tmp_path / "in.results.jsonl").exists()
+    [job] = records(env)
+    assert job["state"] == "submitted" and job["batch_id"]
+    still = run_cli(batch_args(path, sim, "--no-wait"), env=env)  # still running: looked at once
+    assert still.exit_code == 75, still.stderr
+    advance_clock(sim, 600)
+
+    done = run_cli(batch_args(path, sim, "--no-wait"), env=env)
+
+    assert done.exit_code == 0, done.stderr
+    assert len(read_results(tmp_path / "in.results.jsonl")) == 10
+    assert sim.stats()["batches_created"] == 1
+
+
+def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=1000)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(10))
+    assert run_cli(batch_args(path, sim, "--no-wait"), env=env).exit_code == 75
+    [job] = records(env)
+    advance_clock(sim, 500)  # about half of the lines are answered by now
+
+    listed = run_cli(["batches", "list"], env=env)
+    cancelled = run_cli(["batches", "cancel", job["batch_id"], "--json"], env=env)
+
+    assert listed.exit_code == 0
+    assert listed.stdout.split()[:4] == [job["id"], job["batch_id"], MODEL, "submitted"]
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] in ("cancelling", "cancelled")
+    advance_clock(sim, 200)  # cancelled by now
+    again = run_cli(batch_args(path, sim, "--no-wait"), env=env)  # keeps what was done, submits the rest
+    assert again.exit_code == 75, again.stderr
+    advance_clock(sim, 1000)
+    last = run_cli(batch_args(path, sim), env=env)
+    assert last.exit_code == 0, last.stderr
+    stats = sim.stats()
+    answered_first = stats["batch_lines_answered"] - stats["batch_requests_submitted"] + 10
+    assert stats["batches_created"] == 2
+    assert 0 < answered_first < 10  # the first job's answers were kept; only the rest went out again
+    assert stats["max_answers_per_request"] == 1
