@@ -260,3 +260,50 @@ def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tm
     assert stats["batches_created"] == 2
     assert 0 < answered_first < 10  # the first job's answers were kept; only the rest went out again
     assert stats["max_answers_per_request"] == 1
+
+
+def test_anthropic_lines_go_through_message_batches_and_match_the_live_answers(tmp_path, env, sim, monkeypatch):
+    key = "sk-ant-llmbatch-test-0123456789abcdef"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    rows = prompts(4, model="anthropic:claude-sonnet-4-5", system="Answer in one word.", max_tokens=50)
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    base = sim.url.removesuffix("/v1")  # the Anthropic SDK adds /v1 itself
+    args = ["run", str(path), "--api-base", base, "--batch-api", "--batch-poll", "0.01s"]
+
+    result = run_cli(args, env={**env, "ANTHROPIC_API_KEY": key})
+
+    assert result.exit_code == 0, result.stderr
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert [row["status"] for row in out] == ["ok"] * 4
+    assert {row["via"] for row in out} == {"batch"}
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["batch_lines_answered"] == 4
+    # The simulator answers a batch line as it answers the same body live: the system prompt went
+    # where the live path puts it (Anthropic's "system"), not among the messages.
+    live_cache = str(tmp_path / "live-cache")
+    monkeypatch.setenv("LLMBATCH_CACHE_DIR", live_cache)
+    live_out = tmp_path / "live.jsonl"
+    live_env = {**env, "LLMBATCH_CACHE_DIR": live_cache, "ANTHROPIC_API_KEY": key}
+    live = run_cli(["run", str(path), "--api-base", base, "-o", str(live_out)], env=live_env)
+    assert live.exit_code == 0, live.stderr
+    assert [r["content"] for r in read_results(live_out)] == [r["content"] for r in out]
+    assert [r["usage"] for r in read_results(live_out)] == [r["usage"] for r in out]
+    for file in Path(env["LLMBATCH_CACHE_DIR"]).rglob("*"):
+        if file.is_file():
+            assert key.encode() not in file.read_bytes(), file
+
+
+def test_max_cost_counts_a_submitted_job_at_its_estimate(tmp_path, env, sim):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(100))
+    planned = run_cli(["plan", str(path), "--model", MODEL, "--batch-api", "--json"], env=env)
+    whole = json.loads(planned.stdout)["estimated_cost_usd"]
+    assert planned.exit_code == 0 and whole > 0
+
+    # Room for one job of 50 at its estimate, not for two: the second is never submitted.
+    budget = str(whole * 0.6)
+    result = run_cli(batch_args(path, sim, "--batch-max-requests", "50", "--max-cost", budget), env=env)
+
+    assert result.exit_code == 3, result.stderr
+    assert "budget" in result.stderr
+    assert sim.stats()["batches_created"] == 1
+    assert [len(r["ids"]) for r in records(env)] == [50]
