@@ -77,9 +77,7 @@ def test_only_misses_are_submitted_in_one_job_and_a_rerun_makes_no_batch_and_no_
     assert stats["batches_created"] == 0 and stats["completions_served"] == 0 and stats["files_uploaded"] == 0
 
 
-def test_after_kill_9_once_a_job_is_submitted_the_rerun_attaches_and_creates_no_second_batch(
-    tmp_path, env, simulator
-):
+def test_after_kill_9_once_a_job_is_submitted_the_rerun_attaches_and_creates_no_second_batch(tmp_path, env, simulator):
     sim = simulator(batch_processing_s=3600)  # the job stays in progress until the clock is moved
     path = write_jsonl(tmp_path / "in.jsonl", prompts(50))
     args = batch_args(path, sim)

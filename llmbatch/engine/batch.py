@@ -86,7 +86,7 @@ class JobView:
 class _Job:
     record: JobRecord
     waiting: dict[str, Call] = field(default_factory=dict)  # custom_id -> the call it answers now
-    handed_out: bool = False  # every line's outcome was given to the run
+    settled: set[str] = field(default_factory=set)  # custom_ids whose outcome was given to the run
 
 
 class BatchExecutor:
@@ -173,7 +173,9 @@ class BatchExecutor:
             if task is not None and not task.done():
                 task.cancel()
         for job in self._jobs.values():
-            if job.handed_out and not job.waiting:
+            # Collected only when every line of the job reached this run, and the run did not stop on
+            # a failure (a store that refused answers): otherwise a later run must read it again.
+            if not self.stats.fatal and job.settled >= set(job.record.ids) and not job.waiting:
                 job.record.state = "collected"
                 # Not written: left pending, and a rerun reads its output again (free), never resubmits it.
                 with contextlib.suppress(CacheError):
@@ -425,11 +427,18 @@ class BatchExecutor:
         try:
             state = await self.client.state(record.provider, record.batch_id)
         except CallError as exc:
-            if exc.kind == "fatal" and exc.status_code != 404:
+            self._event({"event": "batch_poll_failed", "job": record.id, **exc.to_dict()})
+            if exc.status_code == 404:
+                # The provider has no such batch (deleted, or another account's): its lines go out again.
+                record.state = "lost"
+                self._write_quietly(record)
+                for call in job.waiting.values():
+                    self._again(call, f"batch {record.batch_id} is not known to the provider")
+                job.waiting.clear()
+            elif exc.kind == "fatal":  # a bad key: every line would fail the same way
                 for call in job.waiting.values():
                     self._answer(call.key, Failed(exc, 1))
                 job.waiting.clear()
-            self._event({"event": "batch_poll_failed", "job": record.id, **exc.to_dict()})
             return  # a passing failure: look again at the next poll
         record.status, record.done, record.failed = state.status, state.done, state.failed
         self._view(record)
@@ -457,6 +466,7 @@ class BatchExecutor:
             if call is None:
                 continue  # a line no call of this run waits for (answered since, or not in this file)
             seen.add(line.custom_id)
+            job.settled.add(line.custom_id)
             if line.response is not None:
                 self._answered(call, line.response, record)
             elif line.error is not None:
@@ -465,6 +475,7 @@ class BatchExecutor:
                 self._again(call, f"job {record.batch_id} {state.status} before this line was done")
         # Lines the provider says nothing of: the whole job failed, or it ended before them.
         rest = list(job.waiting.values())
+        job.settled.update(job.waiting)
         job.waiting.clear()
         for call in rest:
             if state.status == "failed":
@@ -472,7 +483,6 @@ class BatchExecutor:
                 self._failed(call, CallError("permanent", "BatchFailed", f"batch {record.batch_id} failed: {reason}"))
             else:
                 self._again(call, f"job {record.batch_id} {state.status} before this line was done")
-        job.handed_out = True
         self._event(
             {
                 "event": "batch_collected",
