@@ -363,6 +363,7 @@ class Display:
             ("prompts", _count(s.total or s.done)),
             ("answered from cache", _count(s.hits)),
             ("calls made", _count(s.calls)),
+            *((("batch jobs submitted (half price)", _count(s.batch_submitted)),) if s.batch_jobs else ()),
             ("duplicates coalesced", _count(s.coalesced)),
             ("errors", _count(s.errors)),
             *((("cut off at max_tokens", _count(s.truncated)),) if s.truncated else ()),

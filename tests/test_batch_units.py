@@ -112,3 +112,20 @@ def test_job_records_are_private_durable_files_read_back_as_written(tmp_path):
     assert [f.name for f in files] == [f"{record.id}.json"]  # no temporary file left behind
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "batches").stat().st_mode) == 0o700
+
+
+def test_the_display_has_a_line_per_job_with_its_counts_elapsed_time_and_next_poll():
+    from llmbatch.display import job_lines
+    from llmbatch.engine.batch import JobView
+    from llmbatch.model.stats import RunStats
+
+    stats = RunStats()
+    stats.batch_jobs = {
+        "job_1": JobView("job_1", "batch_9", "openai:gpt-4o-mini", "in_progress", 100, 40, 2, 1000.0, 1130.0),
+        "job_2": JobView("job_2", None, "openai:gpt-4o-mini", "submitting", 5, submitted_at=1090.0),
+    }
+
+    assert job_lines(stats, 1100.0) == [
+        "job batch_9 (openai:gpt-4o-mini): in_progress, 40/2/100 done/failed/total, elapsed 1m40s, next poll in 30s",
+        "job job_2 (openai:gpt-4o-mini): submitting, 0/0/5 done/failed/total, elapsed 10s",
+    ]
