@@ -1004,7 +1004,8 @@ def _describe_batch_event(event: dict[str, Any]) -> str:
     if kind == "batch_collected":
         return f"batch job {job}: {event['status']}, {event['answered']} lines read"
     what = "refused" if kind == "batch_refused" else "could not be read"
-    return f"batch job {job} {what}: {event.get('type')}: {event.get('message')}"
+    again = " (trying again)" if event.get("retrying") else ""
+    return f"batch job {job} {what}{again}: {event.get('type')}: {event.get('message')}"
 
 
 def _describe_limits(config: Any) -> str:

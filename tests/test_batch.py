@@ -305,3 +305,17 @@ def test_max_cost_counts_a_submitted_job_at_its_estimate(tmp_path, env, sim):
     assert "budget" in result.stderr
     assert sim.stats()["batches_created"] == 1
     assert [len(r["ids"]) for r in records(env)] == [50]
+
+
+def test_a_job_the_provider_fails_as_a_whole_ends_its_lines_as_clear_error_lines(tmp_path, env, simulator):
+    sim = simulator(batch_max_requests=5)  # the simulator's OpenAI fails a bigger job (too_many_tasks)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(8))
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 1
+    out = read_results(tmp_path / "in.results.jsonl")
+    assert {row["status"] for row in out} == {"error"}
+    assert out[0]["error"]["type"] == "BatchFailed"
+    assert out[0]["error"]["message"].startswith(f"batch {records(env)[0]['batch_id']} failed: ")
+    assert sim.stats()["batches_created"] == 1  # a refusal of the whole job is not tried again

@@ -44,7 +44,7 @@ from llmbatch.limits import estimate_split
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import BATCH_MULTIPLIER, call_cost, estimate_cost, format_usd
 from llmbatch.providers.base import CallError
-from llmbatch.providers.batch import LIMITS, BatchClient, JobLimits, JobState, batch_line
+from llmbatch.providers.batch import LIMITS, BatchClient, JobLimits, JobState, Submitted, batch_line
 from llmbatch.store.jobs import JobBook, JobRecord
 
 __all__ = ["BATCH_WINDOW", "BatchExecutor", "JobView", "custom_id_for"]
@@ -286,20 +286,12 @@ class BatchExecutor:
         lines = [batch_line(cid, by_key[key].request, self.client.route_of(provider)) for cid, key in ids.items()]
         try:
             self.book.write(record)  # before the provider is asked: a batch may exist from now on
-            submitted = await self.client.submit(provider, lines, {"llmbatch_job": record.id})
         except CacheError as exc:
             for call in calls:
                 self._answer(call.key, NotStarted(StopReason.FATAL, str(exc)))
             return
-        except CallError as exc:
-            # Refused with an HTTP answer: no batch exists. Without one (a timeout), one may:
-            # the record stays "submitting" for `llmbatch batches list` to show.
-            if exc.status_code is not None:
-                record.state = "refused"
-                self._write_quietly(record)
-            self._event({"event": "batch_refused", "job": record.id, **exc.to_dict()})
-            for call in calls:
-                self._answer(call.key, Failed(exc, 0))
+        submitted = await self._create(provider, lines, record, calls)
+        if submitted is None:
             return
         record.batch_id = submitted.batch_id
         record.input_file_id = submitted.input_file_id
@@ -353,6 +345,39 @@ class BatchExecutor:
                 if not future.done():
                     future.set_exception(exc)
             raise
+
+    async def _create(
+        self, provider: str, lines: list[dict[str, Any]], record: JobRecord, calls: list[Call]
+    ) -> Submitted | None:
+        """Upload and create the job, tried again after a 429, a 5xx or a lost connection (up to
+        ``--max-retries``); None when it was refused (the calls are answered then)."""
+        tries = 0
+        while True:
+            try:
+                return await self.client.submit(provider, lines, {"llmbatch_job": record.id})
+            except CallError as exc:
+                error = exc
+            if error.status_code is None:
+                # No answer came back: the batch may exist all the same. It carries our job id.
+                with contextlib.suppress(CallError):
+                    found = await self.client.find(provider, record.id)
+                    if found is not None:
+                        return Submitted(found, None, "validating")
+            tries += 1
+            if not error.retryable or tries > self.options.retry.max_retries or self._stopping:
+                break
+            self.stats.retries += 1
+            self._event({"event": "batch_refused", "job": record.id, "retrying": True, **error.to_dict()})
+            await self._pause(error.retry_after_s or min(60.0, 2.0**tries))
+        # Refused with an HTTP answer: no batch exists. Without one (a timeout), one may: the
+        # record stays "submitting", and a later run looks for it by its metadata.
+        if error.status_code is not None:
+            record.state = "refused"
+            self._write_quietly(record)
+        self._event({"event": "batch_refused", "job": record.id, **error.to_dict()})
+        for call in calls:
+            self._answer(call.key, Failed(error, 0))
+        return None
 
     def _leave_pending(self, job: _Job) -> None:
         message = f"batch job {job.record.batch_id} is {job.record.status}: run the same command again to collect it"

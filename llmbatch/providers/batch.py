@@ -43,6 +43,7 @@ __all__ = [
     "JobLimits",
     "JobState",
     "LineOutcome",
+    "Submitted",
     "batch_line",
     "cannot_carry",
     "line_error",
