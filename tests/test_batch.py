@@ -319,3 +319,38 @@ def test_a_job_the_provider_fails_as_a_whole_ends_its_lines_as_clear_error_lines
     assert out[0]["error"]["type"] == "BatchFailed"
     assert out[0]["error"]["message"].startswith(f"batch {records(env)[0]['batch_id']} failed: ")
     assert sim.stats()["batches_created"] == 1  # a refusal of the whole job is not tried again
+
+
+def test_with_a_redis_cache_the_answers_go_to_the_server_and_the_job_records_stay_here(
+    tmp_path, env, simulator, redis_server
+):
+    sim = simulator(batch_processing_s=100)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(6))
+    args = batch_args(path, sim, "--cache", redis_server.url)
+    assert run_cli([*args, "--no-wait"], env=env).exit_code == 75
+    [job] = records(env)  # in this machine's --cache-dir
+    assert job["state"] == "submitted"
+    advance_clock(sim, 100)
+
+    collected = run_cli(args, env=env)
+    again = run_cli([*args, "-o", str(tmp_path / "again.jsonl")], env=env)
+
+    assert collected.exit_code == 0, collected.stderr
+    assert again.exit_code == 0, again.stderr
+    assert all(row["cached"] for row in read_results(tmp_path / "again.jsonl"))  # from the server
+    assert sim.stats()["batches_created"] == 1
+
+
+def test_an_expired_anthropic_batch_keeps_its_answers_and_resubmits_the_rest(tmp_path, env, simulator, monkeypatch):
+    sim = simulator(batch_expire_after=3)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-llmbatch-test-0123456789abcdef")
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(5, model="anthropic:claude-sonnet-4-5", max_tokens=20))
+    base = sim.url.removesuffix("/v1")
+
+    result = run_cli(["run", str(path), "--api-base", base, "--batch-api", "--batch-poll", "0.01s"], env=env)
+
+    assert result.exit_code == 0, result.stderr
+    assert {row["status"] for row in read_results(tmp_path / "in.results.jsonl")} == {"ok"}
+    stats = sim.stats()
+    assert stats["batches_created"] == 2 and stats["batch_requests_submitted"] == 7
+    assert stats["max_answers_per_request"] == 1
