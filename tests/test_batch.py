@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,30 @@ def test_an_expired_anthropic_batch_keeps_its_answers_and_resubmits_the_rest(tmp
     stats = sim.stats()
     assert stats["batches_created"] == 2 and stats["batch_requests_submitted"] == 7
     assert stats["max_answers_per_request"] == 1
+
+
+def test_ctrl_c_while_a_job_runs_exits_130_at_once_and_the_rerun_collects_it(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=3600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(20))
+    args = batch_args(path, sim)
+    process = spawn(args, env, tmp_path)
+    try:
+        wait_for(
+            lambda: any(r["state"] == "submitted" for r in records(env)), timeout=60, process=process, what="a job"
+        )
+        asked = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        took = time.monotonic() - asked
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert took < 5, took  # no wait for the job, nor for the next poll
+    assert [r["state"] for r in records(env)] == ["submitted"]  # pending: not collected, not lost
+    advance_clock(sim, 3600)
+
+    again = run_cli(args, env=env)
+
+    assert again.exit_code == 0, again.stderr
+    assert len(read_results(tmp_path / "in.results.jsonl")) == 20
+    assert sim.stats()["batches_created"] == 1

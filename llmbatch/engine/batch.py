@@ -483,6 +483,10 @@ class BatchExecutor:
         except CallError as exc:
             self._event({"event": "batch_poll_failed", "job": record.id, **exc.to_dict()})
             return  # the files are read again at the next poll
+        if self._stopping:
+            # Every call was answered "not started" when the run stopped: these answers would reach
+            # no store. The job stays pending, and the next run reads its files again (free).
+            return
         if record.estimate_usd is not None:
             self._committed_usd = max(0.0, self._committed_usd - record.estimate_usd)
         seen: set[str] = set()
