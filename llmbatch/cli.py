@@ -478,6 +478,15 @@ def run(
     batch_max_requests: Annotated[
         int | None, typer.Option("--batch-max-requests", metavar="N", min=1, hidden=True)
     ] = None,
+    batch_window: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-window",
+            metavar="N",
+            min=1,
+            help="With --batch-api: misses held at once, ~5 KB each (10,000); more are sent in waves of N.",
+        ),
+    ] = None,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -512,6 +521,8 @@ def run(
         no_cache=no_cache,
         cache_only=cache_only,
     )
+    if batch is None and (batch_window is not None or batch_max_requests is not None):
+        raise UsageError("--batch-window goes with --batch-api")
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
@@ -522,6 +533,7 @@ def run(
         cache_mode=_cache_mode(no_cache, refresh, cache_only),
         ttl_s=_ttl(ttl),
         max_cost_usd=max_cost,
+        window=batch_window if batch is not None else None,
     )
     with _Signals() as signals:
         source = _open_input(input)

@@ -236,7 +236,8 @@ class BatchExecutor:
         for call in calls:
             groups.setdefault((call.request.provider, call.request.model), []).append(call)
         for (provider, model), group in groups.items():
-            for chunk in split_jobs(group, self.limits.get(provider) or LIMITS["openai"], provider):
+            route = self.client.route_of(provider)  # --simulate: every line goes to OpenAI's API
+            for chunk in split_jobs(group, self.limits.get(route) or LIMITS["openai"], route):
                 if self._stopping:
                     for call in chunk:
                         self._answer(call.key, NotStarted())
