@@ -522,7 +522,7 @@ def run(
         cache_only=cache_only,
     )
     if batch is None and (batch_window is not None or batch_max_requests is not None):
-        raise UsageError("--batch-window goes with --batch-api")
+        raise UsageError("--batch-window and --batch-max-requests go with --batch-api")
     options = RunOptions(
         concurrency=concurrency,
         timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,

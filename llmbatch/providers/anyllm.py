@@ -174,6 +174,11 @@ class AnyLLMProvider:
             return CallError("fatal", type_, f"cannot use provider {route.provider!r}: {detail}")
         return CallError("fatal", type_, redact(str(exc), self._secrets))
 
+    def client_for(self, provider: str) -> Any:
+        """The any-llm client calls to ``provider`` use (created once): the Batch-API side
+        (``providers.batch``) shares it, so there is one client per provider and base URL."""
+        return self._client(Route(self.destination.force_provider or provider, self.destination.api_base))
+
     def prepare(self, request: Request) -> None:
         """Create (once) the client this request needs; a :class:`CallError` if there can be none."""
         self._client(self.route(request))

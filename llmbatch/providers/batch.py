@@ -175,9 +175,7 @@ class BatchClient:
         return tuple(self.provider.secrets)
 
     def _client(self, provider: str) -> Any:
-        from llmbatch.providers.anyllm import Route
-
-        return self.provider._client(Route(self.route_of(provider), self.provider.destination.api_base))
+        return self.provider.client_for(provider)
 
     def route_of(self, provider: str) -> str:
         """The any-llm provider a job for ``provider``'s lines goes to (``--simulate``: openai)."""
