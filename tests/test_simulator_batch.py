@@ -90,6 +90,7 @@ def test_upload_create_retrieve_download_with_the_openai_sdk(sim: SimulatorThrea
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (5, 5, 0)
     assert done.completed_at is not None and done.error_file_id is None and done.model == "gpt-4o-mini"
+    assert done.usage is not None and (done.usage.input_tokens, done.usage.output_tokens) == (10, 30)
     output = file_lines(client, done.output_file_id)
     assert [entry["custom_id"] for entry in output] == [f"r{i}" for i in range(5)]
     first = output[0]
@@ -317,6 +318,15 @@ def test_batch_endpoints_need_the_key(simulator: StartSim) -> None:
         ant(server, "sk-wrong").messages.batches.list()
     assert submit(oa(server), [line("a", "x")]).status == "validating"
     assert ant(server).messages.create(**message_params("hi")).content
+
+
+def test_thread_advance_clock_moves_jobs_along(simulator: StartSim) -> None:
+    server = simulator(batch_processing_s=3600)
+    client = oa(server)
+    batch = submit(client, [line("a", "x")])
+    assert client.batches.retrieve(batch.id).status == "validating"
+    assert server.advance_clock(3600) >= batch.created_at + 3600
+    assert client.batches.retrieve(batch.id).status == "completed"
 
 
 def test_clock_advance_rejects_going_back(sim: SimulatorThread) -> None:
