@@ -1752,8 +1752,29 @@ def sim(
         typer.Option("--models", metavar="NAMES", help="Comma-separated model names; others get 404."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Seed for fault and latency draws.")] = None,
+    batch_processing: Annotated[
+        str,
+        typer.Option("--batch-processing", metavar="DURATION", help="How long a batch job takes (0: at once)."),
+    ] = "0",
+    batch_fail_share: Annotated[
+        float,
+        typer.Option(
+            "--batch-fail-share", metavar="FRACTION", min=0, max=1, help="Fraction of batch lines that fail (500)."
+        ),
+    ] = 0.0,
+    batch_expire_after: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-expire-after", metavar="N", min=0, help="A batch job answers N lines, then ends expired."
+        ),
+    ] = None,
+    batch_max_requests: Annotated[
+        int | None,
+        typer.Option("--batch-max-requests", metavar="N", min=1, help="Most lines in one batch job."),
+    ] = None,
 ) -> None:
-    """Run the OpenAI-compatible simulator, for rehearsals: point --api-base at it."""
+    """Run the OpenAI-compatible simulator (and Anthropic's Messages, and both Batch APIs), for
+    rehearsals: point --api-base at it."""
     from llmbatch.sim import SimConfig, parse_duration_s, serve_forever
 
     def seconds(text: str, option: str) -> float:
@@ -1779,6 +1800,10 @@ def sim(
             require_api_key=require_api_key,
             models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
             seed=seed,
+            batch_processing_s=seconds(batch_processing, "--batch-processing"),
+            batch_fail_share=batch_fail_share,
+            batch_expire_after=batch_expire_after,
+            batch_max_requests=batch_max_requests,
         )
     except ValueError as exc:
         raise UsageError(f"sim: {exc}") from None

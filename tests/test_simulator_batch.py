@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import orjson
 import pytest
 
 from llmbatch.sim import SimulatorThread
+from tests.support import run_cli
 
 StartSim = Callable[..., SimulatorThread]
 KEY = "sk-batch-test"
@@ -90,6 +94,7 @@ def test_upload_create_retrieve_download_with_the_openai_sdk(sim: SimulatorThrea
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (5, 5, 0)
     assert done.completed_at is not None and done.error_file_id is None and done.model == "gpt-4o-mini"
+    assert done.usage is not None and (done.usage.input_tokens, done.usage.output_tokens) == (10, 30)
     output = file_lines(client, done.output_file_id)
     assert [entry["custom_id"] for entry in output] == [f"r{i}" for i in range(5)]
     first = output[0]
@@ -319,6 +324,15 @@ def test_batch_endpoints_need_the_key(simulator: StartSim) -> None:
     assert ant(server).messages.create(**message_params("hi")).content
 
 
+def test_thread_advance_clock_moves_jobs_along(simulator: StartSim) -> None:
+    server = simulator(batch_processing_s=3600)
+    client = oa(server)
+    batch = submit(client, [line("a", "x")])
+    assert client.batches.retrieve(batch.id).status == "validating"
+    assert server.advance_clock(3600) >= batch.created_at + 3600
+    assert client.batches.retrieve(batch.id).status == "completed"
+
+
 def test_clock_advance_rejects_going_back(sim: SimulatorThread) -> None:
     root = sim.url.removesuffix("/v1")
     assert httpx.post(f"{root}/clock/advance", json={"seconds": -1}).status_code == 400
@@ -501,3 +515,35 @@ def test_anyllm_anthropic_batch_calls(simulator: StartSim, tmp_path: Path) -> No
     live = ant(sim).messages.create(model="claude-sim", max_tokens=50, messages=[{"role": "user", "content": "first"}])
     assert sim.stats()["max_answers_per_request"] == 2  # one batch line and one live call of one body
     assert isinstance(live.content[0], anthropic.types.TextBlock)
+
+
+# --- llmbatch sim ------------------------------------------------------------------------------
+
+
+def test_llmbatch_sim_serves_the_batch_apis_with_its_options() -> None:
+    command = [sys.executable, "-m", "llmbatch", "sim", "--port", "0", "--batch-processing", "1h"]
+    command += ["--batch-expire-after", "1", "--batch-max-requests", "5", "--require-api-key", KEY]
+    root = Path(__file__).resolve().parent.parent  # this tree's llmbatch, whatever is installed
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert proc.stderr is not None
+        url = proc.stderr.readline().split(" listening on ")[1].split()[0]
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        batch = submit(client, [line("a", "x"), line("b", "y")])
+        too_many = submit(client, [line(f"r{i}", "x") for i in range(6)])
+        httpx.post(f"{url.removesuffix('/v1')}/clock/advance", json={"seconds": 3600})
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "expired" and done.request_counts is not None and done.request_counts.completed == 1
+        failed = client.batches.retrieve(too_many.id)
+        assert failed.errors is not None and failed.errors.data is not None
+        assert failed.status == "failed" and failed.errors.data[0].code == "too_many_tasks"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+
+
+def test_llmbatch_sim_refuses_a_bad_batch_option() -> None:
+    run = run_cli(["sim", "--batch-processing", "soon"])
+    assert run.exit_code == 2 and "--batch-processing" in run.stderr

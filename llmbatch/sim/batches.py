@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 Api = Literal["openai", "anthropic"]
-#: One line's answer, as the live endpoint would send it: (HTTP status, body bytes).
-LineAnswer = tuple[int, bytes]
+#: One line's answer, as the live endpoint would send it: (HTTP status, body bytes), and the prompt
+#: and completion tokens it was paid for (0 and 0 unless the status is 200).
+LineAnswer = tuple[int, bytes, int, int]
 Answer = Callable[[Api, Any, str], LineAnswer]  # (api, request body, API key sent) -> answer
 
 COMPLETION_WINDOW_S = 24 * 3600.0
@@ -209,6 +210,8 @@ class Job:
     outcomes: list[tuple[Outcome, int, bytes]] = field(default_factory=list)  # (how, status, body) per line
     succeeded: int = 0
     failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
     cancel_at: float | None = None
     ended_at: float | None = None
     ended_as: str | None = None  # completed | expired | cancelled | failed
@@ -248,8 +251,10 @@ class Job:
             stop = min(stop, self.cancel_at)
         target = min(self._lines_by(stop), cap)
         for _, body in self.requests[len(self.outcomes) : target]:
-            status, payload = answer(self.api, body, self.api_key)
+            status, payload, prompt_tokens, completion_tokens = answer(self.api, body, self.api_key)
             self.outcomes.append(("ok" if status == 200 else "error", status, payload))
+            self.input_tokens += prompt_tokens
+            self.output_tokens += completion_tokens
             if status == 200:
                 self.succeeded += 1
             else:
@@ -369,6 +374,13 @@ class Job:
             },
             "metadata": self.metadata,
             "model": self.requests[0][1].get("model") if self.requests else None,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.input_tokens + self.output_tokens,
+            },
         }
 
     def anthropic_object(self, base_url: str) -> dict[str, Any]:

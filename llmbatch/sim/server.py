@@ -95,7 +95,8 @@ to the live endpoints):
   (newest first, ``has_more``, ``first_id``, ``last_id``). Statuses: validating -> in_progress ->
   finalizing -> completed, or -> expired, or cancelling -> cancelled, or failed. ``request_counts``:
   ``total`` (0 while validating), ``completed`` (lines answered 200), ``failed`` (lines answered an
-  error); expired and cancelled lines are in neither. At the end ``output_file_id`` holds the 200
+  error); expired and cancelled lines are in neither. ``usage`` sums the tokens of the lines answered
+  200 so far. At the end ``output_file_id`` holds the 200
   lines, ``{"id": "batch_req_...", "custom_id", "response": {"status_code": 200, "request_id",
   "body": <ChatCompletion>}, "error": null}``, and ``error_file_id`` the rest: a failed line as
   ``{"id", "custom_id", "response": {"status_code": N, "request_id", "body": {"error": {...}}},
@@ -163,7 +164,9 @@ _T = TypeVar("_T")
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "sim-1")
 _MODELS_CREATED = 1_700_000_000  # a fixed date, so /v1/models is deterministic
-_MAX_BODY_BYTES = 64 * 1024 * 1024  # real prompts can be large; aiohttp's default is 1 MiB
+# Real prompts can be large (aiohttp's default is 1 MiB), and a batch is larger still: OpenAI takes
+# input files up to 200 MB, Anthropic batch requests up to 256 MB.
+_MAX_BODY_BYTES = 257 * 1024 * 1024
 _MAX_N = 128
 _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_]+)=([^\]]*)\]\]")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -825,10 +828,11 @@ class Simulator:
             model, plan = self._read_plan(api, body)
         except _InvalidRequest as exc:
             stats.batch_lines_failed += 1
-            return 400, orjson.dumps(_error_body(api, 400, str(exc), "invalid_request_error", None, exc.param))
+            return 400, orjson.dumps(_error_body(api, 400, str(exc), "invalid_request_error", None, exc.param)), 0, 0
         except _UnknownModel as exc:
             stats.batch_lines_failed += 1
-            return 404, orjson.dumps(_error_body(api, 404, str(exc), "invalid_request_error", "model_not_found", None))
+            error = _error_body(api, 404, str(exc), "invalid_request_error", "model_not_found", None)
+            return 404, orjson.dumps(error), 0, 0
         fault = self._directive_fault(plan)
         if fault is None and plan.directives.batch_fail:
             carried = self._batch_attempts.get(plan.digest, 0) + 1
@@ -840,9 +844,9 @@ class Simulator:
             fault = "500"
         if fault is not None:
             stats.batch_lines_failed += 1
-            return int(fault), orjson.dumps(_status_error_body(int(fault), api))
+            return int(fault), orjson.dumps(_status_error_body(int(fault), api)), 0, 0
         self._record(plan, batch=True)
-        return 200, _render(api, model, plan, self._quirk(plan, key))
+        return 200, _render(api, model, plan, self._quirk(plan, key)), plan.prompt_tokens, plan.completion_tokens
 
     async def _trickle(self, request: web.Request, response: web.Response, every_s: float) -> web.StreamResponse:
         body = response.body
@@ -1393,6 +1397,10 @@ class SimulatorThread:
 
     def reset_stats(self) -> None:
         self._call(self._sim.reset_stats)
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the simulator's clock forward (batch jobs progress); returns its new now."""
+        return self._call(lambda: self._sim.advance_clock(seconds))
 
     def _call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` on the simulator's loop, so it never sees a request half-counted."""
