@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ def batch_args(path: Path, sim: SimulatorThread, *extra: str) -> list[str]:
 def records(env: dict[str, str]) -> list[dict[str, Any]]:
     folder = Path(env["LLMBATCH_CACHE_DIR"]) / "batches"
     return [json.loads(p.read_text()) for p in sorted(folder.glob("job_*.json"))] if folder.is_dir() else []
-
-
-def advance_clock(sim: SimulatorThread, seconds: float) -> None:
-    base = sim.url.removesuffix("/v1")
-    body = json.dumps({"seconds": seconds}).encode()
-    request = urllib.request.Request(f"{base}/clock/advance", data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
 
 
 def test_only_misses_are_submitted_in_one_job_and_a_rerun_makes_no_batch_and_no_call(tmp_path, env, sim):
@@ -92,7 +82,7 @@ def test_after_kill_9_once_a_job_is_submitted_the_rerun_attaches_and_creates_no_
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
     assert sim.stats()["batches_created"] == 1
-    advance_clock(sim, 3600)  # the job ends meanwhile
+    sim.advance_clock(3600)  # the job ends meanwhile
 
     again = run_cli(args, env=env)
 
@@ -225,7 +215,7 @@ def test_no_wait_submits_and_returns_then_the_same_command_collects(tmp_path, en
     assert job["state"] == "submitted" and job["batch_id"]
     still = run_cli(batch_args(path, sim, "--no-wait"), env=env)  # still running: looked at once
     assert still.exit_code == 75, still.stderr
-    advance_clock(sim, 600)
+    sim.advance_clock(600)
 
     done = run_cli(batch_args(path, sim, "--no-wait"), env=env)
 
@@ -239,7 +229,7 @@ def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tm
     path = write_jsonl(tmp_path / "in.jsonl", prompts(10))
     assert run_cli(batch_args(path, sim, "--no-wait"), env=env).exit_code == 75
     [job] = records(env)
-    advance_clock(sim, 500)  # about half of the lines are answered by now
+    sim.advance_clock(500)  # about half of the lines are answered by now
 
     listed = run_cli(["batches", "list"], env=env)
     cancelled = run_cli(["batches", "cancel", job["batch_id"], "--json"], env=env)
@@ -248,10 +238,10 @@ def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tm
     assert listed.stdout.split()[:4] == [job["id"], job["batch_id"], MODEL, "submitted"]
     assert cancelled.exit_code == 0, cancelled.stderr
     assert json.loads(cancelled.stdout)["status"] in ("cancelling", "cancelled")
-    advance_clock(sim, 200)  # cancelled by now
+    sim.advance_clock(200)  # cancelled by now
     again = run_cli(batch_args(path, sim, "--no-wait"), env=env)  # keeps what was done, submits the rest
     assert again.exit_code == 75, again.stderr
-    advance_clock(sim, 1000)
+    sim.advance_clock(1000)
     last = run_cli(batch_args(path, sim), env=env)
     assert last.exit_code == 0, last.stderr
     stats = sim.stats()
@@ -331,7 +321,7 @@ def test_with_a_redis_cache_the_answers_go_to_the_server_and_the_job_records_sta
     assert run_cli([*args, "--no-wait"], env=env).exit_code == 75
     [job] = records(env)  # in this machine's --cache-dir
     assert job["state"] == "submitted"
-    advance_clock(sim, 100)
+    sim.advance_clock(100)
 
     collected = run_cli(args, env=env)
     again = run_cli([*args, "-o", str(tmp_path / "again.jsonl")], env=env)
@@ -375,7 +365,7 @@ def test_ctrl_c_while_a_job_runs_exits_130_at_once_and_the_rerun_collects_it(tmp
     assert process.returncode == 130, stderr
     assert took < 5, took  # no wait for the job, nor for the next poll
     assert [r["state"] for r in records(env)] == ["submitted"]  # pending: not collected, not lost
-    advance_clock(sim, 3600)
+    sim.advance_clock(3600)
 
     again = run_cli(args, env=env)
 
