@@ -372,3 +372,14 @@ def test_ctrl_c_while_a_job_runs_exits_130_at_once_and_the_rerun_collects_it(tmp
     assert again.exit_code == 0, again.stderr
     assert len(read_results(tmp_path / "in.results.jsonl")) == 20
     assert sim.stats()["batches_created"] == 1
+
+
+def test_no_wait_submits_every_job_of_the_run_before_it_returns(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(10))
+
+    result = run_cli(batch_args(path, sim, "--no-wait", "--batch-max-requests", "4"), env=env)
+
+    assert result.exit_code == 75, result.stderr
+    assert sim.stats()["batches_created"] == 3
+    assert sorted(len(r["ids"]) for r in records(env)) == [2, 4, 4]

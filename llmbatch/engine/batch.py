@@ -233,6 +233,7 @@ class BatchExecutor:
 
     async def _submit_all(self, calls: list[Call]) -> None:
         groups: dict[tuple[str, str], list[Call]] = {}
+        submitted: list[_Job] = []
         for call in calls:
             groups.setdefault((call.request.provider, call.request.model), []).append(call)
         for (provider, model), group in groups.items():
@@ -242,7 +243,13 @@ class BatchExecutor:
                     for call in chunk:
                         self._answer(call.key, NotStarted())
                     continue
-                await self._submit(provider, model, chunk)
+                job = await self._submit(provider, model, chunk)
+                if job is not None:
+                    submitted.append(job)
+        if self.no_wait:
+            # Only once every job of the gathering is out: the first "pending" stops the run.
+            for job in submitted:
+                self._leave_pending(job)
 
     def _estimate(self, calls: list[Call]) -> float | None:
         total = 0.0
@@ -255,7 +262,7 @@ class BatchExecutor:
             total += cost
         return total
 
-    async def _submit(self, provider: str, model: str, calls: list[Call]) -> None:
+    async def _submit(self, provider: str, model: str, calls: list[Call]) -> _Job | None:
         estimate = self._estimate(calls)
         limit = self.options.max_cost_usd
         if limit is not None:
@@ -272,7 +279,7 @@ class BatchExecutor:
             if refusal is not None:
                 for call in calls:
                     self._answer(call.key, NotStarted(reason, refusal))
-                return
+                return None
         ids = {custom_id_for(call.key, n): call.key for n, call in enumerate(calls)}
         record = JobRecord(
             id=JobBook.new_id(),
@@ -290,10 +297,10 @@ class BatchExecutor:
         except CacheError as exc:
             for call in calls:
                 self._answer(call.key, NotStarted(StopReason.FATAL, str(exc)))
-            return
+            return None
         submitted = await self._create(provider, lines, record, calls)
         if submitted is None:
-            return
+            return None
         record.batch_id = submitted.batch_id
         record.input_file_id = submitted.input_file_id
         record.status = submitted.status
@@ -305,7 +312,7 @@ class BatchExecutor:
             message = f"{exc} — batch {submitted.batch_id} was submitted; cancel it or collect it by hand"
             for call in calls:
                 self._answer(call.key, NotStarted(StopReason.FATAL, message))
-            return
+            return None
         if estimate is not None:
             self._committed_usd += estimate
         self.stats.batch_submitted += 1
@@ -324,10 +331,9 @@ class BatchExecutor:
                 "requests": len(calls),
             }
         )
-        if self.no_wait:
-            self._leave_pending(job)
-            return
-        self._ensure_poller()
+        if not self.no_wait:
+            self._ensure_poller()
+        return job
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.create_task(self._guarded(work))
