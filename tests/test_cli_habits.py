@@ -41,6 +41,9 @@ COMMANDS = [
     ["cache", "stats"],
     ["cache", "purge"],
     ["cache", "clear"],
+    ["batches"],
+    ["batches", "list"],
+    ["batches", "cancel"],
 ]
 
 
