@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmbatch.sim import SimulatorThread
 from tests.support import prompts, read_results, run_cli, write_jsonl
 from tests.test_resilience import spawn, wait_for
@@ -383,3 +385,16 @@ def test_no_wait_submits_every_job_of_the_run_before_it_returns(tmp_path, env, s
     assert result.exit_code == 75, result.stderr
     assert sim.stats()["batches_created"] == 3
     assert sorted(len(r["ids"]) for r in records(env)) == [2, 4, 4]
+
+
+def test_plan_with_batch_api_gives_the_cost_at_batch_prices(tmp_path, env):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(20, max_tokens=100))
+    live = json.loads(run_cli(["plan", str(path), "--model", MODEL, "--json"], env=env).stdout)
+    batch = run_cli(["plan", str(path), "--model", MODEL, "--batch-api"], env=env)
+    as_json = json.loads(run_cli(["plan", str(path), "--model", MODEL, "--batch-api", "--json"], env=env).stdout)
+
+    assert as_json["batch_api"] is True and live["batch_api"] is False
+    assert as_json["estimated_cost_usd"] == pytest.approx(live["estimated_cost_usd"] / 2)
+    assert as_json["estimated_cost_usd"] > 0
+    assert batch.exit_code == 0
+    assert "estimated cost at Batch API prices" in batch.stdout
