@@ -398,3 +398,54 @@ def test_plan_with_batch_api_gives_the_cost_at_batch_prices(tmp_path, env):
     assert as_json["estimated_cost_usd"] > 0
     assert batch.exit_code == 0
     assert "estimated cost at Batch API prices" in batch.stdout
+
+
+def test_polls_back_off_on_the_injected_sleep_and_never_wait_in_real_time(tmp_path, simulator):
+    import asyncio
+
+    from llmbatch.engine import batch_resolver
+    from llmbatch.model.request import Request
+    from llmbatch.providers.anyllm import AnyLLMProvider
+    from llmbatch.providers.base import Destination
+    from llmbatch.store.jobs import JobBook
+    from tests.support import TEST_API_KEY
+
+    sim = simulator(batch_processing_s=60)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the simulator's clock moves instead of ours
+        slept.append(seconds)
+        sim.advance_clock(seconds)
+        await asyncio.sleep(0)
+
+    async def run() -> list[Any]:
+        provider = AnyLLMProvider(Destination.of(api_base=sim.url, api_key=TEST_API_KEY))
+        results: list[Any] = []
+        engine = batch_resolver(
+            # No store: no leases, whose polls would share the injected sleep.
+            provider,
+            book=JobBook(tmp_path / "batches"),
+            store=None,
+            sink=results.append,
+            sleep=sleep,
+        )
+        requests = [
+            Request(
+                line=n, id=n, provider="openai", model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{n}"}]
+            )
+            for n in range(1, 4)
+        ]
+        try:
+            await engine.run(requests)
+            assert engine.executor is not None
+            await engine.executor.aclose()
+        finally:
+            await provider.aclose()
+        return results
+
+    started = time.monotonic()
+    results = asyncio.run(run())
+
+    assert [r.via for r in results] == ["batch"] * 3
+    assert slept == [5.0, 7.5, 11.25, 16.875, 25.3125]  # first poll at once, then 1.5x longer each time
+    assert time.monotonic() - started < 10
