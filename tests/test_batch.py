@@ -47,7 +47,7 @@ def test_only_misses_are_submitted_in_one_job_and_a_rerun_makes_no_batch_and_no_
     out = read_results(tmp_path / "big.results.jsonl")
     assert [row["id"] for row in out] == [row["id"] for row in rows]  # complete, in input order
     assert all(row["status"] == "ok" for row in out)
-    assert [row["via"] for row in out[:30]] == [None] * 30  # hits: from the cache
+    assert {(row["cached"], row["via"]) for row in out[:30]} == {(True, "live")}  # hits of the live run
     assert {row["via"] for row in out[30:130]} == {"batch"}
     assert {row["hit"] for row in out[130:]} == {"duplicate"}
     stats = sim.stats()
@@ -65,7 +65,10 @@ def test_only_misses_are_submitted_in_one_job_and_a_rerun_makes_no_batch_and_no_
     again = run_cli(batch_args(path, sim), env=env)
 
     assert again.exit_code == 0, again.stderr
-    assert all(row["cached"] for row in read_results(tmp_path / "big.results.jsonl"))
+    rerun = read_results(tmp_path / "big.results.jsonl")
+    assert all(row["cached"] for row in rerun)
+    assert [row["via"] for row in rerun[30:130]] == ["batch"] * 100  # a hit says how it was first made
+    assert [row["cost_usd"] for row in rerun[30:130]] == [row["cost_usd"] for row in out[30:130]]
     stats = sim.stats()
     assert stats["batches_created"] == 0 and stats["completions_served"] == 0 and stats["files_uploaded"] == 0
 

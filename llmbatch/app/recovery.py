@@ -93,6 +93,7 @@ def _recovered_entry(config: RunConfig, request: Request, row: dict[str, Any]) -
         usage=row.get("usage"),
         latency_ms=row.get("latency_ms"),
         cost_usd=row.get("cost_usd"),
+        via=row.get("via") or "live",
     )
 
 

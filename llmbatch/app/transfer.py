@@ -165,6 +165,7 @@ _FIELDS: dict[str, Any] = {
     "latency_ms": int | float | None,
     "cost_usd": int | float | None,
     "digest": str,
+    "via": str,
 }
 #: The last second of the year 9999: later is not a time a store can keep.
 _LAST = 253_402_300_799

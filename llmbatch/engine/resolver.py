@@ -306,6 +306,7 @@ class Resolver:
             usage=entry.get("usage"),
             latency_ms=entry.get("latency_ms"),
             attempts=0,
+            via=entry.get("via", "live"),
         )
 
     def _lookups(self, request: Request) -> Lookups:
@@ -511,6 +512,7 @@ class Resolver:
             usage=outcome.usage,
             latency_ms=outcome.latency_ms,
             cost_usd=outcome.cost_usd,
+            via=outcome.via,
         )
         # Paid for: into the store before anything else happens with it.
         if self._writes is not None and cacheable(outcome.response):

@@ -37,6 +37,7 @@ class CacheEntry(TypedDict, total=False):
     cost_usd: float | None  # what the call cost (None: no known price)
     response: dict[str, Any]  # the provider's whole response
     request: dict[str, Any]  # the key material
+    via: str  # "batch" for an answer a Batch-API job made; absent: a live call's
     digest: str  # sha256 of the canonical JSON of every other field
 
 
@@ -70,8 +71,10 @@ def make_entry(
     usage: dict[str, Any] | None,
     latency_ms: float | None,
     cost_usd: float | None,
+    via: str = "live",
 ) -> CacheEntry:
-    """The record for an answer to the request whose key material is ``request``."""
+    """The record for an answer to the request whose key material is ``request``. ``via`` is kept
+    only for a Batch-API answer, so a live answer's record (and its digest) is as it always was."""
     entry: CacheEntry = {
         "v": ENTRY_VERSION,
         "key": key,
@@ -85,5 +88,7 @@ def make_entry(
         "response": response,
         "request": request,
     }
+    if via != "live":
+        entry["via"] = via
     entry["digest"] = entry_digest(entry)
     return entry

@@ -48,8 +48,8 @@ class Result:
     #: Why the line was asked again of its route's ``escalate.to`` (``"length"``, ``"invalid_json"``),
     #: or None; ``cost_usd`` and ``attempts`` then count both answers.
     escalated: str | None = None
-    #: How this run got the answer: ``"live"`` (a call), ``"batch"`` (a Batch-API job), or None
-    #: (from the cache, or an error).
+    #: How the answer was made: ``"live"`` (a call) or ``"batch"`` (a Batch-API job), for a hit
+    #: as when it was first paid; None for an error.
     via: str | None = None
 
     @property
