@@ -129,3 +129,13 @@ def test_the_display_has_a_line_per_job_with_its_counts_elapsed_time_and_next_po
         "job batch_9 (openai:gpt-4o-mini): in_progress, 40/2/100 done/failed/total, elapsed 1m40s, next poll in 30s",
         "job job_2 (openai:gpt-4o-mini): submitting, 0/0/5 done/failed/total, elapsed 10s",
     ]
+
+
+def test_an_anthropic_line_without_max_tokens_gets_any_llms_live_default():
+    from any_llm.providers.anthropic.utils import DEFAULT_MAX_TOKENS
+
+    from llmbatch.providers.batch import ANTHROPIC_DEFAULT_MAX_TOKENS
+
+    assert ANTHROPIC_DEFAULT_MAX_TOKENS == DEFAULT_MAX_TOKENS
+    assert batch_line("r0-ab", request(), "anthropic")["body"]["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert "max_tokens" not in batch_line("r0-ab", request(provider="openai"), "openai")["body"]

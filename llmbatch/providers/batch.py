@@ -18,6 +18,8 @@ how each is covered:
   system messages through as messages, which Anthropic refuses. :func:`cannot_carry` refuses any
   line with something it would drop, before anything is submitted, and :func:`batch_line` moves
   system messages into ``system``.
+- Its Anthropic batch path sends ``max_tokens`` 1024 when a line sets none, where its live calls
+  send 8192: a job line sets the live default itself.
 - Its Anthropic conversion calls an ended batch "completed" whatever happened to its lines; the
   lines themselves say ``canceled`` or ``expired``, and those come back as unfinished.
 """
@@ -69,6 +71,11 @@ LIMITS = {"openai": OPENAI, "anthropic": ANTHROPIC}
 
 #: What any-llm's Anthropic batch path carries (everything else it drops without a word).
 _ANTHROPIC_PARAMS = frozenset({"max_tokens", "temperature", "top_p"})
+#: any-llm's live Anthropic calls send max_tokens=8192 when a line sets none
+#: (``any_llm.providers.anthropic.utils.DEFAULT_MAX_TOKENS``), its batch path 1024: a job line says
+#: 8192 itself, so that a batch answer is the one a live call under the same key would give
+#: (``tests/test_batch_units.py`` checks the number against the installed any-llm).
+ANTHROPIC_DEFAULT_MAX_TOKENS = 8192
 #: Finished: the provider will do nothing more with the job.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -105,6 +112,7 @@ def batch_line(custom_id: str, request: Request, provider: str) -> dict[str, Any
     """One line of a job's input file (OpenAI's batch JSONL shape, which any-llm reads for both)."""
     body: dict[str, Any] = {"model": request.model, **request.params}
     if provider == "anthropic":
+        body.setdefault("max_tokens", ANTHROPIC_DEFAULT_MAX_TOKENS)
         system = [m["content"] for m in request.messages if m.get("role") == "system"]
         body["messages"] = [m for m in request.messages if m.get("role") != "system"]
         if system:
