@@ -186,7 +186,10 @@ class _LiveView:
             *_pace_parts(s),
         )
         parts: list[Any] = [head, counters, money, pace]
-        parts.extend(Text(line, style="dim") for line in job_lines(s, time.time()))
+        jobs = job_lines(s, time.time())
+        parts.extend(Text(line, style="dim") for line in jobs[:_JOBS_SHOWN])
+        if len(jobs) > _JOBS_SHOWN:  # the screen is for the run, not for a list of 200 jobs
+            parts.append(Text(f"... and {len(jobs) - _JOBS_SHOWN} more jobs (llmbatch batches list)", style="dim"))
         if s.stopped:
             parts.append(Text(_stopping_text(s), style="bold red"))
         return Group(*parts)
@@ -236,6 +239,10 @@ def _pace_parts(stats: RunStats) -> list[tuple[str, str]]:
 def _waiting_text(stats: RunStats) -> str:
     """Lines whose answers another run sharing the cache is making: they are not paid twice."""
     return f"waiting for {_count(stats.waiting)} answer{'s' if stats.waiting != 1 else ''} another run is making"
+
+
+#: Batch-API jobs the live view lists; the rest are counted.
+_JOBS_SHOWN = 8
 
 
 def job_lines(stats: RunStats, wall_now: float) -> list[str]:
