@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmbatch.errors import NotFound, UsageError
+from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.providers.base import CallError, Destination
 from llmbatch.store import StorePlace
 from llmbatch.store.jobs import JobBook, JobRecord
@@ -48,6 +49,8 @@ def _find(place: StorePlace, job: str) -> tuple[JobBook, JobRecord]:
         raise NotFound(f"no batch job {job!r} in {place.jobs_directory} (see `llmbatch batches list`)")
     if record.batch_id is None:
         raise UsageError(f"batch job {record.id} has no batch id (its submission never finished): nothing to ask")
+    if record.endpoint == SIMULATOR_ENDPOINT:
+        raise UsageError(f"batch job {record.id} went to the simulator of a --simulate run, which is gone")
     return book, record
 
 

@@ -113,6 +113,7 @@ class Resolver:
             # Held at most: what the run calls at once, twice over, so that a call that ends is
             # followed at once by another; never a whole chunk, which a faster run sharing the
             # store would have to wait for.
+            # (getattr: a scripted executor in a test may not say how many it wants.)
             cap = max(32, 2 * getattr(executor, "wants", options.concurrency))
             self.leases = Leases(self.store, cap=cap, clock=wall_clock, sleep=sleep)
             self._writes.after.append(self.leases.release)  # stored: the leases go
