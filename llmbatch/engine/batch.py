@@ -213,6 +213,8 @@ class BatchExecutor:
         job = self._jobs.get(record.id)
         if job is None:
             job = self._jobs[record.id] = _Job(record)
+            if record.estimate_usd is not None:  # out already: --max-cost counts it until it is read
+                self._committed_usd += record.estimate_usd
             self._view(record)
             self._event({"event": "batch_attached", "job": record.id, "batch_id": record.batch_id})
         job.waiting[custom_id] = call
