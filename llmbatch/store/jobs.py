@@ -138,7 +138,10 @@ class JobBook:
         records = []
         for path in self.directory.glob(f"job_*{_SUFFIX}"):
             with contextlib.suppress(OSError, ValueError, TypeError):
-                records.append(JobRecord.from_json(path.read_bytes()))
+                # Only our own records: one planted by another user could file a batch's answers
+                # under this cache's keys (the cache refuses others' files for the same reason).
+                if path.lstat().st_uid == os.getuid() and path.is_file():
+                    records.append(JobRecord.from_json(path.read_bytes()))
         return iter(sorted(records, key=lambda r: r.submitted_at))
 
     def pending(self, endpoint: str) -> list[JobRecord]:
