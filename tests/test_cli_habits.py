@@ -406,7 +406,7 @@ def test_quiet_prints_one_line_and_nothing_else(tmp_path, sim, llmbatch, monkeyp
     [line] = result.stderr.splitlines()
     # Fixed words, for scripts that pick it apart ("1 errors" as in the progress lines).
     assert line.startswith(
-        "llmbatch: 7 prompts, 6 ok, 1 errors, 1 cut off, 0 from cache, 1 duplicates, 6 calls, spent $"
+        "llmbatch: 7 prompts, 6 ok, 1 error, 1 cut off, 0 from cache, 1 duplicate, 6 calls, spent $"
     )
     assert line.endswith(f", results: {tmp_path / 'p.results.jsonl'}")
     assert re.search(r", \d+\.\ds, ", line)
