@@ -34,7 +34,7 @@ ones).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from llmbatch.errors import (
     UsageError,
 )
 from llmbatch.input import Defaults, InvalidLine, Request, parse_line
+from llmbatch.input.routes import RouteError, parse_routes
 
 if TYPE_CHECKING:
     from llmbatch.engine import Provider, RunOptions, RunStats, StopReason
@@ -88,6 +89,7 @@ async def run_batch(
     requests: Iterable[dict[str, Any] | Request],
     *,
     model: str | None = None,
+    routes: Sequence[Mapping[str, Any]] | None = None,
     api_base: str | None = None,
     provider: Provider | None = None,
     store: Any = None,
@@ -108,6 +110,11 @@ async def run_batch(
 
     ``model``: ``provider:model`` for the dicts that name none (as ``--model``); a malformed one is
     a :class:`~llmbatch.errors.UsageError`.
+
+    ``routes``: routing rules, each a dict shaped like a ``[[route]]`` table of ``llmbatch.toml``
+    (``{"when": {"metadata": {"task": "extract"}}, "model": "openai:gpt-4o", "fallback": [...]}``;
+    see the README's *Routing*): a request that names no model takes the first rule it matches,
+    else ``model``. A bad rule is a :class:`~llmbatch.errors.UsageError`, before anything is sent.
 
     ``api_base``: send every call to this base URL (a vLLM or LM Studio server, the simulator).
     ``provider``: an object that makes the calls instead (see :class:`~llmbatch.engine.Provider`;
@@ -139,7 +146,7 @@ async def run_batch(
     finish and be stored (at most their timeout) before the cancellation goes on.
     """
     _check_arguments(requests, api_base=api_base, provider=provider, store=store, cache_dir=cache_dir)
-    checked = _check_requests(requests, model)
+    checked = _check_requests(requests, model, routes)
     return await _run(
         checked,
         api_base=api_base,
@@ -156,6 +163,7 @@ def run_batch_sync(
     requests: Iterable[dict[str, Any] | Request],
     *,
     model: str | None = None,
+    routes: Sequence[Mapping[str, Any]] | None = None,
     api_base: str | None = None,
     provider: Provider | None = None,
     store: Any = None,
@@ -182,7 +190,7 @@ def run_batch_sync(
             "async code): use `await llmbatch.run_batch(...)` there, with the same arguments"
         )
     _check_arguments(requests, api_base=api_base, provider=provider, store=store, cache_dir=cache_dir)
-    checked = _check_requests(requests, model)
+    checked = _check_requests(requests, model, routes)
     return asyncio.run(
         _run(
             checked,
@@ -214,9 +222,15 @@ def _check_arguments(requests: Any, *, api_base: Any, provider: Any, store: Any,
         raise TypeError(f"requests must be an iterable of requests, got one {type(requests).__name__}: pass [request]")
 
 
-def _check_requests(requests: Iterable[dict[str, Any] | Request], model: str | None) -> list[Request]:
+def _check_requests(
+    requests: Iterable[dict[str, Any] | Request], model: str | None, routes: Sequence[Mapping[str, Any]] | None
+) -> list[Request]:
     """Every request as a :class:`Request`, or :class:`InputError` listing every bad one."""
-    defaults = Defaults(model=model)
+    try:
+        rules = parse_routes(list(routes)) if routes is not None else ()
+    except RouteError as exc:
+        raise UsageError(f"routes: {exc}") from None
+    defaults = Defaults(model=model, routes=rules)
     if model is not None:
         # A bad default would otherwise be reported once per request that uses it.
         try:

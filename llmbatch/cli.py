@@ -1442,13 +1442,15 @@ def cache_clear(
         raise UsageError(f"cache clear removes every entry in {directory}: add --yes to do it without a question")
     with place.open(create=False) as cache:
         count = cache.count()
-        if (
-            count
-            and asking
-            and not typer.confirm(f"Remove all {_entries(count)} from the cache at {directory}?", err=True)
-        ):
-            sys.stderr.write("nothing was removed\n")
-            raise typer.Exit(EXIT_SOME_ERRORS)
+        if count and asking:
+            try:
+                sure = typer.confirm(f"Remove all {_entries(count)} from the cache at {directory}?", err=True)
+            except typer.Abort:  # Ctrl-C or end of input at the question: click would print "Aborted!"
+                sure = False
+                sys.stderr.write("\n")
+            if not sure:
+                sys.stderr.write("nothing was removed\n")
+                raise typer.Exit(EXIT_SOME_ERRORS)
         removed = cache.clear() if count else 0
     sys.stdout.write(f"removed {_entries(removed)} from the cache at {directory}\n")
 

@@ -123,8 +123,8 @@ def _snapshot(stats: RunStats, rate: _Rate, now: float) -> dict[str, Any]:
     return {"elapsed": elapsed, "lines_per_s": lines_per_s, "calls_per_s": calls_per_s, "eta": eta}
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{_count(n)} {word}{'' if n == 1 else 's'}"
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{_count(n)} {word if n == 1 else many or word + 's'}"
 
 
 def _stopping_text(stats: RunStats) -> str:
@@ -439,12 +439,12 @@ class Display:
         """``-q``: the whole summary on one line."""
         s = self.stats
         parts = [
-            f"{_count(s.total or s.done)} prompts",
+            _plural(s.total or s.done, "prompt"),
             f"{_count(s.ok)} ok",
-            f"{_count(s.errors)} errors",
+            _plural(s.errors, "error"),
             f"{_count(s.hits)} from cache",
-            *((f"{_count(s.coalesced)} duplicates",) if s.coalesced else ()),
-            f"{_count(s.calls)} calls",
+            *((_plural(s.coalesced, "duplicate"),) if s.coalesced else ()),
+            _plural(s.calls, "call"),
             f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}"
             + (f" + {_count(s.unpriced_calls)} calls of unknown price" if s.unpriced_calls else ""),
             f"{s.elapsed(self.clock()):.1f}s",
@@ -838,11 +838,8 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
     wide = None if out.isatty() or "COLUMNS" in os.environ else 120
     console = Console(file=out, highlight=False, width=wide)
 
-    def plural(n: int, word: str, many: str | None = None) -> str:
-        return f"{_count(n)} {word if n == 1 else many or word + 's'}"
-
     title = Text.assemble(("llmbatch report: ", "bold"), (printable(report.source), "bold"))
-    console.print(title + Text(f"  {plural(report.lines, 'result line')}"))
+    console.print(title + Text(f"  {_plural(report.lines, 'result line')}"))
     data = report.to_dict()
     lat = data["latency_ms"]
     answered = report.answered_by
@@ -851,7 +848,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
     overview.add_column()
     cost = format_usd(report.cost_usd)
     if report.unpriced:
-        cost += f" + {plural(report.unpriced, 'answer')} of unknown price"
+        cost += f" + {_plural(report.unpriced, 'answer')} of unknown price"
     rows: list[tuple[str, Text]] = [
         ("status", Text(f"ok {_count(report.status['ok'])}  error {_count(report.status['error'])}")),
         (
@@ -872,7 +869,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
     if lat["calls"]:
         latency = (
             f"p50 {format_ms(lat['p50'])}  p90 {format_ms(lat['p90'])}  p99 {format_ms(lat['p99'])}  "
-            f"max {format_ms(lat['max'])}  ({plural(lat['calls'], 'answered call')})"
+            f"max {format_ms(lat['max'])}  ({_plural(lat['calls'], 'answered call')})"
         )
     else:
         latency = "no answer came from a call (a hit keeps the latency of the call first paid for it)"
@@ -920,7 +917,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
         groups = report.errors
         shown = groups[:_REPORT_ERROR_GROUPS]
         errors = Table(
-            title=f"errors: {plural(report.status['error'], 'line')}, {plural(len(groups), 'group')}",
+            title=f"errors: {_plural(report.status['error'], 'line')}, {_plural(len(groups), 'group')}",
             title_justify="left",
             box=None,
             padding=(0, 1),
@@ -945,9 +942,9 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
         console.print(errors)
         hidden = len(groups) - len(shown)
         if hidden or report.other_errors:
-            more = [f"{plural(hidden, 'more group')} (--json lists them all)"] if hidden else []
+            more = [f"{_plural(hidden, 'more group')} (--json lists them all)"] if hidden else []
             if report.other_errors:
-                more.append(f"{plural(report.other_errors, 'error')} past the first distinct messages kept")
+                more.append(f"{_plural(report.other_errors, 'error')} past the first distinct messages kept")
             console.print(Text("and " + "; ".join(more), style="dim"), soft_wrap=True)
 
     if report.truncated:
@@ -955,7 +952,7 @@ def print_report(report: Any, stream: IO[str] | None = None) -> None:
         console.print(
             Text.assemble(
                 ("cut off: ", "bold yellow"),
-                f"{plural(report.truncated, 'answer')} stopped at the token limit (finish reason length)",
+                f"{_plural(report.truncated, 'answer')} stopped at the token limit (finish reason length)",
             )
         )
         listed = ", ".join(f"line {line} (id {printable(id_)})" for line, id_ in report.truncated_first)

@@ -247,6 +247,9 @@ def _wait_for_reader(path: Path, flags: int) -> int:
     if callable(handler) and handler is not signal.default_int_handler:  # never undo an ignored SIGINT
         with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to change
             swapped = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Said, or a run writing to a FIFO nobody has opened yet looks hung.
+    sys.stderr.write(f"llmbatch: waiting for a reader of {path} (results are written to it as a stream)\n")
+    sys.stderr.flush()
     try:
         return os.open(path, flags)
     finally:

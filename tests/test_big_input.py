@@ -42,9 +42,9 @@ def run(*args: str, env: dict[str, str]):
 
 
 def calls_made(stderr: str) -> int:
-    """From the one summary line of a quiet run: "..., 12 calls, ..."."""
-    [line] = [line for line in stderr.splitlines() if line.startswith("llmbatch: ") and " calls, " in line]
-    return int(re.search(r"([\d,]+) calls, ", line).group(1).replace(",", ""))
+    """From the one summary line of a quiet run: "..., 12 calls, ..." (or "1 call")."""
+    [count] = [m.group(1) for line in stderr.splitlines() if (m := re.search(r"^llmbatch: .* ([\d,]+) calls?, ", line))]
+    return int(count.replace(",", ""))
 
 
 @pytest.fixture

@@ -176,8 +176,15 @@ def test_export_says_when_its_filters_cannot_select_anything_or_name_the_wrong_t
     assert plain.exit_code == 0 and "simulated/openai:gpt-4o-mini" in plain.stderr
 
 
-def test_import_from_a_pipe_by_name_says_to_use_standard_input(tmp_path, env):
+def test_import_from_a_pipe_by_name_reads_it_as_standard_input(tmp_path, sim, llmbatch, env):
+    assert llmbatch("run", str(write_jsonl(tmp_path / "p.jsonl", prompts(3)))).exit_code == 0
+    records = exported(tmp_path, env).read_text()
     fifo = tmp_path / "records.fifo"
     os.mkfifo(fifo)
-    done = run_cli(["cache", "import", str(fifo)], env=env)
-    assert done.exit_code == 2 and "give - and send it to standard input" in done.stderr
+    # A writer on the other end, as `<(zcat answers.jsonl.gz)` would be.
+    writer = subprocess.Popen(["sh", "-c", f'cat > "{fifo}"'], stdin=subprocess.PIPE, text=True)
+    writer.stdin.write(records)
+    writer.stdin.close()
+    done = run_cli(["cache", "import", str(fifo), "--cache-dir", str(tmp_path / "other")], env=env)
+    assert writer.wait(timeout=10) == 0
+    assert done.exit_code == 0 and "imported 3 records" in done.stdout, done.stderr

@@ -132,6 +132,9 @@ def test_clear_on_a_terminal_asks_first(tmp_path, sim, llmbatch, env, cache_dir,
     assert f"Remove all 2 entries from the cache at {cache_dir}? [y/N]" in declined.stderr
     assert "nothing was removed" in declined.stderr and "removed 2" not in declined.stdout
     assert json.loads(run_cli(["cache", "stats", "--json"], env=env).stdout)["entries"] == 2
+    walked_away = run_cli(["cache", "clear"], env=env, stdin="")  # end of input, as Ctrl-C at the question
+    assert walked_away.exit_code == 1 and "Aborted" not in walked_away.stderr
+    assert walked_away.stderr.endswith("\nnothing was removed\n")
     accepted = run_cli(["cache", "clear", "--cache-dir", str(cache_dir)], env=env, stdin="y\n")
     assert accepted.exit_code == 0 and f"removed 2 entries from the cache at {cache_dir}\n" in accepted.stdout
 

@@ -409,7 +409,7 @@ def test_quiet_prints_one_line_and_nothing_else(tmp_path, sim, llmbatch, monkeyp
     [line] = result.stderr.splitlines()
     # Fixed words, for scripts that pick it apart ("1 errors" as in the progress lines).
     assert line.startswith(
-        "llmbatch: 7 prompts, 6 ok, 1 errors, 1 cut off, 0 from cache, 1 duplicates, 6 calls, spent $"
+        "llmbatch: 7 prompts, 6 ok, 1 error, 1 cut off, 0 from cache, 1 duplicate, 6 calls, spent $"
     )
     assert line.endswith(f", results: {tmp_path / 'p.results.jsonl'}")
     assert re.search(r", \d+\.\ds, ", line)
@@ -686,3 +686,15 @@ def test_a_log_that_cannot_be_written_is_a_warning_and_the_run_goes_on(tmp_path,
     assert done.exit_code == 1 and "Traceback" not in done.stderr  # 1: the bad line, not the log
     assert "llmbatch: warning: cannot write the log to /dev/full any more" in done.stderr
     assert len(read_results(tmp_path / "p.results.jsonl")) == 6
+
+
+def test_a_process_substitution_input_is_read_like_standard_input(tmp_path, sim, env):
+    # `llmbatch run <(zcat prompts.jsonl.gz)` gives /dev/fd/63, a pipe that can be read only once:
+    # it is copied first, and the results go to standard output, as for `-`.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    command = f'"{sys.executable}" -m llmbatch run <(cat "{path}") --api-base {sim.url} -m openai:gpt-4o-mini -q'
+    done = subprocess.run(["bash", "-c", command], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == ["q0", "q1", "q2"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".jsonl") == ["p.jsonl"]  # no results file beside
+    assert sim.stats()["requests_received"] == 3

@@ -86,6 +86,10 @@ def test_an_unreachable_server_is_one_error_before_anything_is_sent_and_hides_th
     assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
     bad = run_cli(["cache", "stats", "--cache", "http://cache.internal"], env=env)
     assert bad.exit_code == 2 and "use a redis://, rediss:// or unix:// URL" in bad.stderr
+    # redis-py would read /abc as no database at all and use db 0: someone else's answers.
+    no_db = run_cli(["cache", "stats", "--cache", "redis://127.0.0.1:1/abc"], env=env)
+    assert no_db.exit_code == 2
+    assert_one_clear_error(no_db.stderr, "the path must be a database number")
 
 
 def test_a_server_lost_mid_run_stops_the_run_and_nothing_paid_is_lost_or_paid_twice(

@@ -414,3 +414,20 @@ def test_a_fatal_stop_mid_run_says_to_fix_the_error_before_running_again(tmp_pat
     said = " ".join(result.stderr.split())
     assert "fix what the error below says, then run the same command again" in said
     assert "run the same command again to finish" not in said
+
+
+def test_integers_beyond_64_bits_in_metadata_and_ids_come_back_whole(tmp_path, sim, llmbatch):
+    # Order numbers and snowflake ids: orjson alone would read them as floats, rounding two ids into one.
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"id": 123456789012345678901234567890, "prompt": "a", "metadata": {"order": 98765432109876543210987}}\n'
+        '{"id": 123456789012345678901234567891, "prompt": "b", "metadata": [-18446744073709551617, 1.5]}\n'
+    )
+    done = llmbatch("run", str(path))
+    assert done.exit_code == 0, done.stderr
+    rows = read_results(tmp_path / "p.results.jsonl")
+    assert [(r["id"], r["metadata"]) for r in rows] == [
+        (123456789012345678901234567890, {"order": 98765432109876543210987}),
+        (123456789012345678901234567891, [-18446744073709551617, 1.5]),
+    ]
+    assert all(r["status"] == "ok" for r in rows)

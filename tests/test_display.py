@@ -73,7 +73,7 @@ def test_quiet_shows_nothing_until_one_summary_line():
     assert stream.getvalue() == ""
     Display(stats, mode="quiet", stream=stream).summary(Summary(results="out.jsonl", complete=True))
     [line] = stream.getvalue().splitlines()
-    assert line.startswith("llmbatch: 100 prompts, 39 ok, 1 errors, 25 from cache, 2 duplicates, 15 calls, spent $0, ")
+    assert line.startswith("llmbatch: 100 prompts, 39 ok, 1 error, 25 from cache, 2 duplicates, 15 calls, spent $0, ")
     assert line.endswith("s, results: out.jsonl")
 
 

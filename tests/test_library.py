@@ -356,3 +356,26 @@ def test_importing_the_library_loads_no_sdk_and_no_terminal_ui(statement):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_routes_choose_models_and_fall_back_as_in_a_config_file(env, simulator):
+    sim = simulator(models=("gpt-4o-mini", "gpt-4o"))  # any other model is 404 model_not_found
+    routes = [
+        {"when": {"metadata": {"task": "extract"}}, "model": "openai:gpt-4o"},
+        {"model": "openai:retired", "fallback": ["openai:gpt-4o-mini"]},
+    ]
+    requests = [
+        {"id": "e", "prompt": "extract this", "metadata": {"task": "extract"}},
+        {"id": "c", "prompt": "chat"},
+        {"id": "own", "prompt": "mine", "model": "openai:gpt-4o-mini"},
+    ]
+    results = run_batch_sync(requests, routes=routes, api_base=sim.url)
+    assert [(r.model, r.answered_by) for r in results] == [
+        ("openai:gpt-4o", "openai:gpt-4o"),
+        ("openai:retired", "openai:gpt-4o-mini"),
+        ("openai:gpt-4o-mini", "openai:gpt-4o-mini"),
+    ]
+    assert sim.stats()["unknown_model"] == 1
+    with pytest.raises(UsageError, match='routes: route 1: unknown setting "modle"'):
+        run_batch_sync(requests, routes=[{"modle": "openai:gpt-4o"}], api_base=sim.url)
+    assert sim.stats()["requests_received"] == 4  # the bad rule sent nothing

@@ -584,3 +584,22 @@ def test_results_to_a_full_or_closed_standard_output_are_one_clear_error_not_a_t
     )
     assert closed.returncode == 2 and "Traceback" not in closed.stderr
     assert "standard output is closed" in closed.stderr
+
+
+def test_a_fifo_output_nobody_reads_yet_says_the_run_is_waiting_for_a_reader(tmp_path, sim, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    argv = [sys.executable, "-m", "llmbatch", "run", str(path), "-o", str(fifo), "--api-base", sim.url]
+    argv += ["-m", "openai:gpt-4o-mini", "-q"]
+    run = subprocess.Popen(argv, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    try:
+        first = run.stderr.readline()  # before any reader exists: the run says why it waits
+        assert first == f"llmbatch: waiting for a reader of {fifo} (results are written to it as a stream)\n"
+        reader = Reader(fifo)
+        reader.start()
+        assert result_ids(reader.text()) == ["q0", "q1"]
+        assert run.wait(timeout=30) == 0
+    finally:
+        run.kill()
+        run.wait()

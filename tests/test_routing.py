@@ -205,6 +205,8 @@ def test_a_fallback_answers_after_a_404_and_a_rerun_pays_nothing(tmp_path, simul
     again = run_cli(argv, env=env)
     assert again.exit_code == 0, again.stderr
     assert sim.stats()["requests_received"] == 4  # not one more call, not even to the retired model
+    plan = json.loads(run_cli(["plan", *argv[1:], "--json"], env=env).stdout)
+    assert (plan["hits"], plan["calls"]) == (2, 0)  # the plan finds the fallback's answers too
     assert run_cli([*argv, "--cache-only"], env=env).exit_code == 0
     rerun = read_results(tmp_path / "p.results.jsonl")
     assert [(r["cached"], r["answered_by"], r["key"]) for r in rerun] == [(True, "openai:gpt-4o-mini", k) for k in keys]

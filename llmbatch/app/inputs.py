@@ -11,7 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from llmbatch.errors import UsageError
 from llmbatch.results import classify_output
@@ -24,8 +24,9 @@ __all__ = ["Input", "check_output", "default_output", "open_input"]
 
 @dataclass
 class Input:
-    """The input as a re-readable file: stdin is spooled to a temporary file first, because
-    the file is read twice (validate everything, then stream the requests)."""
+    """The input as a re-readable file: stdin, or a pipe given by name (``<(…)``, a FIFO), is
+    spooled to a temporary file first, because the file is read twice (validate everything, then
+    stream the requests)."""
 
     path: Path
     source: str  # the name used in FILE:LINE messages
@@ -48,15 +49,22 @@ def open_input(name: str) -> Input:
         origin = None
         with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor (a test runner)
             origin = os.fstat(sys.stdin.fileno())
-        path, fd = _copy_of_stdin()
+        path, fd = _copy_of(sys.stdin.buffer, "stdin")
         return Input(path, "<stdin>", temporary=True, origin=origin, fd=fd)
     path = Path(name)
-    if not path.exists():
-        raise UsageError(f"input file not found: {name}")
-    if not path.is_file():
-        # A pipe (<(…), a FIFO) cannot be read twice by name; standard input is copied first.
-        hint = "; to read a pipe, give - and send it to standard input" if not path.is_dir() else ""
-        raise UsageError(f"input is not a file: {name}{hint}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"input file not found: {name}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the input {name}: {exc.strerror or exc}") from None
+    if stat.S_ISFIFO(mode):
+        # A pipe (<(…), a FIFO) cannot be read twice: it is copied first, as standard input is.
+        with open(path, "rb") as pipe:
+            path, fd = _copy_of(pipe, name)
+        return Input(path, name, temporary=True, fd=fd)
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"input is not a file: {name}")
     return Input(path, name)
 
 
@@ -134,8 +142,8 @@ def _which_name(output: Path, input: Input) -> str:
     return f"a hard link to the input file {input.source}"
 
 
-def _copy_of_stdin() -> tuple[Path, int | None]:
-    """A private copy of standard input (0600, in $TMPDIR): where to read it, and the descriptor
+def _copy_of(stream: BinaryIO, name: str) -> tuple[Path, int | None]:
+    """A private copy of ``stream`` (0600, in $TMPDIR): where to read it, and the descriptor
     that keeps it. On Linux the copy loses its name as soon as it is written, and is read through
     ``/proc/self/fd``: nothing of the prompts is left in $TMPDIR however the run ends, even
     ``kill -9``. Elsewhere it keeps its name until :meth:`Input.cleanup`. Removed here if the copy
@@ -143,14 +151,14 @@ def _copy_of_stdin() -> tuple[Path, int | None]:
     spool = None
     try:
         with tempfile.NamedTemporaryFile(prefix="llmbatch-stdin-", suffix=".jsonl", delete=False) as spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool)
+            shutil.copyfileobj(stream, spool)
         fd = os.open(spool.name, os.O_RDONLY | os.O_CLOEXEC)
     except BaseException as exc:
         if spool is not None:
             Path(spool.name).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise UsageError(
-                f"cannot keep a copy of stdin in a temporary file ({exc.strerror or exc}): "
+                f"cannot keep a copy of {name} in a temporary file ({exc.strerror or exc}): "
                 "set TMPDIR to a directory with room, or give the input as a file"
             ) from None
         raise

@@ -88,13 +88,24 @@ def plan(config: RunConfig) -> Plan:
         requests = read_requests(config.input.path, effective_defaults(config), source=config.input.source)
         while chunk := list(islice(requests, LOOKUP_CHUNK)):
             keyed = [(r, request_key(r, destination.key_endpoint(r.provider))) for r in chunk]
-            found = cache.get_many([k for _, k in keyed]) if cache is not None else {}
+            # A fallback's answer is kept under the key of the model that gave it, and a rerun
+            # serves it (the resolver looks the chain up before calling): so must the plan.
+            chains = {
+                key: [
+                    request_key(a, destination.key_endpoint(a.provider))
+                    for a in map(r.ask_instead, range(len(r.fallback)))
+                ]
+                for r, key in keyed
+                if r.fallback
+            }
+            wanted = [k for _, k in keyed] + [k for chain in chains.values() for k in chain]
+            found = cache.get_many(wanted) if cache is not None else {}
             for request, key in keyed:
                 result.prompts += 1
                 acc = models.setdefault((request.route, request.model_ref), [0, 0, 0, 0, 0])
                 taken = routes.setdefault(request.route, {"lines": 0, "calls": 0})
                 taken["lines"] += 1
-                entry = found.get(key)
+                entry = found.get(key) or next((found[k] for k in chains.get(key, ()) if k in found), None)
                 if request.escalate_to is not None and key not in pending:
                     response = entry.get("response") if entry is not None else None
                     if entry is None or failed_check(response, request.params, request.escalate_on):

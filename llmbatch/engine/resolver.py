@@ -366,8 +366,7 @@ class Resolver:
         finds an answer an earlier run's fallback paid for and calls nothing."""
         chain = [(request, key)]
         for at in range(len(request.fallback)):
-            # Each alternate carries the rest of the chain: a model failure of the last one is fatal again.
-            alternate = _ask_instead(request, at)
+            alternate = request.ask_instead(at)
             chain.append((alternate, self.key_of(alternate)))
         if self.store is not None and self.options.cache_mode in ("normal", "only"):
             for alternate, alternate_key in chain[1:]:
@@ -554,12 +553,6 @@ def _error(request: Request, key: str, exc: CallError, attempts: int, *, hit: st
         attempts=attempts,
         error=exc.to_dict(),
     )
-
-
-def _ask_instead(request: Request, at: int) -> Request:
-    """The same request for fallback model ``at``, with the rest of the chain after it."""
-    provider, model = request.fallback[at].split(":", 1)
-    return replace(request, provider=provider, model=model, fallback=request.fallback[at + 1 :])
 
 
 def _asked_for(request: Request, result: Result, attempts: int) -> Result:

@@ -13,6 +13,7 @@ Accepted shapes, freely mixed in one file:
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -491,6 +492,21 @@ def _parse_batch(obj: dict[str, Any], line: int, defaults: Defaults) -> Request:
     )
 
 
+#: A run of digits that may be an integer beyond 64 bits, which orjson reads as a float.
+_LONG_NUMBER = re.compile(rb"\d{19,}")
+
+
+def _keep_big_integers(obj: dict[str, Any], raw: bytes | str) -> None:
+    """What a line's ``metadata`` and ``id`` hold comes back in its result line exactly as written: an
+    integer beyond 64 bits (an order number, a snowflake id), which orjson would read as a float and
+    round, is read again by the standard library, which keeps it whole. Only those two fields: the
+    rest is sent and keyed, where such a number can mean nothing to a provider."""
+    exact = json.loads(raw)
+    for name in ("metadata", "id"):
+        if name in exact:
+            obj[name] = exact[name]
+
+
 def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> Request:
     """One JSONL line to a Request, or :class:`InvalidLine` saying what is wrong."""
     if len(raw) > defaults.max_line_bytes:
@@ -509,6 +525,8 @@ def parse_line(raw: bytes | str, line: int, defaults: Defaults = Defaults()) -> 
         raise InvalidLine(f"malformed JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidLine(f"expected a JSON object, got {_type_name(obj)}")
+    if _LONG_NUMBER.search(raw if isinstance(raw, bytes) else raw.encode()):
+        _keep_big_integers(obj, raw)
     if _BATCH_FIELDS.intersection(obj) and not {"prompt", "messages"}.intersection(obj):
         request = _parse_batch(obj, line, defaults)
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["Request", "content_text", "output_cap", "prompt_estimate"]
@@ -45,6 +45,12 @@ class Request:
     def output_cap(self) -> int | None:
         """The most output tokens the answer can have, or None when the request sets no cap."""
         return output_cap(self.params)
+
+    def ask_instead(self, at: int) -> Request:
+        """The same request for fallback model ``at``, with the rest of the chain after it (a model
+        failure of the last one is then as final as for a line with no fallback)."""
+        provider, model = self.fallback[at].split(":", 1)
+        return replace(self, provider=provider, model=model, fallback=self.fallback[at + 1 :])
 
 
 def output_cap(params: Mapping[str, Any]) -> int | None:

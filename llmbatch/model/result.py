@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,4 +96,10 @@ class Result:
 
 def encode(result: Result) -> bytes:
     """One result line, newline included."""
-    return orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+    line = result.to_dict()
+    try:
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits in the line's own metadata or id (orjson writes none): the
+        # standard library writes it whole, as the input had it.
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()

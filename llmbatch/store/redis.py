@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisLimitState", "RedisStore", "redact_url"]
 
 _PAGE = 1000
+_DB_PATH = re.compile(r"/?|/[0-9]+")
 
 
 def redact_url(url: str) -> str:
@@ -83,8 +84,10 @@ def redact_url(url: str) -> str:
         for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     # Joined by hand: urlunsplit drops the "//" of unix:///path, which is then no longer the URL given.
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (
-        f"#{parts.fragment}" if parts.fragment else ""
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
     )
 
 
@@ -107,6 +110,11 @@ class RedisStore:
             raise CacheError(
                 f"--cache-namespace {namespace!r}: use letters, digits, '.', '_' or '-', ending in ':' "
                 "(one namespace must never be the start of another's keys)"
+            )
+        if url.startswith(("redis://", "rediss://")) and not _DB_PATH.fullmatch(urlsplit(url).path):
+            # redis-py reads a path it cannot parse as no database at all, so /abc would quietly be db 0.
+            raise CacheError(
+                f"--cache {redact_url(url)}: the path must be a database number, as in redis://host:6379/0"
             )
         self.url = url
         self.namespace = namespace
