@@ -237,10 +237,14 @@ def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tm
     sim.advance_clock(500)  # about half of the lines are answered by now
 
     listed = run_cli(["batches", "list"], env=env)
+    status = run_cli(["batches", "status", job["id"], "--json"], env=env)
     cancelled = run_cli(["batches", "cancel", job["batch_id"], "--json"], env=env)
 
     assert listed.exit_code == 0
     assert listed.stdout.split()[:4] == [job["id"], job["batch_id"], MODEL, "submitted"]
+    assert status.exit_code == 0, status.stderr
+    seen = json.loads(status.stdout)
+    assert seen["status"] == "in_progress" and 0 < seen["done"] < 10 and seen["total"] == 10
     assert cancelled.exit_code == 0, cancelled.stderr
     assert json.loads(cancelled.stdout)["status"] in ("cancelling", "cancelled")
     sim.advance_clock(200)  # cancelled by now
