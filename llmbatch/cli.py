@@ -1003,6 +1003,8 @@ def _describe_event(event: dict[str, Any]) -> str:
     message = f": {event['message']}" if event.get("message") else ""
     if event["event"] == "retry":
         wait = f"; retrying in {event['wait_s']:.1f}s" if event.get("wait_s") is not None else ""
+        if event.get("next") is not None:  # a batch line
+            wait = "; retrying in a later job" if event["next"] == "job" else "; retrying live"
         return f"retry {what}{message}{wait}"
     return f"failed {what}{message}"
 

@@ -106,12 +106,14 @@ def test_three_lines_in_the_error_file_are_retried_in_a_later_job(tmp_path, env,
         row["prompt"] += " [[sim:batch_fail=1]]"  # fails (500) in the first job that carries it
     path = write_jsonl(tmp_path / "in.jsonl", rows)
 
-    result = run_cli(batch_args(path, sim), env=env)
+    result = run_cli(batch_args(path, sim, "-v"), env=env)
 
     assert result.exit_code == 0, result.stderr
     out = read_results(tmp_path / "in.results.jsonl")
     assert all(row["status"] == "ok" for row in out)
     assert [row["attempts"] for row in out[3:6]] == [2, 2, 2]
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry line")]
+    assert len(retries) == 3 and all(line.endswith("; retrying in a later job") for line in retries), retries
     stats = sim.stats()
     assert stats["batches_created"] == 2
     assert stats["batch_requests_submitted"] == 23  # the second job: the three failed lines alone

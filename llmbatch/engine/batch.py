@@ -572,7 +572,14 @@ class BatchExecutor:
             return
         self.stats.retries += 1
         self._event(
-            {"event": "retry", "line": call.request.line, "id": call.request.id, "attempt": attempts, **error.to_dict()}
+            {
+                "event": "retry",
+                "line": call.request.line,
+                "id": call.request.id,
+                "attempt": attempts,
+                **error.to_dict(),
+                "next": "live" if self.fallback is not None else "job",  # where the next attempt goes
+            }
         )
         if self.fallback is not None:
             self._background(self._live(call, attempts))
