@@ -139,3 +139,14 @@ def test_an_anthropic_line_without_max_tokens_gets_any_llms_live_default():
     assert ANTHROPIC_DEFAULT_MAX_TOKENS == DEFAULT_MAX_TOKENS
     assert batch_line("r0-ab", request(), "anthropic")["body"]["max_tokens"] == DEFAULT_MAX_TOKENS
     assert "max_tokens" not in batch_line("r0-ab", request(provider="openai"), "openai")["body"]
+
+
+def test_records_of_jobs_collected_a_month_ago_are_pruned_and_pending_ones_never(tmp_path):
+    book = JobBook(tmp_path / "batches")
+    old = dict(provider="openai", model="m", endpoint="default", ids={}, submitted_at=0.0)
+    book.write(JobRecord(id="job_done", state="collected", **old))  # type: ignore[arg-type]
+    book.write(JobRecord(id="job_waiting", state="submitted", **old))  # type: ignore[arg-type]
+    book.write(JobRecord(id="job_recent", state="collected", **{**old, "submitted_at": 40 * 86_400.0}))  # type: ignore[arg-type]
+
+    assert book.prune(now=41 * 86_400.0) == 1
+    assert sorted(r.id for r in book.all()) == ["job_recent", "job_waiting"]

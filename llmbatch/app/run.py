@@ -6,6 +6,7 @@ is reported before anything else happens), then :func:`start` and :func:`execute
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -203,9 +204,12 @@ def _batch_engine(
     limits = None
     if settings.max_requests is not None:
         limits = {name: JobLimits(min(settings.max_requests, lim.requests), lim.bytes) for name, lim in LIMITS.items()}
+    book = JobBook(config.store_place.jobs_directory)
+    with contextlib.suppress(OSError):  # housekeeping: never worth stopping a run for
+        book.prune(now=time.time())
     return batch_resolver(
         started.provider,
-        book=JobBook(config.store_place.jobs_directory),
+        book=book,
         store=started.cache,
         options=config.options,
         sink=started.writer.write,

@@ -34,9 +34,12 @@ import orjson
 
 from llmbatch.errors import CacheError
 
-__all__ = ["JobBook", "JobRecord"]
+__all__ = ["KEEP_COLLECTED_S", "JobBook", "JobRecord"]
 
 _SUFFIX = ".json"
+#: How long the record of a finished job is kept for ``llmbatch batches list`` (its answers are in
+#: the cache; the provider keeps its files about as long).
+KEEP_COLLECTED_S = 30 * 86_400
 
 
 @dataclass
@@ -148,3 +151,15 @@ class JobBook:
         """Jobs submitted to ``endpoint`` whose answers no run has collected yet (``submitting``
         ones too: a batch may exist for them)."""
         return [r for r in self.all() if r.endpoint == endpoint and r.state in ("submitted", "submitting")]
+
+    def prune(self, *, now: float, keep_s: float = KEEP_COLLECTED_S) -> int:
+        """Remove the records of jobs collected (or refused) more than ``keep_s`` ago; how many went.
+        Pending ones always stay: they are what a later run attaches to."""
+        removed = 0
+        for record in self.all():
+            if record.state in ("collected", "refused") and now - record.submitted_at > keep_s:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(record.id).unlink()
+                    removed += 1
+        return removed
+
