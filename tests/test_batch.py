@@ -458,3 +458,16 @@ def test_polls_back_off_on_the_injected_sleep_and_never_wait_in_real_time(tmp_pa
     assert [r.via for r in results] == ["batch"] * 3
     assert slept == [5.0, 7.5, 11.25, 16.875, 25.3125]  # first poll at once, then 1.5x longer each time
     assert time.monotonic() - started < 10
+
+
+def test_a_bad_key_stops_the_run_with_one_message_and_no_job(tmp_path, env, simulator):
+    sim = simulator(require_api_key="sk-the-right-key-0000000000")
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(5))
+
+    result = run_cli(batch_args(path, sim), env=env)
+
+    assert result.exit_code == 1
+    assert "401" in result.stderr or "uthentication" in result.stderr
+    assert env["OPENAI_API_KEY"] not in result.stderr
+    assert sim.stats()["batches_created"] == 0
+    assert [r["state"] for r in records(env)] == ["refused"]
