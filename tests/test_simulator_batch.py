@@ -406,6 +406,17 @@ def test_anthropic_live_message_is_the_same_content_function(sim: SimulatorThrea
         client.messages.create(**message_params("[[sim:status=429]]"))
 
 
+def test_numbers_count_by_value_so_anyllms_two_anthropic_paths_agree(sim: SimulatorThread) -> None:
+    # any-llm's live Anthropic call sends temperature 0.0 where its batch translation sends 0.
+    client = ant(sim)
+    assert client.messages.create(**message_params("hi", temperature=0)).content == (
+        client.messages.create(**message_params("hi", temperature=0.0)).content
+    )
+    assert client.messages.create(**message_params("hi", temperature=0.5)).content != (
+        client.messages.create(**message_params("hi", temperature=0)).content
+    )
+
+
 def test_anthropic_message_batch_lifecycle(simulator: StartSim) -> None:
     server = simulator(batch_processing_s=100)
     client = ant(server)

@@ -5,10 +5,11 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
 
 * ``POST /v1/chat/completions`` answers a ChatCompletion whose content is a pure function of the
   request: ``digest`` is the sha256 of the request body (keys sorted, ``stream``/``stream_options``
-  left out) and the content is ``"Simulated answer {digest[:8]} to: {last user text}"``, plus
-  ``" (choice i)"`` for choice ``i > 0``, wrapped as ``{"answer": ...}`` when a JSON
-  ``response_format`` is asked for. Tokens are whitespace-separated words; ``max_tokens`` /
-  ``max_completion_tokens`` truncate the content (``finish_reason`` ``"length"``).
+  left out, a whole float written as an integer: ``0.0`` and ``0`` are one value) and the content
+  is ``"Simulated answer {digest[:8]} to: {last user text}"``, plus ``" (choice i)"`` for choice
+  ``i > 0``, wrapped as ``{"answer": ...}`` when a JSON ``response_format`` is asked for. Tokens
+  are whitespace-separated words; ``max_tokens`` / ``max_completion_tokens`` truncate the content
+  (``finish_reason`` ``"length"``).
 * Checks run in the order a real server runs them, and the first that fails answers:
   API key (401) -> request shape (400) -> model (404) -> rpm/tpm limits (429) -> directives in the
   last user message -> random faults drawn from the seeded RNG -> latency -> success.
@@ -59,7 +60,8 @@ Anthropic Messages, for the Anthropic SDK (``base_url`` is the server's root, th
   ``max_tokens``, which is required) or ``refusal`` (``finish=content_filter``: no content); usage
   counts words, the ``system`` prompt included. Errors are Anthropic's ``{"type": "error", "error":
   {"type", "message"}}``, the type following the status. The directives, limits and faults above
-  apply as to chat completions (except ``quirk=choice_error``).
+  apply as to chat completions (except ``quirk=choice_error``); rate-limit headers stay OpenAI's
+  ``x-ratelimit-*``, with ``Retry-After``.
 
 Batch APIs (server state, kept by a stats reset; injected faults, latency and rate limits apply only
 to the live endpoints):
@@ -437,8 +439,19 @@ def _validate_message(body: Any) -> None:
         raise _InvalidRequest("stream=true is not supported by the simulator", "stream")
 
 
+def _by_value(value: Any) -> Any:
+    """Numbers by value: ``0.0`` as ``0``, as any provider reads them (clients differ in which they send)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
+
+
 def _digest(body: dict[str, Any]) -> str:
-    canonical = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    canonical = {k: _by_value(v) for k, v in body.items() if k not in ("stream", "stream_options")}
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
