@@ -407,7 +407,7 @@ def test_quiet_prints_one_line_and_nothing_else(tmp_path, sim, llmbatch, monkeyp
     assert result.exit_code == 1
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    # Fixed words, for scripts that pick it apart ("1 errors" as in the progress lines).
+    # Words for people ("1 error"); scripts read `llmbatch report --json` instead.
     assert line.startswith(
         "llmbatch: 7 prompts, 6 ok, 1 error, 1 cut off, 0 from cache, 1 duplicate, 6 calls, spent $"
     )

@@ -261,7 +261,7 @@ def test_simulate_without_a_model_still_normalises(tmp_path, env):
     path = write_jsonl(tmp_path / "p.jsonl", variant_rows())
     done = run_cli(["run", str(path), "--simulate", "--normalize", "whitespace", "-q"], env=env)
     assert done.exit_code == 0, done.stderr
-    assert ", 1 calls," in done.stderr
+    assert ", 1 call," in done.stderr
 
 
 def test_the_benchmark_runs_and_counts_one_call_per_distinct_prompt(tmp_path):
