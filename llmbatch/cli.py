@@ -481,6 +481,7 @@ def run(
         cache_mode=_cache_mode(no_cache, refresh, cache_only),
         ttl_s=_ttl(ttl),
         max_cost_usd=max_cost,
+        prices=config_in_use.prices,
     )
     with _Signals() as signals:
         source = _open_input(input)
@@ -571,7 +572,9 @@ def plan(
                 provider=provider,
                 api_base=api_base,
                 simulate=simulate,
-                options=RunOptions(cache_mode=_cache_mode(no_cache, refresh, cache_only)),
+                options=RunOptions(
+                    cache_mode=_cache_mode(no_cache, refresh, cache_only), prices=config_in_use.prices
+                ),
                 cache_dir=cache_dir,
                 cache_url=cache_url,
                 cache_namespace=cache_namespace,
@@ -706,7 +709,7 @@ def _run(
     try:
         report = _validate(config, prefix)
         if config.options.max_cost_usd is not None:
-            _check_prices(report.models)
+            _check_prices(report.models, config.options.prices)
         stats.total = report.requests
         announce = None
         if config_source is not None and not quiet:
@@ -929,14 +932,15 @@ def _print_plan(config: Any, *, as_json: bool) -> None:
         print_plan(result)
 
 
-def _check_prices(models: set[str]) -> None:
+def _check_prices(models: set[str], prices: Any) -> None:
     """--max-cost needs a price for every model it may call: refuse up front, not mid-run."""
     from llmbatch.pricing import is_priced
 
-    unknown = sorted(m for m in models if not is_priced(*m.split(":", 1)))
+    unknown = sorted(m for m in models if not is_priced(*m.split(":", 1), prices=prices))
     if unknown:
         raise UsageError(
-            f"--max-cost: no price is known for {', '.join(unknown)} (genai-prices), so the budget cannot be kept"
+            f"--max-cost: no price is known for {', '.join(unknown)}, so the budget cannot be kept; "
+            "set input_per_million and output_per_million for it in llmbatch.toml"
         )
 
 

@@ -278,7 +278,9 @@ class Resolver:
     def _hit(self, request: Request, key: str, entry: CacheEntry, *, coalesced: bool = False) -> Result:
         # Entries stored before prices were recorded are priced from their usage.
         cost = (
-            entry["cost_usd"] if "cost_usd" in entry else call_cost(request.provider, request.model, entry.get("usage"))
+            entry["cost_usd"]
+            if "cost_usd" in entry
+            else call_cost(request.provider, request.model, entry.get("usage"), prices=self.options.prices)
         )
         if coalesced:
             self.stats.coalesced += 1
