@@ -30,9 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import BENCH, MODEL, SimProcess, llmbatch_cmd, measure, result_counts, write_prompts  # noqa: E402
+from run import BENCH, MODEL, SimProcess, llmbatch_cmd, measure, result_counts, write_prompts  # bench/ is on sys.path
 
 VARIANTS = ("llmbatch", "llmbatch_w0", "ceiling", "anyllm")
 LABELS = {
@@ -128,7 +126,7 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
 
     def span(which: str, key: str) -> str:
         values = sorted(r[key] for r in runs[which])
-        return f"{values[0]:.2f}–{values[-1]:.2f} s (median {med(which, key):.2f})"
+        return f"{values[0]:.2f}-{values[-1]:.2f} s (median {med(which, key):.2f})"
 
     lines = [
         f"{args.n:,} prompts, {args.latency_ms} ms latency, -c {args.concurrency}, "

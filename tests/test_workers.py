@@ -6,6 +6,7 @@ processes running ``python -m llmbatch.providers.workers``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -284,3 +285,24 @@ def test_sigterm_to_the_whole_process_tree_keeps_the_calls_the_workers_have_in_f
     stats = sim.stats()
     assert stats["completions_served"] == stats["requests_received"], "calls in flight were dropped"
     assert cache_entries(env) == stats["completions_served"]
+
+
+def test_a_run_that_exits_at_once_has_written_every_result_and_stored_every_paid_answer(tmp_path, env, simulator):
+    # The command leaves with os._exit as soon as the run is finished, and kills idle workers
+    # instead of waiting for them: nothing written to a pipe may be lost, nothing paid unstored,
+    # and no worker may be left behind.
+    sim = simulator(latency_s=0.01)
+    n = 400
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+    proc = spawn(run_args(path, sim, "-c", "32", "--workers", "2", "-q", "-o", "-"), env, tmp_path)
+    workers: list[int] = []
+    wait_for(lambda: bool(workers.extend(worker_pids(proc.pid)) or workers), timeout=60, process=proc, what="workers")
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "stopped unexpectedly" not in stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [row["id"] for row in rows] == [f"q{i}" for i in range(n)] and all(r["status"] == "ok" for r in rows)
+    assert sim.stats()["completions_served"] == n
+    assert cache_entries(env) == n
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10, what="workers gone")
