@@ -115,7 +115,7 @@ class Resolver:
             # store would have to wait for.
             cap = max(32, 2 * options.concurrency)
             self.leases = Leases(self.store, cap=cap, clock=wall_clock, sleep=sleep)
-            self._writes.after.append(self.leases.release)  # stored: the leases go
+            self._writes.after.append(self.leases.stored)  # stored: the leases go
 
     def key_of(self, request: Request) -> str:
         return request_key(request, self.destination.key_endpoint(request.provider))
