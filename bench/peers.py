@@ -3,11 +3,13 @@
     python bench/peers.py                    # 5,000 prompts, 100 ms, -c 100, 5 rounds (~4 minutes)
     python bench/peers.py --rounds 3 --n 2000
     python bench/peers.py --only llmbatch,ceiling
+    python bench/peers.py --only llmbatch,llmbatch_w2,ceiling --cpus 0   # pinned to one core
 
 One simulator (`llmbatch sim --latency 100ms`) in its own process, and in rotating order each round:
 
 - ``llmbatch``: `llmbatch run FILE -m openai:gpt-4o-mini -c 100 -q` (``--workers auto``), a fresh cache;
-- ``llmbatch_w0``: the same with ``--workers 0`` (every call in one process);
+- ``llmbatch_w0``: the same with ``--workers 0`` (every call in one process); ``llmbatch_wN`` with
+  ``--workers N``;
 - ``ceiling``: bench/ceiling.py, one aiohttp session under a semaphore (a raw-aiohttp runner like the
   OpenAI cookbook's ``api_request_parallel_processor.py``);
 - ``anyllm``: bench/baseline.py, one plain any-llm client under a semaphore.
@@ -16,7 +18,9 @@ Each is timed from outside (bench/run.py's ``measure``: wall, CPU of the process
 peak RSS of the tree). The simulator reports when the first request arrived and when the last answer
 left on the machine's monotonic clock, so each run splits into *before the first request*, *while
 running* (share of ideal = N x latency / C over that span) and *after the last answer* (to the exit).
-Medians over the rounds; the ratios to the ceiling are the point on a shared machine.
+Medians over the rounds; the ratios to the ceiling are the point on a shared machine. ``--cpus 0``
+runs every measured command under ``taskset -c 0`` (the simulator keeps the machine's cores), as in a
+container given one CPU.
 """
 
 from __future__ import annotations
@@ -35,15 +39,18 @@ from run import BENCH, MODEL, SimProcess, llmbatch_cmd, measure, result_counts, 
 VARIANTS = ("llmbatch", "llmbatch_w0", "ceiling", "anyllm")
 LABELS = {
     "llmbatch": "llmbatch (workers auto)",
-    "llmbatch_w0": "llmbatch `--workers 0`",
     "ceiling": "raw aiohttp (bench/ceiling.py)",
     "anyllm": "any-llm client + semaphore",
 }
 
 
+def label(which: str) -> str:
+    return LABELS.get(which) or f"llmbatch `--workers {which.removeprefix('llmbatch_w')}`"
+
+
 def argv_of(which: str, file: Path, url: str, concurrency: int, out: Path, extra: list[str]) -> list[str]:
     if which.startswith("llmbatch"):
-        workers = ["--workers", "0"] if which == "llmbatch_w0" else []
+        workers = ["--workers", which.removeprefix("llmbatch_w")] if which.startswith("llmbatch_w") else []
         return [
             *llmbatch_cmd(),
             "run",
@@ -71,7 +78,10 @@ def one_run(which: str, file: Path, n: int, sim: SimProcess, args: argparse.Name
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_BASE_URL", "_API_BASE"))}
     env.update({"LLMBATCH_CACHE_DIR": str(cache), "OPENAI_API_KEY": "sk-bench"})
     sim.reset()
-    m = measure(argv_of(which, file, sim.url, args.concurrency, out, args.extra), env=env)
+    argv = argv_of(which, file, sim.url, args.concurrency, out, args.extra)
+    if args.cpus is not None:
+        argv = ["taskset", "-c", args.cpus, *argv]
+    m = measure(argv, env=env)
     if m.returncode != 0:
         raise RuntimeError(f"{which} exited {m.returncode}:\n{m.stderr[-2000:]}")
     stats = sim.stats()
@@ -99,6 +109,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
     parser.add_argument("--extra", nargs="*", default=[], help="more options for both llmbatch variants")
     parser.add_argument("--json", type=Path, help="also write every run here")
+    parser.add_argument("--cpus", help="run the measured commands under taskset -c CPUS (0: one core)")
     args = parser.parse_args()
     variants = [v for v in args.only.split(",") if v]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -130,7 +141,7 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
 
     lines = [
         f"{args.n:,} prompts, {args.latency_ms} ms latency, -c {args.concurrency}, "
-        f"{args.rounds} interleaved rounds, medians",
+        f"{args.rounds} interleaved rounds, medians" + (f", clients on CPUs {args.cpus}" if args.cpus else ""),
         "",
         "| | share of ideal while running | wall s | before first request | after last answer "
         "| CPU ms/prompt | peak RSS (tree) |",
@@ -138,7 +149,7 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
     ]
     for which in runs:
         lines.append(
-            f"| {LABELS[which]} | {med(which, 'running_share'):.2f} | {med(which, 'wall_s'):.2f} "
+            f"| {label(which)} | {med(which, 'running_share'):.2f} | {med(which, 'wall_s'):.2f} "
             f"| {span(which, 'before_first_s')} | {span(which, 'after_last_s')} "
             f"| {med(which, 'cpu_ms_per_prompt'):.2f} | {med(which, 'peak_tree_rss_mb'):.0f} MB |"
         )

@@ -411,6 +411,11 @@ class Display:
             )
         if s.unpriced_calls:
             notes.append(_unpriced_note(s.unpriced_models))
+        if s.one_cpu:
+            notes.append(
+                "note: one CPU is available to this run, so --workers auto made every call in this process: "
+                "worker processes would share that CPU and add only start-up time, memory and a pipe per call"
+            )
         if s.workers_lost and not s.fatal:
             many = s.workers_lost > 1
             lost = f"{s.workers_lost} worker process{'es' if many else ''}"

@@ -6,10 +6,12 @@ processes running ``python -m llmbatch.providers.workers``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -306,3 +308,32 @@ def test_a_run_that_exits_at_once_has_written_every_result_and_stored_every_paid
     assert sim.stats()["completions_served"] == n
     assert cache_entries(env) == n
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10, what="workers gone")
+
+
+def test_on_one_cpu_auto_makes_every_call_in_this_process_and_says_why(tmp_path, env, simulator):
+    # A run that would use workers on two cores (2,000 requests at -c 64), pinned to one CPU as a
+    # container with one CPU is: workers would only share that CPU, so none start, and the run says so.
+    from llmbatch.providers.workers import AUTO_MIN_REQUESTS
+
+    sim = simulator()
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(AUTO_MIN_REQUESTS))
+    one = min(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *run_args(path, sim, "-c", "64")],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+    )
+    seen: list[int] = []
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):  # the run ended between the look and the listing
+            seen += worker_pids(proc.pid)
+        time.sleep(0.05)
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
+    assert proc.returncode == 0, stderr
+    assert seen == []
+    assert "one CPU is available to this run, so --workers auto made every call in this process" in stderr
+    assert_complete(tmp_path / "p.results.jsonl", AUTO_MIN_REQUESTS)

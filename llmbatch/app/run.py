@@ -92,7 +92,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
 
             simulator = Simulator(config.sim_config or SimConfig())
             destination = replace(destination, api_base=await simulator.start())
-        provider = _provider(_workers(config, _left(stats, prefix)), destination)
+        provider = _provider(_workers(config, _left(stats, prefix), stats), destination)
         if options.cache_mode != "only" and _left(stats, prefix) > 0:
             await _prepare_providers(provider, models)
             # Runs sharing a server share each budget's pace: whose budget it is, by default a
@@ -200,9 +200,12 @@ def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
     return (stats.total or 0) - (prefix.lines if prefix is not None else 0)
 
 
-def _workers(config: RunConfig, requests: int) -> int:
+def _workers(config: RunConfig, requests: int, stats: RunStats) -> int:
     if config.workers is not None:
         return config.workers
     from llmbatch.providers.workers import auto_workers
 
-    return auto_workers(config.options.concurrency, cpus(), requests)
+    count = auto_workers(config.options.concurrency, cpus(), requests)
+    # Said, not done quietly: a run that would use workers on a second core uses none on one.
+    stats.one_cpu = count == 0 and cpus() < 2 and auto_workers(config.options.concurrency, 2, requests) > 0
+    return count
