@@ -92,9 +92,16 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
 
             simulator = Simulator(config.sim_config or SimConfig())
             destination = replace(destination, api_base=await simulator.start())
-        provider = _provider(_workers(config, _left(stats, prefix), stats), destination)
+        workers = _workers(config, _left(stats, prefix), stats)
+        provider = _provider(workers, destination)
         if options.cache_mode != "only" and _left(stats, prefix) > 0:
+            # With workers, this process waits while they import the SDK: price lookups load then.
+            # In one process the SDK's import comes first, so the first request is not later.
+            if workers:
+                _warm_prices(models, options.prices)
             await _prepare_providers(provider, models)
+            if not workers:
+                _warm_prices(models, options.prices)
             # Runs sharing a server share each budget's pace: whose budget it is, by default a
             # fingerprint of the API key and endpoint (never the key), or --rate-group.
             paying = destination
@@ -134,6 +141,14 @@ async def _prepare_providers(provider: Any, models: set[str]) -> None:
                 await ready
         except CallError as exc:
             raise UsageError(exc.message) from None
+
+
+def _warm_prices(models: set[str], prices: Any) -> None:
+    import threading
+
+    from llmbatch.pricing import warm
+
+    threading.Thread(target=warm, args=(sorted(models), prices), name="llmbatch-prices", daemon=True).start()
 
 
 def models_of(models: set[str], provider: str) -> str:
