@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from llmbatch.app.runconfig import cpu_quota
 from llmbatch.providers.workers import auto_workers
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
 from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, spawn, wait_for
@@ -337,3 +338,19 @@ def test_on_one_cpu_auto_makes_every_call_in_this_process_and_says_why(tmp_path,
     assert seen == []
     assert "one CPU is available to this run, so --workers auto made every call in this process" in stderr
     assert_complete(tmp_path / "p.results.jsonl", AUTO_MIN_REQUESTS)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("max 100000\n", None),  # cgroup v2, no quota
+        ("100000 100000\n", 1.0),  # docker run --cpus 1
+        ("150000 100000\n", 1.5),  # --cpus 1.5: auto may use two
+        ("-1 100000", None),  # cgroup v1, no quota
+        ("", None),
+    ],
+)
+def test_a_cpu_quota_counts_as_the_cpus_it_allows(text, cpus):
+    # A container given one CPU by quota still sees every core in its affinity mask: auto must
+    # count the quota, or it starts workers that only share that one CPU.
+    assert cpu_quota(text) == cpus
