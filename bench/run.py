@@ -120,6 +120,10 @@ class Measured:
     stdout: str = field(repr=False)
     stderr: str = field(repr=False)
     peak_tree_rss_mb: float = 0.0  # the process and all its children together (sampled every 20 ms)
+    #: time.monotonic() just before the start and just after the exit: the simulator's
+    #: first_request_at and last_completion_at are on the same clock.
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -168,6 +172,7 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
     ):
         full = [GNU_TIME, "-f", "%M", "-o", timing.name, *argv] if use_time else argv
         cpu_before = _cpu_of_children()
+        started_at = time.monotonic()
         started = time.perf_counter()
         proc = subprocess.Popen(full, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         timer = threading.Timer(timeout_s, proc.kill)
@@ -181,6 +186,7 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
             tree.done.set()
             tree.join()
         wall = time.perf_counter() - started
+        ended_at = time.monotonic()
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu = _cpu_of_children() - cpu_before
         if use_time:
@@ -199,6 +205,8 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
             peak_tree_rss_mb=max(tree.peak / 2**20, rss_kb / 1024),
+            started_at=started_at,
+            ended_at=ended_at,
         )
 
 

@@ -1,4 +1,4 @@
-"""``llmbatch.toml``: defaults per ``provider:model`` (rpm, tpm, concurrency, normalize).
+"""``llmbatch.toml``: defaults per ``provider:model`` (rpm, tpm, concurrency, normalize, prices).
 
 Read from ``--config FILE``, else ``llmbatch.toml`` in the working directory if there is one.
 Command-line options win over the file::
@@ -13,6 +13,10 @@ Command-line options win over the file::
     [models."anthropic:claude-sonnet-4-5"]
     rpm = 50
     normalize = "none"              # this one's prompts are code: keep their layout
+
+    [models."vllm:llama-3.1-8b"]     # a model genai-prices has no price for
+    input_per_million = 0.10        # USD per million input tokens
+    output_per_million = 0.40       # USD per million output tokens
 
     [[route]]                       # routing rules: see llmbatch.input.routes
     when  = { metadata = { task = "extract" } }
@@ -34,12 +38,14 @@ from llmbatch.errors import UsageError
 from llmbatch.input.normalize import parse_mode
 from llmbatch.input.routes import Route, RouteError, parse_routes
 from llmbatch.limits import LimitSettings
+from llmbatch.pricing import ModelPrice
 
 __all__ = ["CONFIG_NAME", "Config", "load_config", "merge_limits", "merge_normalize", "parse_config"]
 
 CONFIG_NAME = "llmbatch.toml"
 _LIMIT_KEYS = ("rpm", "tpm", "concurrency")
-_MODEL_KEYS = (*_LIMIT_KEYS, "normalize")
+_PRICE_KEYS = ("input_per_million", "output_per_million")
+_MODEL_KEYS = (*_LIMIT_KEYS, "normalize", *_PRICE_KEYS)
 _TOP_KEYS = ("models", "normalize", "route")
 
 
@@ -54,6 +60,8 @@ class Config:
     normalize: str | None = None
     #: ``[[route]]`` rules, in file order: which model a line without its own goes to.
     routes: tuple[Route, ...] = ()
+    #: Prices per provider:model, used where genai-prices has none.
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
 
 
 def _problem(source: str, text: str) -> UsageError:
@@ -83,6 +91,7 @@ def parse_config(text: str, source: str) -> Config:
     default = _normalize(source, "", data["normalize"]) if "normalize" in data else None
     models: dict[str, LimitSettings] = {}
     normalize_models: dict[str, str | None] = {}
+    prices: dict[str, ModelPrice] = {}
     table = data.get("models", {})
     if not isinstance(table, dict):
         raise _problem(source, 'models must be a table: [models."provider:model"]')
@@ -100,11 +109,34 @@ def parse_config(text: str, source: str) -> Config:
         name = model.split(":", 1)[0].lower() + ":" + model.split(":", 1)[1]
         if "normalize" in values:
             normalize_models[name] = _normalize(source, f"{where}: ", values["normalize"])
+        if any(k in values for k in _PRICE_KEYS):
+            prices[name] = _price(source, where, values)
         settings = {k: _positive_int(source, where, k, v) for k, v in values.items() if k in _LIMIT_KEYS}
-        # A table that only sets normalize sets no limits: the run must not announce "limits from".
-        if settings or "normalize" not in values:
+        # A table that only sets normalize or prices sets no limits: the run must not announce "limits from".
+        if settings or not any(k in values for k in ("normalize", *_PRICE_KEYS)):
             models[name] = LimitSettings(**settings)
-    return Config(source=source, models=models, normalize_models=normalize_models, normalize=default, routes=routes)
+    return Config(
+        source=source,
+        models=models,
+        normalize_models=normalize_models,
+        normalize=default,
+        routes=routes,
+        prices=prices,
+    )
+
+
+def _price(source: str, where: str, values: dict[str, Any]) -> ModelPrice:
+    """Both prices, or neither: a model priced for input alone would look cheaper than it is."""
+    missing = [k for k in _PRICE_KEYS if k not in values]
+    if missing:
+        raise _problem(source, f"{where}: {missing[0]} is missing (give both input_per_million and output_per_million)")
+    amounts = []
+    for key in _PRICE_KEYS:
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
+            raise _problem(source, f"{where}: {key} must be USD per million tokens, like 0.15, got {value!r}")
+        amounts.append(float(value))
+    return ModelPrice(input_per_million=amounts[0], output_per_million=amounts[1])
 
 
 def _normalize(source: str, where: str, value: Any) -> str | None:

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -75,6 +75,16 @@ def format_duration(seconds: float | None) -> str:
 
 def _count(n: int) -> str:
     return f"{n:,}"
+
+
+def _unpriced_note(models: Iterable[str]) -> str:
+    """Said once per run or plan, for every model with no price: what it means and what to do."""
+    names = sorted(set(models))
+    example = f'[models."{names[0]}"] input_per_million = ..., output_per_million = ... (USD)'
+    return (
+        f"note: no price known for {', '.join(names)}; cost shown as unknown; "
+        f"set prices in llmbatch.toml: {example}"
+    )
 
 
 class _Rate:
@@ -424,8 +434,12 @@ class Display:
                 '(finish_reason "length", marked "truncated" in the results); a larger max_tokens asks again'
             )
         if s.unpriced_calls:
-            models = ", ".join(sorted(s.unpriced_models))
-            notes.append(f"note: {s.unpriced_calls} calls have no known price ({models}): their cost is unknown, not 0")
+            notes.append(_unpriced_note(s.unpriced_models))
+        if s.one_cpu:
+            notes.append(
+                "note: one CPU is available to this run, so --workers auto made every call in this process: "
+                "worker processes would share that CPU and add only start-up time, memory and a pipe per call"
+            )
         if s.workers_lost and not s.fatal:
             many = s.workers_lost > 1
             lost = f"{s.workers_lost} worker process{'es' if many else ''}"
@@ -794,7 +808,7 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
     if plan.by_route:
         _print_plan_routes(console, plan.by_route)
     if plan.unpriced_models:
-        console.print(Text(f"note: no known price for {', '.join(plan.unpriced_models)}: the cost is unknown, not 0"))
+        console.print(Text(_unpriced_note(plan.unpriced_models)))
 
 
 _ROUTE_NAMES = {"line": "the line's own model", "--model": "--model"}

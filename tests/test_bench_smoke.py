@@ -64,3 +64,29 @@ def test_bench_run_tiny_writes_every_figure(tmp_path):
         "zero_miss_imports_any_llm",
     }
     assert "targets:" in done.stdout
+
+
+def test_bench_peers_splits_each_run_into_start_up_running_and_shutdown(tmp_path):
+    out = tmp_path / "peers.json"
+    tiny = ["--n", "40", "--latency-ms", "10", "--rounds", "1", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "peers.py"), *tiny],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"llmbatch", "llmbatch_w0", "ceiling", "anyllm"}
+    for (run,) in runs.values():
+        assert set(run) == {
+            "wall_s",
+            "running_share",
+            "before_first_s",
+            "after_last_s",
+            "cpu_ms_per_prompt",
+            "peak_tree_rss_mb",
+        }
+        assert 0 < run["before_first_s"] < run["wall_s"] and 0 <= run["after_last_s"] < run["wall_s"]
+    assert "| llmbatch (workers auto) |" in done.stdout and "wall llmbatch / ceiling" in done.stdout

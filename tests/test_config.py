@@ -9,6 +9,7 @@ import pytest
 from llmbatch.config import CONFIG_NAME, Config, load_config, merge_limits, parse_config
 from llmbatch.errors import UsageError
 from llmbatch.limits import LimitSettings
+from llmbatch.pricing import ModelPrice
 
 SOURCE = "team/llmbatch.toml"
 
@@ -169,3 +170,29 @@ def test_one_option_overrides_only_its_own_setting():
 
 def test_options_without_a_config_file_are_the_default():
     assert merge_limits(Config(), rpm=60, tpm=None) == ({}, LimitSettings(rpm=60))
+
+
+# --- prices --------------------------------------------------------------------------------------
+
+
+def test_a_model_priced_in_the_file_has_its_price_and_no_limits():
+    config = parse_config('[models."vllm:llama"]\ninput_per_million = 0.1\noutput_per_million = 2\n', SOURCE)
+    assert config.prices == {"vllm:llama": ModelPrice(input_per_million=0.1, output_per_million=2.0)}
+    assert config.models == {}  # a price alone does not make the run announce "limits from"
+    assert config.prices["vllm:llama"].cost(1_000_000, 500_000) == pytest.approx(1.1)
+
+
+def test_a_price_needs_both_input_and_output():
+    message = problem('[models."vllm:llama"]\ninput_per_million = 0.1\n')
+    assert message == (
+        f'{SOURCE}: [models."vllm:llama"]: output_per_million is missing '
+        "(give both input_per_million and output_per_million)"
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ('"0.1"', "'0.1'"), ("true", "True"), ("inf", "inf")])
+def test_a_price_must_be_a_non_negative_number(value, shown):
+    message = problem(f'[models."vllm:llama"]\ninput_per_million = {value}\noutput_per_million = 1\n')
+    assert message == (
+        f'{SOURCE}: [models."vllm:llama"]: input_per_million must be USD per million tokens, like 0.15, got {shown}'
+    )

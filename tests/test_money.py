@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from genai_prices import Usage, calc_price
 
 from llmbatch.pricing import format_usd
@@ -54,7 +55,54 @@ def test_a_model_without_a_known_price_costs_null_never_zero(tmp_path, sim, llmb
     result = llmbatch("run", str(path))
     assert result.exit_code == 0
     assert [r["cost_usd"] for r in read_results(tmp_path / "p.results.jsonl")] == [None, None]
-    assert "2 calls have no known price (openai:my-finetune-x): their cost is unknown, not 0" in result.stderr
+    note = (
+        "note: no price known for openai:my-finetune-x; cost shown as unknown; set prices in llmbatch.toml: "
+        '[models."openai:my-finetune-x"] input_per_million = ..., output_per_million = ... (USD)'
+    )
+    assert result.stderr.count("no price known") == 1  # once for the run, not once a call
+    assert note in result.stderr
+
+
+PRICED = """
+[models."openai:my-finetune-x"]
+input_per_million = 2.5
+output_per_million = 10
+
+[models."openai:gpt-4o-mini"]
+input_per_million = 1000
+output_per_million = 1000
+"""
+
+
+def test_prices_in_llmbatch_toml_price_a_model_genai_prices_does_not_know(tmp_path, sim, llmbatch):
+    config = tmp_path / "llmbatch.toml"
+    config.write_text(PRICED)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3, model="openai:my-finetune-x", max_tokens=20))
+    paid = llmbatch("run", str(path), "--config", str(config), "--max-cost", "1")
+    assert paid.exit_code == 0, paid.stderr  # a budget can be kept: the model has a price
+    rows = read_results(tmp_path / "p.results.jsonl")
+    for row in rows:
+        usage = row["usage"]
+        expected = (usage["prompt_tokens"] * 2.5 + usage["completion_tokens"] * 10) / 1e6
+        assert row["cost_usd"] == pytest.approx(expected) and row["cost_usd"] > 0
+    assert "no price known" not in paid.stderr
+    assert format_usd(sum(r["cost_usd"] for r in rows)) in paid.stderr.split("spent this run")[1].splitlines()[0]
+
+    plan = json.loads(llmbatch("run", str(path), "--config", str(config), "--dry-run", "--json").stdout)
+    assert plan["unpriced_models"] == [] and plan["hits"] == 3 and plan["estimated_cost_usd"] == 0
+    fresh = write_jsonl(tmp_path / "fresh.jsonl", prompts(2, start=10, model="openai:my-finetune-x", max_tokens=20))
+    plan = json.loads(llmbatch("run", str(fresh), "--config", str(config), "--dry-run", "--json").stdout)
+    estimate = (plan["estimated_input_tokens"] * 2.5 + 40 * 10) / 1e6
+    assert plan["estimated_cost_usd"] == pytest.approx(estimate)
+
+
+def test_genai_prices_wins_over_a_price_in_llmbatch_toml(tmp_path, sim, llmbatch):
+    config = tmp_path / "llmbatch.toml"
+    config.write_text(PRICED)  # gpt-4o-mini at $1,000 a million tokens: ignored, genai-prices knows it
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2, max_tokens=20))
+    assert llmbatch("run", str(path), "--config", str(config)).exit_code == 0
+    for row in read_results(tmp_path / "p.results.jsonl"):
+        assert row["cost_usd"] == genai_price(row["usage"])
 
 
 def test_a_dry_run_calls_nobody_and_predicts_hits_duplicates_and_calls_exactly(tmp_path, sim, llmbatch):

@@ -6,14 +6,18 @@ processes running ``python -m llmbatch.providers.workers``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from llmbatch.app.runconfig import cpu_quota
 from llmbatch.providers.workers import auto_workers
 from tests.support import TEST_API_KEY, prompts, read_results, run_cli, write_jsonl
 from tests.test_resilience import assert_complete, assert_one_clear_error, cache_entries, run_args, spawn, wait_for
@@ -284,3 +288,69 @@ def test_sigterm_to_the_whole_process_tree_keeps_the_calls_the_workers_have_in_f
     stats = sim.stats()
     assert stats["completions_served"] == stats["requests_received"], "calls in flight were dropped"
     assert cache_entries(env) == stats["completions_served"]
+
+
+def test_a_run_that_exits_at_once_has_written_every_result_and_stored_every_paid_answer(tmp_path, env, simulator):
+    # The command leaves with os._exit as soon as the run is finished, and kills idle workers
+    # instead of waiting for them: nothing written to a pipe may be lost, nothing paid unstored,
+    # and no worker may be left behind.
+    sim = simulator(latency_s=0.01)
+    n = 400
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(n))
+    proc = spawn(run_args(path, sim, "-c", "32", "--workers", "2", "-q", "-o", "-"), env, tmp_path)
+    workers: list[int] = []
+    wait_for(lambda: bool(workers.extend(worker_pids(proc.pid)) or workers), timeout=60, process=proc, what="workers")
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "stopped unexpectedly" not in stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [row["id"] for row in rows] == [f"q{i}" for i in range(n)] and all(r["status"] == "ok" for r in rows)
+    assert sim.stats()["completions_served"] == n
+    assert cache_entries(env) == n
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10, what="workers gone")
+
+
+def test_on_one_cpu_auto_makes_every_call_in_this_process_and_says_why(tmp_path, env, simulator):
+    # A run that would use workers on two cores (2,000 requests at -c 64), pinned to one CPU as a
+    # container with one CPU is: workers would only share that CPU, so none start, and the run says so.
+    from llmbatch.providers.workers import AUTO_MIN_REQUESTS
+
+    sim = simulator()
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(AUTO_MIN_REQUESTS))
+    one = min(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *run_args(path, sim, "-c", "64")],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+    )
+    seen: list[int] = []
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):  # the run ended between the look and the listing
+            seen += worker_pids(proc.pid)
+        time.sleep(0.05)
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
+    assert proc.returncode == 0, stderr
+    assert seen == []
+    assert "one CPU is available to this run, so --workers auto made every call in this process" in stderr
+    assert_complete(tmp_path / "p.results.jsonl", AUTO_MIN_REQUESTS)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("max 100000\n", None),  # cgroup v2, no quota
+        ("100000 100000\n", 1.0),  # docker run --cpus 1
+        ("150000 100000\n", 1.5),  # --cpus 1.5: auto may use two
+        ("-1 100000", None),  # cgroup v1, no quota
+        ("", None),
+    ],
+)
+def test_a_cpu_quota_counts_as_the_cpus_it_allows(text, cpus):
+    # A container given one CPU by quota still sees every core in its affinity mask: auto must
+    # count the quota, or it starts workers that only share that one CPU.
+    assert cpu_quota(text) == cpus

@@ -147,7 +147,11 @@ def plan(config: RunConfig) -> Plan:
         result.estimated_input_tokens += prompt
         result.estimated_output_tokens += output
         provider, model = model_ref.split(":", 1)
-        cost = estimate_cost(provider, model, prompt, output, multiplier=multiplier) if (prompt or output) else 0.0
+        cost = (
+            estimate_cost(provider, model, prompt, output, multiplier=multiplier, prices=options.prices)
+            if (prompt or output)
+            else 0.0
+        )
         if cost is None and model_ref not in result.unpriced_models:
             result.unpriced_models.append(model_ref)
         elif cost is not None and total_cost is not None:
@@ -161,7 +165,7 @@ def plan(config: RunConfig) -> Plan:
         tokens, count = hit_tokens.get(model_ref, [0, 0])
         output = capped + int(uncapped * (tokens / count if count else overall))
         provider, model = model_ref.split(":", 1)
-        cost = estimate_cost(provider, model, prompt, output, multiplier=multiplier)
+        cost = estimate_cost(provider, model, prompt, output, multiplier=multiplier, prices=options.prices)
         result.escalations += lines
         if cost is None and model_ref not in result.unpriced_models:
             result.unpriced_models.append(model_ref)

@@ -93,9 +93,16 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
 
             simulator = Simulator(config.sim_config or SimConfig())
             destination = replace(destination, api_base=await simulator.start())
-        provider = _provider(_workers(config, _left(stats, prefix)), destination)
+        workers = _workers(config, _left(stats, prefix), stats)
+        provider = _provider(workers, destination)
         if options.cache_mode != "only" and _left(stats, prefix) > 0:
+            # With workers, this process waits while they import the SDK: price lookups load then.
+            # In one process the SDK's import comes first, so the first request is not later.
+            if workers:
+                _warm_prices(models, options.prices)
             await _prepare_providers(provider, models)
+            if not workers:
+                _warm_prices(models, options.prices)
             # Runs sharing a server share each budget's pace: whose budget it is, by default a
             # fingerprint of the API key and endpoint (never the key), or --rate-group.
             paying = destination
@@ -135,6 +142,14 @@ async def _prepare_providers(provider: Any, models: set[str]) -> None:
                 await ready
         except CallError as exc:
             raise UsageError(exc.message) from None
+
+
+def _warm_prices(models: set[str], prices: Any) -> None:
+    import threading
+
+    from llmbatch.pricing import warm
+
+    threading.Thread(target=warm, args=(sorted(models), prices), name="llmbatch-prices", daemon=True).start()
 
 
 def models_of(models: set[str], provider: str) -> str:
@@ -257,11 +272,14 @@ def _left(stats: RunStats, prefix: HitPrefix | None) -> int:
     return (stats.total or 0) - (prefix.lines if prefix is not None else 0)
 
 
-def _workers(config: RunConfig, requests: int) -> int:
+def _workers(config: RunConfig, requests: int, stats: RunStats) -> int:
     if config.batch is not None:
         return 0  # jobs are a few HTTP calls: no worker processes (live fallback calls are made here)
     if config.workers is not None:
         return config.workers
     from llmbatch.providers.workers import auto_workers
 
-    return auto_workers(config.options.concurrency, cpus(), requests)
+    count = auto_workers(config.options.concurrency, cpus(), requests)
+    # Said, not done quietly: a run that would use workers on a second core uses none on one.
+    stats.one_cpu = count == 0 and cpus() < 2 and auto_workers(config.options.concurrency, 2, requests) > 0
+    return count

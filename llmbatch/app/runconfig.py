@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,15 @@ from llmbatch.keys import SIMULATOR_ENDPOINT
 from llmbatch.providers.base import SIMULATOR_KEY, Destination
 from llmbatch.store import ResponseStore, StorePlace
 
-__all__ = ["SIMULATE_DEFAULT_MODEL", "BatchSettings", "RunConfig", "cpus", "effective_defaults", "open_run_store"]
+__all__ = [
+    "SIMULATE_DEFAULT_MODEL",
+    "BatchSettings",
+    "RunConfig",
+    "cpu_quota",
+    "cpus",
+    "effective_defaults",
+    "open_run_store",
+]
 
 
 #: With --simulate and no model anywhere, lines get this one: a real model name, so that
@@ -84,5 +93,36 @@ def open_run_store(config: RunConfig) -> ResponseStore:
 
 
 def cpus() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process can use: those it may run on (``taskset``, a container's cpuset), or
+    fewer when a CPU quota allows less time than that (``docker run --cpus 1`` leaves every core in
+    the affinity mask and sets a quota instead), rounded up. Worker processes under a quota of one
+    CPU would only share it."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+#: Where a process sees its CPU quota: cgroup v2's one file, then cgroup v1's pair.
+_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_CFS = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
+def _cgroup_quota() -> float | None:
+    try:
+        if _CPU_MAX.exists():
+            return cpu_quota(_CPU_MAX.read_text())
+        quota, period = (path.read_text() for path in _CFS)
+    except OSError:
+        return None
+    return cpu_quota(f"{quota.strip()} {period.strip()}")
+
+
+def cpu_quota(text: str) -> float | None:
+    """CPUs' worth of time a cgroup quota allows, from ``cpu.max`` ("QUOTA PERIOD", "max PERIOD")
+    or cgroup v1's quota and period joined by a space (-1: none); None when there is no quota."""
+    fields = text.split()
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):  # "max", or nothing readable: no quota
+        return None
+    return quota / period if quota > 0 and period > 0 else None

@@ -258,7 +258,14 @@ class BatchExecutor:
         for call in calls:
             request = call.request
             tokens_in, tokens_out = estimate_split(request.messages, request.params, None)
-            cost = estimate_cost(request.provider, request.model, tokens_in, tokens_out, multiplier=BATCH_MULTIPLIER)
+            cost = estimate_cost(
+                request.provider,
+                request.model,
+                tokens_in,
+                tokens_out,
+                multiplier=BATCH_MULTIPLIER,
+                prices=self.options.prices,
+            )
             if cost is None:
                 return None
             total += cost
@@ -546,7 +553,9 @@ class BatchExecutor:
         if isinstance(usage, dict):
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
-        cost = call_cost(request.provider, request.model, usage, multiplier=BATCH_MULTIPLIER)
+        cost = call_cost(
+            request.provider, request.model, usage, multiplier=BATCH_MULTIPLIER, prices=self.options.prices
+        )
         if cost is None:
             self.stats.unpriced_calls += 1
             self.stats.unpriced_models.add(request.model_ref)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from llmbatch.limits import Budget as ModelBudget
 from llmbatch.limits import estimate_split
 from llmbatch.model.request import Request
-from llmbatch.pricing import estimate_cost, format_usd
+from llmbatch.pricing import Prices, estimate_cost, format_usd
 
 __all__ = ["CostBudget", "Reservation"]
 
@@ -35,9 +35,17 @@ class Reservation:
 
 
 class CostBudget:
-    def __init__(self, limit_usd: float | None, spent: Callable[[], float], stopping: Callable[[], bool]) -> None:
-        """``spent``: what the run has spent so far; ``stopping``: the run no longer starts calls."""
+    def __init__(
+        self,
+        limit_usd: float | None,
+        spent: Callable[[], float],
+        stopping: Callable[[], bool],
+        prices: Prices | None = None,
+    ) -> None:
+        """``spent``: what the run has spent so far; ``stopping``: the run no longer starts calls;
+        ``prices``: llmbatch.toml's, for models genai-prices does not know."""
         self.limit_usd = limit_usd
+        self._prices: Prices = prices or {}
         self._spent = spent
         self._stopping = stopping
         self._committed_usd = 0.0  # estimates of the calls that hold a reservation ...
@@ -52,7 +60,7 @@ class CostBudget:
             # Estimated afresh on each look: the output is the average of this run's own answers
             # for the model once some have come back, not the 256 tokens assumed before any.
             tokens_in, tokens_out = estimate_split(request.messages, request.params, model.avg_completion)
-            estimate = estimate_cost(request.provider, request.model, tokens_in, tokens_out)
+            estimate = estimate_cost(request.provider, request.model, tokens_in, tokens_out, prices=self._prices)
             if estimate is None:
                 return Reservation(allowed=False, unpriced=True, refusal=f"no price known for {request.model_ref}")
             if self._stopping():

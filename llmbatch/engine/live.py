@@ -80,7 +80,10 @@ class LiveExecutor:
             state=limit_state,
         )
         self.budget = CostBudget(
-            options.max_cost_usd, spent=lambda: self.stats.spent_usd, stopping=lambda: self._stopping
+            options.max_cost_usd,
+            spent=lambda: self.stats.spent_usd,
+            stopping=lambda: self._stopping,
+            prices=options.prices,
         )
         #: The longest timeout any attempt has had: no call in flight outlives it (Ctrl-C's grace).
         self.longest_timeout_s = options.timeout_s
@@ -194,7 +197,7 @@ class LiveExecutor:
         prompt_tokens, completion_tokens = _usage_tokens(usage)
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
-        cost = call_cost(request.provider, request.model, usage)
+        cost = call_cost(request.provider, request.model, usage, prices=self.options.prices)
         if cost is None:
             self.stats.unpriced_calls += 1
             self.stats.unpriced_models.add(request.model_ref)

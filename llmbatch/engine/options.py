@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmbatch.limits import LimitSettings
+from llmbatch.pricing import ModelPrice
 from llmbatch.retry import RetryPolicy
 
 __all__ = ["CacheMode", "RunOptions"]
@@ -31,6 +32,8 @@ class RunOptions:
     learn_from_headers: bool = True
     #: --max-cost: no call starts that could take spending past this many USD.
     max_cost_usd: float | None = None
+    #: Prices per provider:model from llmbatch.toml, for models genai-prices has none for.
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
 
     def effective_window(self) -> int:
         return self.window or max(1024, 16 * self.concurrency)

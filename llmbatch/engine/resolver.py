@@ -116,7 +116,7 @@ class Resolver:
             # (getattr: a scripted executor in a test may not say how many it wants.)
             cap = max(32, 2 * getattr(executor, "wants", options.concurrency))
             self.leases = Leases(self.store, cap=cap, clock=wall_clock, sleep=sleep)
-            self._writes.after.append(self.leases.release)  # stored: the leases go
+            self._writes.after.append(self.leases.stored)  # stored: the leases go
 
     def key_of(self, request: Request) -> str:
         return request_key(request, self.destination.key_endpoint(request.provider))
@@ -279,7 +279,9 @@ class Resolver:
     def _hit(self, request: Request, key: str, entry: CacheEntry, *, coalesced: bool = False) -> Result:
         # Entries stored before prices were recorded are priced from their usage.
         cost = (
-            entry["cost_usd"] if "cost_usd" in entry else call_cost(request.provider, request.model, entry.get("usage"))
+            entry["cost_usd"]
+            if "cost_usd" in entry
+            else call_cost(request.provider, request.model, entry.get("usage"), prices=self.options.prices)
         )
         if coalesced:
             self.stats.coalesced += 1

@@ -83,6 +83,8 @@ class RunStats:
     batch_submitted: int = 0
     batch_jobs: dict[str, Any] = field(default_factory=dict)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
+    #: --workers auto chose none only because one CPU is available (the run says so)
+    one_cpu: bool = False
     started_at: float = 0.0
     finished_at: float | None = None
     stopped: str | None = None  # why the run ended early, if it did, for people ...

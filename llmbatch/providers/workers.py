@@ -166,7 +166,11 @@ class WorkerPool:
             worker.process.kill()
 
     async def aclose(self) -> None:
-        """Close every child's stdin (it finishes and exits) and wait for it; kill a straggler."""
+        """Stop every child. One with no call in hand is killed at once: every call it was sent has
+        been answered back here (and so stored by the engine before this is called), so it holds
+        nothing paid for, and its own shutdown (closing its clients, tearing down the SDK's
+        objects) took 0.5-1 s of a run's end. One that still has calls (a second Ctrl-C) gets EOF
+        on its stdin and time to answer them; a straggler is killed after 5 s."""
         self._closing = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
@@ -175,6 +179,9 @@ class WorkerPool:
         for worker in self._workers:
             if worker.process.stdin is not None and not worker.process.stdin.is_closing():
                 worker.process.stdin.close()
+            if not worker.pending:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
         for worker in self._workers:
             try:
                 await asyncio.wait_for(worker.process.wait(), timeout=5)

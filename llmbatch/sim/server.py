@@ -48,7 +48,8 @@ The contract, which the openai SDK (and so any-llm's OpenAI provider) cannot tel
   ``[[sim:status=N]]`` under ``str(N)``, added on first use). Resetting keeps the rate-limit logs
   and the ``fail_first`` attempt counts, which are server state rather than statistics, and keeps
   ``in_flight`` (requests still running). ``serving_s`` is the time from the first request received
-  to the last completion served since the last reset: a client's throughput while running.
+  to the last completion served since the last reset: a client's throughput while running;
+  ``first_request_at`` and ``last_completion_at`` are those two moments on ``time.monotonic()``.
 * The API key a client sends is never echoed in a response or a log.
 
 Anthropic Messages, for the Anthropic SDK (``base_url`` is the server's root, the URL without
@@ -642,6 +643,11 @@ class _Stats:
                 (self.serves.get(d, 0) + batch_serves.get(d, 0) for d in self.serves.keys() | batch_serves.keys()),
                 default=0,
             ),
+            # The same two moments on this machine's monotonic clock (CLOCK_MONOTONIC, shared by
+            # every process), so that a benchmark can tell a client's start-up (its start to the first
+            # request) and shutdown (the last answer to its exit) from its run.
+            "first_request_at": self.first_request_at,
+            "last_completion_at": self.last_completion_at,
         }
 
 
