@@ -454,6 +454,16 @@ class BatchExecutor:
             # record stays, "abandoned", for `batches list`.
             record.state = "abandoned"
             self._write_quietly(record)
+            self._event(
+                {
+                    "event": "batch_resubmitting",
+                    "job": record.id,
+                    "batch_id": None,
+                    "requests": len(job.waiting),
+                    "message": "no batch carries it (its submission never finished, or the provider keeps no metadata)",
+                    "warn": True,
+                }
+            )
             for call in job.waiting.values():
                 self._enqueue(call)
             job.waiting.clear()
@@ -466,6 +476,16 @@ class BatchExecutor:
                 # The provider has no such batch (deleted, or another account's): its lines go out again.
                 record.state = "lost"
                 self._write_quietly(record)
+                self._event(
+                    {
+                        "event": "batch_resubmitting",
+                        "job": record.id,
+                        "batch_id": record.batch_id,
+                        "requests": len(job.waiting),
+                        "message": "not known to the provider (deleted, another account's, or a simulator now gone)",
+                        "warn": True,
+                    }
+                )
                 for call in job.waiting.values():
                     self._again(call, f"batch {record.batch_id} is not known to the provider")
                 job.waiting.clear()
