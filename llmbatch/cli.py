@@ -832,8 +832,9 @@ def _run(
     results_at = outcome.results_at if outcome else _partial_name(config.output)
     note = None
     if stats.stop_reason is StopReason.PENDING:
+        # stats.stopped is said already ("stopped early: ..."): once is enough.
         note = (
-            f"{stats.stopped}\nbatch jobs are running; run the same command again to collect their answers "
+            "batch jobs are running; run the same command again to collect their answers "
             "(nothing is submitted twice)"
         )
     elif stats.budget_reached:

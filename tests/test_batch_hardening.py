@@ -31,3 +31,16 @@ def test_a_job_the_provider_no_longer_knows_is_resubmitted_with_a_warning_not_si
     warning = [line for line in again.stderr.splitlines() if job["batch_id"] in line]
     assert warning, again.stderr
     assert "not known to the provider" in warning[0] and "10" in warning[0] and "again" in warning[0]
+
+
+def test_no_wait_says_the_pending_job_once_on_plain_lines_with_no_escaped_newline(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(5))
+
+    first = run_cli(batch_args(path, sim, "--no-wait"), env=env)
+
+    assert first.exit_code == 75, first.stderr
+    assert "\\n" not in first.stderr  # a note of two lines was printed as one, with a literal \n
+    [job] = records(env)
+    assert sum(job["batch_id"] in line for line in first.stderr.splitlines()) == 1, first.stderr
+    assert any(line.startswith("batch jobs are running") for line in first.stderr.splitlines()), first.stderr
