@@ -44,3 +44,69 @@ def test_no_wait_says_the_pending_job_once_on_plain_lines_with_no_escaped_newlin
     [job] = records(env)
     assert sum(job["batch_id"] in line for line in first.stderr.splitlines()) == 1, first.stderr
     assert any(line.startswith("batch jobs are running") for line in first.stderr.splitlines()), first.stderr
+
+
+def test_a_run_that_dies_after_the_batch_is_created_but_before_its_id_is_recorded_is_found_again(
+    tmp_path, env, simulator, monkeypatch
+):
+    from llmbatch.errors import CacheError
+    from llmbatch.store.jobs import JobBook
+
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(6))
+    write = JobBook.write
+
+    def crash_on_the_second_write(self, record):  # the disk fills between create and the record update
+        if record.state == "submitted":
+            raise CacheError("disk full")
+        write(self, record)
+
+    monkeypatch.setattr(JobBook, "write", crash_on_the_second_write)
+    first = run_cli(batch_args(path, sim), env=env)
+    monkeypatch.setattr(JobBook, "write", write)
+    assert first.exit_code != 0
+    [job] = records(env)
+    assert job["state"] == "submitting" and job["batch_id"] is None
+    sim.advance_clock(600)
+
+    again = run_cli(batch_args(path, sim), env=env)
+
+    assert again.exit_code == 0, again.stderr
+    assert [row["via"] for row in read_results(tmp_path / "in.results.jsonl")] == ["batch"] * 6
+    assert sim.stats()["batches_created"] == 1  # found by its metadata, not submitted again
+    assert [r["state"] for r in records(env)] == ["collected"]
+
+
+def test_a_job_another_run_submitted_after_this_run_started_is_attached_to_not_paid_again(tmp_path, env, simulator):
+    """Run B starts (no job on record) and works on its first waves, leasing only what it holds at
+    once (32 keys here); run A, on three of B's later lines, submits them with --no-wait and returns.
+    When B reaches those lines they are misses nobody leases: B must attach to A's job, not submit
+    them a second time."""
+    import signal
+    import time
+
+    from tests.test_resilience import spawn, wait_for
+
+    sim = simulator(batch_processing_s=600)
+    later = prompts(3, start=100)
+    path_b = write_jsonl(tmp_path / "b.jsonl", prompts(32) + later)
+    path_a = write_jsonl(tmp_path / "a.jsonl", later)
+    run_b = spawn(batch_args(path_b, sim, "--batch-window", "16"), env, tmp_path)
+    try:
+        wait_for(lambda: len(records(env)) == 1, timeout=60, process=run_b, what="B's first job")
+        a = run_cli(batch_args(path_a, sim, "--no-wait"), env=env)
+        assert a.exit_code == 75, a.stderr
+        deadline = time.monotonic() + 60
+        while run_b.poll() is None and time.monotonic() < deadline:
+            sim.advance_clock(600)  # every job out ends; B goes on to its next wave
+            time.sleep(0.2)
+        _, stderr = run_b.communicate(timeout=30)
+    finally:
+        if run_b.poll() is None:
+            run_b.send_signal(signal.SIGKILL)
+            run_b.communicate(timeout=10)
+    assert run_b.returncode == 0, stderr
+    assert [row["status"] for row in read_results(tmp_path / "b.results.jsonl")] == ["ok"] * 35
+    stats = sim.stats()
+    assert stats["max_answers_per_request"] == 1, stats  # A's three lines were not paid for twice
+    assert stats["batch_requests_submitted"] == 35

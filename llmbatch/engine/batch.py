@@ -120,8 +120,9 @@ class BatchExecutor:
         self.clock = clock
         self.wall_clock = wall_clock
         self.longest_timeout_s = self.options.timeout_s
-        #: Calls the resolver may hand over at once (its leases follow this).
-        self.wants = BATCH_WINDOW
+        #: Calls the resolver may hand over at once (its leases follow this): the run's window
+        #: (--batch-window), so that a run leases no more keys ahead than it holds.
+        self.wants = self.options.window or BATCH_WINDOW
         self._stopping = False
         self._stopped = asyncio.Event()
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
@@ -134,11 +135,25 @@ class BatchExecutor:
         self._committed_usd = 0.0  # estimates of the jobs out, for --max-cost
         # A pending job's keys, so that a rerun attaches instead of submitting again.
         self._pending: dict[str, tuple[JobRecord, str]] = {}
-        for record in self.book.pending(self._endpoint()):
-            for custom_id, key in record.ids.items():
-                self._pending[key] = (record, custom_id)
+        self._read_records: set[str] = set()  # the records looked at for _pending
+        self._look_for_pending()
         self.views: dict[str, JobView] = {}
         self.stats.batch_jobs = self.views
+
+    def _look_for_pending(self) -> None:
+        """Add the keys of pending jobs not seen yet to ``_pending``: at the start, and before each
+        gathering is submitted, since another run (``--no-wait``, stopped, killed) may have
+        submitted some of this run's misses meanwhile and let their leases go."""
+        try:
+            records = self.book.pending(self._endpoint())
+        except (CacheError, OSError):
+            return  # looked at again before the next gathering
+        for record in records:
+            if record.id in self._read_records or record.id in self._jobs:
+                continue
+            self._read_records.add(record.id)
+            for custom_id, key in record.ids.items():
+                self._pending.setdefault(key, (record, custom_id))
 
     def _endpoint(self) -> str:
         # Keys record no endpoint for a provider's own API: a job is matched by provider too.
@@ -229,7 +244,16 @@ class BatchExecutor:
                 await asyncio.sleep(0)  # a turn of the loop, not a wait: not the injected sleep
         calls, self._queue = self._queue, []
         self._gathering = None
-        self._background(self._submit_all(calls))
+        self._look_for_pending()
+        fresh = []
+        for call in calls:
+            pending = self._pending.pop(call.key, None)
+            if pending is not None:
+                self._attach(pending[0], pending[1], call)  # another run's job holds it: no second payment
+            else:
+                fresh.append(call)
+        if fresh:
+            self._background(self._submit_all(fresh))
 
     # -- jobs out --------------------------------------------------------------------------------
 
@@ -294,6 +318,7 @@ class BatchExecutor:
         )
         by_key = {call.key: call for call in calls}
         lines = [batch_line(cid, by_key[key].request, self.client.route_of(provider)) for cid, key in ids.items()]
+        self._read_records.add(record.id)  # this run's own: never attached to as another run's
         try:
             self.book.write(record)  # before the provider is asked: a batch may exist from now on
         except CacheError as exc:
