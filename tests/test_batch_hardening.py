@@ -110,3 +110,34 @@ def test_a_job_another_run_submitted_after_this_run_started_is_attached_to_not_p
     stats = sim.stats()
     assert stats["max_answers_per_request"] == 1, stats  # A's three lines were not paid for twice
     assert stats["batch_requests_submitted"] == 35
+
+
+def test_a_route_fallback_the_anthropic_batch_path_cannot_carry_is_refused_before_anything_is_sent(tmp_path, env, sim):
+    # A line's fallback (or cascade) model is asked through the same batch path when its model fails:
+    # any-llm's Anthropic translation would drop "stop", and the answer be filed under a key with it.
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        '[[route]]\nmodel = "openai:gpt-4o-mini"\nfallback = ["anthropic:claude-sonnet-4-5"]\n'
+        '[[route]]\nwhen = { metadata = { task = "x" } }\nmodel = "openai:gpt-4o-mini"\n'
+        'escalate = { on = ["length"], to = "anthropic:claude-sonnet-4-5" }\n',
+        encoding="utf-8",
+    )
+    rows = [
+        {"id": "a", "prompt": "count to ten", "stop": ["5"]},
+        {"id": "b", "prompt": "fine", "max_tokens": 5},
+        {"id": "c", "prompt": "count to ten", "stop": ["5"], "metadata": {"task": "x"}},
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["run", str(path), "--config", str(config), "--api-base", sim.url, "--batch-api"]
+
+    result = run_cli(args, env={**env, "ANTHROPIC_API_KEY": "sk-ant-llmbatch-test-0123456789"})
+
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{path}:1: ") and '"stop"' in line and "anthropic" in line for line in lines), lines
+    assert any(line.startswith(f"{path}:3: ") and '"stop"' in line for line in lines), lines
+    assert not any(line.startswith(f"{path}:2: ") for line in lines), lines
+    assert "Traceback" not in result.stderr
+    stats = sim.stats()
+    assert stats["batches_created"] == 0 and stats["files_uploaded"] == 0 and stats["completions_served"] == 0
+    assert records(env) == []
