@@ -441,6 +441,8 @@ class BatchExecutor:
                 for job in live:
                     if job.waiting:
                         self._leave_pending(job)
+                if any(job.waiting for job in self._jobs.values()):
+                    continue  # a job attached while these were polled: looked at once too, now
                 return
             if not any(job.waiting for job in self._jobs.values()):
                 return
