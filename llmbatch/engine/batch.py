@@ -145,15 +145,18 @@ class BatchExecutor:
         gathering is submitted, since another run (``--no-wait``, stopped, killed) may have
         submitted some of this run's misses meanwhile and let their leases go."""
         try:
-            records = self.book.pending(self._endpoint())
+            # Every record once at most: a later look parses only the records new since.
+            records = list(self.book.all(skip=self._read_records | set(self._jobs)))
         except (CacheError, OSError):
             return  # looked at again before the next gathering
+        endpoint = self._endpoint()
         for record in records:
-            if record.id in self._read_records or record.id in self._jobs:
-                continue
-            self._read_records.add(record.id)
-            for custom_id, key in record.ids.items():
-                self._pending.setdefault(key, (record, custom_id))
+            if record.state in ("submitted", "submitting"):
+                if record.endpoint != endpoint:
+                    continue  # another destination's: never this run's (and not worth remembering)
+                for custom_id, key in record.ids.items():
+                    self._pending.setdefault(key, (record, custom_id))
+            self._read_records.add(record.id)  # collected, refused, lost: never pending again
 
     def _endpoint(self) -> str:
         # Keys record no endpoint for a provider's own API: a job is matched by provider too.
@@ -464,6 +467,13 @@ class BatchExecutor:
 
     async def _poll(self, job: _Job) -> None:
         record = job.record
+        if record.batch_id is None:
+            # Read as "submitting": the run that submits it may have written its batch id since.
+            with contextlib.suppress(CacheError):
+                newer = self.book.read(record.id)
+                if newer is not None and newer.batch_id is not None:
+                    record.batch_id, record.input_file_id = newer.batch_id, newer.input_file_id
+                    record.state = "submitted"
         if record.batch_id is None:
             # Submitted by a run that died before the batch id came back: the batch, if it was
             # created, carries our job id in its metadata.
