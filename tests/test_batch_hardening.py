@@ -141,3 +141,45 @@ def test_a_route_fallback_the_anthropic_batch_path_cannot_carry_is_refused_befor
     stats = sim.stats()
     assert stats["batches_created"] == 0 and stats["files_uploaded"] == 0 and stats["completions_served"] == 0
     assert records(env) == []
+
+
+def test_the_display_shows_a_lost_job_as_lost_not_as_still_being_polled(tmp_path, env):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    first_sim = SimulatorThread(SimConfig(batch_processing_s=600)).start()
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    try:
+        assert run_cli(batch_args(path, first_sim, "--no-wait"), env=env).exit_code == 75
+    finally:
+        first_sim.close()
+    [job] = records(env)
+    port = int(first_sim.url.rsplit(":", 1)[1].split("/")[0])
+    forgetful = SimulatorThread(SimConfig(batch_processing_s=600), port=port).start()
+    log = tmp_path / "stderr.txt"
+    try:
+        with log.open("w") as err:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "llmbatch", *batch_args(path, forgetful)],
+                env={**os.environ, **env},
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and log.read_text().count(f"job {job['batch_id']} (") < 1:
+                    time.sleep(0.1)  # the plain progress lines come every few seconds
+                forgetful.advance_clock(600)
+                assert process.wait(timeout=60) == 0, log.read_text()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    finally:
+        forgetful.close()
+    shown = [line for line in log.read_text().splitlines() if line.startswith(f"llmbatch: job {job['batch_id']} (")]
+    assert shown, log.read_text()
+    assert all(": lost," in line and "next poll" not in line for line in shown), shown

@@ -55,6 +55,8 @@ __all__ = ["BATCH_WINDOW", "BatchExecutor", "JobView", "custom_id_for"]
 #: its key, its line of the job). A live run holds 1,024. 10,000 (~50 MB) keeps a batch run's memory
 #: bounded as a live run's is; a bigger file simply makes more jobs, each still at half price.
 BATCH_WINDOW = 10_000
+#: A job's statuses (the provider's, or ours for a job given up) for which no poll comes next.
+_NOT_POLLED = frozenset({"completed", "failed", "expired", "cancelled", "lost", "abandoned"})
 #: Turns of the event loop with no new call before a gathering is submitted.
 _SETTLE_TURNS = 3
 
@@ -451,7 +453,7 @@ class BatchExecutor:
                 return
             next_at = self.wall_clock() + interval
             for view in self.views.values():
-                if view.status not in ("completed", "failed", "expired", "cancelled"):
+                if view.status not in _NOT_POLLED:
                     view.next_poll_at = next_at
             await self._pause(interval)
             interval = min(interval * 1.5, self.poll_s[1])
@@ -491,6 +493,7 @@ class BatchExecutor:
             # record stays, "abandoned", for `batches list`.
             record.state = "abandoned"
             self._write_quietly(record)
+            self._view(record)
             self._event(
                 {
                     "event": "batch_resubmitting",
@@ -513,6 +516,7 @@ class BatchExecutor:
                 # The provider has no such batch (deleted, or another account's): its lines go out again.
                 record.state = "lost"
                 self._write_quietly(record)
+                self._view(record)
                 self._event(
                     {
                         "event": "batch_resubmitting",
@@ -672,9 +676,10 @@ class BatchExecutor:
                 submitted_at=record.submitted_at,
             )
         view.batch_id = record.batch_id
-        view.status = record.status or record.state
+        # A job given up (lost, abandoned) is shown so, not as the provider's last word on it.
+        view.status = record.state if record.state in ("lost", "abandoned") else record.status or record.state
         view.done, view.failed = record.done, record.failed
-        if view.status in ("completed", "failed", "expired", "cancelled"):
+        if view.status in _NOT_POLLED:
             view.next_poll_at = None
 
     def _event(self, event: dict[str, Any]) -> None:
