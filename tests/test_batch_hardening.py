@@ -31,6 +31,7 @@ def test_a_job_the_provider_no_longer_knows_is_resubmitted_with_a_warning_not_si
     warning = [line for line in again.stderr.splitlines() if job["batch_id"] in line]
     assert warning, again.stderr
     assert "not known to the provider" in warning[0] and "10" in warning[0] and "again" in warning[0]
+    assert any(line.split() == ["calls", "made", "10"] for line in again.stderr.splitlines()), again.stderr
 
 
 def test_no_wait_says_the_pending_job_once_on_plain_lines_with_no_escaped_newline(tmp_path, env, simulator):

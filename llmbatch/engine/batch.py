@@ -134,6 +134,8 @@ class BatchExecutor:
         self._poller: asyncio.Task[None] | None = None
         self._jobs: dict[str, _Job] = {}  # jobs this run waits on, by record id
         self._attempts: dict[str, int] = {}  # key -> times sent in this run (jobs and live)
+        self._sent: set[str] = set()  # keys this run put into a job of its own
+        self._retried: set[str] = set()  # keys counted in stats.retries
         self._committed_usd = 0.0  # estimates of the jobs out, for --max-cost
         # A pending job's keys, so that a rerun attaches instead of submitting again.
         self._pending: dict[str, tuple[JobRecord, str]] = {}
@@ -349,8 +351,11 @@ class BatchExecutor:
             self._committed_usd += estimate
         self.stats.batch_submitted += 1
         for call in calls:
-            if call.key not in self._attempts:
-                self.stats.calls += 1  # as the live executor counts: once a line, its retries apart
+            if call.key not in self._sent:
+                # As the live executor counts: once a line this run sent, its retries apart (so a line
+                # an earlier run's job failed is a retry; one whose job was lost or expired, a call).
+                self._sent.add(call.key)
+                self.stats.calls += 0 if call.key in self._retried else 1
             self._attempts[call.key] = self._attempts.get(call.key, 0) + 1
         job = self._jobs[record.id] = _Job(record, waiting={cid: by_key[key] for cid, key in ids.items()})
         self._view(record)
@@ -632,6 +637,7 @@ class BatchExecutor:
             self._answer(call.key, Failed(error, attempts))
             return
         self.stats.retries += 1
+        self._retried.add(call.key)
         self._event(
             {
                 "event": "retry",
