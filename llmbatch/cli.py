@@ -521,6 +521,12 @@ def run(
         no_cache=no_cache,
         cache_only=cache_only,
     )
+    if batch is not None and batch.no_wait and simulate:
+        # Its simulator lives in this process: no later run could collect the jobs, as exit 75 promises.
+        raise UsageError(
+            "--no-wait with --simulate: the built-in simulator ends with the run, and its jobs with it; "
+            "rehearse with `llmbatch sim` and --api-base instead"
+        )
     if batch is None and (batch_window is not None or batch_max_requests is not None):
         raise UsageError("--batch-window and --batch-max-requests go with --batch-api")
     options = RunOptions(

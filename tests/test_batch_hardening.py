@@ -184,3 +184,14 @@ def test_the_display_shows_a_lost_job_as_lost_not_as_still_being_polled(tmp_path
     shown = [line for line in log.read_text().splitlines() if line.startswith(f"llmbatch: job {job['batch_id']} (")]
     assert shown, log.read_text()
     assert all(": lost," in line and "next poll" not in line for line in shown), shown
+
+
+def test_no_wait_with_simulate_is_refused_since_no_later_run_could_collect(tmp_path, env):
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+
+    result = run_cli(["run", str(path), "--simulate", "--batch-api", "--no-wait"], env=env)
+
+    assert result.exit_code == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("llmbatch: error: --no-wait with --simulate") and "llmbatch sim" in line
+    assert records(env) == [] and not (tmp_path / "in.results.jsonl").exists()
