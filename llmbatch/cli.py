@@ -521,6 +521,12 @@ def run(
         no_cache=no_cache,
         cache_only=cache_only,
     )
+    if batch is not None and batch.no_wait and simulate:
+        # Its simulator lives in this process: no later run could collect the jobs, as exit 75 promises.
+        raise UsageError(
+            "--no-wait with --simulate: the built-in simulator ends with the run, and its jobs with it; "
+            "rehearse with `llmbatch sim` and --api-base instead"
+        )
     if batch is None and (batch_window is not None or batch_max_requests is not None):
         raise UsageError("--batch-window and --batch-max-requests go with --batch-api")
     options = RunOptions(
@@ -805,7 +811,9 @@ def _run(
     leading = config.options.cache_mode in ("normal", "only") and config.batch is None
     prefix = HitPrefix(config, stats) if leading else None
     display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr, simulated=config.simulate)
-    events = _EventLog(display if verbose else None, log_file, None if config.input.temporary else config.input.path)
+    events = _EventLog(
+        display if verbose else None, log_file, None if config.input.temporary else config.input.path, warn=display
+    )
     outcome = None
     try:
         report = _validate(config, prefix)
@@ -833,8 +841,9 @@ def _run(
     results_at = outcome.results_at if outcome else _partial_name(config.output)
     note = None
     if stats.stop_reason is StopReason.PENDING:
+        # stats.stopped is said already ("stopped early: ..."): once is enough.
         note = (
-            f"{stats.stopped}\nbatch jobs are running; run the same command again to collect their answers "
+            "batch jobs are running; run the same command again to collect their answers "
             "(nothing is submitted twice)"
         )
     elif stats.budget_reached:
@@ -930,8 +939,9 @@ class _EventLog:
     The log is never worth a paid answer: if FILE cannot be written any more (a full disk), the
     run says so once and goes on without it. It is never the input file either."""
 
-    def __init__(self, display: Any, path: Path | None, input_path: Path | None = None) -> None:
+    def __init__(self, display: Any, path: Path | None, input_path: Path | None = None, warn: Any = None) -> None:
         self._display = display
+        self._warn = warn  # events marked "warn" (money spent again) are shown without -v too
         self._file = None
         self._path = path
         if path is not None:
@@ -956,7 +966,9 @@ class _EventLog:
             except OSError as exc:
                 self._give_up(exc)
         if self._display is not None:
-            self._display.message(_describe_event(event), style="dim")
+            self._display.message(_describe_event(event), style="yellow" if event.get("warn") else "dim")
+        elif self._warn is not None and event.get("warn"):
+            self._warn.message(_describe_event(event), style="yellow")
 
     def _give_up(self, exc: OSError) -> None:
         file, self._file = self._file, None
@@ -1020,6 +1032,8 @@ def _describe_batch_event(event: dict[str, Any]) -> str:
         return f"batch job {job}: submitted by an earlier run, waiting for it"
     if kind == "batch_collected":
         return f"batch job {job}: {event['status']}, {event['answered']} lines read"
+    if kind == "batch_resubmitting":
+        return f"batch job {job} is {event['message']}: its {event['requests']} requests go out again in a new job"
     what = "refused" if kind == "batch_refused" else "could not be read"
     again = " (trying again)" if event.get("retrying") else ""
     return f"batch job {job} {what}{again}: {event.get('type')}: {event.get('message')}"

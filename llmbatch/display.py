@@ -408,7 +408,9 @@ class Display:
         if any(label.startswith("route ") for label in s.spent_by_route):
             self._spent_by_route()
         for note in self._notes(summary):
-            self.console.print(Text(printable(note), style="yellow" if note is summary.note else ""), soft_wrap=True)
+            style = "yellow" if note is summary.note else ""
+            for line in note.split("\n"):  # a note of several lines (ours), each line's controls shown
+                self.console.print(Text(printable(line), style=style), soft_wrap=True)
 
     def _spent_by_route(self) -> None:
         """Routing rules in use: what each route's calls cost, per model that answered (fallbacks and

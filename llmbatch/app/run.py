@@ -249,6 +249,14 @@ def check_batch_lines(config: RunConfig) -> None:
     total = 0
     for request in read_requests(config.input.path, effective_defaults(config), source=config.input.source):
         why = cannot_carry(request, force or request.provider)
+        # The route's fallback and cascade models are asked through the same batch path.
+        for other in (*request.fallback, *([request.escalate_to] if request.escalate_to else [])):
+            if why is not None:
+                break
+            provider, model = other.split(":", 1)
+            why = cannot_carry(replace(request, provider=provider, model=model), force or provider)
+            if why is not None:
+                why = f"{other} (the route's {'cascade' if other == request.escalate_to else 'fallback'}): {why}"
         if why is not None:
             total += 1
             if len(errors) < 100:  # as the validation lists them

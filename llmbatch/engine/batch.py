@@ -55,6 +55,8 @@ __all__ = ["BATCH_WINDOW", "BatchExecutor", "JobView", "custom_id_for"]
 #: its key, its line of the job). A live run holds 1,024. 10,000 (~50 MB) keeps a batch run's memory
 #: bounded as a live run's is; a bigger file simply makes more jobs, each still at half price.
 BATCH_WINDOW = 10_000
+#: A job's statuses (the provider's, or ours for a job given up) for which no poll comes next.
+_NOT_POLLED = frozenset({"completed", "failed", "expired", "cancelled", "lost", "abandoned"})
 #: Turns of the event loop with no new call before a gathering is submitted.
 _SETTLE_TURNS = 3
 
@@ -120,8 +122,9 @@ class BatchExecutor:
         self.clock = clock
         self.wall_clock = wall_clock
         self.longest_timeout_s = self.options.timeout_s
-        #: Calls the resolver may hand over at once (its leases follow this).
-        self.wants = BATCH_WINDOW
+        #: Calls the resolver may hand over at once (its leases follow this): the run's window
+        #: (--batch-window), so that a run leases no more keys ahead than it holds.
+        self.wants = self.options.window or BATCH_WINDOW
         self._stopping = False
         self._stopped = asyncio.Event()
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
@@ -131,14 +134,33 @@ class BatchExecutor:
         self._poller: asyncio.Task[None] | None = None
         self._jobs: dict[str, _Job] = {}  # jobs this run waits on, by record id
         self._attempts: dict[str, int] = {}  # key -> times sent in this run (jobs and live)
+        self._sent: set[str] = set()  # keys this run put into a job of its own
+        self._retried: set[str] = set()  # keys counted in stats.retries
         self._committed_usd = 0.0  # estimates of the jobs out, for --max-cost
         # A pending job's keys, so that a rerun attaches instead of submitting again.
         self._pending: dict[str, tuple[JobRecord, str]] = {}
-        for record in self.book.pending(self._endpoint()):
-            for custom_id, key in record.ids.items():
-                self._pending[key] = (record, custom_id)
+        self._read_records: set[str] = set()  # the records looked at for _pending
+        self._look_for_pending()
         self.views: dict[str, JobView] = {}
         self.stats.batch_jobs = self.views
+
+    def _look_for_pending(self) -> None:
+        """Add the keys of pending jobs not seen yet to ``_pending``: at the start, and before each
+        gathering is submitted, since another run (``--no-wait``, stopped, killed) may have
+        submitted some of this run's misses meanwhile and let their leases go."""
+        try:
+            # Every record once at most: a later look parses only the records new since.
+            records = list(self.book.all(skip=self._read_records | set(self._jobs)))
+        except (CacheError, OSError):
+            return  # looked at again before the next gathering
+        endpoint = self._endpoint()
+        for record in records:
+            if record.state in ("submitted", "submitting"):
+                if record.endpoint != endpoint:
+                    continue  # another destination's: never this run's (and not worth remembering)
+                for custom_id, key in record.ids.items():
+                    self._pending.setdefault(key, (record, custom_id))
+            self._read_records.add(record.id)  # collected, refused, lost: never pending again
 
     def _endpoint(self) -> str:
         # Keys record no endpoint for a provider's own API: a job is matched by provider too.
@@ -229,7 +251,16 @@ class BatchExecutor:
                 await asyncio.sleep(0)  # a turn of the loop, not a wait: not the injected sleep
         calls, self._queue = self._queue, []
         self._gathering = None
-        self._background(self._submit_all(calls))
+        self._look_for_pending()
+        fresh = []
+        for call in calls:
+            pending = self._pending.pop(call.key, None)
+            if pending is not None:
+                self._attach(pending[0], pending[1], call)  # another run's job holds it: no second payment
+            else:
+                fresh.append(call)
+        if fresh:
+            self._background(self._submit_all(fresh))
 
     # -- jobs out --------------------------------------------------------------------------------
 
@@ -301,6 +332,7 @@ class BatchExecutor:
         )
         by_key = {call.key: call for call in calls}
         lines = [batch_line(cid, by_key[key].request, self.client.route_of(provider)) for cid, key in ids.items()]
+        self._read_records.add(record.id)  # this run's own: never attached to as another run's
         try:
             self.book.write(record)  # before the provider is asked: a batch may exist from now on
         except CacheError as exc:
@@ -326,8 +358,11 @@ class BatchExecutor:
             self._committed_usd += estimate
         self.stats.batch_submitted += 1
         for call in calls:
-            if call.key not in self._attempts:
-                self.stats.calls += 1  # as the live executor counts: once a line, its retries apart
+            if call.key not in self._sent:
+                # As the live executor counts: once a line this run sent, its retries apart (so a line
+                # an earlier run's job failed is a retry; one whose job was lost or expired, a call).
+                self._sent.add(call.key)
+                self.stats.calls += 0 if call.key in self._retried else 1
             self._attempts[call.key] = self._attempts.get(call.key, 0) + 1
         job = self._jobs[record.id] = _Job(record, waiting={cid: by_key[key] for cid, key in ids.items()})
         self._view(record)
@@ -423,12 +458,14 @@ class BatchExecutor:
                 for job in live:
                     if job.waiting:
                         self._leave_pending(job)
+                if any(job.waiting for job in self._jobs.values()):
+                    continue  # a job attached while these were polled: looked at once too, now
                 return
             if not any(job.waiting for job in self._jobs.values()):
                 return
             next_at = self.wall_clock() + interval
             for view in self.views.values():
-                if view.status not in ("completed", "failed", "expired", "cancelled"):
+                if view.status not in _NOT_POLLED:
                     view.next_poll_at = next_at
             await self._pause(interval)
             interval = min(interval * 1.5, self.poll_s[1])
@@ -444,6 +481,13 @@ class BatchExecutor:
 
     async def _poll(self, job: _Job) -> None:
         record = job.record
+        if record.batch_id is None:
+            # Read as "submitting": the run that submits it may have written its batch id since.
+            with contextlib.suppress(CacheError):
+                newer = self.book.read(record.id)
+                if newer is not None and newer.batch_id is not None:
+                    record.batch_id, record.input_file_id = newer.batch_id, newer.input_file_id
+                    record.state = "submitted"
         if record.batch_id is None:
             # Submitted by a run that died before the batch id came back: the batch, if it was
             # created, carries our job id in its metadata.
@@ -461,6 +505,17 @@ class BatchExecutor:
             # record stays, "abandoned", for `batches list`.
             record.state = "abandoned"
             self._write_quietly(record)
+            self._view(record)
+            self._event(
+                {
+                    "event": "batch_resubmitting",
+                    "job": record.id,
+                    "batch_id": None,
+                    "requests": len(job.waiting),
+                    "message": "no batch carries it (its submission never finished, or the provider keeps no metadata)",
+                    "warn": True,
+                }
+            )
             for call in job.waiting.values():
                 self._enqueue(call)
             job.waiting.clear()
@@ -473,6 +528,17 @@ class BatchExecutor:
                 # The provider has no such batch (deleted, or another account's): its lines go out again.
                 record.state = "lost"
                 self._write_quietly(record)
+                self._view(record)
+                self._event(
+                    {
+                        "event": "batch_resubmitting",
+                        "job": record.id,
+                        "batch_id": record.batch_id,
+                        "requests": len(job.waiting),
+                        "message": "not known to the provider (deleted, another account's, or a simulator now gone)",
+                        "warn": True,
+                    }
+                )
                 for call in job.waiting.values():
                     self._again(call, f"batch {record.batch_id} is not known to the provider")
                 job.waiting.clear()
@@ -580,6 +646,7 @@ class BatchExecutor:
             self._answer(call.key, Failed(error, attempts))
             return
         self.stats.retries += 1
+        self._retried.add(call.key)
         self._event(
             {
                 "event": "retry",
@@ -624,9 +691,10 @@ class BatchExecutor:
                 submitted_at=record.submitted_at,
             )
         view.batch_id = record.batch_id
-        view.status = record.status or record.state
+        # A job given up (lost, abandoned) is shown so, not as the provider's last word on it.
+        view.status = record.state if record.state in ("lost", "abandoned") else record.status or record.state
         view.done, view.failed = record.done, record.failed
-        if view.status in ("completed", "failed", "expired", "cancelled"):
+        if view.status in _NOT_POLLED:
             view.next_poll_at = None
 
     def _event(self, event: dict[str, Any]) -> None:

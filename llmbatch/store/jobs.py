@@ -134,12 +134,15 @@ class JobBook:
             return self.read(id_or_batch)
         return next((r for r in self.all() if r.batch_id == id_or_batch), None)
 
-    def all(self) -> Iterator[JobRecord]:
-        """Every readable record, oldest first (a damaged one is skipped, not fatal)."""
+    def all(self, skip: frozenset[str] | set[str] = frozenset()) -> Iterator[JobRecord]:
+        """Every readable record, oldest first (a damaged one is skipped, not fatal), but those
+        whose id is in ``skip`` (not even read)."""
         if not self.directory.is_dir():
             return iter(())
         records = []
         for path in self.directory.glob(f"job_*{_SUFFIX}"):
+            if path.name.removesuffix(_SUFFIX) in skip:
+                continue
             with contextlib.suppress(OSError, ValueError, TypeError):
                 # Only our own records: one planted by another user could file a batch's answers
                 # under this cache's keys (the cache refuses others' files for the same reason).
@@ -147,10 +150,10 @@ class JobBook:
                     records.append(JobRecord.from_json(path.read_bytes()))
         return iter(sorted(records, key=lambda r: r.submitted_at))
 
-    def pending(self, endpoint: str) -> list[JobRecord]:
+    def pending(self, endpoint: str, skip: frozenset[str] | set[str] = frozenset()) -> list[JobRecord]:
         """Jobs submitted to ``endpoint`` whose answers no run has collected yet (``submitting``
-        ones too: a batch may exist for them)."""
-        return [r for r in self.all() if r.endpoint == endpoint and r.state in ("submitted", "submitting")]
+        ones too: a batch may exist for them); ``skip``: ids not to read."""
+        return [r for r in self.all(skip) if r.endpoint == endpoint and r.state in ("submitted", "submitting")]
 
     def prune(self, *, now: float, keep_s: float = KEEP_COLLECTED_S) -> int:
         """Remove the records of jobs collected (or refused) more than ``keep_s`` ago; how many went.
