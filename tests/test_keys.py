@@ -130,3 +130,16 @@ def test_the_api_key_and_timeout_are_not_in_the_key_material():
 
 def test_canonical_json_is_sorted_compact_utf8():
     assert canonical_json({"b": 1, "a": {"d": "é", "c": [1, 2]}}) == '{"a":{"c":[1,2],"d":"é"},"b":1}'.encode()
+
+
+def test_credentials_in_a_base_url_never_enter_a_key_or_an_entry():
+    from llmbatch.providers.base import Destination
+
+    plain = Destination(api_base="https://proxy.example/v1?api-version=2024-06-01")
+    assert plain.key_endpoint("openai") == "https://proxy.example/v1?api-version=2024-06-01"  # as given
+    for url in ("https://bob:s3cret@proxy.example/v1", "https://proxy.example/v1?api-key=s3cret"):
+        endpoint = Destination(api_base=url).key_endpoint("openai")
+        assert endpoint is not None and "s3cret" not in endpoint and "bob" not in endpoint
+    assert Destination(api_base="https://proxy.example/v1?token=s3cret&api-version=1").key_endpoint("openai") == (
+        "https://proxy.example/v1?api-version=1"
+    )

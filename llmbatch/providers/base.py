@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from llmbatch.model.request import Request
 
@@ -286,6 +287,25 @@ class Reply:
     headers: dict[str, str] | None = None
 
 
+#: Query parameters that carry a secret (``?api-key=``, ``?token=``, ``?sig=``...).
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with no user, password or secret-bearing query parameter: a base URL such as
+    ``https://user:token@proxy/v1`` or ``https://proxy/v1?api-key=...`` authenticates the calls, and
+    those credentials must never be written where answers are kept. The same server with other
+    credentials gives the same answers, so nothing the key must tell apart is lost."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        item for item in parts.query.split("&") if item and not _SECRET_PARAM.search(item.partition("=")[0])
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: keys of URLs without credentials never move
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where calls go, and so the endpoint their keys record.
@@ -319,8 +339,10 @@ class Destination:
         return cls(api_base, api_key, force_provider, namespace, env)
 
     def key_endpoint(self, provider: str) -> str | None:
-        """The endpoint recorded in the key of a request to ``provider``."""
-        return self.namespace or self.api_base or self.env.get(provider)
+        """The endpoint recorded in the key of a request to ``provider`` (and so in every cache
+        entry, export and job record): the base URL without any credentials it carries."""
+        endpoint = self.namespace or self.api_base or self.env.get(provider)
+        return without_credentials(endpoint) if endpoint is not None else None
 
     def budget_identity(self, provider: str, environ: Mapping[str, str] | None = None) -> str:
         """Whose rate limits the calls to ``provider`` spend, without saying who: a fingerprint of
