@@ -38,6 +38,9 @@ class CacheEntry(TypedDict, total=False):
     response: dict[str, Any]  # the provider's whole response
     request: dict[str, Any]  # the key material
     digest: str  # sha256 of the canonical JSON of every other field
+    #: Never stored: added by ``store.semantic`` to a near-identical request's entry it serves
+    #: (``{"similarity": float, "matched_key": str}``).
+    semantic: dict[str, Any]
 
 
 def servable(key: str, entry: Any) -> bool:

@@ -1,0 +1,173 @@
+"""The semantic store (llmbatch.store.semantic) with the real packaged model and a real disk store:
+scope, temperature, threshold, guards, the vectors kept beside the store, and a damaged index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmbatch.keys import key_from_material
+from llmbatch.model.entry import make_entry
+from llmbatch.store.disk import DiskStore
+from llmbatch.store.semantic import SemanticSettings, SemanticStore, prompt_and_scope
+from llmbatch.store.semantic_index import Embedder
+
+BASE = "What is retrieval-augmented generation?"
+PARAPHRASE = "Can you explain what retrieval-augmented generation is?"
+
+
+def material(text: str = BASE, **changes: Any) -> dict[str, Any]:
+    """Key material as the resolver makes it (keys.key_material), with ``changes`` applied."""
+    m: dict[str, Any] = {
+        "provider": "openai",
+        "endpoint": "http://127.0.0.1:9/v1",
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
+        "params": {"temperature": 0, "max_tokens": 50},
+        "extra": {},
+        "sample": 0,
+    }
+    m.update(changes)
+    return m
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()  # the packaged int8 all-MiniLM-L6-v2: loaded once for the module
+
+
+@pytest.fixture
+def store(tmp_path: Path, embedder: Embedder) -> Iterator[SemanticStore]:
+    s = SemanticStore(DiskStore(tmp_path / "cache"), tmp_path / "cache", embedder=embedder)
+    yield s
+    s.close()
+
+
+def put(store: SemanticStore, m: dict[str, Any], answer: str = "RAG retrieves, then generates.") -> str:
+    key = key_from_material(m)
+    response = {"choices": [{"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
+    entry = make_entry(key=key, request=m, response=response, stored_at=1.0, usage=None, latency_ms=1.0, cost_usd=0.01)
+    store.put_many([(key, entry, "openai:gpt-4o-mini")])
+    return key
+
+
+def near(store: SemanticStore, m: dict[str, Any]) -> dict[str, Any] | None:
+    key = key_from_material(m)
+    return store.get_near([(key, m)]).get(key)
+
+
+def test_a_paraphrase_in_the_same_scope_gets_the_stored_answer_marked_semantic(store: SemanticStore) -> None:
+    base_key = put(store, material())
+    hit = near(store, material(PARAPHRASE))
+    assert hit is not None
+    assert hit["semantic"]["matched_key"] == base_key
+    assert 0.85 < hit["semantic"]["similarity"] <= 1.0
+    assert hit["response"]["choices"][0]["message"]["content"] == "RAG retrieves, then generates."
+    assert "semantic" not in store.get(base_key)  # the stored entry is not changed
+
+
+SCOPE_CHANGES = {
+    "provider": {"provider": "anthropic"},
+    "endpoint": {"endpoint": "http://127.0.0.1:10/v1"},
+    "model": {"model": "gpt-4o"},
+    "system prompt": {"messages": [{"role": "system", "content": "Be detailed."}, {"role": "user", "content": PARAPHRASE}]},
+    "earlier messages": {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": PARAPHRASE},
+        ]
+    },
+    "a parameter": {"params": {"temperature": 0, "max_tokens": 51}},
+    "tools": {"params": {"temperature": 0, "max_tokens": 50, "tools": [{"type": "function", "function": {"name": "f"}}]}},
+    "response_format": {"params": {"temperature": 0, "max_tokens": 50, "response_format": {"type": "json_object"}}},
+    "extra": {"extra": {"reasoning_effort": "low"}},
+    "sample": {"sample": 1},
+    "normalize": {"normalize": "whitespace"},
+}
+
+
+@pytest.mark.parametrize("changed", SCOPE_CHANGES)
+def test_changing_any_scope_element_prevents_a_semantic_hit(store: SemanticStore, changed: str) -> None:
+    put(store, material())
+    assert near(store, material(PARAPHRASE)) is not None  # the same paraphrase hits in the scope
+    assert near(store, material(PARAPHRASE, **SCOPE_CHANGES[changed])) is None
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7, 1])
+def test_only_temperature_zero_requests_are_answered_by_a_neighbour(store: SemanticStore, temperature: Any) -> None:
+    params = {"max_tokens": 50} if temperature is None else {"temperature": temperature, "max_tokens": 50}
+    put(store, material(params=params))
+    assert near(store, material(PARAPHRASE, params=params)) is None
+    assert prompt_and_scope(material(params=params)) is None
+
+
+def test_the_scope_is_everything_but_the_last_user_text() -> None:
+    a = prompt_and_scope(material(BASE))
+    b = prompt_and_scope(material(PARAPHRASE))
+    assert a is not None and b is not None
+    assert a[0] == BASE and b[0] == PARAPHRASE and a[1] == b[1]
+    assert prompt_and_scope(material(messages=[{"role": "user", "content": [{"type": "text", "text": BASE}]}])) is None
+    assert prompt_and_scope(material(params={"temperature": 0, "n": 3})) is None
+
+
+def test_guards_refuse_a_near_miss_that_the_threshold_alone_would_serve(tmp_path: Path, embedder: Embedder) -> None:
+    on, off = "Turn on the living room lights.", "Turn off the living room lights."
+    served = {}
+    for guards in (True, False):
+        directory = tmp_path / f"guards-{guards}"
+        settings = SemanticSettings(threshold=0.8, guards=guards)
+        with SemanticStore(DiskStore(directory), directory, settings, embedder=embedder) as s:
+            put(s, material(on))
+            served[guards] = near(s, material(off)) is not None
+    assert served == {True: False, False: True}
+
+
+def test_a_higher_threshold_turns_a_hit_into_a_miss(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, SemanticSettings(threshold=0.999), embedder=embedder) as s:
+        put(s, material())
+        assert near(s, material(PARAPHRASE)) is None
+
+
+def test_vectors_are_kept_and_a_reopened_store_embeds_nothing_again(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        put(s, material())
+        assert s.embedded == 1
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.embedded == 0 and s.caught_up == 0
+        assert near(s, material(PARAPHRASE)) is not None
+
+
+def test_answers_stored_without_semantic_are_embedded_once_when_it_is_first_used(tmp_path: Path, embedder: Embedder) -> None:
+    plain = DiskStore(tmp_path)
+    m = material()
+    key = key_from_material(m)
+    response = {"choices": [{"message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    plain.put(key, make_entry(key=key, request=m, response=response, stored_at=1.0, usage=None, latency_ms=1.0, cost_usd=0.0), tag="t")
+    plain.close()
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.caught_up == 1
+        assert near(s, material(PARAPHRASE)) is not None
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.caught_up == 0
+
+
+def test_a_corrupt_index_is_rebuilt_from_the_kept_vectors_not_trusted(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        put(s, material())
+        index_file = s.index.directory / "index.usearch"
+    index_file.write_bytes(b"not an index" * 100)
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.index.rebuilt and s.embedded == 0
+        assert near(s, material(PARAPHRASE)) is not None
+
+
+def test_an_index_that_points_at_a_removed_entry_serves_nothing(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        key = put(s, material())
+        s.inner.remove([key])  # behind the vectors' back: they still list it
+        assert near(s, material(PARAPHRASE)) is None
