@@ -305,6 +305,44 @@ MaxMessagesOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")]
+SemanticOption = Annotated[
+    bool,
+    typer.Option(
+        "--semantic",
+        help="Also answer an exact miss with the stored answer of a near-identical prompt: only at temperature 0, "
+        "only when everything but the last user message is the same, above the threshold and with the guards "
+        "agreeing (needs the semantic extra). Each such line says hit: semantic, with similarity and matched_key.",
+    ),
+]
+SemanticThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--semantic-threshold",
+        metavar="SIMILARITY",
+        help="With --semantic: the cosine similarity a stored prompt needs (default 0.90; higher is safer).",
+        show_default=False,
+    ),
+]
+SemanticGuardsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--semantic-guards",
+        metavar="on|off",
+        help="With --semantic: require both prompts to agree on numbers, negations, names and quoted text "
+        "(default on). off trusts the threshold alone and serves more wrong answers: riskier.",
+        show_default=False,
+    ),
+]
+SemanticModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--semantic-model",
+        metavar="DIR",
+        help="With --semantic: your own embedding model, a directory with model.onnx and tokenizer.json "
+        "(default: the packaged all-MiniLM-L6-v2, int8).",
+        show_default=False,
+    ),
+]
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -446,6 +484,10 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress and no notes: one summary line at the end.")
     ] = False,
+    semantic: SemanticOption = False,
+    semantic_threshold: SemanticThresholdOption = None,
+    semantic_guards: SemanticGuardsOption = None,
+    semantic_model: SemanticModelOption = None,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -507,6 +549,9 @@ def run(
                 max_messages=max_messages,
                 normalize=normalized,
                 routes=config_in_use.routes,
+                semantic=_semantic_settings(
+                    semantic, semantic_threshold, semantic_guards, semantic_model, cache_off=no_cache or refresh
+                ),
             )
             if dry_run:
                 _validate(config, None)
@@ -622,6 +667,7 @@ def _run_config(
     workers: int | None = None,
     normalize: tuple[dict[str, str | None], str | None] = ({}, None),
     routes: tuple[Any, ...] = (),
+    semantic: Any = None,
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -660,7 +706,36 @@ def _run_config(
         cache_namespace=cache_namespace,
         rate_group=rate_group,
         workers=workers,
-        split=True,  # a big input is checked in two halves at once, unless --workers 0
+        # A big input is checked in two halves at once, unless --workers 0; not with --semantic: the
+        # forked half would answer exact hits only.
+        split=semantic is None,
+        semantic=semantic,
+    )
+
+
+def _semantic_settings(
+    semantic: bool, threshold: float | None, guards: str | None, model_dir: Path | None, *, cache_off: bool
+) -> Any:
+    """``--semantic``'s settings, or None; its options without it, or with no cache to read, are
+    refused (they would silently do nothing)."""
+    if not semantic:
+        options = {"--semantic-threshold": threshold, "--semantic-guards": guards, "--semantic-model": model_dir}
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to a semantic cache: add --semantic")
+        return None
+    if cache_off:
+        raise UsageError("--semantic answers from the cache: it cannot be combined with --no-cache or --refresh")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise UsageError(f"--semantic-threshold {threshold}: give a cosine similarity above 0 and at most 1, like 0.9")
+    if guards not in (None, "on", "off"):
+        raise UsageError(f"--semantic-guards {guards}: give on or off")
+    if model_dir is not None and not model_dir.is_dir():
+        raise UsageError(f"--semantic-model {model_dir}: not a directory (it needs model.onnx and tokenizer.json)")
+    from llmbatch.store.semantic import DEFAULT_THRESHOLD, SemanticSettings
+
+    return SemanticSettings(
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold, guards=guards != "off", model_dir=model_dir
     )
 
 
@@ -1023,6 +1098,13 @@ def cache_stats(
     else:
         with place.open(create=False) as cache:
             stats = cache.stats()
+        from dataclasses import replace
+
+        from llmbatch.store.semantic import semantic_counts  # its own small database: no model is loaded
+
+        semantic = semantic_counts(place.local_directory)
+        if semantic is not None:
+            stats = replace(stats, details={**stats.details, "semantic": semantic})
     if as_json:
         import orjson
 

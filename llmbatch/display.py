@@ -159,6 +159,7 @@ class _LiveView:
         counters = Text.assemble(
             ("hits ", "dim"),
             (_count(s.hits), "green"),
+            *((("  semantic ", "dim"), (_count(s.semantic_hits), "magenta")) if s.semantic_hits else ()),
             ("  calls ", "dim"),
             (_count(s.calls), "cyan"),
             ("  coalesced ", "dim"),
@@ -237,12 +238,17 @@ def _waiting_text(stats: RunStats) -> str:
     return f"waiting for {_count(stats.waiting)} answer{'s' if stats.waiting != 1 else ''} another run is making"
 
 
+def _semantic_part(stats: RunStats) -> str:
+    """Semantic hits apart from exact ones, when a run had any (``--semantic``)."""
+    return f" ({_count(stats.semantic_hits)} semantic)" if stats.semantic_hits else ""
+
+
 def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = False) -> str:
     snap = _snapshot(stats, rate, now)
     total = stats.total if stats.total is not None else "?"
     written = f" ({stats.written} written in order)" if stats.written < stats.done else ""
     return (
-        f"llmbatch: {stats.done}/{total} done{written}, {stats.hits} hits, {stats.calls} calls, "
+        f"llmbatch: {stats.done}/{total} done{written}, {stats.hits} hits{_semantic_part(stats)}, {stats.calls} calls, "
         f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
         f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
         f"ETA {format_duration(snap['eta'])}, {_spent_label(simulated)} {_usd(stats.spent_usd)}, "
@@ -346,6 +352,7 @@ class Display:
         rows = [
             ("prompts", _count(s.total or s.done)),
             ("answered from cache", _count(s.hits)),
+            *((("  of which semantic", _count(s.semantic_hits)),) if s.semantic_hits else ()),
             ("calls made", _count(s.calls)),
             ("duplicates coalesced", _count(s.coalesced)),
             ("errors", _count(s.errors)),
@@ -418,7 +425,7 @@ class Display:
             f"{_count(s.total or s.done)} prompts",
             f"{_count(s.ok)} ok",
             f"{_count(s.errors)} errors",
-            f"{_count(s.hits)} from cache",
+            f"{_count(s.hits)} from cache{_semantic_part(s)}",
             *((f"{_count(s.coalesced)} duplicates",) if s.coalesced else ()),
             f"{_count(s.calls)} calls",
             f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}"
@@ -485,6 +492,17 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
             "lifetime hits / misses",
             f"{_count(stats.hits)} / {_count(stats.misses)}"
             + (f" ({100 * stats.hits / lookups:.0f}% hits)" if lookups else ""),
+        ),
+        *(
+            (
+                (
+                    "of the hits, semantic",
+                    f"{_count(semantic['semantic_hits'])} (saved {_usd(semantic['semantic_saved_usd'])}; "
+                    f"{_count(semantic['prompts_embedded'])} prompts embedded)",
+                ),
+            )
+            if (semantic := stats.details.get("semantic"))
+            else ()
         ),
     ]
     for name, value in rows:

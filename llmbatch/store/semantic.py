@@ -109,6 +109,7 @@ class SemanticStore:
         embedder: Embedder | None = None,
     ) -> None:
         self.inner = inner
+        self.location = inner.location
         self.settings = settings or SemanticSettings()
         module = _load_index()
         try:
@@ -125,12 +126,12 @@ class SemanticStore:
         self._catch_up()
 
     @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
     def recreated(self) -> bool:
         return self.inner.recreated
+
+    @recreated.setter
+    def recreated(self, value: bool) -> None:
+        self.inner.recreated = value
 
     # -- near matches ------------------------------------------------------------------------
 
