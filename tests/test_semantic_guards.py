@@ -31,10 +31,14 @@ def test_paraphrases_pass_every_guard(a: str, b: str) -> None:
         ("Book a table for two", "Book a table for three", "numbers"),
         ("Is $50 a fair price?", "Is €50 a fair price?", "numbers"),
         ("Meet on Monday", "Meet on Tuesday", "numbers"),
+        ("It broke after two days.", "It broke after two years.", "numbers"),
         ("Turn on the light", "Turn off the light", "polarity"),
         ("Is the service available?", "Isn't the service available?", "polarity"),
         ("List the advantages of Rust", "List the disadvantages of Rust", "polarity"),
         ("Which is the largest planet?", "Which is the smallest planet?", "polarity"),
+        ("It is louder than I expected.", "It is quieter than I expected.", "polarity"),
+        ("The blue jacket is sold out.", "The red jacket is sold out.", "polarity"),
+        ("Not as shown, and they run small.", "Not as shown, and they do not run small.", "polarity"),
         ("Who founded Microsoft?", "Who founded Apple?", "entities"),
         ("Paris is in which country?", "Berlin is in which country?", "entities"),
         ("What does the NHS do?", "What does the IRS do?", "entities"),
@@ -56,6 +60,10 @@ def test_numbers_normalise_format_not_value() -> None:
 def test_negation_forms_agree_with_each_other_but_not_with_none() -> None:
     assert polarity("it does not work") == polarity("it doesn't work") == {"not"}
     assert polarity("it works") == frozenset()
+
+
+def test_negations_are_counted() -> None:
+    assert polarity("not this, and not that") == {"not*2"} != polarity("not this, and that")
 
 
 def test_a_common_opening_word_is_not_an_entity_but_a_name_is() -> None:

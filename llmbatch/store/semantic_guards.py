@@ -47,6 +47,16 @@ _DAYS = {
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "tomorrow",
     "yesterday", "weekend", "weekday", "morning", "evening", "night", "noon", "midnight",
 }  # fmt: skip
+# Units a number is counted in: "two days" is not "two years".
+_UNITS = {
+    "second", "seconds", "minute", "minutes", "hour", "hours", "day", "days", "week", "weeks", "month",
+    "months", "year", "years", "decade", "decades", "century", "centuries", "ms", "sec", "min", "hr", "hrs",
+    "mm", "cm", "km", "metre", "metres", "meter", "meters", "mile", "miles", "inch", "inches", "foot",
+    "feet", "yard", "yards", "gram", "grams", "kg", "kilogram", "kilograms", "pound", "ounce", "ounces",
+    "lb", "lbs", "oz", "litre", "litres", "liter", "liters", "ml", "gallon", "gallons", "celsius",
+    "fahrenheit", "kelvin", "degree", "degrees", "byte", "bytes", "kb", "mb", "gb", "tb", "words",
+    "word", "sentences", "sentence", "paragraphs", "paragraph", "pages", "page", "items", "times",
+}  # fmt: skip
 _CURRENCY = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
 _CURRENCY_WORDS = {
     "usd", "eur", "gbp", "jpy", "dollar", "dollars", "euro", "euros", "pound", "pounds", "yen", "cent",
@@ -75,6 +85,15 @@ _POLAR = {
     "singular", "plural", "past", "future", "present", "mean", "median", "sum", "average", "total",
     "formal", "informal", "short", "long", "brief", "detailed", "simple", "complex", "easy", "hard",
     "high", "low", "large", "small", "big", "strong", "weak", "light", "dark", "fast", "slow",
+    # comparatives: "louder than expected" is not "quieter than expected"
+    "louder", "quieter", "higher", "lower", "bigger", "smaller", "larger", "cheaper", "pricier", "longer",
+    "shorter", "faster", "slower", "heavier", "lighter", "older", "newer", "younger", "warmer", "cooler",
+    "hotter", "colder", "easier", "harder", "stronger", "weaker", "earlier", "later", "wider", "narrower",
+    "thicker", "thinner", "softer", "safer", "riskier", "greater", "loud", "quiet", "cheap",
+    "expensive", "soft", "wide", "narrow", "thick", "thin", "heavy", "wet", "dry", "full", "empty",
+    # colours: "the blue jacket" is not "the red jacket"
+    "red", "blue", "green", "yellow", "black", "white", "grey", "gray", "orange", "purple", "pink",
+    "brown", "silver", "gold",
 }  # fmt: skip
 _CONTRACTION = re.compile(r"n't\b", re.IGNORECASE)
 # Typographic quotes read as plain ones, so that each pattern below needs only ASCII.
@@ -96,6 +115,7 @@ _OPENERS = {
     "category", "let's", "lets", "let", "using", "use", "based", "according", "considering",
     "suppose", "assume", "imagine", "some", "any", "all", "each", "every", "one", "many", "much",
     "very", "really", "meaning", "purpose", "difference", "between", "about", "regarding", "concerning",
+    "thanks", "thank", "regards", "best", "dear", "cheers", "sincerely", "kind", "warm", "yours",
 }  # fmt: skip
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*")
@@ -130,8 +150,8 @@ def numbers(text: str) -> frozenset[str]:
             found.add(_NUMBER_WORDS[lower])
         elif lower in _MONTHS and (lower != "may" or word[0].isupper()):
             found.add(_MONTHS[lower])
-        elif lower in _DAYS or lower in _CURRENCY_WORDS:
-            found.add(lower)
+        elif lower in _DAYS or lower in _CURRENCY_WORDS or lower in _UNITS:
+            found.add(lower.removesuffix("s") if lower in _UNITS and len(lower) > 3 else lower)
     if "%" in text:
         found.add("percent")
     return frozenset(found)
@@ -142,14 +162,16 @@ def polarity(text: str) -> frozenset[str]:
     and each polarity word as it is ("on" is not "off")."""
     text = text.translate(_PLAIN_QUOTES)
     found: set[str] = set()
-    if _CONTRACTION.search(text):
-        found.add("not")
+    # Negations are counted, not only noticed: "not as shown ... do not run small" is not "not as shown".
+    negations = len(_CONTRACTION.findall(text))
     for word in _WORD.findall(text):
         lower = word.lower().strip("'")
         if lower in _NEGATION:
-            found.add("not" if lower not in ("false",) else lower)
+            negations += 1
         elif lower in _POLAR or (lower.startswith(("un", "in", "im", "il", "ir")) and lower[2:] in _POLAR):
             found.add(lower)
+    if negations:
+        found.add("not" if negations == 1 else f"not*{negations}")
     return frozenset(found)
 
 
