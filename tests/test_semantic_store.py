@@ -3,6 +3,7 @@ scope, temperature, threshold, guards, the vectors kept beside the store, and a 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,21 +134,41 @@ def test_a_higher_threshold_turns_a_hit_into_a_miss(tmp_path: Path, embedder: Em
         assert near(s, material(PARAPHRASE)) is None
 
 
+def test_storing_embeds_nothing_until_a_lookup_searches_the_scope(store: SemanticStore) -> None:
+    put(store, material())
+    assert store.embedded == 0
+    other_scope = material(PARAPHRASE, model="gpt-4o")
+    assert near(store, other_scope) is None and store.embedded == 0  # nothing stored there: nothing embedded
+    assert near(store, material(PARAPHRASE)) is not None
+    assert store.embedded == 2  # the stored prompt, then the question
+
+
 def test_vectors_are_kept_and_a_reopened_store_embeds_nothing_again(tmp_path: Path, embedder: Embedder) -> None:
     with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
         put(s, material())
-        assert s.embedded == 1
-    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
-        assert s.embedded == 0 and s.caught_up == 0
         assert near(s, material(PARAPHRASE)) is not None
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert near(s, material(PARAPHRASE)) is not None
+        assert s.embedded == 1 and s.caught_up == 0  # the question only
 
 
-def test_answers_stored_without_semantic_are_embedded_once_when_it_is_first_used(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_looked_up_prompt_is_not_embedded_again_when_its_answer_is_stored(store: SemanticStore) -> None:
+    put(store, material())
+    question = material("What is the capital of France?")
+    assert near(store, question) is None
+    embedded = store.embedded
+    put(store, question)  # its answer, paid for: filed with the vector its lookup made
+    assert store.index.waiting(prompt_and_scope(question)[1], 10) == []
+    assert store.embedded == embedded
+
+
+def test_answers_stored_without_semantic_are_found_when_it_is_first_used(tmp_path: Path, embedder: Embedder) -> None:
     plain = DiskStore(tmp_path)
     m = material()
     key = key_from_material(m)
     response = {"choices": [{"message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
-    plain.put(key, make_entry(key=key, request=m, response=response, stored_at=1.0, usage=None, latency_ms=1.0, cost_usd=0.0), tag="t")
+    entry = make_entry(key=key, request=m, response=response, stored_at=1.0, usage=None, latency_ms=1.0, cost_usd=0.0)
+    plain.put(key, entry, tag="t")
     plain.close()
     with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
         assert s.caught_up == 1
@@ -159,10 +180,25 @@ def test_answers_stored_without_semantic_are_embedded_once_when_it_is_first_used
 def test_a_corrupt_index_is_rebuilt_from_the_kept_vectors_not_trusted(tmp_path: Path, embedder: Embedder) -> None:
     with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
         put(s, material())
+        assert near(s, material(PARAPHRASE)) is not None
         index_file = s.index.directory / "index.usearch"
     index_file.write_bytes(b"not an index" * 100)
     with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
-        assert s.index.rebuilt and s.embedded == 0
+        assert s.index.rebuilt
+        assert near(s, material(PARAPHRASE)) is not None
+        assert s.embedded == 1  # the question: the stored prompt's vector was kept
+
+
+def test_a_stale_index_is_rebuilt(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        put(s, material())
+        assert near(s, material(PARAPHRASE)) is not None
+        db = s.index.directory / "vectors.db"
+    # Another run's rows, filed after this index was saved: the record and the index disagree.
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO vectors (label, key, scope, vector) VALUES (1, 'v1:other', 's1:x', ?)", (bytes(768),))
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.index.rebuilt
         assert near(s, material(PARAPHRASE)) is not None
 
 

@@ -18,11 +18,13 @@ this holds:
 A hit is the matched entry's answer with ``semantic: {similarity, matched_key}`` added (the entry
 itself is not changed, nor stored again): the resolver reports it as ``hit: "semantic"``.
 
-Each stored prompt is embedded once: when its answer is stored through this store (reusing the
-vector its lookup made), or, for entries stored without ``--semantic``, when a run finds the store
-holds entries the vectors do not (a count kept beside them). The vectors live beside the store's
-directory, under ``semantic/<model id>/`` (:mod:`llmbatch.store.semantic_index`, the only module that
-imports the model and the index libraries, and only when ``--semantic`` is given).
+Each stored prompt is embedded once, and only if a lookup ever needs it: an answer stored through
+this store gets a row beside it (its scope), with the vector its lookup made when there was one; a
+prompt stored without one (its scope had nothing stored then, or it was stored without
+``--semantic``: found when the store holds entries the rows do not) is embedded the first time a
+lookup searches its scope. So a run whose scopes hold nothing embeds nothing. The rows live beside
+the store's directory, under ``semantic/<model id>/`` (:mod:`llmbatch.store.semantic_index`, the
+only module that imports the model and the index libraries, and only when ``--semantic`` is given).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ DEFAULT_THRESHOLD = 0.90
 CANDIDATES = 16
 #: Vectors made by lookups, kept until their answers are stored (so they are not embedded twice).
 _PENDING_MAX = 8192
+#: Stored prompts embedded at most per scope and lookup (a catch-up is spread over lookups).
+_FILL_MAX = 2048
 SCOPE_VERSION = "s1"
 
 
@@ -120,9 +124,9 @@ class SemanticStore:
         except BaseException:
             inner.close()
             raise
-        self._pending: dict[str, tuple[str, Any]] = {}
-        self.embedded = 0  # prompts embedded by this store (lookups and catching up)
-        self.caught_up = 0  # entries stored without --semantic that were embedded on opening
+        self._vectors: dict[str, tuple[str, Any]] = {}  # made by lookups, for the answers to come
+        self.embedded = 0  # prompts embedded by this store (lookups, and stored prompts a lookup needed)
+        self.caught_up = 0  # entries stored without --semantic that were recorded on opening
         self._catch_up()
 
     @property
@@ -144,19 +148,39 @@ class SemanticStore:
             # A scope with nothing stored cannot match: no embedding spent (a new template, a new model).
             if found is not None and self.index.has_scope(found[1]):
                 asked.append((key, *found))
-            elif found is not None:
-                self._remember(key, found[1], None, found[0])
         if not asked:
             return {}
+        for scope in {scope for _, _, scope in asked}:
+            self._fill(scope)
         vectors = self.embedder.embed([text for _, text, _ in asked])
         self.embedded += len(asked)
         hits: dict[str, CacheEntry] = {}
         for (key, text, scope), vector in zip(asked, vectors, strict=True):
-            self._remember(key, scope, vector)
+            if len(self._vectors) >= _PENDING_MAX:  # kept for the answer about to be stored, if it is
+                self._vectors.pop(next(iter(self._vectors)))
+            self._vectors[key] = (scope, vector)
             hit = self._match(text, scope, vector)
             if hit is not None:
                 hits[key] = hit
         return hits
+
+    def _fill(self, scope: str) -> None:
+        """Embed the stored prompts of ``scope`` that wait for it (stored while no lookup needed them),
+        a bounded number per lookup so that no lookup waits for a whole catch-up."""
+        keys = self.index.waiting(scope, _FILL_MAX)
+        if not keys:
+            return
+        entries = self.inner.get_many(keys)
+        texts: list[tuple[str, str]] = []
+        for key in keys:
+            found = prompt_and_scope((entries.get(key) or {}).get("request") or {})
+            if found is not None and found[1] == scope:
+                texts.append((key, found[0]))
+        self.index.forget([key for key in keys if key not in dict(texts)])  # gone, or not what the row says
+        if texts:
+            vectors = self.embedder.embed([text for _, text in texts])
+            self.embedded += len(texts)
+            self.index.fill([(key, vector) for (key, _), vector in zip(texts, vectors, strict=True)])
 
     def _match(self, text: str, scope: str, vector: Any) -> CacheEntry | None:
         for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES):
@@ -175,12 +199,7 @@ class SemanticStore:
             return marked
         return None
 
-    def _remember(self, key: str, scope: str, vector: Any, text: str | None = None) -> None:
-        if len(self._pending) >= _PENDING_MAX:
-            self._pending.pop(next(iter(self._pending)))
-        self._pending[key] = (scope, vector if vector is not None else text)
-
-    # -- writes: each new prompt is embedded once --------------------------------------------
+    # -- writes: a row per stored answer, its vector if a lookup made one -------------------
 
     def put(self, key: str, entry: CacheEntry, *, tag: str, ttl_s: float | None = None) -> None:
         self.inner.put(key, entry, tag=tag, ttl_s=ttl_s)
@@ -192,20 +211,11 @@ class SemanticStore:
 
     def _index(self, items: list[tuple[str, CacheEntry]]) -> None:
         rows: list[tuple[str, str | None, Any]] = []
-        to_embed: list[tuple[str, str, str]] = []
         for key, entry in items:
-            pending = self._pending.pop(key, None)
+            made = self._vectors.pop(key, None)
             found = prompt_and_scope(entry.get("request") or {})
-            if found is None:
-                rows.append((key, None, None))
-            elif pending is not None and pending[0] == found[1] and not isinstance(pending[1], str):
-                rows.append((key, found[1], pending[1]))
-            else:
-                to_embed.append((key, found[0], found[1]))
-        if to_embed:
-            vectors = self.embedder.embed([text for _, text, _ in to_embed])
-            self.embedded += len(to_embed)
-            rows.extend((key, scope, vector) for (key, _, scope), vector in zip(to_embed, vectors, strict=True))
+            scope = None if found is None else found[1]
+            rows.append((key, scope, made[1] if made is not None and made[0] == scope else None))
         self.index.add(rows)
 
     def _catch_up(self) -> None:

@@ -110,6 +110,10 @@ class Embedder:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def _blob(vector: Any) -> bytes | None:
+    return None if vector is None else np.asarray(vector, np.float16).tobytes()
+
+
 def _label(key: str) -> int:
     """A store key as usearch's 64-bit label (63 bits: stays a positive SQLite integer)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
@@ -158,22 +162,34 @@ class VectorIndex:
         return self._db.execute("SELECT 1 FROM vectors WHERE scope = ? LIMIT 1", (scope,)).fetchone() is not None
 
     def add(self, rows: Sequence[tuple[str, str | None, Any]]) -> None:
-        """File ``(key, scope, vector)`` rows; a row without a scope records a key that has no
-        vector (its request cannot be answered by a neighbour), so it is not looked at again."""
-        fresh = [row for row in rows if row[0] not in self.known(row[0] for row in rows)]
+        """File ``(key, scope, vector)`` rows, one per store key. No scope: a key no neighbour may
+        answer (recorded, so it is not looked at again). A scope and no vector: a prompt to embed
+        when its scope is first searched (:meth:`waiting`, :meth:`fill`), so that storing answers
+        costs no embedding unless a lookup ever needs them."""
+        known = self.known(key for key, _, _ in rows)
+        fresh = [row for row in rows if row[0] not in known]
         if not fresh:
             return
         self._db.executemany(
             "INSERT OR IGNORE INTO vectors (label, key, scope, vector) VALUES (?, ?, ?, ?)",
-            [
-                (_label(key), key, scope, None if vector is None else np.asarray(vector, np.float16).tobytes())
-                for key, scope, vector in fresh
-            ],
+            [(_label(key), key, scope, _blob(vector)) for key, scope, vector in fresh],
         )
-        with_vectors = [(key, vector) for key, _, vector in fresh if vector is not None]
-        if with_vectors:
-            labels = np.array([_label(key) for key, _ in with_vectors], dtype=np.uint64)
-            self._added.add(labels, np.stack([np.asarray(v, np.float32) for _, v in with_vectors]))
+        self._index_vectors([(key, vector) for key, _, vector in fresh if vector is not None])
+
+    def waiting(self, scope: str, limit: int) -> list[str]:
+        """Keys of ``scope`` whose prompts are not embedded yet (at most ``limit``)."""
+        query = "SELECT key FROM vectors WHERE scope = ? AND vector IS NULL LIMIT ?"
+        return [key for (key,) in self._db.execute(query, (scope, limit))]
+
+    def fill(self, rows: Sequence[tuple[str, Any]]) -> None:
+        """Give waiting keys their vectors."""
+        self._db.executemany("UPDATE vectors SET vector = ? WHERE key = ?", [(_blob(v), key) for key, v in rows])
+        self._index_vectors(rows)
+
+    def _index_vectors(self, rows: Sequence[tuple[str, Any]]) -> None:
+        if rows:
+            labels = np.array([_label(key) for key, _ in rows], dtype=np.uint64)
+            self._added.add(labels, np.stack([np.asarray(v, np.float32) for _, v in rows]))
             self._added_labels.extend(int(label) for label in labels)
 
     def forget(self, keys: Iterable[str]) -> int:
