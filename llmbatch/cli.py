@@ -488,6 +488,17 @@ def run(
     semantic_threshold: SemanticThresholdOption = None,
     semantic_guards: SemanticGuardsOption = None,
     semantic_model: SemanticModelOption = None,
+    semantic_audit: Annotated[
+        int | None,
+        typer.Option(
+            "--semantic-audit",
+            metavar="N",
+            min=1,
+            help="With --semantic: once the run is done, ask the provider again for N randomly chosen semantic "
+            "hits (paid calls) and report how many answers agree; the fresh answers are stored under their own keys.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -550,7 +561,12 @@ def run(
                 normalize=normalized,
                 routes=config_in_use.routes,
                 semantic=_semantic_settings(
-                    semantic, semantic_threshold, semantic_guards, semantic_model, cache_off=no_cache or refresh
+                    semantic,
+                    semantic_threshold,
+                    semantic_guards,
+                    semantic_model,
+                    semantic_audit,
+                    cache_off=no_cache or refresh,
                 ),
             )
             if dry_run:
@@ -714,12 +730,23 @@ def _run_config(
 
 
 def _semantic_settings(
-    semantic: bool, threshold: float | None, guards: str | None, model_dir: Path | None, *, cache_off: bool
+    semantic: bool,
+    threshold: float | None,
+    guards: str | None,
+    model_dir: Path | None,
+    audit: int | None,
+    *,
+    cache_off: bool,
 ) -> Any:
     """``--semantic``'s settings, or None; its options without it, or with no cache to read, are
     refused (they would silently do nothing)."""
     if not semantic:
-        options = {"--semantic-threshold": threshold, "--semantic-guards": guards, "--semantic-model": model_dir}
+        options = {
+            "--semantic-threshold": threshold,
+            "--semantic-guards": guards,
+            "--semantic-model": model_dir,
+            "--semantic-audit": audit,
+        }
         given = [name for name, value in options.items() if value is not None]
         if given:
             raise UsageError(f"{given[0]} applies to a semantic cache: add --semantic")
@@ -735,7 +762,10 @@ def _semantic_settings(
     from llmbatch.store.semantic import DEFAULT_THRESHOLD, SemanticSettings
 
     return SemanticSettings(
-        threshold=DEFAULT_THRESHOLD if threshold is None else threshold, guards=guards != "off", model_dir=model_dir
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        guards=guards != "off",
+        model_dir=model_dir,
+        audit=audit or 0,
     )
 
 
@@ -818,6 +848,10 @@ def _run(
             "were taken back into the cache from its .partial file"
         )
         note = f"{taken}\n{note}" if note else taken
+    if outcome is not None and outcome.audit is not None:
+        from llmbatch.display import audit_note
+
+        note = f"{audit_note(outcome.audit)}\n{note}" if note else audit_note(outcome.audit)
     if outcome is not None and outcome.cache_recreated:
         removed = (
             f"note: the cache directory {outcome.cache_recreated} was removed during the run; "

@@ -238,6 +238,17 @@ def _waiting_text(stats: RunStats) -> str:
     return f"waiting for {_count(stats.waiting)} answer{'s' if stats.waiting != 1 else ''} another run is making"
 
 
+def audit_note(report: Any) -> str:
+    """``--semantic-audit``'s finding, for the summary's notes."""
+    asked = report.asked
+    failed = f"; {report.failed} could not be asked again" if report.failed else ""
+    return (
+        f"semantic audit: {report.agree} of {asked} semantic hit{'s' if asked != 1 else ''} asked again agree "
+        f"({report.identical} identical, {report.similar} similar){failed}; the fresh answers are stored under "
+        f"their own keys ({_usd(report.spent_usd)})"
+    )
+
+
 def _semantic_part(stats: RunStats) -> str:
     """Semantic hits apart from exact ones, when a run had any (``--semantic``)."""
     return f" ({_count(stats.semantic_hits)} semantic)" if stats.semantic_hits else ""

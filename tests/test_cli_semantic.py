@@ -4,6 +4,7 @@ cache in a temporary directory, and the packaged embedding model (issue 15)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -103,6 +104,27 @@ def test_an_exact_hit_comes_before_a_semantic_one(
     assert sim.stats()["requests_received"] == len(BASE)
 
 
+def test_the_audit_asks_sampled_hits_again_reports_agreement_and_stores_the_fresh_answers(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread, paid_base: dict[str, str]
+) -> None:
+    variants = write_jsonl(tmp_path / "variants.jsonl", _lines([row for row, _ in VARIANTS]))
+    run = llmbatch("run", str(variants), "--semantic", "--semantic-audit", "3")
+    assert run.exit_code == 0, run.stderr
+    near_misses = sum(matched is None for _, matched in VARIANTS)
+    assert sim.stats()["requests_received"] == len(BASE) + near_misses + 3  # 3 of the 4 hits asked again
+    found = re.search(r"semantic audit: (\d) of 3 semantic hits asked again agree \((\d) identical, (\d) similar\)", run.stderr)
+    assert found is not None, run.stderr
+    agree, identical, similar = map(int, found.groups())
+    assert agree == identical + similar <= 3
+    # The simulator's answer names the prompt it was given, so none is identical to the base's answer.
+    assert identical == 0
+    # The results file keeps what the run answered; a rerun gets the 3 fresh answers as exact hits.
+    assert [row["hit"] for row in read_results(tmp_path / "variants.results.jsonl")].count("semantic") == 4
+    llmbatch("run", str(variants), "-q", "-o", str(tmp_path / "again.jsonl"))
+    hits = [row["hit"] for row in read_results(tmp_path / "again.jsonl")]
+    assert hits.count("exact") == near_misses + 3
+
+
 @pytest.mark.parametrize(
     ("what", "fields", "options"),
     [
@@ -158,6 +180,7 @@ def test_guards_off_serves_the_near_miss_that_guards_refuse(
     [
         (["--semantic-threshold", "0.9"], "--semantic-threshold applies to a semantic cache: add --semantic"),
         (["--semantic-guards", "off"], "--semantic-guards applies to a semantic cache: add --semantic"),
+        (["--semantic-audit", "5"], "--semantic-audit applies to a semantic cache: add --semantic"),
         (["--semantic", "--semantic-threshold", "1.5"], "--semantic-threshold 1.5: give a cosine similarity"),
         (["--semantic", "--semantic-guards", "maybe"], "--semantic-guards maybe: give on or off"),
         (["--semantic", "--no-cache"], "--semantic answers from the cache: it cannot be combined with --no-cache"),

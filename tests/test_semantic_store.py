@@ -74,7 +74,9 @@ SCOPE_CHANGES = {
     "provider": {"provider": "anthropic"},
     "endpoint": {"endpoint": "http://127.0.0.1:10/v1"},
     "model": {"model": "gpt-4o"},
-    "system prompt": {"messages": [{"role": "system", "content": "Be detailed."}, {"role": "user", "content": PARAPHRASE}]},
+    "system prompt": {
+        "messages": [{"role": "system", "content": "Be detailed."}, {"role": "user", "content": PARAPHRASE}]
+    },
     "earlier messages": {
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -84,7 +86,9 @@ SCOPE_CHANGES = {
         ]
     },
     "a parameter": {"params": {"temperature": 0, "max_tokens": 51}},
-    "tools": {"params": {"temperature": 0, "max_tokens": 50, "tools": [{"type": "function", "function": {"name": "f"}}]}},
+    "tools": {
+        "params": {"temperature": 0, "max_tokens": 50, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    },
     "response_format": {"params": {"temperature": 0, "max_tokens": 50, "response_format": {"type": "json_object"}}},
     "extra": {"extra": {"reasoning_effort": "low"}},
     "sample": {"sample": 1},
@@ -207,3 +211,26 @@ def test_an_index_that_points_at_a_removed_entry_serves_nothing(tmp_path: Path, 
         key = put(s, material())
         s.inner.remove([key])  # behind the vectors' back: they still list it
         assert near(s, material(PARAPHRASE)) is None
+
+
+def test_audit_agreement_is_identical_text_or_similar_meaning(store: SemanticStore) -> None:
+    assert store.agreement("Paris is the capital.", "Paris  is the\ncapital.") == "identical"
+    assert store.agreement("The capital of France is Paris.", "Paris is the capital of France.") == "similar"
+    assert store.agreement("The capital of France is Paris.", "I like green tea in the morning.") is None
+
+
+def test_the_audit_sample_holds_every_hit_up_to_its_size_then_a_uniform_sample(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    settings = SemanticSettings(audit=2)
+    with SemanticStore(DiskStore(tmp_path), tmp_path, settings, embedder=embedder) as s:
+        put(s, material())
+        variants = [
+            PARAPHRASE,
+            "Could you explain what retrieval-augmented generation is?",
+            "what is retrieval-augmented generation ?",
+        ]
+        for text in variants:
+            assert near(s, material(text)) is not None
+        assert len(s.audit_sample) == 2
+        assert {key for key, _, _ in s.audit_sample} <= {key_from_material(material(t)) for t in variants}

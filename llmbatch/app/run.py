@@ -38,6 +38,8 @@ class RunOutcome:
     cache_recreated: str | None = None
     #: Answers an earlier run paid for, taken back into the cache from its ``.partial``.
     recovered: int = 0
+    #: ``--semantic-audit``: how many semantic hits asked again agreed (app.audit.AuditReport).
+    audit: Any = None
 
 
 @dataclass
@@ -152,6 +154,7 @@ async def execute(
     """Run the validated input to the end (or to a stop) and finish the results file;
     ``prefix``: the leading hits :func:`validate` already answered."""
     provider, writer = started.provider, started.writer
+    audit = None
     try:
         engine = live_resolver(
             provider,
@@ -172,6 +175,10 @@ async def execute(
             start_line=prefix.resume_line if prefix is not None else 1,
         )
         await engine.run(requests)
+        if started.cache is not None and stats.complete and getattr(started.cache, "audit_sample", None):
+            from llmbatch.app.audit import audit_semantic_hits
+
+            audit = await audit_semantic_hits(provider, started.cache, config.options)
     finally:
         stats.workers_lost = provider.lost
         recreated = started.cache is not None and started.cache.recreated
@@ -182,6 +189,7 @@ async def execute(
         complete=stats.complete,
         cache_recreated=started.cache.location if recreated and started.cache is not None else None,
         recovered=started.recovered,
+        audit=audit,
     )
 
 

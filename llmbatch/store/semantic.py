@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class SemanticSettings:
     threshold: float = DEFAULT_THRESHOLD
     guards: bool = True
     model_dir: Path | None = None
+    audit: int = 0  # --semantic-audit N: semantic hits kept (a uniform sample) to be asked again
 
 
 def prompt_and_scope(material: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -125,6 +127,10 @@ class SemanticStore:
             inner.close()
             raise
         self._vectors: dict[str, tuple[str, Any]] = {}  # made by lookups, for the answers to come
+        #: ``--semantic-audit``: (key, key material, the entry served) of a uniform sample of the hits
+        self.audit_sample: list[tuple[str, dict[str, Any], CacheEntry]] = []
+        self._hits_seen = 0
+        self._random = random.Random()
         self.embedded = 0  # prompts embedded by this store (lookups, and stored prompts a lookup needed)
         self.caught_up = 0  # entries stored without --semantic that were recorded on opening
         self._catch_up()
@@ -143,11 +149,13 @@ class SemanticStore:
         """For keys that missed, with their key material: the stored answers of near-identical
         requests, marked ``semantic`` (see the module docstring for every condition)."""
         asked: list[tuple[str, str, str]] = []
+        materials: dict[str, Mapping[str, Any]] = {}
         for key, material in wanted:
             found = prompt_and_scope(material)
             # A scope with nothing stored cannot match: no embedding spent (a new template, a new model).
             if found is not None and self.index.has_scope(found[1]):
                 asked.append((key, *found))
+                materials[key] = material
         if not asked:
             return {}
         for scope in {scope for _, _, scope in asked}:
@@ -162,7 +170,33 @@ class SemanticStore:
             hit = self._match(text, scope, vector)
             if hit is not None:
                 hits[key] = hit
+                self._keep_for_audit(key, materials[key], hit)
         return hits
+
+    def _keep_for_audit(self, key: str, material: Mapping[str, Any], hit: CacheEntry) -> None:
+        """Reservoir sampling: after any number of hits, each is in ``audit_sample`` with the same
+        chance (all of them while there are at most ``settings.audit``)."""
+        if self.settings.audit <= 0:
+            return
+        self._hits_seen += 1
+        kept = (key, dict(material), hit)
+        if len(self.audit_sample) < self.settings.audit:
+            self.audit_sample.append(kept)
+        else:
+            at = self._random.randrange(self._hits_seen)
+            if at < self.settings.audit:
+                self.audit_sample[at] = kept
+
+    def agreement(self, served: str | None, fresh: str | None) -> str | None:
+        """Whether a fresh answer agrees with the one a semantic hit served: ``"identical"`` (the same
+        text after whitespace normalisation), ``"similar"`` (their embeddings reach the threshold),
+        or None."""
+        if served is None or fresh is None:
+            return "identical" if served == fresh else None
+        if " ".join(served.split()) == " ".join(fresh.split()):
+            return "identical"
+        a, b = self.embedder.embed([served, fresh])
+        return "similar" if float(a @ b) >= self.settings.threshold else None
 
     def _fill(self, scope: str) -> None:
         """Embed the stored prompts of ``scope`` that wait for it (stored while no lookup needed them),
