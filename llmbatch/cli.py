@@ -612,6 +612,10 @@ def plan(
     as_json: JsonOption = False,
     config_file: ConfigOption = None,
     normalize: NormalizeOption = None,
+    semantic: SemanticOption = False,
+    semantic_threshold: SemanticThresholdOption = None,
+    semantic_guards: SemanticGuardsOption = None,
+    semantic_model: SemanticModelOption = None,
 ) -> None:
     """Show what a run of INPUT would do and cost, from the cache alone: nothing is sent."""
     from llmbatch.config import load_config, merge_normalize
@@ -641,6 +645,9 @@ def plan(
                 max_messages=max_messages,
                 normalize=normalized,
                 routes=config_in_use.routes,
+                semantic=_semantic_settings(
+                    semantic, semantic_threshold, semantic_guards, semantic_model, None, cache_off=no_cache or refresh
+                ),
             )
             _validate(config, None)
             _print_plan(config, as_json=as_json)

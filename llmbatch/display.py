@@ -780,6 +780,7 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
     rows = [
         ("prompts", _count(plan.prompts)),
         ("cache hits", _count(plan.hits)),
+        *((("  of which semantic", _count(plan.semantic_hits)),) if plan.semantic_hits is not None else ()),
         ("duplicates (no extra call)", _count(plan.duplicates)),
         ("calls to make", _count(plan.calls)),
         (

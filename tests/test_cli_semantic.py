@@ -104,6 +104,20 @@ def test_an_exact_hit_comes_before_a_semantic_one(
     assert sim.stats()["requests_received"] == len(BASE)
 
 
+def test_plan_semantic_counts_semantic_hits_apart_and_sends_nothing(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread, paid_base: dict[str, str]
+) -> None:
+    variants = write_jsonl(tmp_path / "variants.jsonl", _lines([row for row, _ in VARIANTS]))
+    where = ["--api-base", sim.url, "--model", "openai:gpt-4o-mini", "--json"]
+    with_semantic = json.loads(llmbatch("plan", str(variants), "--semantic", *where).stdout)
+    without = json.loads(llmbatch("plan", str(variants), *where).stdout)
+    near_misses = sum(matched is None for _, matched in VARIANTS)
+    assert (with_semantic["hits"], with_semantic["semantic_hits"], with_semantic["calls"]) == (4, 4, near_misses)
+    assert (without["hits"], without["calls"]) == (0, len(VARIANTS)) and "semantic_hits" not in without
+    assert with_semantic["estimated_input_tokens"] < without["estimated_input_tokens"]
+    assert sim.stats()["requests_received"] == len(BASE)
+
+
 def test_the_audit_asks_sampled_hits_again_reports_agreement_and_stores_the_fresh_answers(
     tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread, paid_base: dict[str, str]
 ) -> None:
