@@ -56,14 +56,23 @@ def pairs(embedder: Embedder) -> dict[str, object]:
     vectors = embedder.embed(texts)
     embed_s = time.perf_counter() - started
     half = len(rows)
-    sims = [float(vectors[i] @ vectors[half + i]) for i in range(half)]
-    guarded = [not disagreements(row["a"], row["b"]) for row in rows]
-    same = [row["same"] for row in rows]
+    for i, row in enumerate(rows):
+        row["similarity"] = float(vectors[i] @ vectors[half + i])
+        row["guards_pass"] = not disagreements(row["a"], row["b"])
+    report: dict[str, object] = {"embedding_prompts_per_s_batch": round(len(texts) / embed_s, 1)}
+    for split in ("all", "tuning", "held-out"):
+        subset = [row for row in rows if split == "all" or row["split"] == split]
+        report[split] = _rates(subset)
+    return report
+
+
+def _rates(rows: list[dict[str, object]]) -> dict[str, object]:
+    same = [bool(row["same"]) for row in rows]
     table = []
     for threshold in THRESHOLDS:
         line: dict[str, object] = {"threshold": threshold}
         for name, use_guards in (("guards_on", True), ("guards_off", False)):
-            served = [s >= threshold and (g or not use_guards) for s, g in zip(sims, guarded, strict=True)]
+            served = [float(row["similarity"]) >= threshold and (row["guards_pass"] or not use_guards) for row in rows]
             false_hits = sum(v and not y for v, y in zip(served, same, strict=True))
             true_hits = sum(v and y for v, y in zip(served, same, strict=True))
             line[name] = {
@@ -73,19 +82,18 @@ def pairs(embedder: Embedder) -> dict[str, object]:
             }
         table.append(line)
     wrong_kinds: dict[str, dict[str, int]] = {}
-    for row, s, g in zip(rows, sims, guarded, strict=True):
-        if not row["same"] and s >= 0.90:
-            counts = wrong_kinds.setdefault(row["kind"], {"above_0.90": 0, "passing_guards": 0})
+    for row in rows:
+        if not row["same"] and float(row["similarity"]) >= 0.90:
+            counts = wrong_kinds.setdefault(str(row["kind"]), {"above_0.90": 0, "passing_guards": 0})
             counts["above_0.90"] += 1
-            counts["passing_guards"] += g
+            counts["passing_guards"] += bool(row["guards_pass"])
     return {
-        "pairs": half,
+        "pairs": len(rows),
         "same_answer": same.count(True),
         "different_answer": same.count(False),
         "by_threshold": table,
         "different_pairs_above_0.90_by_kind": wrong_kinds,
-        "guards_refuse_same_answer_pairs": sum(not g for g, y in zip(guarded, same, strict=True) if y),
-        "embedding_prompts_per_s_batch": round(len(texts) / embed_s, 1),
+        "guards_refuse_same_answer_pairs": sum(not row["guards_pass"] for row in rows if row["same"]),
     }
 
 
@@ -110,7 +118,10 @@ def latency(size: int, ndim: int) -> dict[str, object]:
                 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 db.executemany(
                     "INSERT INTO vectors (label, key, scope, vector) VALUES (?, ?, ?, ?)",
-                    ((at + i, f"k{at + i}", f"scope{(at + i) % 50}", vectors[i].astype(np.float16).tobytes()) for i in range(n)),
+                    (
+                        (at + i, f"k{at + i}", f"scope{(at + i) % 50}", vectors[i].astype(np.float16).tobytes())
+                        for i in range(n)
+                    ),
                 )
         fill_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -177,13 +188,17 @@ def overhead(lines: int) -> dict[str, object]:
         questions = root / "q.jsonl"
         questions.write_text(
             "".join(
-                json.dumps({"id": i, "prompt": f"Write one sentence about the history of town number {i}.", "temperature": 0})
+                json.dumps(
+                    {"id": i, "prompt": f"Write one sentence about the history of town number {i}.", "temperature": 0}
+                )
                 + "\n"
                 for i in range(lines)
             )
         )
         seed = root / "seed.jsonl"
-        seed.write_text(json.dumps({"id": "s", "prompt": "What is retrieval-augmented generation?", "temperature": 0}) + "\n")
+        seed.write_text(
+            json.dumps({"id": "s", "prompt": "What is retrieval-augmented generation?", "temperature": 0}) + "\n"
+        )
         times: dict[str, list[float]] = {"without": [], "new_scope": [], "scope_with_an_entry": []}
         for round_ in range(3):
             for variant in ("without", "new_scope", "scope_with_an_entry"):
@@ -194,7 +209,12 @@ def overhead(lines: int) -> dict[str, object]:
                     subprocess.run([*base, str(seed), "-o", str(root / "seed.out"), "--semantic"], env=env, check=True)
                 extra = [] if variant == "without" else ["--semantic"]
                 started = time.perf_counter()
-                subprocess.run([*base, str(questions), "-o", str(root / "out.jsonl"), *extra], env=env, check=True, capture_output=True)
+                subprocess.run(
+                    [*base, str(questions), "-o", str(root / "out.jsonl"), *extra],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
                 times[variant].append(time.perf_counter() - started)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {

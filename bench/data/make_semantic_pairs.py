@@ -7,7 +7,9 @@ template filled with a document, as llmbatch's input files are). Each pair says:
 - ``same``: true when one answer serves both (paraphrase, formatting and whitespace, a template filled
   the same way), false when it must not (a number, date, negation, entity, polarity word, quoted text
   or the question's scope changed);
-- ``kind``: which of those it is; ``style``: ``question`` or ``batch``; ``source``: where it comes from.
+- ``kind``: which of those it is; ``style``: ``question`` or ``batch``; ``source``: where it comes from;
+- ``split``: ``tuning`` (the guards and the default threshold were chosen looking at these) or
+  ``held-out`` (written afterwards and only measured).
 
 Run ``python bench/data/make_semantic_pairs.py`` to write the file again after editing the lists.
 """
@@ -180,7 +182,10 @@ SAME_BATCH = {
         (TICKET.format(TICKETS[5]), TICKET.format(TICKETS[5].replace("Your website", "The website"))),
         (REVIEW.format(REVIEWS[0]), REVIEW.format(REVIEWS[0].replace("Very happy", "very happy").replace(". ", ", "))),
         (REVIEW.format(REVIEWS[1]), REVIEW.format(REVIEWS[1] + " ")),
-        (REVIEW.format(REVIEWS[2]), REVIEW.format(REVIEWS[2].replace("Comfortable shoes, but", "Comfortable shoes but"))),
+        (
+            REVIEW.format(REVIEWS[2]),
+            REVIEW.format(REVIEWS[2].replace("Comfortable shoes, but", "Comfortable shoes but")),
+        ),
         (REVIEW.format(REVIEWS[3]), REVIEW.format(REVIEWS[3].replace("the blender", "the blender itself"))),
         (EXTRACT.format(EMAILS[0]), EXTRACT.format(EMAILS[0].replace("Hello,", "Hi,"))),
         (EXTRACT.format(EMAILS[1]), EXTRACT.format(EMAILS[1].replace("Thanks,", "Thank you,"))),
@@ -224,11 +229,17 @@ DIFFERENT_BATCH = {
     ],
     "template-entity": [
         (TICKET.format(TICKETS[2]), TICKET.format(TICKETS[2].replace("Android", "iPhone"))),
-        (TICKET.format(TICKETS[4]), TICKET.format(TICKETS[4].replace("Baker Street, not 21 Baker Street", "Abbey Road, not 21 Baker Street"))),
+        (
+            TICKET.format(TICKETS[4]),
+            TICKET.format(TICKETS[4].replace("Baker Street, not 21 Baker Street", "Abbey Road, not 21 Baker Street")),
+        ),
         (EXTRACT.format(EMAILS[0]), EXTRACT.format(EMAILS[0].replace("Anna", "Boris").replace("EUR", "USD"))),
     ],
     "template-polarity": [
-        (TICKET.format(TICKETS[1]), TICKET.format(TICKETS[1].replace("twice", "once").replace("refund one of", "explain"))),
+        (
+            TICKET.format(TICKETS[1]),
+            TICKET.format(TICKETS[1].replace("twice", "once").replace("refund one of", "explain")),
+        ),
         (REVIEW.format(REVIEWS[3]), REVIEW.format(REVIEWS[3].replace("louder", "quieter"))),
         (REVIEW.format(REVIEWS[2]), REVIEW.format(REVIEWS[2].replace("run small", "run large"))),
         (TICKET.format(TICKETS[5]), TICKET.format(TICKETS[5].replace("blue jacket", "red jacket"))),
@@ -244,24 +255,132 @@ DIFFERENT_BATCH = {
     ],
     "template-changed": [
         (TICKET.format(TICKETS[0]), TICKET.replace("one sentence", "three bullet points").format(TICKETS[0])),
-        (REVIEW.format(REVIEWS[0]), REVIEW.replace("positive, negative or mixed", "a score from 1 to 5").format(REVIEWS[0])),
+        (
+            REVIEW.format(REVIEWS[0]),
+            REVIEW.replace("positive, negative or mixed", "a score from 1 to 5").format(REVIEWS[0]),
+        ),
         (EXTRACT.format(EMAILS[2]), EXTRACT.replace("as JSON", "as CSV").format(EMAILS[2])),
+    ],
+}
+
+
+# Written after the guards were last changed, and not used to change them or the threshold since:
+# the figures on these pairs are the honest estimate for prompts the guards were not tuned on.
+TRIAGE = "Route this message to one team (billing, shipping, tech, other). Reply with the team only.\n\nMessage: {}"
+HELD_OUT_SAME = {
+    "paraphrase": [
+        ("What is an API?", "Can you explain what an API is?"),
+        ("How do I boil an egg?", "How can I boil an egg?"),
+        ("What is the meaning of life?", "What's the meaning of life?"),
+        ("How does a refrigerator keep food cold?", "How does a fridge keep food cold?"),
+        ("Explain recursion.", "Can you explain recursion?"),
+        ("What is a mortgage?", "Could you explain what a mortgage is?"),
+        ("How do plants grow?", "How do plants actually grow?"),
+        ("What is the function of the liver?", "What does the liver do?"),
+    ],
+    "format": [
+        ("How do I sort a dictionary by value in Python?", "how do I sort a dictionary by value in Python"),
+        ("What is an API?", "What is an API ?"),
+        ("Explain recursion.", "Explain   recursion."),
+    ],
+    "template-format": [
+        (TRIAGE.format("I was billed twice for March."), TRIAGE.format("I was billed twice for March. ")),
+        (
+            TRIAGE.format("The tracking link says my parcel is lost."),
+            TRIAGE.format("The tracking link says my parcel is lost"),
+        ),
+        (
+            TRIAGE.format("The app will not start after the update."),
+            TRIAGE.format("The app will not start after the update.\n"),
+        ),
+    ],
+}
+HELD_OUT_DIFFERENT = {
+    "number": [
+        ("How many calories are in 2 eggs?", "How many calories are in 3 eggs?"),
+        ("What is the square root of 144?", "What is the square root of 169?"),
+        ("Plan a 3-day trip to Rome.", "Plan a 7-day trip to Rome."),
+        ("Is 5 GB enough storage for photos?", "Is 50 GB enough storage for photos?"),
+    ],
+    "date": [
+        ("What were the main events of 1968?", "What were the main events of 1969?"),
+        ("What is the weather like in Oslo in January?", "What is the weather like in Oslo in July?"),
+    ],
+    "negation": [
+        ("Which vegetables can dogs eat?", "Which vegetables can dogs not eat?"),
+        ("Is it safe to drink tap water in Mexico?", "Is it not safe to drink tap water in Mexico?"),
+        ("What should I do when I can sleep?", "What should I do when I can't sleep?"),
+    ],
+    "polarity": [
+        ("How do I make my code run faster?", "How do I make my code run slower?"),
+        ("Why is the stock market going up?", "Why is the stock market going down?"),
+        ("How do I add a user to a Linux group?", "How do I remove a user from a Linux group?"),
+        ("What foods raise blood pressure?", "What foods lower blood pressure?"),
+        ("How do I zoom in on a Mac?", "How do I zoom out on a Mac?"),
+    ],
+    "entity": [
+        ("Who painted the Mona Lisa?", "Who painted the Sistine Chapel ceiling?"),
+        ("What language is spoken in Brazil?", "What language is spoken in Argentina?"),
+        ("How do I install Docker on Ubuntu?", "How do I install Docker on Windows?"),
+        ("What is the tallest building in Dubai?", "What is the tallest building in Shanghai?"),
+        ("Explain the plot of Inception.", "Explain the plot of Interstellar."),
+    ],
+    "quoted": [
+        ("What does 'carpe diem' mean?", "What does 'memento mori' mean?"),
+        ("What does the `-r` flag of cp do?", "What does the `-f` flag of cp do?"),
+    ],
+    "scope": [
+        ("How do I write a cover letter?", "How do I write a resignation letter?"),
+        ("What are good exercises for back pain?", "What are good exercises for knee pain?"),
+        ("Recommend a book about history.", "Recommend a book about history for teenagers."),
+        ("What is the best way to learn to swim?", "What is the best way to teach a child to swim?"),
+        ("How do I clean a cast iron pan?", "How do I season a cast iron pan?"),
+    ],
+    "template-document": [
+        (TRIAGE.format("I was billed twice for March."), TRIAGE.format("My parcel never arrived.")),
+        (
+            TRIAGE.format("The app will not start after the update."),
+            TRIAGE.format("I want to change my delivery address."),
+        ),
+    ],
+    "template-number": [
+        (TRIAGE.format("I was billed twice for March."), TRIAGE.format("I was billed three times for March.")),
+        (TRIAGE.format("Order 4411 is late."), TRIAGE.format("Order 4412 is late.")),
+    ],
+    "template-negation": [
+        (
+            TRIAGE.format("The app will not start after the update."),
+            TRIAGE.format("The app will start after the update, but slowly."),
+        ),
     ],
 }
 
 
 def main() -> None:
     rows = []
-    for groups, same, style, source in (
-        (SAME_QUESTIONS, True, "question", SOURCE_Q),
-        (DIFFERENT_QUESTIONS, False, "question", SOURCE_Q),
-        (SAME_BATCH, True, "batch", SOURCE_B),
-        (DIFFERENT_BATCH, False, "batch", SOURCE_B),
+    for groups, same, style, source, split in (
+        (SAME_QUESTIONS, True, "question", SOURCE_Q, "tuning"),
+        (DIFFERENT_QUESTIONS, False, "question", SOURCE_Q, "tuning"),
+        (SAME_BATCH, True, "batch", SOURCE_B, "tuning"),
+        (DIFFERENT_BATCH, False, "batch", SOURCE_B, "tuning"),
+        (HELD_OUT_SAME, True, None, SOURCE_Q, "held-out"),
+        (HELD_OUT_DIFFERENT, False, None, SOURCE_Q, "held-out"),
     ):
         for kind, pairs in groups.items():
             for a, b in pairs:
                 assert a != b, (kind, a)
-                rows.append({"a": a, "b": b, "same": same, "kind": kind, "style": style, "source": source})
+                row_style = style or ("batch" if kind.startswith("template") else "question")
+                row_source = SOURCE_B if row_style == "batch" else source
+                row = {
+                    "a": a,
+                    "b": b,
+                    "same": same,
+                    "kind": kind,
+                    "style": row_style,
+                    "source": row_source,
+                    "split": split,
+                }
+                rows.append(row)
     out = Path(__file__).with_name("semantic_pairs.jsonl")
     out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     print(f"{out}: {len(rows)} pairs, {sum(r['same'] for r in rows)} same-answer")

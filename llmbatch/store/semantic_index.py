@@ -133,6 +133,8 @@ class VectorIndex:
             " scope TEXT, vector BLOB)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS vectors_scope ON vectors (scope)")
+        # The prompts still to embed, by scope: found without reading a big scope's embedded rows.
+        self._db.execute("CREATE INDEX IF NOT EXISTS vectors_waiting ON vectors (scope) WHERE vector IS NULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
         self._path = directory / "index.usearch"
         self._main: Index | None = None  # the saved index, memory-mapped (read-only)
