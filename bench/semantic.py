@@ -130,23 +130,11 @@ def latency(size: int, ndim: int) -> dict[str, object]:
         index.close()
         build_s = time.perf_counter() - started
         # A new process opens it (memory-mapped) and searches: its peak RSS is what a run pays.
-        code = (
-            "import json, resource, statistics, sys, time\n"
-            "import numpy as np\n"
-            "from pathlib import Path\n"
-            "from llmbatch.store.semantic_index import VectorIndex\n"
-            "t = time.perf_counter(); index = VectorIndex(Path(sys.argv[1]), ndim=int(sys.argv[2])); o = time.perf_counter() - t\n"
-            "assert not index.rebuilt\n"
-            "rng = np.random.default_rng(1); times = []\n"
-            "for i in range(1000):\n"
-            "    q = rng.standard_normal(int(sys.argv[2])).astype(np.float32); q /= np.linalg.norm(q)\n"
-            "    t = time.perf_counter(); index.search(q, f'scope{i % 50}', count=16); times.append(1000 * (time.perf_counter() - t))\n"
-            "times.sort()\n"
-            "print(json.dumps({'open_s': round(o, 3), 'median': round(statistics.median(times), 3), "
-            "'p99': round(times[989], 3), 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))\n"
-        )
         done = subprocess.run(
-            [sys.executable, "-c", code, str(directory), str(ndim)], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--search-child", str(directory), str(ndim)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         measured = json.loads(done.stdout)
         size_mb = sum(p.stat().st_size for p in directory.iterdir()) / 1e6
@@ -162,12 +150,24 @@ def latency(size: int, ndim: int) -> dict[str, object]:
     }
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def search_child(directory: Path, ndim: int) -> None:
+    """In the measuring process: open the saved index and time 1,000 searches."""
+    started = time.perf_counter()
+    index = VectorIndex(directory, ndim=ndim)
+    open_s = time.perf_counter() - started
+    assert not index.rebuilt
+    rng = np.random.default_rng(1)
+    times = []
+    for i in range(1000):
+        query = rng.standard_normal(ndim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        started = time.perf_counter()
+        index.search(query, f"scope{i % 50}", count=16)
+        times.append(1000 * (time.perf_counter() - started))
+    times.sort()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"open_s": round(open_s, 3), "median": round(statistics.median(times), 3), "p99": round(times[989], 3)}
+    print(json.dumps({**result, "peak_rss_mb": round(peak, 1)}))
 
 
 def first_use() -> dict[str, float]:
@@ -232,7 +232,11 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "pairs", "latency", "first-use", "overhead"], default="all")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--lines", type=int, default=1000)
+    parser.add_argument("--search-child", nargs=2, metavar=("DIR", "NDIM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.search_child:
+        search_child(Path(args.search_child[0]), int(args.search_child[1]))
+        return
     report: dict[str, object] = {}
     embedder = Embedder()
     if args.part in ("all", "pairs"):
