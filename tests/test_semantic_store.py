@@ -193,6 +193,19 @@ def test_a_corrupt_index_is_rebuilt_from_the_kept_vectors_not_trusted(tmp_path: 
         assert s.embedded == 1  # the question: the stored prompt's vector was kept
 
 
+def test_a_damaged_vector_record_is_started_again_from_the_store(tmp_path: Path, embedder: Embedder) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        put(s, material())
+        assert near(s, material(PARAPHRASE)) is not None
+        directory = s.index.directory
+    for name in ("vectors.db-wal", "vectors.db-shm"):
+        (directory / name).unlink(missing_ok=True)
+    (directory / "vectors.db").write_bytes(b"garbage" * 1000)
+    with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
+        assert s.index.reset and s.caught_up == 1
+        assert near(s, material(PARAPHRASE)) is not None
+
+
 def test_a_stale_index_is_rebuilt(tmp_path: Path, embedder: Embedder) -> None:
     with SemanticStore(DiskStore(tmp_path), tmp_path, embedder=embedder) as s:
         put(s, material())

@@ -126,22 +126,40 @@ class VectorIndex:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.directory = directory
         self.ndim = ndim
-        self._db = sqlite3.connect(directory / "vectors.db", isolation_level=None, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL,"
-            " scope TEXT, vector BLOB)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS vectors_scope ON vectors (scope)")
-        # The prompts still to embed, by scope: found without reading a big scope's embedded rows.
-        self._db.execute("CREATE INDEX IF NOT EXISTS vectors_waiting ON vectors (scope) WHERE vector IS NULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
+        try:
+            self._db = self._connect()
+            self.reset = False
+        except sqlite3.DatabaseError:
+            # Damaged (not a database any more): the record is only derived from the store, so it
+            # is started again; the store's entries are recorded anew, and embedded when looked up.
+            for name in ("vectors.db", "vectors.db-wal", "vectors.db-shm", "index.usearch"):
+                (directory / name).unlink(missing_ok=True)
+            self._db = self._connect()
+            self.reset = True
         self._path = directory / "index.usearch"
         self._main: Index | None = None  # the saved index, memory-mapped (read-only)
         self._added = Index(ndim=ndim, metric="cos", dtype="i8")  # rows added since it was saved
         self._added_labels: list[int] = []
         self.rebuilt = False
         self._open_index()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.directory / "vectors.db", isolation_level=None, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL,"
+                " scope TEXT, vector BLOB)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_scope ON vectors (scope)")
+            # The prompts still to embed, by scope: found without reading a big scope's embedded rows.
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_waiting ON vectors (scope) WHERE vector IS NULL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
+            db.execute("SELECT count(*) FROM vectors").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     # -- the record --------------------------------------------------------------------------
 
