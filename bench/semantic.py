@@ -13,9 +13,11 @@ when its cosine similarity reaches the threshold and, guards on, the guards agre
 once a scope matches. False hits: served different-answer pairs / all different-answer pairs.
 Recall: served same-answer pairs / all same-answer pairs.
 
-latency: a VectorIndex (the real class: SQLite record + usearch index, memory-mapped) filled with
-N random unit vectors in 50 scopes, saved, reopened; then 1,000 searches of random vectors. Median
-and 99th percentile, and the process's RSS after the reopened searches (the bounded part).
+latency: the vector record (vectors.db) filled in bulk with N random unit vectors (float16) in 50
+scopes; then VectorIndex (the real class) finds no index and builds and saves one from the record
+(timed); then a new process opens it (memory-mapped) and times 1,000 searches of random vectors,
+each within a scope (median, 99th percentile) and reports its peak RSS: what a run pays. The
+embedding of the question is not in this figure (see the throughput).
 
 first use: a new interpreter importing llmbatch.store.semantic_index and loading the model.
 
