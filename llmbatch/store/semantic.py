@@ -117,15 +117,6 @@ class SemanticStore:
         self.inner = inner
         self.location = inner.location
         self.settings = settings or SemanticSettings()
-        module = _load_index()
-        try:
-            self.embedder = embedder or module.Embedder(self.settings.model_dir)
-            self.index: VectorIndex = module.VectorIndex(
-                directory / "semantic" / self.embedder.model_id, ndim=self.embedder.ndim
-            )
-        except BaseException:
-            inner.close()
-            raise
         self._vectors: dict[str, tuple[str, Any]] = {}  # made by lookups, for the answers to come
         #: ``--semantic-audit``: (key, key material, the entry served) of a uniform sample of the hits
         self.audit_sample: list[tuple[str, dict[str, Any], CacheEntry]] = []
@@ -133,7 +124,18 @@ class SemanticStore:
         self._random = random.Random()
         self.embedded = 0  # prompts embedded by this store (lookups, and stored prompts a lookup needed)
         self.caught_up = 0  # entries stored without --semantic that were recorded on opening
-        self._catch_up()
+        try:
+            module = _load_index()
+            self.embedder = embedder or module.Embedder(self.settings.model_dir)
+            self.index: VectorIndex = module.VectorIndex(
+                directory / "semantic" / self.embedder.model_id, ndim=self.embedder.ndim
+            )
+            self._catch_up()
+        except BaseException:
+            if hasattr(self, "index"):
+                self.index.close()
+            inner.close()
+            raise
 
     @property
     def recreated(self) -> bool:
