@@ -201,25 +201,39 @@ def overhead(lines: int) -> dict[str, object]:
         seed.write_text(
             json.dumps({"id": "s", "prompt": "What is retrieval-augmented generation?", "temperature": 0}) + "\n"
         )
-        times: dict[str, list[float]] = {"without": [], "new_scope": [], "scope_with_an_entry": []}
+        one = root / "one.jsonl"
+        one.write_text(json.dumps({"id": 0, "prompt": "Say hello.", "temperature": 0}) + "\n")
+        # A run of one line, without and with --semantic: what a run pays once (imports, model), to be
+        # taken out of the per-line figure.
+        variants = ("without", "new_scope", "scope_with_an_entry", "one_line_without", "one_line_semantic")
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for round_ in range(3):
-            for variant in ("without", "new_scope", "scope_with_an_entry"):
+            for variant in variants:
                 cache = root / f"cache-{variant}-{round_}"
                 env = {**os.environ, "LLMBATCH_CACHE_DIR": str(cache)}
                 base = [sys.executable, "-m", "llmbatch", "run", "--simulate", "-q", "--workers", "0"]
                 if variant == "scope_with_an_entry":
                     subprocess.run([*base, str(seed), "-o", str(root / "seed.out"), "--semantic"], env=env, check=True)
-                extra = [] if variant == "without" else ["--semantic"]
+                extra = [] if variant in ("without", "one_line_without") else ["--semantic"]
+                source = one if variant.startswith("one_line") else questions
                 started = time.perf_counter()
                 subprocess.run(
-                    [*base, str(questions), "-o", str(root / "out.jsonl"), *extra],
+                    [*base, str(source), "-o", str(root / "out.jsonl"), *extra],
                     env=env,
                     check=True,
                     capture_output=True,
                 )
                 times[variant].append(time.perf_counter() - started)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    once = medians["one_line_semantic"] - medians["one_line_without"]
     return {
+        "once_s": round(once, 3),
+        "extra_ms_per_line_new_scope_after_once": round(
+            1000 * (medians["new_scope"] - medians["without"] - once) / lines, 3
+        ),
+        "extra_ms_per_line_scope_with_an_entry_after_once": round(
+            1000 * (medians["scope_with_an_entry"] - medians["without"] - once) / lines, 3
+        ),
         "lines": lines,
         "median_s": {name: round(value, 3) for name, value in medians.items()},
         "extra_ms_per_line_new_scope": round(1000 * (medians["new_scope"] - medians["without"]) / lines, 3),
