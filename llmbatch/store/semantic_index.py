@@ -167,7 +167,10 @@ class VectorIndex:
         return int(self._db.execute("SELECT count(*) FROM vectors").fetchone()[0])
 
     def vector_rows(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM vectors WHERE vector IS NOT NULL").fetchone()[0])
+        # All rows (a covering index) less the waiting ones (the partial index): neither reads the vectors,
+        # which a count of "vector IS NOT NULL" would (17 s at 1,000,000 rows).
+        waiting = self._db.execute("SELECT count(*) FROM vectors WHERE vector IS NULL").fetchone()[0]
+        return self.count() - int(waiting)
 
     def known(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)
