@@ -314,6 +314,44 @@ BatchApiOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")]
+SemanticOption = Annotated[
+    bool,
+    typer.Option(
+        "--semantic",
+        help="Also answer an exact miss with the stored answer of a near-identical prompt: only at temperature 0, "
+        "only when everything but the last user message is the same, above the threshold and with the guards "
+        "agreeing (needs the semantic extra). Each such line says hit: semantic, with similarity and matched_key.",
+    ),
+]
+SemanticThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--semantic-threshold",
+        metavar="SIMILARITY",
+        help="With --semantic: the cosine similarity a stored prompt needs (default 0.90; higher is safer).",
+        show_default=False,
+    ),
+]
+SemanticGuardsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--semantic-guards",
+        metavar="on|off",
+        help="With --semantic: require both prompts to agree on numbers, negations, names and quoted text "
+        "(default on). off trusts the threshold alone and serves more wrong answers: riskier.",
+        show_default=False,
+    ),
+]
+SemanticModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--semantic-model",
+        metavar="DIR",
+        help="With --semantic: your own embedding model, a directory with model.onnx and tokenizer.json "
+        "(default: the packaged all-MiniLM-L6-v2, int8).",
+        show_default=False,
+    ),
+]
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -487,6 +525,21 @@ def run(
             help="With --batch-api: misses held at once, ~5 KB each (10,000); more are sent in waves of N.",
         ),
     ] = None,
+    semantic: SemanticOption = False,
+    semantic_threshold: SemanticThresholdOption = None,
+    semantic_guards: SemanticGuardsOption = None,
+    semantic_model: SemanticModelOption = None,
+    semantic_audit: Annotated[
+        int | None,
+        typer.Option(
+            "--semantic-audit",
+            metavar="N",
+            min=1,
+            help="With --semantic: once the run is done, ask the provider again for N randomly chosen semantic "
+            "hits (paid calls) and report how many answers agree; the fresh answers are stored under their own keys.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every request in INPUT, writing one result line per input line, in input order."""
     from llmbatch.engine import RunOptions
@@ -568,6 +621,14 @@ def run(
                 normalize=normalized,
                 routes=config_in_use.routes,
                 batch=batch,
+                semantic=_semantic_settings(
+                    semantic,
+                    semantic_threshold,
+                    semantic_guards,
+                    semantic_model,
+                    semantic_audit,
+                    cache_off=no_cache or refresh,
+                ),
             )
             if dry_run:
                 _validate(config, None)
@@ -617,6 +678,10 @@ def plan(
     config_file: ConfigOption = None,
     normalize: NormalizeOption = None,
     batch_api: BatchApiOption = False,
+    semantic: SemanticOption = False,
+    semantic_threshold: SemanticThresholdOption = None,
+    semantic_guards: SemanticGuardsOption = None,
+    semantic_model: SemanticModelOption = None,
 ) -> None:
     """Show what a run of INPUT would do and cost, from the cache alone: nothing is sent."""
     from llmbatch.config import load_config, merge_normalize
@@ -637,9 +702,7 @@ def plan(
                 provider=provider,
                 api_base=api_base,
                 simulate=simulate,
-                options=RunOptions(
-                    cache_mode=_cache_mode(no_cache, refresh, cache_only), prices=config_in_use.prices
-                ),
+                options=RunOptions(cache_mode=_cache_mode(no_cache, refresh, cache_only), prices=config_in_use.prices),
                 cache_dir=cache_dir,
                 cache_url=cache_url,
                 cache_namespace=cache_namespace,
@@ -649,6 +712,9 @@ def plan(
                 normalize=normalized,
                 routes=config_in_use.routes,
                 batch=_batch_settings(batch_api, no_cache=no_cache, cache_only=cache_only),
+                semantic=_semantic_settings(
+                    semantic, semantic_threshold, semantic_guards, semantic_model, None, cache_off=no_cache or refresh
+                ),
             )
             _validate(config, None)
             if config.batch is not None:
@@ -729,6 +795,7 @@ def _run_config(
     normalize: tuple[dict[str, str | None], str | None] = ({}, None),
     routes: tuple[Any, ...] = (),
     batch: Any = None,
+    semantic: Any = None,
 ) -> Any:
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
@@ -767,8 +834,51 @@ def _run_config(
         cache_namespace=cache_namespace,
         rate_group=rate_group,
         workers=workers,
-        split=True,  # a big input is checked in two halves at once, unless --workers 0
         batch=batch,
+        # A big input is checked in two halves at once, unless --workers 0; not with --semantic: the
+        # forked half would answer exact hits only.
+        split=semantic is None,
+        semantic=semantic,
+    )
+
+
+def _semantic_settings(
+    semantic: bool,
+    threshold: float | None,
+    guards: str | None,
+    model_dir: Path | None,
+    audit: int | None,
+    *,
+    cache_off: bool,
+) -> Any:
+    """``--semantic``'s settings, or None; its options without it, or with no cache to read, are
+    refused (they would silently do nothing)."""
+    if not semantic:
+        options = {
+            "--semantic-threshold": threshold,
+            "--semantic-guards": guards,
+            "--semantic-model": model_dir,
+            "--semantic-audit": audit,
+        }
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to a semantic cache: add --semantic")
+        return None
+    if cache_off:
+        raise UsageError("--semantic answers from the cache: it cannot be combined with --no-cache or --refresh")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise UsageError(f"--semantic-threshold {threshold}: give a cosine similarity above 0 and at most 1, like 0.9")
+    if guards not in (None, "on", "off"):
+        raise UsageError(f"--semantic-guards {guards}: give on or off")
+    if model_dir is not None and not model_dir.is_dir():
+        raise UsageError(f"--semantic-model {model_dir}: not a directory (it needs model.onnx and tokenizer.json)")
+    from llmbatch.store.semantic import DEFAULT_THRESHOLD, SemanticSettings
+
+    return SemanticSettings(
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        guards=guards != "off",
+        model_dir=model_dir,
+        audit=audit or 0,
     )
 
 
@@ -843,8 +953,7 @@ def _run(
     if stats.stop_reason is StopReason.PENDING:
         # stats.stopped is said already ("stopped early: ..."): once is enough.
         note = (
-            "batch jobs are running; run the same command again to collect their answers "
-            "(nothing is submitted twice)"
+            "batch jobs are running; run the same command again to collect their answers (nothing is submitted twice)"
         )
     elif stats.budget_reached:
         note = (
@@ -865,6 +974,10 @@ def _run(
             "were taken back into the cache from its .partial file"
         )
         note = f"{taken}\n{note}" if note else taken
+    if outcome is not None and outcome.audit is not None:
+        from llmbatch.display import audit_note
+
+        note = f"{audit_note(outcome.audit)}\n{note}" if note else audit_note(outcome.audit)
     if outcome is not None and outcome.cache_recreated:
         removed = (
             f"note: the cache directory {outcome.cache_recreated} was removed during the run; "
@@ -1170,6 +1283,13 @@ def cache_stats(
     else:
         with place.open(create=False) as cache:
             stats = cache.stats()
+        from dataclasses import replace
+
+        from llmbatch.store.semantic import semantic_counts  # its own small database: no model is loaded
+
+        semantic = semantic_counts(place.local_directory)
+        if semantic is not None:
+            stats = replace(stats, details={**stats.details, "semantic": semantic})
     if as_json:
         import orjson
 

@@ -81,10 +81,7 @@ def _unpriced_note(models: Iterable[str]) -> str:
     """Said once per run or plan, for every model with no price: what it means and what to do."""
     names = sorted(set(models))
     example = f'[models."{names[0]}"] input_per_million = ..., output_per_million = ... (USD)'
-    return (
-        f"note: no price known for {', '.join(names)}; cost shown as unknown; "
-        f"set prices in llmbatch.toml: {example}"
-    )
+    return f"note: no price known for {', '.join(names)}; cost shown as unknown; set prices in llmbatch.toml: {example}"
 
 
 class _Rate:
@@ -169,6 +166,7 @@ class _LiveView:
         counters = Text.assemble(
             ("hits ", "dim"),
             (_count(s.hits), "green"),
+            *((("  semantic ", "dim"), (_count(s.semantic_hits), "magenta")) if s.semantic_hits else ()),
             ("  calls ", "dim"),
             (_count(s.calls), "cyan"),
             ("  coalesced ", "dim"),
@@ -269,12 +267,28 @@ def job_lines(stats: RunStats, wall_now: float) -> list[str]:
     return lines
 
 
+def audit_note(report: Any) -> str:
+    """``--semantic-audit``'s finding, for the summary's notes."""
+    asked = report.asked
+    failed = f"; {report.failed} could not be asked again" if report.failed else ""
+    return (
+        f"semantic audit: {report.agree} of {asked} semantic hit{'s' if asked != 1 else ''} asked again agree "
+        f"({report.identical} identical, {report.similar} similar){failed}; the fresh answers are stored under "
+        f"their own keys ({_usd(report.spent_usd)})"
+    )
+
+
+def _semantic_part(stats: RunStats) -> str:
+    """Semantic hits apart from exact ones, when a run had any (``--semantic``)."""
+    return f" ({_count(stats.semantic_hits)} semantic)" if stats.semantic_hits else ""
+
+
 def _plain_line(stats: RunStats, rate: _Rate, now: float, *, simulated: bool = False) -> str:
     snap = _snapshot(stats, rate, now)
     total = stats.total if stats.total is not None else "?"
     written = f" ({stats.written} written in order)" if stats.written < stats.done else ""
     return (
-        f"llmbatch: {stats.done}/{total} done{written}, {stats.hits} hits, {stats.calls} calls, "
+        f"llmbatch: {stats.done}/{total} done{written}, {stats.hits} hits{_semantic_part(stats)}, {stats.calls} calls, "
         f"{stats.errors} errors, {stats.retries} retries, {stats.in_flight} in flight, "
         f"{snap['lines_per_s']:.1f} lines/s, elapsed {format_duration(snap['elapsed'])}, "
         f"ETA {format_duration(snap['eta'])}, {_spent_label(simulated)} {_usd(stats.spent_usd)}, "
@@ -379,6 +393,7 @@ class Display:
         rows = [
             ("prompts", _count(s.total or s.done)),
             ("answered from cache", _count(s.hits)),
+            *((("  of which semantic", _count(s.semantic_hits)),) if s.semantic_hits else ()),
             ("calls made", _count(s.calls)),
             *((("batch jobs submitted (half price)", _count(s.batch_submitted)),) if s.batch_jobs else ()),
             ("duplicates coalesced", _count(s.coalesced)),
@@ -458,7 +473,7 @@ class Display:
             _plural(s.total or s.done, "prompt"),
             f"{_count(s.ok)} ok",
             _plural(s.errors, "error"),
-            f"{_count(s.hits)} from cache",
+            f"{_count(s.hits)} from cache{_semantic_part(s)}",
             *((_plural(s.coalesced, "duplicate"),) if s.coalesced else ()),
             _plural(s.calls, "call"),
             f"{_spent_label(self.simulated)} {_usd(s.spent_usd)}"
@@ -525,6 +540,17 @@ def print_cache_stats(stats: Any, *, directory: str, stream: IO[str] | None = No
             "lifetime hits / misses",
             f"{_count(stats.hits)} / {_count(stats.misses)}"
             + (f" ({100 * stats.hits / lookups:.0f}% hits)" if lookups else ""),
+        ),
+        *(
+            (
+                (
+                    "of the hits, semantic",
+                    f"{_count(semantic['semantic_hits'])} (saved {_usd(semantic['semantic_saved_usd'])}; "
+                    f"{_count(semantic['prompts_embedded'])} prompts embedded)",
+                ),
+            )
+            if (semantic := stats.details.get("semantic"))
+            else ()
         ),
     ]
     for name, value in rows:
@@ -791,6 +817,7 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
     rows = [
         ("prompts", _count(plan.prompts)),
         ("cache hits", _count(plan.hits)),
+        *((("  of which semantic", _count(plan.semantic_hits)),) if plan.semantic_hits is not None else ()),
         ("duplicates (no extra call)", _count(plan.duplicates)),
         ("calls to make", _count(plan.calls)),
         (

@@ -37,6 +37,8 @@ class Plan:
     estimated_cost_max_usd: float | None = 0.0
     #: ``--batch-api``: the costs are at the Batch API's prices (``pricing.BATCH_MULTIPLIER``).
     batch_api: bool = False
+    #: With ``--semantic``: of ``hits``, those a near-identical prompt's answer would serve (else None).
+    semantic_hits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class Plan:
             if self.estimated_cost_max_usd is None
             else round(self.estimated_cost_max_usd, 10),
             "batch_api": self.batch_api,
+            **({"semantic_hits": self.semantic_hits} if self.semantic_hits is not None else {}),
         }
 
 
@@ -65,7 +68,7 @@ def plan(config: RunConfig) -> Plan:
     from itertools import islice
 
     from llmbatch.answers import failed_check
-    from llmbatch.keys import request_key
+    from llmbatch.keys import key_material, request_key
     from llmbatch.limits import DEFAULT_COMPLETION_TOKENS, estimate_split
     from llmbatch.pricing import BATCH_MULTIPLIER, estimate_cost, usage_tokens
 
@@ -77,7 +80,11 @@ def plan(config: RunConfig) -> Plan:
     place = config.store_place
     if options.cache_mode in ("normal", "only") and place.exists():
         cache = place.open(create=False)
-    result = Plan(batch_api=config.batch is not None)
+        if config.semantic is not None:
+            from llmbatch.store.semantic import SemanticStore  # the model and the index only when asked for
+
+            cache = SemanticStore(cache, place.local_directory, config.semantic)
+    result = Plan(batch_api=config.batch is not None, semantic_hits=0 if config.semantic is not None else None)
     pending: set[str] = set()
     # per (route, model): [input tokens, output tokens with a cap, calls without a cap (times n),
     # completion tokens of hits, hits with usage]
@@ -100,6 +107,10 @@ def plan(config: RunConfig) -> Plan:
             }
             wanted = [k for _, k in keyed] + [k for chain in chains.values() for k in chain]
             found = cache.get_many(wanted) if cache is not None else {}
+            near = getattr(cache, "get_near", None)  # --semantic: as the resolver asks, for the exact misses
+            if near is not None and len(found) < len(keyed):
+                endpoint = destination.key_endpoint
+                found.update(near([(k, key_material(r, endpoint(r.provider))) for r, k in keyed if k not in found]))
             for request, key in keyed:
                 result.prompts += 1
                 acc = models.setdefault((request.route, request.model_ref), [0, 0, 0, 0, 0])
@@ -112,6 +123,8 @@ def plan(config: RunConfig) -> Plan:
                         _may_escalate(escalations, request)
                 if entry is not None:
                     result.hits += 1
+                    if "semantic" in entry and result.semantic_hits is not None:
+                        result.semantic_hits += 1
                     _, completion, _ = usage_tokens(entry.get("usage"))
                     acc[3] += completion
                     acc[4] += 1

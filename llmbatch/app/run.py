@@ -39,6 +39,8 @@ class RunOutcome:
     cache_recreated: str | None = None
     #: Answers an earlier run paid for, taken back into the cache from its ``.partial``.
     recovered: int = 0
+    #: ``--semantic-audit``: how many semantic hits asked again agreed (app.audit.AuditReport).
+    audit: Any = None
 
 
 @dataclass
@@ -168,6 +170,7 @@ async def execute(
     """Run the validated input to the end (or to a stop) and finish the results file;
     ``prefix``: the leading hits :func:`validate` already answered."""
     provider, writer = started.provider, started.writer
+    audit = None
     try:
         if config.batch is not None:
             engine = _batch_engine(config, stats, started, on_event)
@@ -195,6 +198,10 @@ async def execute(
         finally:
             if config.batch is not None and engine.executor is not None:
                 await engine.executor.aclose()  # marks the jobs whose every line was handed out collected
+        if started.cache is not None and stats.complete and getattr(started.cache, "audit_sample", None):
+            from llmbatch.app.audit import audit_semantic_hits
+
+            audit = await audit_semantic_hits(provider, started.cache, config.options)
     finally:
         stats.workers_lost = provider.lost
         recreated = started.cache is not None and started.cache.recreated
@@ -205,6 +212,7 @@ async def execute(
         complete=stats.complete,
         cache_recreated=started.cache.location if recreated and started.cache is not None else None,
         recovered=started.recovered,
+        audit=audit,
     )
 
 

@@ -62,6 +62,8 @@ class RunConfig:
     workers: int | None = None  # processes making the calls; None: auto_workers decides, 0: this one
     split: bool = False  # check a big input in two halves at once, by forking (not with workers=0)
     batch: BatchSettings | None = None  # --batch-api
+    #: ``--semantic``: near-identical prompts answered from the store (store.semantic.SemanticSettings)
+    semantic: Any = None
     #: Where the calls go, and so what the keys record; made from the fields above when not given.
     destination: Destination = field(default=None)  # type: ignore[assignment]
 
@@ -88,8 +90,14 @@ def effective_defaults(config: RunConfig) -> Defaults:
 
 
 def open_run_store(config: RunConfig) -> ResponseStore:
-    """The run's store, with the settings the command line gave."""
-    return config.store_place.open(size_limit=config.cache_size_limit, eviction_policy=config.cache_eviction)
+    """The run's store, with the settings the command line gave (wrapped by the semantic store with
+    ``--semantic``, its vectors beside this machine's cache directory)."""
+    store = config.store_place.open(size_limit=config.cache_size_limit, eviction_policy=config.cache_eviction)
+    if config.semantic is None:
+        return store
+    from llmbatch.store.semantic import SemanticStore  # the model and the index only when asked for
+
+    return SemanticStore(store, config.store_place.local_directory, config.semantic)
 
 
 def cpus() -> int:

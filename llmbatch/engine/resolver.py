@@ -241,7 +241,14 @@ class Resolver:
         keyed = [(r, self.key_of(r)) for r in requests]
         if not keyed or self.store is None or self.options.cache_mode == "refresh":
             return keyed, {}
-        return keyed, self.store.get_many([k for _, k in keyed])
+        found = self.store.get_many([k for _, k in keyed])
+        # A store that can answer near-identical requests (store.semantic) is asked about the exact
+        # misses only, with their key material: which ones it may answer is its decision, not ours.
+        near = getattr(self.store, "get_near", None)
+        if near is not None and len(found) < len(keyed):
+            endpoint = self.destination.key_endpoint
+            found.update(near([(k, key_material(r, endpoint(r.provider))) for r, k in keyed if k not in found]))
+        return keyed, found
 
     async def _consume(self, queue: asyncio.Queue[Any]) -> None:
         while True:
@@ -294,6 +301,11 @@ class Resolver:
             if cost is not None:
                 self.stats.saved_usd += cost
                 counts.saved_usd += cost
+        near = entry.get("semantic") if not coalesced else None  # another prompt's answer (store.semantic)
+        if near is not None:
+            self.stats.semantic_hits += 1
+            counts.semantic += 1
+            counts.semantic_saved_usd += cost or 0.0
         return Result(
             cost_usd=cost,
             line=request.line,
@@ -301,7 +313,9 @@ class Resolver:
             key=key,
             status="ok",
             cached=True,
-            hit="duplicate" if coalesced else "exact",
+            hit="duplicate" if coalesced else "semantic" if near is not None else "exact",
+            similarity=near["similarity"] if near is not None else None,
+            matched_key=near["matched_key"] if near is not None else None,
             model=request.model_ref,
             answered_by=request.model_ref,
             metadata=request.metadata,

@@ -39,6 +39,9 @@ class CacheEntry(TypedDict, total=False):
     request: dict[str, Any]  # the key material
     via: str  # "batch" for an answer a Batch-API job made; absent: a live call's
     digest: str  # sha256 of the canonical JSON of every other field
+    #: Never stored: added by ``store.semantic`` to a near-identical request's entry it serves
+    #: (``{"similarity": float, "matched_key": str}``).
+    semantic: dict[str, Any]
 
 
 def servable(key: str, entry: Any) -> bool:

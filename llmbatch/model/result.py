@@ -42,7 +42,9 @@ class Result:
     attempts: int = 0
     error: dict[str, Any] | None = None
     cost_usd: float | None = None  # what the answer cost (for a hit: when it was first paid)
-    hit: str | None = None  # "exact" (from the cache), "duplicate" (shared a call in flight), or None
+    #: "exact" (from the cache), "semantic" (a near-identical prompt's stored answer, ``--semantic``),
+    #: "duplicate" (shared a call in flight), or None
+    hit: str | None = None
     #: The ``provider:model`` whose answer this is: ``model``, or a model of its route's ``fallback``
     #: (None for an error).
     answered_by: str | None = None
@@ -52,6 +54,9 @@ class Result:
     #: How the answer was made: ``"live"`` (a call) or ``"batch"`` (a Batch-API job), for a hit
     #: as when it was first paid; None for an error.
     via: str | None = None
+    #: For a semantic hit: the cosine similarity of the two prompts, and the key whose answer it is.
+    similarity: float | None = None
+    matched_key: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,7 +75,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         content, finish_reason = first_choice(self.response)
-        return {
+        line = {
             "id": self.id,
             "line": self.line,
             "status": self.status,
@@ -92,6 +97,11 @@ class Result:
             "error": self.error,
             "response": self.response,
         }
+        if self.hit == "semantic":
+            # Only on semantic hits: every other line keeps the shape it always had.
+            line["similarity"] = self.similarity
+            line["matched_key"] = self.matched_key
+        return line
 
 
 def encode(result: Result) -> bytes:

