@@ -1975,6 +1975,8 @@ def main() -> None:
     except SystemExit as exc:
         code = _exit_code(exc.code)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed: Python has no stream for it
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (| head) or stream: nothing more can reach it
