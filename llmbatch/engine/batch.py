@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from llmbatch.answers import keepable, problem
-from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
+from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome, sleep_unless
 from llmbatch.engine.options import RunOptions
 from llmbatch.errors import CacheError
 from llmbatch.limits import estimate_split
@@ -471,13 +471,7 @@ class BatchExecutor:
             interval = min(interval * 1.5, self.poll_s[1])
 
     async def _pause(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
+        await sleep_unless(self.sleep, self._stopped, seconds)
 
     async def _poll(self, job: _Job) -> None:
         record = job.record

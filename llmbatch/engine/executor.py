@@ -13,6 +13,8 @@ a job's output is read.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,7 +22,7 @@ from llmbatch.model.request import Request
 from llmbatch.model.stats import StopReason
 from llmbatch.providers.base import CallError, Destination
 
-__all__ = ["Answered", "Call", "Executor", "Failed", "NotStarted", "Outcome"]
+__all__ = ["Answered", "Call", "Executor", "Failed", "NotStarted", "Outcome", "sleep_unless"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +96,15 @@ class Executor(Protocol):
         """Worker processes that died during the run."""
 
     async def aclose(self) -> None: ...
+
+
+async def sleep_unless(sleep: Callable[[float], Awaitable[Any]], stopped: asyncio.Event, seconds: float) -> None:
+    """``sleep(seconds)``, cut short when ``stopped`` is set: an executor's waits (a retry's, a
+    poll's) must not keep a stopping run sitting out a 45 s Retry-After before it exits."""
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    stopper = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopper.cancel()

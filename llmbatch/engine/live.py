@@ -23,7 +23,7 @@ from typing import Any
 
 from llmbatch.answers import keepable, problem
 from llmbatch.engine.budget import CostBudget
-from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome
+from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome, sleep_unless
 from llmbatch.engine.options import RunOptions
 from llmbatch.limits import Governor, Slot, estimate_split
 from llmbatch.limits.state import LimitState
@@ -112,15 +112,8 @@ class LiveExecutor:
     async def _sleep(self, seconds: float) -> None:
         """The retry wait, cut short when the run stops: a 401 elsewhere must not leave us
         sitting out a 45 s Retry-After before exiting."""
-        if self._stopping:
-            return
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
+        if not self._stopping:
+            await sleep_unless(self.sleep, self._stopped, seconds)
 
     # -- one call ------------------------------------------------------------------------------
 
