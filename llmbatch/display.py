@@ -819,6 +819,7 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
         ("cache hits", _count(plan.hits)),
         *((("  of which semantic", _count(plan.semantic_hits)),) if plan.semantic_hits is not None else ()),
         ("duplicates (no extra call)", _count(plan.duplicates)),
+        *((("in jobs already submitted (collected, not paid again)", _count(plan.in_jobs)),) if plan.in_jobs else ()),
         ("calls to make", _count(plan.calls)),
         (
             "estimated tokens in / out",

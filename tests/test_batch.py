@@ -220,6 +220,11 @@ def test_no_wait_submits_and_returns_then_the_same_command_collects(tmp_path, en
     assert not (tmp_path / "in.results.jsonl").exists()
     [job] = records(env)
     assert job["state"] == "submitted" and job["batch_id"]
+    # The plan counts what the job holds apart: it is collected, never paid again.
+    plan_args = ["plan", str(path), "--api-base", sim.url, "--model", MODEL, "--batch-api"]
+    plan = json.loads(run_cli([*plan_args, "--json"], env=env).stdout)
+    assert (plan["in_jobs"], plan["calls"], plan["estimated_cost_usd"]) == (10, 0, 0)
+    assert "in jobs already submitted (collected, not paid again)" in run_cli(plan_args, env=env).stdout
     still = run_cli(batch_args(path, sim, "--no-wait"), env=env)  # still running: looked at once
     assert still.exit_code == 75, still.stderr
     sim.advance_clock(600)

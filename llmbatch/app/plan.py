@@ -37,6 +37,9 @@ class Plan:
     estimated_cost_max_usd: float | None = 0.0
     #: ``--batch-api``: the costs are at the Batch API's prices (``pricing.BATCH_MULTIPLIER``).
     batch_api: bool = False
+    #: ``--batch-api``: misses a job already submitted (by an earlier ``--no-wait`` run, or one that
+    #: stopped) holds: the run collects them, and pays nothing more for them.
+    in_jobs: int = 0
     #: With ``--semantic``: of ``hits``, those a near-identical prompt's answer would serve (else None).
     semantic_hits: int | None = None
 
@@ -57,6 +60,7 @@ class Plan:
             if self.estimated_cost_max_usd is None
             else round(self.estimated_cost_max_usd, 10),
             "batch_api": self.batch_api,
+            **({"in_jobs": self.in_jobs} if self.batch_api else {}),
             **({"semantic_hits": self.semantic_hits} if self.semantic_hits is not None else {}),
         }
 
@@ -86,6 +90,13 @@ def plan(config: RunConfig) -> Plan:
             cache = SemanticStore(cache, place.local_directory, config.semantic)
     result = Plan(batch_api=config.batch is not None, semantic_hits=0 if config.semantic is not None else None)
     pending: set[str] = set()
+    in_jobs: set[str] = set()
+    if config.batch is not None:
+        from llmbatch.store.jobs import JobBook
+
+        # Keys record their endpoint, so a job's keys can only be this run's own requests.
+        book = JobBook(place.jobs_directory)
+        in_jobs = {key for r in book.all() if r.state in ("submitting", "submitted") for key in r.ids.values()}
     # per (route, model): [input tokens, output tokens with a cap, calls without a cap (times n),
     # completion tokens of hits, hits with usage]
     models: dict[tuple[str, str], list[int]] = {}
@@ -133,6 +144,9 @@ def plan(config: RunConfig) -> Plan:
                     result.duplicates += 1
                     continue
                 pending.add(key)
+                if key in in_jobs:
+                    result.in_jobs += 1
+                    continue
                 result.calls += 1
                 taken["calls"] += 1
                 prompt, _ = estimate_split(request.messages, request.params, None)
