@@ -254,3 +254,21 @@ def test_help_and_plain_runs_do_not_import_the_model_or_the_index(tmp_path: Path
         [sys.executable, "-c", script, str(prompts), sim.url], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_semantic_hits_are_served_from_a_redis_store_on_another_machine(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread, redis_server
+) -> None:
+    # One machine stores the answers in Redis without --semantic; another, with its own empty local
+    # directory, embeds what Redis holds and answers the variants from it.
+    shared = ["--cache", redis_server.url]
+    base = write_jsonl(tmp_path / "base.jsonl", _lines(BASE))
+    assert llmbatch("run", str(base), *shared, "--cache-dir", str(tmp_path / "one"), "-q").exit_code == 0
+    variants = write_jsonl(tmp_path / "variants.jsonl", _lines([row for row, _ in VARIANTS]))
+    run = llmbatch("run", str(variants), *shared, "--cache-dir", str(tmp_path / "two"), "--semantic", "-q")
+    assert run.exit_code == 0, run.stderr
+    results = {row["id"]: row["hit"] for row in read_results(tmp_path / "variants.results.jsonl")}
+    assert results == {row["id"]: "semantic" if matched else None for row, matched in VARIANTS}
+    near_misses = sum(matched is None for _, matched in VARIANTS)
+    assert sim.stats()["requests_received"] == len(BASE) + near_misses
+    assert (tmp_path / "two" / "semantic").is_dir() and not (tmp_path / "one" / "semantic").exists()
