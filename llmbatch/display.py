@@ -396,6 +396,11 @@ class Display:
             *((("  of which semantic", _count(s.semantic_hits)),) if s.semantic_hits else ()),
             ("calls made", _count(s.calls)),
             *((("batch jobs submitted (half price)", _count(s.batch_submitted)),) if s.batch_jobs else ()),
+            *(
+                (("batch answers to lines not in this file (stored)", _count(s.unclaimed_kept)),)
+                if s.unclaimed_kept
+                else ()
+            ),
             ("duplicates coalesced", _count(s.coalesced)),
             ("errors", _count(s.errors)),
             *((("cut off at max_tokens", _count(s.truncated)),) if s.truncated else ()),

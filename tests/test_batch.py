@@ -236,6 +236,34 @@ def test_no_wait_submits_and_returns_then_the_same_command_collects(tmp_path, en
     assert sim.stats()["batches_created"] == 1
 
 
+def test_answers_of_a_pending_job_for_lines_since_changed_are_stored_and_never_paid_again(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=600)
+    original = prompts(10)
+    path = write_jsonl(tmp_path / "in.jsonl", original)
+    assert run_cli(batch_args(path, sim, "--no-wait"), env=env).exit_code == 75
+    sim.advance_clock(600)  # the job of 10 is done at the provider
+    # The user fixes two prompts meanwhile: their old versions are in the job, paid for.
+    changed = [dict(row) for row in original]
+    for row in changed[3:5]:
+        row["prompt"] += " (fixed)"
+    write_jsonl(path, changed)
+
+    rerun = run_cli(batch_args(path, sim, "--no-wait"), env=env)
+
+    assert rerun.exit_code == 75, rerun.stderr  # the fixed two went out in a new job
+    assert "batch answers to lines not in this file (stored)" in rerun.stderr
+    assert sim.stats()["batch_requests_submitted"] == 12  # the 10, then the 2 fixed ones
+    sim.advance_clock(600)
+    assert run_cli(batch_args(path, sim), env=env).exit_code == 0
+    assert [job["state"] for job in records(env)] == ["collected", "collected"]
+    # The original file again: every line from the cache, the two old versions included.
+    write_jsonl(path, original)
+    again = run_cli(batch_args(path, sim), env=env)
+    assert again.exit_code == 0, again.stderr
+    assert [r["cached"] for r in read_results(tmp_path / "in.results.jsonl")] == [True] * 10
+    assert (sim.stats()["batches_created"], sim.stats()["batch_requests_submitted"]) == (2, 12)
+
+
 def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tmp_path, env, simulator):
     sim = simulator(batch_processing_s=1000)
     path = write_jsonl(tmp_path / "in.jsonl", prompts(10))

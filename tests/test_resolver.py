@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from llmbatch.engine import Answered, Call, Failed, LiveExecutor, NotStarted, Outcome, Resolver, RunOptions
+from llmbatch.engine.executor import Unclaimed
 from llmbatch.input import parse_line
 from llmbatch.keys import key_from_material
 from llmbatch.model.entry import entry_digest
@@ -64,6 +65,9 @@ class ScriptedExecutor:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def unclaimed(self) -> list[Unclaimed]:
+        return []
 
     async def aclose(self) -> None:
         pass

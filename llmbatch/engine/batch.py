@@ -37,14 +37,15 @@ from typing import Any
 import orjson
 
 from llmbatch.answers import keepable, problem
-from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome, sleep_unless
+from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome, Unclaimed, sleep_unless
 from llmbatch.engine.options import RunOptions
 from llmbatch.errors import CacheError
+from llmbatch.keys import key_material
 from llmbatch.limits import estimate_split
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import BATCH_MULTIPLIER, call_cost, estimate_cost, format_usd
 from llmbatch.providers.base import CallError
-from llmbatch.providers.batch import LIMITS, BatchClient, JobLimits, JobState, Submitted, batch_line
+from llmbatch.providers.batch import LIMITS, BatchClient, JobLimits, JobState, LineOutcome, Submitted, batch_line
 from llmbatch.store.jobs import JobBook, JobRecord
 
 __all__ = ["BATCH_WINDOW", "BatchExecutor", "JobView", "custom_id_for"]
@@ -89,6 +90,9 @@ class _Job:
     record: JobRecord
     waiting: dict[str, Call] = field(default_factory=dict)  # custom_id -> the call it answers now
     settled: set[str] = field(default_factory=set)  # custom_ids whose outcome was given to the run
+    #: custom_ids whose answer was kept as unclaimed (and counted as spent): a call for one that
+    #: arrives later (the window had not reached its line) gets it without counting it again.
+    counted: set[str] = field(default_factory=set)
 
 
 class BatchExecutor:
@@ -137,6 +141,7 @@ class BatchExecutor:
         self._sent: set[str] = set()  # keys this run put into a job of its own
         self._retried: set[str] = set()  # keys counted in stats.retries
         self._committed_usd = 0.0  # estimates of the jobs out, for --max-cost
+        self._unclaimed: list[Unclaimed] = []  # answers of lines no call waits for, until handed over
         # A pending job's keys, so that a rerun attaches instead of submitting again.
         self._pending: dict[str, tuple[JobRecord, str]] = {}
         self._read_records: set[str] = set()  # the records looked at for _pending
@@ -174,6 +179,10 @@ class BatchExecutor:
     def lost(self) -> int:
         return 0
 
+    def unclaimed(self) -> list[Unclaimed]:
+        found, self._unclaimed = self._unclaimed, []
+        return found
+
     def stop(self) -> None:
         """No new job is submitted; every call still waiting is left for a rerun (its job, if
         submitted, is in the records and a rerun attaches to it)."""
@@ -197,7 +206,7 @@ class BatchExecutor:
         for job in self._jobs.values():
             # Collected only when every line of the job reached this run, and the run did not stop on
             # a failure (a store that refused answers): otherwise a later run must read it again.
-            if not self.stats.fatal and job.settled >= set(job.record.ids) and not job.waiting:
+            if not self.stats.fatal and job.settled >= set(job.record.ids) and not job.waiting and not self._unclaimed:
                 job.record.state = "collected"
                 # Not written: left pending, and a rerun reads its output again (free), never resubmits it.
                 with contextlib.suppress(CacheError):
@@ -334,6 +343,7 @@ class BatchExecutor:
         lines = [batch_line(cid, by_key[key].request, self.client.route_of(provider)) for cid, key in ids.items()]
         self._read_records.add(record.id)  # this run's own: never attached to as another run's
         try:
+            self.book.write_requests(record.id, {cid: self._material(by_key[key]) for cid, key in ids.items()})
             self.book.write(record)  # before the provider is asked: a batch may exist from now on
         except CacheError as exc:
             for call in calls:
@@ -566,18 +576,22 @@ class BatchExecutor:
         if record.estimate_usd is not None:
             self._committed_usd = max(0.0, self._committed_usd - record.estimate_usd)
         seen: set[str] = set()
+        strays = []
         for line in lines:
             call = job.waiting.pop(line.custom_id, None)
             if call is None:
-                continue  # a line no call of this run waits for (answered since, or not in this file)
+                if line.custom_id in record.ids and line.custom_id not in job.settled:
+                    strays.append(line)  # not in this run's input (changed since): paid all the same
+                continue
             seen.add(line.custom_id)
             job.settled.add(line.custom_id)
             if line.response is not None:
-                self._answered(call, line.response, record)
+                self._answered(call, line.response, record, count=line.custom_id not in job.counted)
             elif line.error is not None:
                 self._failed(call, line.error)
             else:
                 self._again(call, f"job {record.batch_id} {state.status} before this line was done")
+        self._keep_strays(job, strays)
         # Lines the provider says nothing of: the whole job failed, or it ended before them.
         rest = list(job.waiting.values())
         job.settled.update(job.waiting)
@@ -598,32 +612,62 @@ class BatchExecutor:
             }
         )
 
-    def _answered(self, call: Call, response: dict[str, Any], record: JobRecord) -> None:
-        request = call.request
+    def _answered(self, call: Call, response: dict[str, Any], record: JobRecord, *, count: bool = True) -> None:
+        attempts = max(1, self._attempts.get(call.key, 1))
+        answer = self._paid(call.request.provider, call.request.model, response, record, attempts, count=count)
+        if isinstance(answer, CallError):
+            self._failed(call, answer)
+        else:
+            self._answer(call.key, answer)
+
+    def _paid(
+        self, provider: str, model: str, response: dict[str, Any], record: JobRecord, attempts: int, *, count: bool
+    ) -> Answered | CallError:
+        """A job line's answer, counted as spent unless ``count`` is false; or why it is not one."""
         failure = problem(response)
         if failure is not None:
-            self._failed(call, failure)
-            return
+            return failure
         try:
             response = keepable(response, self.secrets)
         except CallError as exc:
-            self._failed(call, exc)
-            return
+            return exc
         usage = response.get("usage")
+        cost = call_cost(provider, model, usage, multiplier=BATCH_MULTIPLIER, prices=self.options.prices)
+        latency_ms = round(max(0.0, self.wall_clock() - record.submitted_at) * 1000, 1)
+        answer = Answered(response, latency_ms, cost, attempts, via="batch")
+        if not count:
+            return answer
         if isinstance(usage, dict):
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
-        cost = call_cost(
-            request.provider, request.model, usage, multiplier=BATCH_MULTIPLIER, prices=self.options.prices
-        )
         if cost is None:
             self.stats.unpriced_calls += 1
-            self.stats.unpriced_models.add(request.model_ref)
+            self.stats.unpriced_models.add(f"{provider}:{model}")
         else:
             self.stats.spent_usd += cost
-        latency_ms = round(max(0.0, self.wall_clock() - record.submitted_at) * 1000, 1)
-        attempts = max(1, self._attempts.get(call.key, 1))
-        self._answer(call.key, Answered(response, latency_ms, cost, attempts, via="batch"))
+        return answer
+
+    def _keep_strays(self, job: _Job, lines: list[LineOutcome]) -> None:
+        """Answers to lines the input no longer has: handed to the resolver to store (their key
+        material was recorded with the job). Without that record (an older job, a damaged file)
+        they are left in the job, and it stays pending for a run of the input that asked them."""
+        if not lines:
+            return
+        materials = self.book.read_requests(job.record.id)
+        for line in lines:
+            material = materials.get(line.custom_id)
+            if material is None:
+                continue
+            job.settled.add(line.custom_id)
+            if line.response is None:
+                continue  # an error or a line never done: nothing paid to keep, nobody to tell
+            answer = self._paid(material["provider"], material["model"], line.response, job.record, 1, count=True)
+            if isinstance(answer, Answered):
+                job.counted.add(line.custom_id)
+                self._unclaimed.append(Unclaimed(job.record.ids[line.custom_id], material, answer))
+
+    def _material(self, call: Call) -> dict[str, Any]:
+        return key_material(call.request, self.destination.key_endpoint(call.request.provider))
 
     def _failed(self, call: Call, error: CallError) -> None:
         attempts = max(1, self._attempts.get(call.key, 1))

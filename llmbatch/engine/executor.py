@@ -22,7 +22,7 @@ from llmbatch.model.request import Request
 from llmbatch.model.stats import StopReason
 from llmbatch.providers.base import CallError, Destination
 
-__all__ = ["Answered", "Call", "Executor", "Failed", "NotStarted", "Outcome", "sleep_unless"]
+__all__ = ["Answered", "Call", "Executor", "Failed", "NotStarted", "Outcome", "Unclaimed", "sleep_unless"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,17 @@ class Answered:
     @property
     def usage(self) -> dict[str, Any] | None:
         return self.response.get("usage")
+
+
+@dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """An answer no call of this run waits for: a Batch-API job's line that the input (changed
+    since the job was submitted) no longer has. It was paid for, so the resolver stores it under
+    ``key``, made from ``request`` (the key material the job recorded)."""
+
+    key: str
+    request: dict[str, Any]
+    answer: Answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,10 @@ class Executor(Protocol):
     wants: int
 
     async def execute(self, call: Call) -> Outcome: ...
+
+    def unclaimed(self) -> list[Unclaimed]:
+        """Answers that came back with no call waiting for them, each handed over once (a live
+        executor has none)."""
 
     def stop(self) -> None:
         """Start no new attempt; attempts in flight finish."""

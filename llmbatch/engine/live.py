@@ -23,7 +23,7 @@ from typing import Any
 
 from llmbatch.answers import keepable, problem
 from llmbatch.engine.budget import CostBudget
-from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome, sleep_unless
+from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome, Unclaimed, sleep_unless
 from llmbatch.engine.options import RunOptions
 from llmbatch.limits import Governor, Slot, estimate_split
 from llmbatch.limits.state import LimitState
@@ -98,6 +98,9 @@ class LiveExecutor:
     @property
     def lost(self) -> int:
         return self.provider.lost
+
+    def unclaimed(self) -> list[Unclaimed]:
+        return []  # a live call's answer always has its call waiting
 
     async def aclose(self) -> None:
         await self.provider.aclose()

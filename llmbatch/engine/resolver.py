@@ -157,6 +157,7 @@ class Resolver:
         try:
             await self._consume(queue)
             await producer  # re-raise anything the producer hit (a changed input file, ...)
+            await self._keep_unclaimed()
         except Exception:
             # Something went wrong around the calls (a results file that cannot be written, a
             # changed input): calls already in flight are paid for, so let them finish and be
@@ -510,6 +511,7 @@ class Resolver:
             return _SKIPPED
         if outcome.attempts:  # a call was made: a miss, as the executor counts calls
             self._lookups(request).misses += 1
+        await self._keep_unclaimed()
         if isinstance(outcome, Failed):
             future.set_exception(outcome.error)
             # A model that is gone is not fatal to a line that has another to ask (its route's fallback).
@@ -520,23 +522,10 @@ class Resolver:
         if outcome.cost_usd is not None:
             spent = self.stats.spent_by_route.setdefault(request.route, {})
             spent[request.model_ref] = spent.get(request.model_ref, 0.0) + outcome.cost_usd
-        entry = make_entry(
-            key=key,
-            request=key_material(request, self.destination.key_endpoint(request.provider)),
-            response=outcome.response,
-            stored_at=self.wall_clock(),
-            usage=outcome.usage,
-            latency_ms=outcome.latency_ms,
-            cost_usd=outcome.cost_usd,
-            via=outcome.via,
-        )
-        # Paid for: into the store before anything else happens with it.
-        if self._writes is not None and cacheable(outcome.response):
-            failed = await self._writes.put(key, entry, self.destination.tag_prefix + request.model_ref)
-            if failed is not None:
-                self._store_failed(failed)
-            if self.options.cache_mode == "refresh":
-                self._refreshed.add(key)
+        material = key_material(request, self.destination.key_endpoint(request.provider))
+        entry = await self._keep(key, material, outcome)
+        if self.options.cache_mode == "refresh":
+            self._refreshed.add(key)
         future.set_result(entry)
         return Result(
             line=request.line,
@@ -555,6 +544,35 @@ class Resolver:
             via=outcome.via,
         )
 
+
+    async def _keep(self, key: str, material: dict[str, Any], outcome: Answered) -> CacheEntry:
+        """A paid answer into the store, before anything else happens with it."""
+        entry = make_entry(
+            key=key,
+            request=material,
+            response=outcome.response,
+            stored_at=self.wall_clock(),
+            usage=outcome.usage,
+            latency_ms=outcome.latency_ms,
+            cost_usd=outcome.cost_usd,
+            via=outcome.via,
+        )
+        if self._writes is not None and cacheable(outcome.response):
+            tag = self.destination.tag_prefix + f"{material['provider']}:{material['model']}"
+            failed = await self._writes.put(key, entry, tag)
+            if failed is not None:
+                self._store_failed(failed)
+        return entry
+
+    async def _keep_unclaimed(self) -> None:
+        """Answers no line of this run asked for (a batch job's lines that the input, changed since
+        the job went out, no longer has): paid for, so stored under their own keys. Without a store
+        they are not taken, and the executor leaves their job pending for a later run."""
+        if self.executor is None or self._writes is None:
+            return
+        for found in self.executor.unclaimed():
+            await self._keep(found.key, found.request, found.answer)
+            self.stats.unclaimed_kept += 1
 
 def _error(request: Request, key: str, exc: CallError, attempts: int, *, hit: str | None = None) -> Result:
     return Result(

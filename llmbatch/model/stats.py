@@ -87,6 +87,8 @@ class RunStats:
     spent_by_route: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Batch-API jobs this run submitted, and every job it waits on as the display shows it.
     batch_submitted: int = 0
+    #: Answers of batch-job lines that this run's input no longer has, stored for a later run.
+    unclaimed_kept: int = 0
     batch_jobs: dict[str, Any] = field(default_factory=dict)
     workers_lost: int = 0  # worker processes that died during the run (their calls went to the others)
     #: --workers auto chose none only because one CPU is available (the run says so)

@@ -17,6 +17,11 @@ to by the machine that submitted it (the answers, once read, go to the shared st
 States: ``submitting`` (written before the provider is asked: if the run dies before the batch id
 comes back, a later run can tell that a batch may exist), ``submitted`` (the batch id is known: the
 job is pending), ``collected`` (every line's outcome was handed to a run that then ended normally).
+
+Beside each record, ``<id>.requests.jsonl`` holds the key material of every line, written with the
+``submitting`` record: a job's answers are paid for even when the file that asked for them has
+changed by the time they come back, and a later run stores those answers under their own keys
+(which needs the request each key was made from, not only the key).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from llmbatch.errors import CacheError
 __all__ = ["KEEP_COLLECTED_S", "JobBook", "JobRecord"]
 
 _SUFFIX = ".json"
+_REQUESTS = ".requests.jsonl"
 #: How long the record of a finished job is kept for ``llmbatch batches list`` (its answers are in
 #: the cache; the provider keeps its files about as long).
 KEEP_COLLECTED_S = 30 * 86_400
@@ -99,15 +105,40 @@ class JobBook:
 
     def write(self, record: JobRecord) -> None:
         """Durably: the record is on disk when this returns."""
+        self._write_file(self._path(record.id), record.to_json())
+
+    def write_requests(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
+        """The key material of each ``custom_id`` of a job, durably (before the job is created)."""
+        lines = b"".join(orjson.dumps({"custom_id": cid, "request": m}) + b"\n" for cid, m in requests.items())
+        self._write_file(self._requests_path(job_id), lines)
+
+    def read_requests(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """What :meth:`write_requests` kept; empty for a job recorded before it existed (or damaged)."""
+        found: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(OSError):
+            path = self._requests_path(job_id)
+            if path.lstat().st_uid != os.getuid():  # as for records: never another user's file
+                return found
+            for line in path.read_bytes().splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    row = orjson.loads(line)
+                    if isinstance(row["request"], dict):
+                        found[str(row["custom_id"])] = row["request"]
+        return found
+
+    def _requests_path(self, job_id: str) -> Path:
+        return self._path(job_id).with_name(f"{job_id}{_REQUESTS}")
+
+    def _write_file(self, path: Path, data: bytes) -> None:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=_SUFFIX)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(record.to_json())
+                    handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(tmp, self._path(record.id))
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -161,6 +192,8 @@ class JobBook:
         removed = 0
         for record in self.all():
             if record.state in ("collected", "refused") and now - record.submitted_at > keep_s:
+                with contextlib.suppress(FileNotFoundError):
+                    self._requests_path(record.id).unlink()
                 with contextlib.suppress(FileNotFoundError):
                     self._path(record.id).unlink()
                     removed += 1
