@@ -34,6 +34,11 @@ from bench.run import MODEL, SimProcess, llmbatch_cmd, measure, seed_argv, write
 from tests.redis_server import RedisServer
 
 
+def run_argv(file: Path, url: str, out: Path, *extra: str) -> list[str]:
+    """``llmbatch run FILE`` against the simulator at ``url``, quiet, results to ``out``."""
+    return [*llmbatch_cmd(), "run", str(file), "--api-base", url, "-m", MODEL, "-q", "-o", str(out), *extra]
+
+
 def processes(n: int, file: Path, url: str, redis_url: str, tmp: Path, *extra: str) -> float:
     """Run ``n`` llmbatch processes on ``file`` at once; wall seconds until the last one ends."""
     import subprocess
@@ -41,21 +46,7 @@ def processes(n: int, file: Path, url: str, redis_url: str, tmp: Path, *extra: s
     started = time.perf_counter()
     running = [
         subprocess.Popen(
-            [
-                *llmbatch_cmd(),
-                "run",
-                str(file),
-                "--api-base",
-                url,
-                "-m",
-                MODEL,
-                "--cache",
-                redis_url,
-                "-q",
-                "-o",
-                str(tmp / f"out-{i}.jsonl"),
-                *extra,
-            ],
+            run_argv(file, url, tmp / f"out-{i}.jsonl", "--cache", redis_url, *extra),
             env={**os.environ, "LLMBATCH_CACHE_DIR": str(tmp / f"machine-{i}"), "OPENAI_API_KEY": "sk-bench"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -171,20 +162,7 @@ def scale(tmp: Path, prompts: int) -> None:
             "--concurrency",
             "2000",
         ],
-        "llmbatch": lambda url: [
-            *llmbatch_cmd(),
-            "run",
-            str(file),
-            "--api-base",
-            url,
-            "-m",
-            MODEL,
-            "-c",
-            "2000",
-            "-q",
-            "-o",
-            str(run_dir / "out.jsonl"),
-        ],
+        "llmbatch": lambda url: run_argv(file, url, run_dir / "out.jsonl", "-c", "2000"),
     }
     shares = {}
     for label, argv in runners.items():
