@@ -299,6 +299,16 @@ def test_anthropic_lines_go_through_message_batches_and_match_the_live_answers(t
     key = "sk-ant-llmbatch-test-0123456789abcdef"
     monkeypatch.setenv("ANTHROPIC_API_KEY", key)
     rows = prompts(4, model="anthropic:claude-sonnet-4-5", system="Answer in one word.", max_tokens=50)
+    # Two system messages: they become one "system" text exactly as the live path joins them.
+    rows[3] = {
+        **rows[3],
+        "messages": [
+            {"role": "system", "content": "S1"},
+            {"role": "system", "content": "S2"},
+            {"role": "user", "content": "q"},
+        ],
+    }
+    del rows[3]["prompt"], rows[3]["system"]
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     base = sim.url.removesuffix("/v1")  # the Anthropic SDK adds /v1 itself
     args = ["run", str(path), "--api-base", base, "--batch-api", "--batch-poll", "0.01s"]

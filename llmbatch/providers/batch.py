@@ -113,10 +113,13 @@ def batch_line(custom_id: str, request: Request, provider: str) -> dict[str, Any
     body: dict[str, Any] = {"model": request.model, **request.params}
     if provider == "anthropic":
         body.setdefault("max_tokens", ANTHROPIC_DEFAULT_MAX_TOKENS)
-        system = [m["content"] for m in request.messages if m.get("role") == "system"]
-        body["messages"] = [m for m in request.messages if m.get("role") != "system"]
-        if system:
-            body["system"] = "\n\n".join(system)
+        # The live path's own conversion (any-llm joins system messages with one newline), so that a
+        # batch answer is the one a live call under the same key gets: the key cannot tell them apart.
+        from any_llm.providers.anthropic.utils import _convert_messages_for_anthropic
+
+        system, body["messages"] = _convert_messages_for_anthropic(request.messages)
+        if system:  # as the live path: an empty system text is left out
+            body["system"] = system
     else:
         body["messages"] = request.messages
         body.update(request.extra.get("extra_body") or {})
