@@ -955,6 +955,11 @@ def _run(
         note = (
             "batch jobs are running; run the same command again to collect their answers (nothing is submitted twice)"
         )
+    elif stats.stop_reason is StopReason.HELD:
+        note = (
+            "results are incomplete: some prompts are in batch jobs submitted earlier (--batch-api) and not "
+            "collected yet; run the same command with --batch-api to collect them (nothing is paid twice)"
+        )
     elif stats.budget_reached:
         note = (
             f"the budget of {_usd(config.options.max_cost_usd)} is spent; results are incomplete. To go on, run the "
@@ -994,7 +999,7 @@ def _run(
         raise typer.Exit(EXIT_SOME_ERRORS)
     if stats.budget_reached:
         raise typer.Exit(EXIT_BUDGET)
-    if stats.stop_reason is StopReason.PENDING:
+    if stats.stop_reason in (StopReason.PENDING, StopReason.HELD):
         raise typer.Exit(EXIT_PENDING)
     raise typer.Exit(EXIT_SOME_ERRORS if stats.errors or not stats.complete else EXIT_OK)
 

@@ -824,7 +824,18 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
         ("cache hits", _count(plan.hits)),
         *((("  of which semantic", _count(plan.semantic_hits)),) if plan.semantic_hits is not None else ()),
         ("duplicates (no extra call)", _count(plan.duplicates)),
-        *((("in jobs already submitted (collected, not paid again)", _count(plan.in_jobs)),) if plan.in_jobs else ()),
+        *(
+            (
+                (
+                    "in jobs already submitted (collected, not paid again)"
+                    if plan.batch_api
+                    else "in batch jobs not collected yet (see below)",
+                    _count(plan.in_jobs),
+                ),
+            )
+            if plan.in_jobs
+            else ()
+        ),
         ("calls to make", _count(plan.calls)),
         (
             "estimated tokens in / out",
@@ -844,6 +855,14 @@ def print_plan(plan: Any, stream: IO[str] | None = None) -> None:
         _print_plan_routes(console, plan.by_route)
     if plan.unpriced_models:
         console.print(Text(_unpriced_note(plan.unpriced_models)))
+    if plan.in_jobs and not plan.batch_api:
+        console.print(
+            Text(
+                f"note: {_count(plan.in_jobs)} of these prompts are in batch jobs submitted earlier and not "
+                "collected yet: run with --batch-api to collect them (a run without it stops at the first "
+                "rather than pay for it again)"
+            )
+        )
 
 
 _ROUTE_NAMES = {"line": "the line's own model", "--model": "--model"}

@@ -264,6 +264,27 @@ def test_answers_of_a_pending_job_for_lines_since_changed_are_stored_and_never_p
     assert (sim.stats()["batches_created"], sim.stats()["batch_requests_submitted"]) == (2, 12)
 
 
+def test_a_run_without_batch_api_stops_at_a_line_a_pending_job_holds_instead_of_paying_twice(tmp_path, env, simulator):
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    assert run_cli(batch_args(path, sim, "--no-wait"), env=env).exit_code == 75
+    live_args = ["run", str(path), "--api-base", sim.url, "--model", MODEL]
+
+    plan = run_cli(["plan", *live_args[1:], "--json"], env=env)
+    live = run_cli(live_args, env=env)
+
+    assert json.loads(plan.stdout)["in_jobs"] == 3
+    assert "run with --batch-api to collect them" in run_cli(["plan", *live_args[1:]], env=env).stdout
+    assert live.exit_code == 75, live.stderr
+    assert "is in batch job job_" in live.stderr and "--batch-api" in live.stderr
+    assert sim.stats()["completions_served"] == 0  # nothing paid live for what the job holds
+    sim.advance_clock(600)
+    done = run_cli(batch_args(path, sim), env=env)
+    assert done.exit_code == 0, done.stderr
+    assert [r["via"] for r in read_results(tmp_path / "in.results.jsonl")] == ["batch"] * 3
+    assert (sim.stats()["completions_served"], sim.stats()["batch_requests_submitted"]) == (0, 3)
+
+
 def test_batches_list_shows_each_job_and_cancel_keeps_the_answers_done_so_far(tmp_path, env, simulator):
     sim = simulator(batch_processing_s=1000)
     path = write_jsonl(tmp_path / "in.jsonl", prompts(10))

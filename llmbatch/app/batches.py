@@ -16,7 +16,17 @@ from llmbatch.providers.base import CallError, Destination
 from llmbatch.store import StorePlace
 from llmbatch.store.jobs import JobBook, JobRecord
 
-__all__ = ["cancel", "job_dict", "jobs", "status"]
+__all__ = ["cancel", "held_by_jobs", "job_dict", "jobs", "status"]
+
+
+def held_by_jobs(place: StorePlace) -> dict[str, str]:
+    """The keys that Batch-API jobs submitted from this machine hold and no run has collected, each
+    to its job: a run without ``--batch-api`` must not pay for them again (it stops at the first,
+    saying how to collect them), and the plan counts them apart."""
+    try:
+        return JobBook(place.jobs_directory).held_keys()
+    except OSError:  # no records to read: nothing is held
+        return {}
 
 
 def jobs(place: StorePlace) -> list[JobRecord]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.app.batches import held_by_jobs
 from llmbatch.app.runconfig import RunConfig, effective_defaults
 from llmbatch.engine import LOOKUP_CHUNK
 from llmbatch.input import (
@@ -37,8 +38,9 @@ class Plan:
     estimated_cost_max_usd: float | None = 0.0
     #: ``--batch-api``: the costs are at the Batch API's prices (``pricing.BATCH_MULTIPLIER``).
     batch_api: bool = False
-    #: ``--batch-api``: misses a job already submitted (by an earlier ``--no-wait`` run, or one that
-    #: stopped) holds: the run collects them, and pays nothing more for them.
+    #: Misses a Batch-API job already submitted (by an earlier ``--no-wait`` run, or one that stopped)
+    #: holds: a ``--batch-api`` run collects them and pays nothing more; a run without it stops at
+    #: the first of them rather than pay for it again.
     in_jobs: int = 0
     #: With ``--semantic``: of ``hits``, those a near-identical prompt's answer would serve (else None).
     semantic_hits: int | None = None
@@ -60,7 +62,7 @@ class Plan:
             if self.estimated_cost_max_usd is None
             else round(self.estimated_cost_max_usd, 10),
             "batch_api": self.batch_api,
-            **({"in_jobs": self.in_jobs} if self.batch_api else {}),
+            **({"in_jobs": self.in_jobs} if self.batch_api or self.in_jobs else {}),
             **({"semantic_hits": self.semantic_hits} if self.semantic_hits is not None else {}),
         }
 
@@ -90,13 +92,8 @@ def plan(config: RunConfig) -> Plan:
             cache = SemanticStore(cache, place.local_directory, config.semantic)
     result = Plan(batch_api=config.batch is not None, semantic_hits=0 if config.semantic is not None else None)
     pending: set[str] = set()
-    in_jobs: set[str] = set()
-    if config.batch is not None:
-        from llmbatch.store.jobs import JobBook
-
-        # Keys record their endpoint, so a job's keys can only be this run's own requests.
-        book = JobBook(place.jobs_directory)
-        in_jobs = {key for r in book.all() if r.state in ("submitting", "submitted") for key in r.ids.values()}
+    # Keys record their endpoint, so a job's keys can only be this run's own requests.
+    in_jobs = held_by_jobs(place)
     # per (route, model): [input tokens, output tokens with a cap, calls without a cap (times n),
     # completion tokens of hits, hits with usage]
     models: dict[tuple[str, str], list[int]] = {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from llmbatch.app.batches import held_by_jobs
 from llmbatch.app.inputs import check_output
 from llmbatch.app.prefix import HitPrefix
 from llmbatch.app.recovery import _recovery
@@ -184,6 +185,7 @@ async def execute(
                 stats=stats,
                 on_event=on_event,
                 limit_state=started.limits,
+                held=held_by_jobs(config.store_place),
             )
         if on_engine is not None:
             on_engine(engine)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from llmbatch.engine.executor import Answered, Call, Executor, Failed, NotStarted, Outcome
@@ -57,13 +57,22 @@ def live_resolver(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     limit_state: LimitState | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> Resolver:
     """A run whose calls are made now through ``provider``: what the command line and the library use.
-    ``limit_state``: where the pace and pauses live (see :class:`LiveExecutor`)."""
+    ``limit_state``: where the pace and pauses live; ``held``: keys earlier Batch-API jobs hold (see
+    :class:`LiveExecutor`)."""
     stats = stats or RunStats()
     options = options or RunOptions()
     executor = LiveExecutor(
-        provider, options=options, stats=stats, on_event=on_event, sleep=sleep, clock=clock, limit_state=limit_state
+        provider,
+        options=options,
+        stats=stats,
+        on_event=on_event,
+        sleep=sleep,
+        clock=clock,
+        limit_state=limit_state,
+        held=held,
     )
     return Resolver(
         executor=executor,

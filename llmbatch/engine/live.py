@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from llmbatch.answers import keepable, problem
@@ -55,9 +55,11 @@ class LiveExecutor:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         limit_state: LimitState | None = None,
+        held: Mapping[str, str] | None = None,
     ) -> None:
         """``limit_state``: where each budget's pace and pause live (this process by default; a
-        server shared by every run with the same budget, with its clock, for ``--cache redis://``)."""
+        server shared by every run with the same budget, with its clock, for ``--cache redis://``).
+        ``held``: keys a Batch-API job submitted earlier holds (to its job id), not collected yet."""
         options = options or RunOptions()
         self.provider = provider
         self.destination = provider.destination
@@ -90,6 +92,7 @@ class LiveExecutor:
         self.wants = options.concurrency
         self._answered = False  # some call got an HTTP answer: the server is there
         self._unreachable = 0  # connection failures in a row before any answer
+        self.held = held or {}
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -122,6 +125,14 @@ class LiveExecutor:
 
     async def execute(self, call: Call) -> Outcome:
         request = call.request
+        job = self.held.get(call.key)
+        if job is not None:
+            # Its answer is paid for in that job: a live call now would pay for it a second time.
+            return NotStarted(
+                StopReason.HELD,
+                f"line {request.line} is in batch job {job}, submitted earlier and not collected yet: "
+                "run with --batch-api to collect it (it is paid for there) instead of paying for it again",
+            )
         attempts = 0
         started = False
         retrying = self.options.retry.retrying(sleep=self._sleep, on_retry=lambda state: self._on_retry(request, state))

@@ -23,6 +23,7 @@ class StopReason(enum.Enum):
     FATAL = "fatal"  # what every line would share (a bad key, an unknown model), or nowhere to keep answers
     ERROR = "error"  # something around the calls failed (the results file, a changed input)
     PENDING = "pending"  # --batch-api --no-wait: jobs submitted or still running; a rerun collects
+    HELD = "held"  # a live run met a line that a Batch-API job not collected yet holds (paid there)
 
 
 @dataclass(slots=True)

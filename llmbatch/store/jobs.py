@@ -181,6 +181,11 @@ class JobBook:
                     records.append(JobRecord.from_json(path.read_bytes()))
         return iter(sorted(records, key=lambda r: r.submitted_at))
 
+    def held_keys(self) -> dict[str, str]:
+        """The request keys of every job that may still answer (``submitted``, or ``submitting``: a
+        batch may exist), each to its record id: lines a run must not pay for again."""
+        return {key: r.id for r in self.all() if r.state in ("submitted", "submitting") for key in r.ids.values()}
+
     def pending(self, endpoint: str, skip: frozenset[str] | set[str] = frozenset()) -> list[JobRecord]:
         """Jobs submitted to ``endpoint`` whose answers no run has collected yet (``submitting``
         ones too: a batch may exist for them); ``skip``: ids not to read."""
