@@ -942,8 +942,11 @@ def _run(
             announce = f"limits from {config_source}{given}: {_describe_limits(config)}"
         try:
             outcome = asyncio.run(_execute(config, stats, prefix, report.models, display, signals, events, announce))
-        except KeyboardInterrupt:  # a second signal, or the grace period ran out
+        except KeyboardInterrupt:  # a second signal, the grace period ran out, or a stop while starting
             outcome = None
+            if stats.stopped is None:  # stopped before the engine could say why: the summary says it
+                stats.stopped = signals.reason(signals.first or signal.SIGINT)
+                stats.stop_reason = StopReason.INTERRUPTED
     finally:
         if prefix is not None:
             prefix.close()

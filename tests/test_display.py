@@ -219,3 +219,12 @@ def test_messages_and_plain_lines_are_written_whole():
         assert re.match(
             r"^(retry line \d+ \(q\d+\), attempt 1: .*; retrying in 0\.1s|llmbatch: 40/100 done, .*)$", line
         ), line
+
+
+def test_a_run_stopped_before_it_began_shows_no_wall_time_of_its_own():
+    # A Ctrl-C while the run was starting: its clock never started, and the machine's uptime
+    # (the monotonic clock's zero) must not show as the run's wall time.
+    stream = io.StringIO()
+    stats = RunStats(total=30, stopped="interrupted by Ctrl-C")
+    Display(stats, mode="quiet", stream=stream).summary(Summary(results="out.jsonl", complete=False))
+    assert ", 0.0s, " in stream.getvalue()

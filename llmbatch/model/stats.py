@@ -100,6 +100,8 @@ class RunStats:
     stop_reason: StopReason | None = None  # ... and for the exit code
 
     def elapsed(self, now: float) -> float:
+        if not self.started_at:  # stopped before it began (a Ctrl-C while starting): no time of its own
+            return 0.0
         return (self.finished_at or now) - self.started_at
 
     @property
