@@ -40,6 +40,7 @@ import contextlib
 import gc
 import os
 import signal
+import subprocess
 import sys
 from collections import deque
 from typing import Any, Protocol
@@ -282,7 +283,11 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         theirs: list[int] = []
         ours: list[int] = []
-        zygote: asyncio.subprocess.Process | None = None
+        # Popen, not an asyncio subprocess: a stop signal raises KeyboardInterrupt wherever the code
+        # is, and one raised while asyncio sets up its subprocess transport left that transport to be
+        # closed by the garbage collector after the loop, as a traceback. Popen returns at once; the
+        # zygote's output is read, and its exit seen, on the loop below.
+        zygote: subprocess.Popen[bytes] | None = None
         try:
             for _ in range(self._count):
                 for _end in range(3):  # stdin, stdout, stderr
@@ -291,24 +296,26 @@ class WorkerPool:
                     ours.append(write if _end == 0 else read)
             _set_subreaper(True)
             try:
-                zygote = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "llmbatch.providers.workers",
-                    "--fork",
-                    ",".join(map(str, theirs)),
-                    "--preload",
-                    self._first_provider or "openai",
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
+                zygote = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "llmbatch.providers.workers",
+                        "--fork",
+                        ",".join(map(str, theirs)),
+                        "--preload",
+                        self._first_provider or "openai",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                     pass_fds=theirs,
                     start_new_session=True,  # and so are the workers it forks: Ctrl-C is the parent's
                 )
                 for fd in theirs:
                     os.close(fd)
                 theirs.clear()
-                out, err = await asyncio.wait_for(zygote.communicate(), _PREPARE_TIMEOUT_S)
+                out, err = await asyncio.wait_for(_finished(zygote), _PREPARE_TIMEOUT_S)
             finally:
                 # Once the zygote has exited, its children are ours; later orphans need not be.
                 _set_subreaper(False)
@@ -341,7 +348,9 @@ class WorkerPool:
             )
         for pid, (stdin, stdout, stderr) in zip(pids, zip(*[iter(ours)] * 3, strict=True), strict=True):
             transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(stdin, "wb", buffering=0))
-            self._adopt(_Worker(_Forked(pid), transport, await _reader(stdout), await _reader(stderr)))
+            out_reader = await _reader(os.fdopen(stdout, "rb", buffering=0))
+            err_reader = await _reader(os.fdopen(stderr, "rb", buffering=0))
+            self._adopt(_Worker(_Forked(pid), transport, out_reader, err_reader))
 
     def _adopt(self, worker: _Worker) -> None:
         worker.send(self._init)
@@ -461,11 +470,20 @@ class _Forked:
             self.returncode = -signal.SIGKILL
 
 
-async def _reader(fd: int) -> asyncio.StreamReader:
+async def _reader(pipe: Any) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     return reader
+
+
+async def _finished(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """A child's whole stdout and stderr, once it has exited and been reaped (its ``returncode`` set,
+    so that the subprocess module never reaps it behind our back)."""
+    stdout, stderr = await _reader(process.stdout), await _reader(process.stderr)
+    out, err = await asyncio.gather(stdout.read(), stderr.read())
+    process.returncode = await _Forked(process.pid).wait()
+    return out, err
 
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
