@@ -4,6 +4,7 @@
     python bench/peers.py --rounds 3 --n 2000
     python bench/peers.py --only llmbatch,ceiling
     python bench/peers.py --only llmbatch,llmbatch_w2,ceiling --cpus 0   # pinned to one core
+    python bench/peers.py --rev 91f82cd --only llmbatch,llmbatch@rev,ceiling   # before and after, one run
 
 One simulator (`llmbatch sim --latency 100ms`) in its own process, and in rotating order each round:
 
@@ -12,14 +13,20 @@ One simulator (`llmbatch sim --latency 100ms`) in its own process, and in rotati
   ``--workers N``;
 - ``ceiling``: bench/ceiling.py, one aiohttp session under a semaphore (a raw-aiohttp runner like the
   OpenAI cookbook's ``api_request_parallel_processor.py``);
-- ``anyllm``: bench/baseline.py, one plain any-llm client under a semaphore.
+- ``anyllm``: bench/baseline.py, one plain any-llm client under a semaphore;
+- with ``--rev REV``, ``llmbatch@rev`` (or ``llmbatch_w0@rev``, ...): the same run by the code of an
+  earlier commit (``git archive`` into the temporary directory). Every llmbatch variant then runs as
+  ``python -m llmbatch`` from that directory with PYTHONPATH set to its own tree.
 
 Each is timed from outside (bench/run.py's ``measure``: wall, CPU of the process and its children,
-peak RSS of the tree). The simulator reports when the first request arrived and when the last answer
-left on the machine's monotonic clock, so each run splits into *before the first request*, *while
-running* (share of ideal = N x latency / C over that span) and *after the last answer* (to the exit).
-Medians over the rounds; the ratios to the ceiling are the point on a shared machine. ``--cpus 0``
-runs every measured command under ``taskset -c 0`` (the simulator keeps the machine's cores), as in a
+peak RSS, PSS and USS of the tree). The simulator reports when the first request arrived and when
+the last answer left on the machine's monotonic clock, so each run splits into *before the first
+request*, *while running* (share of ideal = N x latency / C over that span) and *after the last
+answer* (to the exit). RSS sums each process's resident pages, so a page shared copy-on-write by a
+forked child counts in both; PSS splits it between them (the tree's real footprint); USS counts only
+pages private to one process. Medians over the rounds; the ratios to the ceiling are the point on a
+shared machine. ``--cpus 0`` runs every measured command under ``taskset -c 0`` (the simulator keeps
+the machine's cores), as in a
 container given one CPU.
 """
 
@@ -29,12 +36,22 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from run import BENCH, MODEL, SimProcess, llmbatch_cmd, measure, result_counts, write_prompts  # bench/ is on sys.path
+from run import (  # bench/ is on sys.path
+    BENCH,
+    MODEL,
+    ROOT,
+    SimProcess,
+    llmbatch_cmd,
+    measure,
+    result_counts,
+    write_prompts,
+)
 
 VARIANTS = ("llmbatch", "llmbatch_w0", "ceiling", "anyllm")
 LABELS = {
@@ -44,15 +61,27 @@ LABELS = {
 }
 
 
-def label(which: str) -> str:
-    return LABELS.get(which) or f"llmbatch `--workers {which.removeprefix('llmbatch_w')}`"
+def label(which: str, rev: str | None = None) -> str:
+    base, at, _ = which.partition("@")
+    text = LABELS.get(base) or f"llmbatch `--workers {base.removeprefix('llmbatch_w')}`"
+    return f"{text} at `{rev}` (before)" if at else text
 
 
-def argv_of(which: str, file: Path, url: str, concurrency: int, out: Path, extra: list[str]) -> list[str]:
+def tree_of(which: str, trees: dict[str, Path]) -> Path | None:
+    """The source tree a variant runs from: None for the installed llmbatch and the peers."""
+    if not which.startswith("llmbatch") or not trees:
+        return None
+    return trees["rev" if "@" in which else "new"]
+
+
+def argv_of(
+    which: str, file: Path, url: str, concurrency: int, out: Path, extra: list[str], tree: Path | None = None
+) -> list[str]:
     if which.startswith("llmbatch"):
-        workers = ["--workers", which.removeprefix("llmbatch_w")] if which.startswith("llmbatch_w") else []
+        base = which.partition("@")[0]
+        workers = ["--workers", base.removeprefix("llmbatch_w")] if base.startswith("llmbatch_w") else []
         return [
-            *llmbatch_cmd(),
+            *(llmbatch_cmd() if tree is None else [sys.executable, "-m", "llmbatch"]),
             "run",
             str(file),
             "-m",
@@ -72,16 +101,21 @@ def argv_of(which: str, file: Path, url: str, concurrency: int, out: Path, extra
     return [sys.executable, str(BENCH / script), str(file), "--api-base", url, "-c", str(concurrency), "--model", model]
 
 
-def one_run(which: str, file: Path, n: int, sim: SimProcess, args: argparse.Namespace, tmp: Path, r: int) -> dict:
+def one_run(
+    which: str, file: Path, n: int, sim: SimProcess, args: argparse.Namespace, tmp: Path, r: int, trees: dict[str, Path]
+) -> dict:
     cache = tmp / f"cache-{which}-{r}"
     out = tmp / f"out-{which}-{r}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_BASE_URL", "_API_BASE"))}
     env.update({"LLMBATCH_CACHE_DIR": str(cache), "OPENAI_API_KEY": "sk-bench"})
+    tree = tree_of(which, trees)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     sim.reset()
-    argv = argv_of(which, file, sim.url, args.concurrency, out, args.extra)
+    argv = argv_of(which, file, sim.url, args.concurrency, out, args.extra, tree)
     if args.cpus is not None:
         argv = ["taskset", "-c", args.cpus, *argv]
-    m = measure(argv, env=env)
+    m = measure(argv, env=env, pss=True)
     if m.returncode != 0:
         raise RuntimeError(f"{which} exited {m.returncode}:\n{m.stderr[-2000:]}")
     stats = sim.stats()
@@ -97,6 +131,8 @@ def one_run(which: str, file: Path, n: int, sim: SimProcess, args: argparse.Name
         "after_last_s": m.ended_at - stats["last_completion_at"],
         "cpu_ms_per_prompt": 1000 * m.cpu_s / n,
         "peak_tree_rss_mb": m.peak_tree_rss_mb,
+        "peak_tree_pss_mb": m.peak_tree_pss_mb,
+        "peak_tree_uss_mb": m.peak_tree_uss_mb,
     }
 
 
@@ -110,16 +146,28 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more options for both llmbatch variants")
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--cpus", help="run the measured commands under taskset -c CPUS (0: one core)")
+    parser.add_argument("--rev", help="an earlier commit, run as the variants named NAME@rev")
     args = parser.parse_args()
     variants = [v for v in args.only.split(",") if v]
+    if any("@" in v for v in variants) and not args.rev:
+        parser.error("a variant NAME@rev needs --rev")
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="llmbatch-peers-") as tmp_name, SimProcess(args.latency_ms) as sim:
         tmp = Path(tmp_name)
+        trees: dict[str, Path] = {}
+        if args.rev:
+            trees = {"new": ROOT, "rev": tmp / "rev"}
+            trees["rev"].mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.rev, "llmbatch"], check=True, capture_output=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(trees["rev"])], input=archive.stdout, check=True)
+            os.chdir(tmp)  # python -m llmbatch imports from the working directory first
         file = write_prompts(tmp / "prompts.jsonl", args.n, "peers")
         for r in range(args.rounds):
             k = r % len(variants)
             for which in variants[k:] + variants[:k]:
-                run = one_run(which, file, args.n, sim, args, tmp, r)
+                run = one_run(which, file, args.n, sim, args, tmp, r, trees)
                 runs[which].append(run)
                 sys.stderr.write(f"[peers] round {r + 1}/{args.rounds} {which}: {json.dumps(_rounded(run))}\n")
     print(table(runs, args))
@@ -144,23 +192,22 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
         f"{args.rounds} interleaved rounds, medians" + (f", clients on CPUs {args.cpus}" if args.cpus else ""),
         "",
         "| | share of ideal while running | wall s | before first request | after last answer "
-        "| CPU ms/prompt | peak RSS (tree) |",
-        "|---|---|---|---|---|---|---|",
+        "| CPU ms/prompt | peak RSS (tree) | peak PSS / USS (tree) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for which in runs:
         lines.append(
-            f"| {label(which)} | {med(which, 'running_share'):.2f} | {med(which, 'wall_s'):.2f} "
+            f"| {label(which, args.rev)} | {med(which, 'running_share'):.2f} | {med(which, 'wall_s'):.2f} "
             f"| {span(which, 'before_first_s')} | {span(which, 'after_last_s')} "
-            f"| {med(which, 'cpu_ms_per_prompt'):.2f} | {med(which, 'peak_tree_rss_mb'):.0f} MB |"
+            f"| {med(which, 'cpu_ms_per_prompt'):.2f} | {med(which, 'peak_tree_rss_mb'):.0f} MB "
+            f"| {med(which, 'peak_tree_pss_mb'):.0f} / {med(which, 'peak_tree_uss_mb'):.0f} MB |"
         )
     if "ceiling" in runs:
         lines.append("")
         ceiling = med("ceiling", "wall_s")
         for which in runs:
             if which != "ceiling":
-                ratios = sorted(
-                    r["wall_s"] / c["wall_s"] for r, c in zip(runs[which], runs["ceiling"], strict=False)
-                )
+                ratios = sorted(r["wall_s"] / c["wall_s"] for r, c in zip(runs[which], runs["ceiling"], strict=False))
                 lines.append(
                     f"wall {which} / ceiling: {med(which, 'wall_s') / ceiling:.3f} (medians); "
                     f"per round {', '.join(f'{x:.2f}' for x in ratios)}"

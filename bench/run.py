@@ -124,37 +124,77 @@ class Measured:
     #: first_request_at and last_completion_at are on the same clock.
     started_at: float = 0.0
     ended_at: float = 0.0
+    #: With ``measure(..., pss=True)``: the tree's peak PSS (shared pages split between the processes
+    #: that map them) and USS (pages private to one process), sampled as the tree's RSS is.
+    peak_tree_pss_mb: float = 0.0
+    peak_tree_uss_mb: float = 0.0
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and its descendants now (Linux /proc; 0 elsewhere)."""
-    total, stack = 0, [pid]
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants now (Linux /proc; just ``pid`` elsewhere)."""
+    found, stack = [], [pid]
     while stack:
         p = stack.pop()
+        found.append(p)
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     stack += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
             continue
+    return found
+
+
+def _tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and its descendants now (Linux /proc; 0 elsewhere). A page shared
+    by several processes (copy-on-write after a fork, a shared library) counts once in each."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, ValueError):
+            continue
     return total
 
 
-class TreeRss(threading.Thread):
-    """Samples the RSS of a process tree: with worker processes, the run's memory is their sum."""
+def _tree_pss_uss(pid: int) -> tuple[int, int]:
+    """Bytes of the tree by proportional share (a page shared by k processes counts 1/k in each:
+    the sum is what the tree really holds) and unique to one process (private pages only), from
+    /proc/PID/smaps_rollup (Linux 4.14+; (0, 0) elsewhere). Costlier to read than statm."""
+    pss = uss = 0
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    if name == "Pss":
+                        pss += int(rest.split()[0]) * 1024
+                    elif name in ("Private_Clean", "Private_Dirty"):
+                        uss += int(rest.split()[0]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return pss, uss
 
-    def __init__(self, pid: int) -> None:
+
+class TreeRss(threading.Thread):
+    """Samples the RSS of a process tree: with worker processes, the run's memory is their sum.
+    With ``pss``, also the tree's PSS and USS (peaks sampled apart, every 20 ms)."""
+
+    def __init__(self, pid: int, *, pss: bool = False) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak, self.done = pid, 0, threading.Event()
+        self.pss, self.peak_pss, self.peak_uss = pss, 0, 0
 
     def run(self) -> None:
         while not self.done.wait(0.02):
             self.peak = max(self.peak, _tree_rss(self.pid))
+            if self.pss:
+                pss, uss = _tree_pss_uss(self.pid)
+                self.peak_pss, self.peak_uss = max(self.peak_pss, pss), max(self.peak_uss, uss)
 
 
 def _cpu_of_children() -> float:
@@ -162,8 +202,11 @@ def _cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 900) -> Measured:
-    """Run ``argv`` to the end; its wall time, CPU seconds and own peak RSS."""
+def measure(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 900, pss: bool = False
+) -> Measured:
+    """Run ``argv`` to the end; its wall time, CPU seconds and own peak RSS (with ``pss``, the tree's
+    peak PSS and USS too)."""
     use_time = os.access(GNU_TIME, os.X_OK)
     with (
         tempfile.TemporaryFile() as out,
@@ -177,7 +220,7 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
         proc = subprocess.Popen(full, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
-        tree = TreeRss(proc.pid)
+        tree = TreeRss(proc.pid, pss=pss)
         tree.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -207,6 +250,8 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: fl
             peak_tree_rss_mb=max(tree.peak / 2**20, rss_kb / 1024),
             started_at=started_at,
             ended_at=ended_at,
+            peak_tree_pss_mb=tree.peak_pss / 2**20,
+            peak_tree_uss_mb=tree.peak_uss / 2**20,
         )
 
 

@@ -68,9 +68,10 @@ def test_bench_run_tiny_writes_every_figure(tmp_path):
 
 def test_bench_peers_splits_each_run_into_start_up_running_and_shutdown(tmp_path):
     out = tmp_path / "peers.json"
-    tiny = ["--n", "40", "--latency-ms", "10", "--rounds", "1", "--json", str(out)]
+    tiny = ["--n", "40", "--latency-ms", "10", "--rounds", "1", "--json", str(out), "--rev", "HEAD"]
+    variants = ["--only", "llmbatch,llmbatch@rev,llmbatch_w0,ceiling,anyllm"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "peers.py"), *tiny],
+        [sys.executable, str(ROOT / "bench" / "peers.py"), *tiny, *variants],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -78,7 +79,7 @@ def test_bench_peers_splits_each_run_into_start_up_running_and_shutdown(tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
-    assert set(runs) == {"llmbatch", "llmbatch_w0", "ceiling", "anyllm"}
+    assert set(runs) == {"llmbatch", "llmbatch@rev", "llmbatch_w0", "ceiling", "anyllm"}
     for (run,) in runs.values():
         assert set(run) == {
             "wall_s",
@@ -87,6 +88,10 @@ def test_bench_peers_splits_each_run_into_start_up_running_and_shutdown(tmp_path
             "after_last_s",
             "cpu_ms_per_prompt",
             "peak_tree_rss_mb",
+            "peak_tree_pss_mb",
+            "peak_tree_uss_mb",
         }
         assert 0 < run["before_first_s"] < run["wall_s"] and 0 <= run["after_last_s"] < run["wall_s"]
+        assert 0 < run["peak_tree_uss_mb"] <= run["peak_tree_pss_mb"] <= run["peak_tree_rss_mb"]
     assert "| llmbatch (workers auto) |" in done.stdout and "wall llmbatch / ceiling" in done.stdout
+    assert "| llmbatch (workers auto) at `HEAD` (before) |" in done.stdout

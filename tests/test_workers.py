@@ -1,7 +1,7 @@
 """Calls made by worker processes (``--workers N``): the same promises as a run in one process.
 
 Each test drives the real CLI against the simulator over 127.0.0.1; the workers are real child
-processes running ``python -m llmbatch.providers.workers``.
+processes, forked by ``python -m llmbatch.providers.workers --fork ...`` and adopted by the run.
 """
 
 from __future__ import annotations
@@ -259,6 +259,59 @@ def test_the_api_key_is_not_on_a_worker_command_line(tmp_path, env, simulator):
     finally:
         process.kill()
     assert cmdlines and all(TEST_API_KEY.encode() not in c for c in cmdlines)
+
+
+def shared_anonymous_mb(pid: int) -> float:
+    """Memory of ``pid`` that is not a file's and that other processes map too (copy-on-write after
+    a fork): all its anonymous pages less its proportional share of them."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0])
+    return (fields["Anonymous"] - fields["Pss_Anon"]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux 4.14+: smaps_rollup")
+def test_the_workers_share_one_import_of_the_sdk_instead_of_each_importing_it(tmp_path, env, simulator):
+    # Forked from one process that imported any-llm and the SDKs: each worker maps those modules'
+    # pages instead of holding a copy of its own (~70 MB, and 1.5-2 s of CPU to import, each).
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(12))
+    process = spawn_in_own_group(run_args(path, sim, "-c", "4", "--workers", "2", "--timeout", "10"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 2, timeout=60, process=process, what="calls in flight")
+        workers = worker_pids(process.pid)
+        shared = [shared_anonymous_mb(pid) for pid in workers]
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, stderr
+    assert len(workers) == 2
+    assert all(mb >= 15 for mb in shared), shared  # each shares half of what the two map together
+    assert_complete(tmp_path / "p.results.jsonl", 12)
+
+
+def test_killing_the_run_outright_ends_its_workers_too(tmp_path, env, simulator):
+    sim = simulator(latency_s=1.0)
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(40))
+    process = spawn_in_own_group(run_args(path, sim, "-c", "8", "--workers", "2", "--timeout", "10"), env, tmp_path)
+    try:
+        wait_for(lambda: sim.stats()["in_flight"] >= 4, timeout=60, process=process, what="calls in flight")
+        workers = worker_pids(process.pid)
+        process.send_signal(signal.SIGKILL)  # no handler runs: the workers see their stdin close
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except OSError:
+            return True
+
+    assert len(workers) == 2
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, what="the workers to exit")
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "65"])

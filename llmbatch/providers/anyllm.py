@@ -13,6 +13,7 @@ the SDKs. Rules from the project guide, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import time
@@ -30,7 +31,7 @@ from llmbatch.providers.base import (
     redact,
 )
 
-__all__ = ["AnyLLMProvider"]
+__all__ = ["AnyLLMProvider", "preload"]
 
 #: Providers whose SDK llmbatch's own extras install (pyproject: ``pip install 'llmbatch[gemini]'``).
 _OUR_EXTRAS = frozenset({"mistral", "gemini", "ollama"})
@@ -71,6 +72,23 @@ def _fast_transport(provider: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an unknown provider is reported by create(); no fast path then
         return {}
     return {"http_client": DefaultAioHttpClient()}
+
+
+def preload(provider: str) -> None:
+    """Import what a client for ``provider`` will need (any-llm, the provider's module and SDK, the
+    fast transport's HTTP and TLS stack), leaving no client, event loop, socket or thread behind.
+    Worker processes are forked from a process that did this once (``providers.workers``). A
+    failure is left for the client's creation to report, in its own words."""
+    with contextlib.suppress(Exception):
+        from any_llm import AnyLLM
+        from any_llm.providers.openai.base import BaseOpenAIProvider
+
+        if issubclass(AnyLLM.get_provider_class(provider), BaseOpenAIProvider):
+            from openai import DefaultAioHttpClient
+
+            # Built and dropped: building one imports the rest (~50 ms), which each worker would
+            # otherwise do again for itself. It opens nothing until its first request.
+            DefaultAioHttpClient()
 
 
 def _attach_header_hook(client: Any) -> bool:
