@@ -25,7 +25,15 @@ import orjson
 if TYPE_CHECKING:
     from llmbatch.model.request import Request
 
-__all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_from_material", "key_material", "request_key"]
+__all__ = [
+    "KEY_VERSION",
+    "SIMULATOR_ENDPOINT",
+    "canonical_json",
+    "credentials",
+    "key_from_material",
+    "key_material",
+    "request_key",
+]
 
 KEY_VERSION = "v1"
 
@@ -64,6 +72,16 @@ def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
         return extra
     kept = {name: value for name, value in headers.items() if not _CREDENTIAL_HEADER.search(str(name))}
     return {**extra, "extra_headers": kept}
+
+
+def credentials(extra: dict[str, Any]) -> tuple[str, ...]:
+    """The secrets in ``extra``'s credential headers (the token of ``Bearer <token>``, else the
+    value): redacted wherever a server could echo them back, in an answer or an error."""
+    headers = extra.get("extra_headers")
+    if not isinstance(headers, dict):
+        return ()
+    values = (str(v) for name, v in headers.items() if _CREDENTIAL_HEADER.search(str(name)))
+    return tuple(value.split(" ", 1)[-1].strip() for value in values)
 
 
 def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any]:

@@ -25,12 +25,13 @@ from llmbatch.answers import keepable, problem
 from llmbatch.engine.budget import CostBudget
 from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome, Unclaimed, sleep_unless
 from llmbatch.engine.options import RunOptions
+from llmbatch.keys import credentials
 from llmbatch.limits import Governor, OverLimit, Slot, estimate_split, least_tokens
 from llmbatch.limits.state import LimitState
 from llmbatch.model.request import Request
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import call_cost
-from llmbatch.providers.base import REQUEST_TOO_LARGE, CallError, Provider, Reply
+from llmbatch.providers.base import REQUEST_TOO_LARGE, CallError, Provider, Reply, redact
 
 __all__ = ["MAX_DERIVED_TIMEOUT_S", "LiveExecutor"]
 
@@ -166,8 +167,8 @@ class LiveExecutor:
                     # answer is made safe to keep before anything else sees it.
                     failure = problem(reply.response)
                     if failure is not None:
-                        raise failure
-                    response = keepable(reply.response, self.secrets)
+                        raise _redacted(failure, request)
+                    response = keepable(reply.response, (*self.secrets, *credentials(request.extra)))
         except CallError as exc:
             self._event(_line_event("error", request, exc, attempt=attempts))
             return Failed(exc, attempts)
@@ -196,7 +197,7 @@ class LiveExecutor:
             )
             if status == 429:
                 self.stats.rate_limited += 1
-            raise self._unreachable_or(request, exc) from None
+            raise _redacted(self._unreachable_or(request, exc), request) from None
         finally:
             self.stats.in_flight -= 1
             self._publish_pace()
@@ -267,6 +268,22 @@ class LiveExecutor:
     def _event(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+def _redacted(error: CallError, request: Request) -> CallError:
+    """``error`` without the credentials the request sent as headers (a proxy may echo its token),
+    before any event, log or result line sees it; the provider has redacted its API keys already."""
+    message = redact(error.message, credentials(request.extra))
+    if message == error.message:
+        return error
+    return CallError(
+        error.kind,
+        error.type,
+        message,
+        status_code=error.status_code,
+        retry_after_s=error.retry_after_s,
+        headers=error.headers,
+    )
 
 
 def _too_large(over: OverLimit) -> CallError:
