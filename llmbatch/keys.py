@@ -4,7 +4,8 @@ A cache hit is only as trustworthy as its key, and a wrong hit is worse than a m
 covers every input that can change what the provider answers — provider, endpoint, model, the
 normalised messages, every generation parameter, provider extras, the sample index and, when
 one was asked for, the prompt normalisation (``--normalize``) — and nothing that cannot (the
-line's id, its metadata, the API key, the timeout).
+line's id, its metadata, the API key, the timeout, credentials sent as headers in
+``extra.extra_headers``).
 
 The digest is sha256 over canonical JSON (keys sorted at every depth, no whitespace, UTF-8),
 tagged with a schema version. Bump ``KEY_VERSION`` whenever the material changes shape: old
@@ -16,6 +17,7 @@ user's cache.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,7 +25,15 @@ import orjson
 if TYPE_CHECKING:
     from llmbatch.model.request import Request
 
-__all__ = ["KEY_VERSION", "SIMULATOR_ENDPOINT", "canonical_json", "key_from_material", "key_material", "request_key"]
+__all__ = [
+    "KEY_VERSION",
+    "SIMULATOR_ENDPOINT",
+    "canonical_json",
+    "credentials",
+    "key_from_material",
+    "key_material",
+    "request_key",
+]
 
 KEY_VERSION = "v1"
 
@@ -45,6 +55,35 @@ def normalise_endpoint(endpoint: str | None) -> str | None:
     return endpoint.rstrip("/")
 
 
+#: Names of request headers that carry a credential (``Authorization``, ``Proxy-Authorization``,
+#: ``api-key``, ``x-api-key``, ``Cookie``, ``X-Auth-Token``...). A plural ``tokens`` is a count, not a
+#: credential (a proxy's ``X-Max-Tokens`` may well change the answer), so it stays in the key.
+_CREDENTIAL_HEADER = re.compile(r"key|token(?!s)|secret|auth|passw|cookie|credential", re.IGNORECASE)
+
+
+def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` without the credentials in its ``extra_headers``: they are sent with each call but
+    do not change the answer, and the key material is stored in every entry, exported and shown
+    (a token there would leak, and a rotated one would make every entry a miss). Headers that do
+    change answers (``OpenAI-Beta``, ``anthropic-beta``) stay. ``extra`` with no such header is
+    returned as it is, so every other key stays the key it was (no ``KEY_VERSION`` bump)."""
+    headers = extra.get("extra_headers")
+    if not isinstance(headers, dict) or not any(_CREDENTIAL_HEADER.search(str(name)) for name in headers):
+        return extra
+    kept = {name: value for name, value in headers.items() if not _CREDENTIAL_HEADER.search(str(name))}
+    return {**extra, "extra_headers": kept}
+
+
+def credentials(extra: dict[str, Any]) -> tuple[str, ...]:
+    """The secrets in ``extra``'s credential headers (the token of ``Bearer <token>``, else the
+    value): redacted wherever a server could echo them back, in an answer or an error."""
+    headers = extra.get("extra_headers")
+    if not isinstance(headers, dict):
+        return ()
+    values = (str(v) for name, v in headers.items() if _CREDENTIAL_HEADER.search(str(name)))
+    return tuple(value.split(" ", 1)[-1].strip() for value in values)
+
+
 def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any]:
     """The exact value that is hashed; exposed so tests and ``--explain`` can show it."""
     material = {
@@ -53,7 +92,7 @@ def key_material(request: Request, endpoint: str | None = None) -> dict[str, Any
         "model": request.model,
         "messages": request.messages,
         "params": request.params,
-        "extra": request.extra,
+        "extra": _keyed_extra(request.extra),
         "sample": request.sample,
     }
     if request.normalize is not None:

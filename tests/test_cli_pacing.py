@@ -36,6 +36,48 @@ def test_a_strict_token_limit_is_never_exceeded(tmp_path, simulator, env, given)
     assert strict.stats()["completions_served"] == 40
 
 
+# --- a request that alone is over the token limit ---------------------------------------------------
+
+
+def test_a_request_too_large_for_the_token_limit_fails_at_once_and_the_other_lines_go_on(tmp_path, simulator, env):
+    # 50 tokens in any half second (6,000 a minute, as its headers say): 70 never fit, whatever the wait.
+    tight = simulator(tpm=6000, limit_window_s=0.5)
+    rows = [
+        {"id": "big", "prompt": "w " * 30, "max_tokens": 40},  # 70 tokens: sent once, refused for good
+        *prompts(2, max_tokens=2),
+        {"id": "huge", "prompt": "hi", "max_tokens": 7000},  # over the 6,000 learned: never sent
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    args = ["run", str(path), "--api-base", tight.url, "-m", "openai:gpt-4o-mini", "--max-retries", "1"]
+    result = run_cli(args, env=env)
+    assert result.exit_code == 1, result.stderr
+    big, first, second, huge = read_results(tmp_path / "p.results.jsonl")
+    assert (big["error"]["type"], big["error"]["status_code"], big["attempts"]) == ("RequestTooLarge", 429, 1)
+    assert "no wait can help: lower max_tokens or split the prompt" in big["error"]["message"]
+    assert first["status"] == second["status"] == "ok"
+    assert (huge["error"]["type"], huge["attempts"]) == ("RequestTooLarge", 0)
+    assert huge["error"]["message"] == (
+        "the request needs about 7004 tokens, more than the tokens-per-minute limit of 6000 (the provider's, "
+        "from its rate-limit headers), so it was not sent: lower max_tokens or split the prompt"
+    )
+    assert tight.stats()["requests_received"] == 3  # the big line once, never again; the huge one never
+
+
+def test_a_request_over_the_given_tpm_fails_before_it_is_sent_and_names_the_option(tmp_path, sim, env):
+    rows = [{"id": "huge", "prompt": "hi", "max_tokens": 1000}, *prompts(2, max_tokens=1)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    args = ["run", str(path), "--api-base", sim.url, "-m", "openai:gpt-4o-mini", "--tpm", "600"]
+    result = run_cli(args, env=env)
+    assert result.exit_code == 1, result.stderr
+    huge, *others = read_results(tmp_path / "p.results.jsonl")
+    assert huge["error"]["message"] == (
+        "the request needs about 1004 tokens, more than the tokens-per-minute limit of 600 (--tpm or llmbatch.toml), "
+        "so it was not sent: lower max_tokens, split the prompt, or raise --tpm if that limit is wrong"
+    )
+    assert [r["status"] for r in others] == ["ok", "ok"]
+    assert sim.stats()["requests_received"] == 2
+
+
 # --- 429s: sporadic, clustered, or a used-up window ------------------------------------------------
 
 

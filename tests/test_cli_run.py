@@ -257,6 +257,37 @@ def test_the_api_key_never_reaches_the_cache_or_the_results(tmp_path, simulator,
     assert TEST_API_KEY not in result.stdout + result.stderr
 
 
+def test_a_proxy_token_in_extra_headers_is_sent_but_never_kept_and_a_new_one_still_hits(
+    tmp_path, simulator, env, cache_dir
+):
+    token = "proxy-token-ONE-4c1d9e"
+    locked = simulator(require_api_key=token)  # answers 401 unless the header reaches it
+    path = tmp_path / "p.jsonl"
+    where = ["--api-base", locked.url, "--model", "openai:gpt-4o-mini"]
+
+    def run(token: str, *extra: str):
+        write_jsonl(path, [{"prompt": "hi", "extra": {"extra_headers": {"Authorization": f"Bearer {token}"}}}])
+        return run_cli(["run", str(path), *where, *extra], env=env)
+
+    first = run(token, "-v", "--log", str(tmp_path / "log.jsonl"))
+    assert first.exit_code == 0, first.stderr
+    assert locked.stats()["completions_served"] == 1  # so the header was really sent
+    shown = [
+        first.stdout + first.stderr,
+        run_cli(["cache", "export", "-o", "-"], env=env).stdout,
+        run_cli(["cache", "explain", f"{path}:1", *where], env=env).stdout,
+    ]
+    files = [*cache_dir.rglob("*"), tmp_path / "p.results.jsonl", tmp_path / "log.jsonl"]
+    for text in [*shown, *(f.read_bytes().decode(errors="replace") for f in files if f.is_file())]:
+        assert token not in text
+
+    # A rotated token asks the same question: served from the cache (the server would refuse it).
+    rotated = run("proxy-token-TWO-8b7f2a")
+    assert rotated.exit_code == 0, rotated.stderr
+    assert locked.stats()["requests_received"] == 1
+    assert read_results(tmp_path / "p.results.jsonl")[0]["cached"] is True
+
+
 def test_the_cache_holds_json_and_never_a_pickle(tmp_path, sim, llmbatch, cache_dir):
     import sqlite3
 

@@ -143,3 +143,24 @@ def test_credentials_in_a_base_url_never_enter_a_key_or_an_entry():
     assert Destination(api_base="https://proxy.example/v1?token=s3cret&api-version=1").key_endpoint("openai") == (
         "https://proxy.example/v1?api-version=1"
     )
+
+
+def test_credential_headers_stay_out_of_the_key_and_answer_shaping_headers_stay_in():
+    def with_headers(**headers: str) -> dict:
+        return {**BASE, "extra": {"extra_headers": {k.replace("_", "-"): v for k, v in headers.items()}}}
+
+    one, two = with_headers(Authorization="Bearer tok-1"), with_headers(Authorization="Bearer tok-2")
+    assert key_of(one) == key_of(two)  # a rotated proxy token still hits
+    for name in ("Proxy_Authorization", "api_key", "X_API_KEY", "Cookie", "X_Auth_Token", "X_Client_Secret"):
+        assert key_of(with_headers(**{name: "a"})) == key_of(with_headers(**{name: "b"})), name
+    for name in ("OpenAI_Beta", "anthropic_beta", "X_Max_Tokens"):
+        assert key_of(with_headers(**{name: "a"})) != key_of(with_headers(**{name: "b"})), name
+    request = parse_line(json.dumps(with_headers(Authorization="Bearer tok-1", OpenAI_Beta="assistants=v2")), 1)
+    assert key_material(request)["extra"] == {"extra_headers": {"OpenAI-Beta": "assistants=v2"}}
+    assert request.extra["extra_headers"]["Authorization"] == "Bearer tok-1"  # still sent
+
+
+def test_extra_without_credential_headers_keeps_the_key_it_had():
+    # Pinned before credential headers were left out: such keys must not move (no KEY_VERSION bump).
+    row = {**BASE, "extra": {"extra_headers": {"OpenAI-Beta": "assistants=v2"}, "top_k": 40}}
+    assert key_of(row) == "v1:c54674d3b114f5545ddafc02a0e39a829b652a41aa613cbc17ee443294204a0c"

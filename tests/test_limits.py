@@ -21,6 +21,7 @@ from llmbatch.limits import (
     PACE_SAFETY,
     Governor,
     LimitSettings,
+    OverLimit,
     Pacer,
     RateHeaders,
     estimate_tokens,
@@ -873,6 +874,39 @@ def test_a_learned_limit_that_changes_mid_run_does_not_stall_the_run():
         return fake.now - before
 
     assert fake.drive(main) < 1.0  # one request (and 100 tokens) at the new pace, not the whole run again
+
+
+def test_a_call_over_the_given_tpm_is_refused_at_once_and_never_held():
+    fake = FakeTime()
+    governor = make_governor(fake, settings={KEY: LimitSettings(tpm=600)})
+
+    async def main() -> None:
+        with pytest.raises(OverLimit) as refused:
+            await governor.acquire(KEY, 700, least=601)
+        assert (refused.value.needed, refused.value.tpm, refused.value.configured) == (601, 600, True)
+        assert await governor.acquire(KEY, 700, least=600)  # at the limit: it fits, once paid for
+
+    fake.drive(main)
+    assert fake.slept and fake.now > T0  # the one that fits was paced; the other cost no time
+    assert governor.budget(KEY).started == 1
+
+
+def test_a_call_waiting_behind_the_probe_is_refused_when_the_probe_teaches_a_smaller_tpm():
+    fake = FakeTime()
+    governor = make_governor(fake)
+    learned = openai_headers(**{"x-ratelimit-limit-tokens": "500", "x-ratelimit-remaining-tokens": "400"})
+
+    async def main() -> None:
+        assert await governor.acquire(KEY, 100)  # the probe
+        waiting = asyncio.ensure_future(governor.acquire(KEY, 700, least=650))
+        await fake.settle()
+        assert not waiting.done()  # one call at a time until the provider has answered
+        await governor.release(KEY, status=200, headers=learned, estimated_tokens=100, actual_tokens=100)
+        with pytest.raises(OverLimit) as refused:
+            await waiting
+        assert (refused.value.tpm, refused.value.configured) == (500, False)
+
+    fake.drive(main)
 
 
 # --- Governor: stopping ---------------------------------------------------------------------------

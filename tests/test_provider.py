@@ -11,7 +11,7 @@ import pytest
 
 from llmbatch.input import parse_line
 from llmbatch.providers.anyllm import AnyLLMProvider
-from llmbatch.providers.base import CallError, parse_retry_after, redact
+from llmbatch.providers.base import CallError, classify, parse_retry_after, redact
 from tests.support import TEST_API_KEY
 
 
@@ -54,6 +54,35 @@ def test_a_429_is_retryable_and_carries_retry_after(simulator):
     limited = simulator(p429=1.0, retry_after_s=3)
     error = failure(AnyLLMProvider(api_base=limited.url, api_key="k"), request())
     assert (error.kind, error.status_code, error.retry_after_s) == ("retryable", 429, 3.0)
+
+
+def test_a_429_for_a_request_too_large_for_the_token_limit_is_permanent_and_says_what_to_do(simulator):
+    tight = simulator(tpm=60)  # a request of 70 tokens never fits, however long it waits
+    error = failure(AnyLLMProvider(api_base=tight.url, api_key="k"), request("w " * 30, max_tokens=40))
+    assert (error.kind, error.type, error.status_code) == ("permanent", "RequestTooLarge", 429)
+    assert "lower max_tokens or split the prompt" in error.message and "it needs 70 tokens" in error.message
+
+
+class Refusal(Exception):
+    """What an SDK raises, as far as ``classify`` reads it."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def test_openais_request_too_large_is_permanent_and_its_rate_limit_reached_is_retried():
+    too_large = (
+        "Request too large for gpt-4o-mini in organization org-abc on tokens per min (TPM): Limit 30000, "
+        "Requested 50000. The input or output tokens must be reduced in order to run successfully."
+    )
+    assert classify(Refusal(too_large, 429)).kind == "permanent"
+    reached = (
+        "Rate limit reached for gpt-4o-mini in organization org-abc on tokens per min (TPM): Limit 30000, "
+        "Used 29000, Requested 2000. Please try again in 2s."
+    )
+    assert classify(Refusal(reached, 429)).kind == "retryable"
+    assert classify(Refusal(too_large, 413)).type == "Refusal"  # only a 429 is read this way
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 409])

@@ -299,6 +299,22 @@ def test_the_live_executor_retries_what_is_worth_retrying_and_not_the_rest():
     assert isinstance(outcome, Failed) and outcome.attempts == 1 and provider.attempts == 1
 
 
+def test_a_proxy_token_echoed_in_an_error_or_an_answer_is_redacted_before_anyone_sees_it():
+    token = "proxy-token-ONE-4c1d9e"
+    row = {"prompt": "q", "model": MODEL, "extra": {"extra_headers": {"Authorization": f"Bearer {token}"}}}
+    request = parse_line(json.dumps(row), 1)
+    events: list[dict[str, Any]] = []
+    echoed = CallError("retryable", "InternalServerError", f"upstream refused {token}", status_code=502)
+    provider = ScriptedProvider([echoed, answer(f"you sent {token}")])
+    outcome = execute(LiveExecutor(provider, sleep=no_wait, on_event=events.append), request)
+    assert isinstance(outcome, Answered) and token not in json.dumps(outcome.response)
+    assert events and token not in json.dumps(events)  # the retry event
+
+    refused = CallError("permanent", "BadRequestError", f"bad token {token}", status_code=400)
+    outcome = execute(LiveExecutor(ScriptedProvider([refused]), sleep=no_wait), request)
+    assert isinstance(outcome, Failed) and outcome.error.message == "bad token [redacted]"
+
+
 def test_the_live_executor_gives_up_after_max_retries():
     busy = CallError("retryable", "InternalServerError", "busy", status_code=503)
     provider = ScriptedProvider([busy] * 5)

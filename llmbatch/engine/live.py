@@ -25,12 +25,13 @@ from llmbatch.answers import keepable, problem
 from llmbatch.engine.budget import CostBudget
 from llmbatch.engine.executor import Answered, Call, Failed, NotStarted, Outcome, Unclaimed, sleep_unless
 from llmbatch.engine.options import RunOptions
-from llmbatch.limits import Governor, Slot, estimate_split
+from llmbatch.keys import credentials
+from llmbatch.limits import Governor, OverLimit, Slot, estimate_split, least_tokens
 from llmbatch.limits.state import LimitState
 from llmbatch.model.request import Request
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import call_cost
-from llmbatch.providers.base import CallError, Provider, Reply
+from llmbatch.providers.base import REQUEST_TOO_LARGE, CallError, Provider, Reply, redact
 
 __all__ = ["MAX_DERIVED_TIMEOUT_S", "LiveExecutor"]
 
@@ -155,9 +156,10 @@ class LiveExecutor:
                         return NotStarted(StopReason.BUDGET if reservation.refusal else None, reservation.refusal or "")
                     try:
                         tokens = sum(estimate_split(request.messages, request.params, budget.avg_completion))
+                        least = least_tokens(request.messages, request.params)
                         # The model's pace first, then a slot of --concurrency: a call waiting for a
                         # slowly paced model must not hold a slot another model could use.
-                        async with self.governor.slot(request.model_ref, tokens) as slot:
+                        async with self.governor.slot(request.model_ref, tokens, least=least) as slot:
                             if not slot.granted:
                                 return NotStarted()  # stopped while waiting for the pace
                             async with self._semaphore:
@@ -168,14 +170,16 @@ class LiveExecutor:
                                     started = True
                                 attempts += 1
                                 reply, cost = await self._attempt(request, slot)
+                    except OverLimit as over:
+                        raise _too_large(over) from None
                     finally:
                         self.budget.settle(reservation)
                     # A 200 that is not an answer fails this attempt (retried when transient); an
                     # answer is made safe to keep before anything else sees it.
                     failure = problem(reply.response)
                     if failure is not None:
-                        raise failure
-                    response = keepable(reply.response, self.secrets)
+                        raise _redacted(failure, request)
+                    response = keepable(reply.response, (*self.secrets, *credentials(request.extra)))
         except CallError as exc:
             self._event(_line_event("error", request, exc, attempt=attempts))
             return Failed(exc, attempts)
@@ -190,12 +194,21 @@ class LiveExecutor:
             self.longest_timeout_s = max(self.longest_timeout_s, timeout_s)
             reply = await self.provider.complete(request, timeout_s=timeout_s)
         except CallError as exc:
+            # A request too large for the token limit says nothing about the window (it never
+            # fits, however empty): the governor hears it as the refusal of that one request
+            # (413), not as a 429 that pauses and halves the run, and as costing no tokens (the
+            # provider counted none), so the pace its headers teach is not charged for it.
+            too_large = exc.type == REQUEST_TOO_LARGE
+            status = 413 if too_large else exc.status_code
             await slot.release(
-                status=exc.status_code, headers=exc.headers, actual_tokens=None, retry_after_s=exc.retry_after_s
+                status=status,
+                headers=exc.headers,
+                actual_tokens=0 if too_large else None,
+                retry_after_s=exc.retry_after_s,
             )
-            if exc.status_code == 429:
+            if status == 429:
                 self.stats.rate_limited += 1
-            raise self._unreachable_or(request, exc) from None
+            raise _redacted(self._unreachable_or(request, exc), request) from None
         finally:
             self.stats.in_flight -= 1
             self._publish_pace()
@@ -266,6 +279,39 @@ class LiveExecutor:
     def _event(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+def _redacted(error: CallError, request: Request) -> CallError:
+    """``error`` without the credentials the request sent as headers (a proxy may echo its token),
+    before any event, log or result line sees it; the provider has redacted its API keys already."""
+    message = redact(error.message, credentials(request.extra))
+    if message == error.message:
+        return error
+    return CallError(
+        error.kind,
+        error.type,
+        message,
+        status_code=error.status_code,
+        retry_after_s=error.retry_after_s,
+        headers=error.headers,
+    )
+
+
+def _too_large(over: OverLimit) -> CallError:
+    """The failure of a request whose own tokens are over the tokens-per-minute limit the run knows."""
+    if over.configured:
+        where, fix = (
+            "--tpm or llmbatch.toml",
+            "lower max_tokens, split the prompt, or raise --tpm if that limit is wrong",
+        )
+    else:
+        where, fix = "the provider's, from its rate-limit headers", "lower max_tokens or split the prompt"
+    return CallError(
+        "permanent",
+        REQUEST_TOO_LARGE,
+        f"the request needs about {over.needed} tokens, more than the tokens-per-minute limit of {over.tpm} "
+        f"({where}), so it was not sent: {fix}",
+    )
 
 
 def _line_event(kind: str, request: Request, failure: BaseException | None, *, attempt: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@
   rate-limit headers and of what a call will cost in tokens.
 """
 
-from llmbatch.limits.estimate import DEFAULT_COMPLETION_TOKENS, estimate_split, estimate_tokens
+from llmbatch.limits.estimate import DEFAULT_COMPLETION_TOKENS, estimate_split, estimate_tokens, least_tokens
 from llmbatch.limits.governor import (
     CLUSTER_MIN,
     CLUSTER_WINDOW,
@@ -16,6 +16,7 @@ from llmbatch.limits.governor import (
     Budget,
     Governor,
     LimitSettings,
+    OverLimit,
     Slot,
 )
 from llmbatch.limits.headers import RateHeaders, parse_rate_headers
@@ -33,10 +34,12 @@ __all__ = [
     "LimitSettings",
     "LimitState",
     "LocalLimitState",
+    "OverLimit",
     "Pacer",
     "RateHeaders",
     "Slot",
     "estimate_split",
     "estimate_tokens",
+    "least_tokens",
     "parse_rate_headers",
 ]

@@ -26,6 +26,11 @@ One :class:`Budget` per ``provider:model``. Before each attempt the engine calls
 3. **Header caution.** When a response says the window's remaining requests or tokens are used
    up, nothing starts before that window resets.
 
+A call that alone needs more tokens than the tokens-per-minute limit (given, or learned while it
+waited) is not held at all: no wait makes it fit, so :meth:`Governor.acquire` raises
+:class:`OverLimit` and the call fails for good at once. It goes by the tokens the call counts at
+the least (``estimate.least_tokens``), never by a guess at its completion.
+
 The pacing itself is pyrate-limiter's GCRA (a leaky bucket kept as one timestamp), rather than a
 hand-written token bucket: the same algorithm has a Redis state store, which is what a budget
 shared between machines will need. Tokens are estimated before a call (prompt characters / 4, plus
@@ -58,6 +63,7 @@ __all__ = [
     "Budget",
     "Governor",
     "LimitSettings",
+    "OverLimit",
     "Slot",
 ]
 
@@ -82,6 +88,18 @@ class LimitSettings:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+
+
+class OverLimit(Exception):
+    """A call that needs more tokens than the tokens-per-minute limit: it would be held for minutes
+    and then refused. ``configured``: the limit was given (``--tpm``, ``llmbatch.toml``), not
+    learned from the provider's headers."""
+
+    def __init__(self, needed: int, tpm: int, *, configured: bool) -> None:
+        super().__init__(f"needs {needed} tokens, the limit is {tpm} per minute")
+        self.needed = needed
+        self.tpm = tpm
+        self.configured = configured
 
 
 def _within(ours: int | None, advertised: int | None) -> bool:
@@ -203,16 +221,18 @@ class Governor:
 
     # -- before a call ----------------------------------------------------------------------
 
-    def slot(self, key: str, tokens: int) -> Slot:
+    def slot(self, key: str, tokens: int, *, least: int = 0) -> Slot:
         """``async with governor.slot(key, tokens) as slot``: waits for the call's turn (see
         :meth:`acquire`); ``slot.granted`` says whether it may start. A granted slot is given back
         when the block ends: by :meth:`Slot.release` with how the call ended, or, if the call was
         not made after all, as unused."""
-        return Slot(self, key, tokens)
+        return Slot(self, key, tokens, least)
 
-    async def acquire(self, key: str, tokens: int) -> bool:
+    async def acquire(self, key: str, tokens: int, *, least: int = 0) -> bool:
         """Wait until a call of ``tokens`` may start for ``key``; then it counts as in flight.
-        False when the run stopped meanwhile (nothing is counted then)."""
+        False when the run stopped meanwhile (nothing is counted then). Raises :class:`OverLimit`
+        when ``least``, the tokens the call counts at the least, is over the tokens-per-minute
+        limit, at once or as soon as the limit is learned."""
         budget = self.budget(key)
         if budget.changed is None:
             budget.changed = asyncio.Condition()
@@ -223,14 +243,17 @@ class Governor:
         # Without it, whichever sleeper woke first took each slot, and an early line could starve
         # while later ones were answered, holding every result behind it.
         async with budget.turn:
-            return await self._acquire_in_turn(budget, tokens)
+            return await self._acquire_in_turn(budget, tokens, least)
 
-    async def _acquire_in_turn(self, budget: Budget, tokens: int) -> bool:
+    async def _acquire_in_turn(self, budget: Budget, tokens: int, least: int) -> bool:
         assert budget.changed is not None
         due: float | None = None  # when the pacer said our slot comes
         while True:
             if self.stopping():
                 return False
+            if budget.tpm and least > budget.tpm:
+                # Each time round: the probe's answer may have taught the limit while we waited.
+                raise OverLimit(least, budget.tpm, configured=bool(budget.settings.tpm))
             now = self.clock()
             if now < budget.not_before:
                 await self._wait(budget, budget.not_before - now)
@@ -400,15 +423,16 @@ class Governor:
 class Slot:
     """A call's turn with the governor (see :meth:`Governor.slot`)."""
 
-    def __init__(self, governor: Governor, key: str, tokens: int) -> None:
+    def __init__(self, governor: Governor, key: str, tokens: int, least: int = 0) -> None:
         self.governor = governor
         self.key = key
         self.tokens = tokens
+        self.least = least
         self.granted = False
         self._released = False
 
     async def __aenter__(self) -> Slot:
-        self.granted = await self.governor.acquire(self.key, self.tokens)
+        self.granted = await self.governor.acquire(self.key, self.tokens, least=self.least)
         return self
 
     async def release(

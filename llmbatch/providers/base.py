@@ -5,7 +5,8 @@ without importing any-llm. The provider that really calls is :mod:`llmbatch.prov
 only module that imports ``any_llm``); :mod:`llmbatch.providers.workers` runs it in child processes.
 
 Every failure is mapped to a :class:`CallError` that says whether it is worth retrying (429, 408,
-409, 5xx, timeouts, dropped connections), permanent for this line (other 4xx) or fatal for the whole
+409, 5xx, timeouts, dropped connections), permanent for this line (other 4xx, and a 429 for a request
+that alone needs more tokens than the tokens-per-minute limit) or fatal for the whole
 run (bad key, unknown model, no credit): every other line would fail the same way, so the run stops
 instead of filling the output with copies. Any text that came back from a provider is passed through
 :func:`redact` before it is put in an error: API keys never leave.
@@ -29,6 +30,7 @@ from llmbatch.model.request import Request
 __all__ = [
     "ENV_API_BASE",
     "PLACEHOLDER_KEYS",
+    "REQUEST_TOO_LARGE",
     "SIMULATOR_KEY",
     "CallError",
     "Destination",
@@ -238,6 +240,21 @@ def _kind(type_: str, status: int | None, code: Any) -> Kind:
     return "permanent"
 
 
+#: The type of a request that needs more tokens than the tokens-per-minute limit allows: no wait
+#: helps, so it fails for good at once (refused by the provider, or before it is sent when its
+#: estimate is already over the limit the run knows).
+REQUEST_TOO_LARGE = "RequestTooLarge"
+#: How providers say it. OpenAI: "Request too large for gpt-4o-mini in organization org-… on tokens
+#: per min (TPM): Limit 30000, Requested 50000. The input or output tokens must be reduced in order
+#: to run successfully."; the simulator: "Request too large: it needs 70 tokens, the limit is 60".
+#: Both come as a 429 without Retry-After, which would otherwise be retried (and paced) in vain.
+_TOO_LARGE = re.compile(r"request too large", re.IGNORECASE)
+
+
+def _too_large(status: int | None, message: str) -> bool:
+    return status == 429 and _TOO_LARGE.search(message) is not None
+
+
 _CONNECT_FAILURES = frozenset({"ConnectError", "ConnectTimeout", "ClientConnectorError"})
 
 
@@ -273,6 +290,12 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> CallError:
     kind = _kind(type_, status, getattr(exc, "code", None))
     if status is None and _never_connected(original):
         type_ = "ConnectionError"  # nothing answered at all (refused, unknown host)
+    if kind == "retryable" and _too_large(status, message):
+        kind, type_ = "permanent", REQUEST_TOO_LARGE
+        message = (
+            "the request alone needs more tokens than the provider's tokens-per-minute limit, so no wait "
+            f"can help: lower max_tokens or split the prompt (the provider said: {message})"
+        )
     return CallError(kind, type_, message, status_code=status, retry_after_s=retry_after)
 
 
