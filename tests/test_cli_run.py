@@ -334,6 +334,54 @@ def test_a_base_url_from_the_environment_is_part_of_the_key(tmp_path, simulator,
     assert first.stats()["requests_received"] == 3  # the same server, spelled with a slash: hits
 
 
+_BAD_URLS = [
+    (["--api-base", "HOSTPORT/v1"], {}, "--api-base HOSTPORT/v1: no scheme: write http://HOSTPORT/v1"),
+    (["--api-base", "ftp://HOSTPORT/v1"], {}, "--api-base ftp://HOSTPORT/v1: use an http:// or https:// URL"),
+    (["--api-base", "http://:hunter2-pw@[::1"], {}, "--api-base http://…: not a URL (Invalid IPv6 URL)"),
+    (
+        ["--api-base", "https://hunter2-pw@localhost:99999/v1"],
+        {},
+        "--api-base https://***@localhost:99999/v1: not a URL (Port out of range 0-65535)",
+    ),
+    (["--cache", "redis://:hunter2-pw@[::1"], {}, "--cache redis://…: not a URL (Invalid IPv6 URL)"),
+    ([], {"OPENAI_BASE_URL": "HOSTPORT/v1"}, "OPENAI_BASE_URL HOSTPORT/v1: no scheme: write http://HOSTPORT/v1"),
+    ([], {"OPENAI_BASE_URL": "http://:hunter2-pw@[::1"}, "OPENAI_BASE_URL http://…: not a URL (Invalid IPv6 URL)"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize(("options", "variables", "message"), _BAD_URLS)
+def test_a_url_no_client_could_use_is_one_usage_error_and_nothing_is_sent(
+    tmp_path, env, sim, command, options, variables, message
+):
+    # Such URLs were accepted: every line retried and written as "Connection error" (exit 1), or a
+    # traceback from urlsplit. The password must not be shown either way.
+    hostport = sim.url.removeprefix("http://").partition("/")[0]
+    options = [o.replace("HOSTPORT", hostport) for o in options]
+    variables = {name: value.replace("HOSTPORT", hostport) for name, value in variables.items()}
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    args = [command, str(path), "-m", "openai:gpt-4o-mini", *options]
+    args += ["-o", str(tmp_path / "out.jsonl"), "--max-retries", "0"] if command == "run" else []
+    result = run_cli(args, env={**env, **variables})
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"llmbatch: error: {message.replace('HOSTPORT', hostport)}\n"
+    assert sim.stats()["requests_received"] == 0
+    assert {p.name for p in tmp_path.iterdir()} <= {"cache", "p.jsonl"}  # no results, no .partial
+
+
+def test_the_cache_commands_refuse_a_url_no_server_could_be_at(env):
+    result = run_cli(["cache", "stats", "--cache", "redis://:hunter2-pw@[::1"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == "llmbatch: error: --cache redis://…: not a URL (Invalid IPv6 URL)\n"
+
+
+def test_a_broken_base_url_of_a_provider_the_run_does_not_use_is_no_error(tmp_path, env):
+    # Checked when a line needs it; Ollama's client takes a bare host, as OLLAMA_HOST often is.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    variables = {"ANTHROPIC_BASE_URL": "localhost:1", "OLLAMA_HOST": "0.0.0.0"}
+    assert run_cli(["plan", str(path), "-m", "ollama:llama3"], env={**env, **variables}).exit_code == 0
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_a_missing_api_key_is_one_usage_error_before_anything_is_shown_or_written(tmp_path, env, workers):
     # Each provider the file uses is prepared before the display starts and before a results file
