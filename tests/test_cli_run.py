@@ -424,17 +424,30 @@ def test_a_fully_cached_rerun_needs_no_api_key(tmp_path, env, sim):
     assert again.exit_code == 0, again.stderr
 
 
-def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):
+def _free_port() -> int:
     import socket
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):
     path = write_jsonl(tmp_path / "p.jsonl", prompts(50))
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"http://127.0.0.1:{_free_port()}/v1"
     result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
     assert result.exit_code == 1
     assert result.stderr.count("llmbatch: error: cannot connect to") == 1 and url in result.stderr
+
+
+def test_a_server_that_is_not_there_is_named_without_the_credentials_in_its_url(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
+    url = f"http://127.0.0.1:{_free_port()}/v1?api-key=hunter2-key"
+    result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
+    assert result.exit_code == 1
+    assert "/v1?api-key=*** (" in result.stderr
+    shown = result.stderr + result.stdout + (tmp_path / "p.results.jsonl.partial").read_text()
+    assert "hunter2" not in shown
 
 
 def test_a_provider_whose_sdk_is_not_installed_says_how_to_install_it(tmp_path, env):
