@@ -398,9 +398,33 @@ def test_an_unknown_provider_is_one_usage_error_before_anything_is_shown_or_writ
     path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
     result = run_cli(["run", str(path), "-m", "foo:bar"], env=env)
     assert result.exit_code == 2
-    [line] = result.stderr.splitlines()
-    assert line.startswith("llmbatch: error: cannot use provider 'foo'")
+    assert result.stderr == "llmbatch: error: --model foo:bar: unknown provider 'foo'\n"
     assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_lines_naming_a_provider_that_cannot_be_used_are_reported_as_file_line_and_nothing_is_sent(tmp_path, env, sim):
+    # They were one error without a line (and any-llm's list of ~60 providers) for an unknown one.
+    try:
+        import mistralai  # noqa: F401
+    except ImportError:
+        missing = "cannot use provider 'mistral': mistralai is not installed; pip install 'llmbatch[mistral]'"
+    else:
+        pytest.skip("the mistral SDK is installed here")
+    rows = prompts(5)
+    rows[1]["model"], rows[2]["model"], rows[3]["model"] = "foo:bar", "openia:gpt-4o", "mistral:small"
+    rows[4]["model"] = "foo:baz"  # the first line naming a provider is the one reported
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    args = ["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url]
+    result = run_cli(args, env={**env, "MISTRAL_API_KEY": "x"})
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"{path}:2: unknown provider 'foo'\n"
+        f"{path}:3: unknown provider 'openia' (did you mean \"openai\"?)\n"
+        f"{path}:4: {missing}\n"
+        "llmbatch: error: 3 invalid lines; nothing was sent\n"
+    )
+    assert sim.stats()["requests_received"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.jsonl"]
 
 
 def test_a_missing_key_after_a_cached_prefix_leaves_no_partial_behind(tmp_path, env, sim):
@@ -463,7 +487,8 @@ def test_a_provider_whose_sdk_is_not_installed_says_how_to_install_it(tmp_path, 
     assert result.exit_code == 2
     assert (
         result.stderr
-        == "llmbatch: error: cannot use provider 'gemini': google is not installed; pip install 'llmbatch[gemini]'\n"
+        == "llmbatch: error: --model gemini:gemini-2.0-flash: cannot use provider 'gemini': google is not installed; "
+        "pip install 'llmbatch[gemini]'\n"
     )
     assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
 
