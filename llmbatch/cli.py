@@ -922,7 +922,11 @@ def _run(
     prefix = HitPrefix(config, stats) if leading else None
     display = Display(stats, mode=choose_mode(sys.stderr, quiet=quiet), stream=sys.stderr, simulated=config.simulate)
     events = _EventLog(
-        display if verbose else None, log_file, None if config.input.temporary else config.input.path, warn=display
+        display if verbose else None,
+        log_file,
+        None if config.input.temporary else config.input.path,
+        warn=display,
+        output=config.output,
     )
     outcome = None
     try:
@@ -1058,9 +1062,17 @@ class _EventLog:
     display); ``--log FILE``: the same events appended to FILE as JSON lines.
 
     The log is never worth a paid answer: if FILE cannot be written any more (a full disk), the
-    run says so once and goes on without it. It is never the input file either."""
+    run says so once and goes on without it. It is never the input file either, nor the results
+    file or its ``.partial`` (the results are renamed over the one and truncated in the other)."""
 
-    def __init__(self, display: Any, path: Path | None, input_path: Path | None = None, warn: Any = None) -> None:
+    def __init__(
+        self,
+        display: Any,
+        path: Path | None,
+        input_path: Path | None = None,
+        warn: Any = None,
+        output: Path | None = None,
+    ) -> None:
         self._display = display
         self._warn = warn  # events marked "warn" (money spent again) are shown without -v too
         self._file = None
@@ -1068,6 +1080,12 @@ class _EventLog:
         if path is not None:
             if input_path is not None and _same_file(path, input_path):
                 raise UsageError(f"--log {path}: that is the input file; give the log another name")
+            if output is not None and output.name:
+                partial = output.with_name(output.name + ".partial")
+                for results, what in ((output, "the results file"), (partial, "the results' .partial")):
+                    # By name too: neither needs to exist yet for the log to be lost in it.
+                    if _same_file(path, results) or os.path.realpath(path) == os.path.realpath(results):
+                        raise UsageError(f"--log {path}: that is {what}; give the log another name")
             try:
                 self._file = open(path, "ab")  # noqa: SIM115 - held for the run, closed by close()
             except OSError as exc:

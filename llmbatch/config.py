@@ -28,13 +28,12 @@ on strings.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmbatch.errors import UsageError
+from llmbatch.errors import UsageError, did_you_mean
 from llmbatch.input.normalize import parse_mode
 from llmbatch.input.routes import Route, RouteError, parse_routes
 from llmbatch.limits import LimitSettings
@@ -103,9 +102,7 @@ def parse_config(text: str, source: str) -> Config:
             raise _problem(source, f"{where} must be a table")
         for key in values:
             if key not in _MODEL_KEYS:
-                close = difflib.get_close_matches(key, _MODEL_KEYS, n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                raise _problem(source, f'{where}: unknown setting "{key}"{hint}')
+                raise _problem(source, f'{where}: unknown setting "{key}"{did_you_mean(key, _MODEL_KEYS)}')
         name = model.split(":", 1)[0].lower() + ":" + model.split(":", 1)[1]
         if "normalize" in values:
             normalize_models[name] = _normalize(source, f"{where}: ", values["normalize"])

@@ -8,7 +8,9 @@ them into output; library users catch them like any other exception. Anything th
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NotFound",
     "OutputError",
     "UsageError",
+    "did_you_mean",
     "printable",
 ]
 
@@ -85,6 +88,12 @@ class CacheError(LlmbatchError):
     """The cache directory cannot be created, opened or written."""
 
     exit_code = EXIT_USAGE
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` for the known name closest to a misspelt ``name``, or nothing."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 # C0 and C1 control characters, DEL, line/paragraph separators and the bidirectional overrides

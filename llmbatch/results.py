@@ -44,7 +44,6 @@ import fcntl
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import sys
@@ -362,7 +361,7 @@ class ResultWriter:
         """Write ``data`` (a result line; or a whole page, for ``report --html``)."""
         assert self._stream is not None, "open() first"
         try:
-            self._stream.write(data)
+            _write_all(self._stream, data)
             if self._kind != "file":
                 self._stream.flush()  # a stream gets each line as soon as it is known
         except OSError as exc:
@@ -400,7 +399,8 @@ class ResultWriter:
         try:
             spool.flush()
             spool.seek(0)
-            shutil.copyfileobj(spool, self._stream, 1 << 20)
+            while chunk := spool.read(1 << 20):
+                _write_all(self._stream, chunk)
             if self._kind != "file":
                 self._stream.flush()
         except OSError as exc:
@@ -477,6 +477,18 @@ class ResultWriter:
             os.replace(partial, path)
         except OSError as exc:
             raise OutputError(f"cannot write results to {path}: {exc.strerror or exc}; they are in {partial}") from None
+
+
+def _write_all(stream: IO[bytes], data: bytes) -> None:
+    """Write all of ``data``, or raise. A buffered stream's ``write`` can return a short count
+    without raising: a pipe whose reader goes away in the middle of a large write takes part of it,
+    and only the next write says EPIPE (``shutil.copyfileobj`` never looks, so a cached rerun's
+    leading hits to ``| head`` were lost and the run said it succeeded)."""
+    written = stream.write(data)
+    if written is not None and written < len(data):  # rare: checked, not looped, on the common path
+        view = memoryview(data)[written:]
+        while view:
+            view = view[stream.write(view) :]
 
 
 def append_or_undo(source: IO[bytes], target: IO[bytes]) -> None:

@@ -680,6 +680,27 @@ def test_the_log_can_never_be_the_input_file(tmp_path, env):
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("log", "output", "what"),
+    [
+        ("out.jsonl", "out.jsonl", "the results file"),
+        ("./out.jsonl.partial", "out.jsonl", "the results' .partial"),
+        ("in.results.jsonl", None, "the results file"),  # the default results file, from an earlier run
+    ],
+)
+def test_the_log_can_never_be_the_results_file_or_its_partial(tmp_path, env, monkeypatch, log, output, what):
+    # It was accepted, and the log was lost: truncated with the .partial, or renamed over at the end.
+    monkeypatch.chdir(tmp_path)
+    path = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    (tmp_path / "in.results.jsonl").write_text("an earlier run's results\n")
+    args = ["run", "in.jsonl", "--simulate", "--log", log, "-q", *(["-o", output] if output else [])]
+    done = run_cli(args, env=env)
+    assert done.exit_code == 2
+    assert done.stderr == f"llmbatch: error: --log {Path(log)}: that is {what}; give the log another name\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "in.results.jsonl"]
+    assert path.stat().st_size and (tmp_path / "in.results.jsonl").read_text() == "an earlier run's results\n"
+
+
 def test_a_log_that_cannot_be_written_is_a_warning_and_the_run_goes_on(tmp_path, env):
     path = write_jsonl(tmp_path / "p.jsonl", [{"id": "bad", "prompt": "x [[sim:status=400]]"}, *prompts(5)])
     done = run_cli(["run", str(path), "--simulate", "--log", "/dev/full", "-q"], env=env)

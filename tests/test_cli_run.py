@@ -365,6 +365,54 @@ def test_a_base_url_from_the_environment_is_part_of_the_key(tmp_path, simulator,
     assert first.stats()["requests_received"] == 3  # the same server, spelled with a slash: hits
 
 
+_BAD_URLS = [
+    (["--api-base", "HOSTPORT/v1"], {}, "--api-base HOSTPORT/v1: no scheme: write http://HOSTPORT/v1"),
+    (["--api-base", "ftp://HOSTPORT/v1"], {}, "--api-base ftp://HOSTPORT/v1: use an http:// or https:// URL"),
+    (["--api-base", "http://:hunter2-pw@[::1"], {}, "--api-base http://…: not a URL (Invalid IPv6 URL)"),
+    (
+        ["--api-base", "https://hunter2-pw@localhost:99999/v1"],
+        {},
+        "--api-base https://***@localhost:99999/v1: not a URL (Port out of range 0-65535)",
+    ),
+    (["--cache", "redis://:hunter2-pw@[::1"], {}, "--cache redis://…: not a URL (Invalid IPv6 URL)"),
+    ([], {"OPENAI_BASE_URL": "HOSTPORT/v1"}, "OPENAI_BASE_URL HOSTPORT/v1: no scheme: write http://HOSTPORT/v1"),
+    ([], {"OPENAI_BASE_URL": "http://:hunter2-pw@[::1"}, "OPENAI_BASE_URL http://…: not a URL (Invalid IPv6 URL)"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize(("options", "variables", "message"), _BAD_URLS)
+def test_a_url_no_client_could_use_is_one_usage_error_and_nothing_is_sent(
+    tmp_path, env, sim, command, options, variables, message
+):
+    # Such URLs were accepted: every line retried and written as "Connection error" (exit 1), or a
+    # traceback from urlsplit. The password must not be shown either way.
+    hostport = sim.url.removeprefix("http://").partition("/")[0]
+    options = [o.replace("HOSTPORT", hostport) for o in options]
+    variables = {name: value.replace("HOSTPORT", hostport) for name, value in variables.items()}
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    args = [command, str(path), "-m", "openai:gpt-4o-mini", *options]
+    args += ["-o", str(tmp_path / "out.jsonl"), "--max-retries", "0"] if command == "run" else []
+    result = run_cli(args, env={**env, **variables})
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"llmbatch: error: {message.replace('HOSTPORT', hostport)}\n"
+    assert sim.stats()["requests_received"] == 0
+    assert {p.name for p in tmp_path.iterdir()} <= {"cache", "p.jsonl"}  # no results, no .partial
+
+
+def test_the_cache_commands_refuse_a_url_no_server_could_be_at(env):
+    result = run_cli(["cache", "stats", "--cache", "redis://:hunter2-pw@[::1"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == "llmbatch: error: --cache redis://…: not a URL (Invalid IPv6 URL)\n"
+
+
+def test_a_broken_base_url_of_a_provider_the_run_does_not_use_is_no_error(tmp_path, env):
+    # Checked when a line needs it; Ollama's client takes a bare host, as OLLAMA_HOST often is.
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
+    variables = {"ANTHROPIC_BASE_URL": "localhost:1", "OLLAMA_HOST": "0.0.0.0"}
+    assert run_cli(["plan", str(path), "-m", "ollama:llama3"], env={**env, **variables}).exit_code == 0
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_a_missing_api_key_is_one_usage_error_before_anything_is_shown_or_written(tmp_path, env, workers):
     # Each provider the file uses is prepared before the display starts and before a results file
@@ -381,9 +429,33 @@ def test_an_unknown_provider_is_one_usage_error_before_anything_is_shown_or_writ
     path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
     result = run_cli(["run", str(path), "-m", "foo:bar"], env=env)
     assert result.exit_code == 2
-    [line] = result.stderr.splitlines()
-    assert line.startswith("llmbatch: error: cannot use provider 'foo'")
+    assert result.stderr == "llmbatch: error: --model foo:bar: unknown provider 'foo'\n"
     assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_lines_naming_a_provider_that_cannot_be_used_are_reported_as_file_line_and_nothing_is_sent(tmp_path, env, sim):
+    # They were one error without a line (and any-llm's list of ~60 providers) for an unknown one.
+    try:
+        import mistralai  # noqa: F401
+    except ImportError:
+        missing = "cannot use provider 'mistral': mistralai is not installed; pip install 'llmbatch[mistral]'"
+    else:
+        pytest.skip("the mistral SDK is installed here")
+    rows = prompts(5)
+    rows[1]["model"], rows[2]["model"], rows[3]["model"] = "foo:bar", "openia:gpt-4o", "mistral:small"
+    rows[4]["model"] = "foo:baz"  # the first line naming a provider is the one reported
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    args = ["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url]
+    result = run_cli(args, env={**env, "MISTRAL_API_KEY": "x"})
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"{path}:2: unknown provider 'foo'\n"
+        f"{path}:3: unknown provider 'openia' (did you mean \"openai\"?)\n"
+        f"{path}:4: {missing}\n"
+        "llmbatch: error: 3 invalid lines; nothing was sent\n"
+    )
+    assert sim.stats()["requests_received"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.jsonl"]
 
 
 def test_a_missing_key_after_a_cached_prefix_leaves_no_partial_behind(tmp_path, env, sim):
@@ -407,17 +479,30 @@ def test_a_fully_cached_rerun_needs_no_api_key(tmp_path, env, sim):
     assert again.exit_code == 0, again.stderr
 
 
-def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):
+def _free_port() -> int:
     import socket
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def test_a_server_that_is_not_there_stops_the_run_with_one_message(tmp_path, env):
     path = write_jsonl(tmp_path / "p.jsonl", prompts(50))
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"http://127.0.0.1:{_free_port()}/v1"
     result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
     assert result.exit_code == 1
     assert result.stderr.count("llmbatch: error: cannot connect to") == 1 and url in result.stderr
+
+
+def test_a_server_that_is_not_there_is_named_without_the_credentials_in_its_url(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(5))
+    url = f"http://127.0.0.1:{_free_port()}/v1?api-key=hunter2-key"
+    result = run_cli(["run", str(path), "--api-base", url, "-m", "openai:gpt-4o-mini", "-c", "4"], env=env)
+    assert result.exit_code == 1
+    assert "/v1?api-key=*** (" in result.stderr
+    shown = result.stderr + result.stdout + (tmp_path / "p.results.jsonl.partial").read_text()
+    assert "hunter2" not in shown
 
 
 def test_a_provider_whose_sdk_is_not_installed_says_how_to_install_it(tmp_path, env):
@@ -433,7 +518,8 @@ def test_a_provider_whose_sdk_is_not_installed_says_how_to_install_it(tmp_path, 
     assert result.exit_code == 2
     assert (
         result.stderr
-        == "llmbatch: error: cannot use provider 'gemini': google is not installed; pip install 'llmbatch[gemini]'\n"
+        == "llmbatch: error: --model gemini:gemini-2.0-flash: cannot use provider 'gemini': google is not installed; "
+        "pip install 'llmbatch[gemini]'\n"
     )
     assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
 

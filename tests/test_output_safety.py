@@ -586,6 +586,31 @@ def test_results_to_a_full_or_closed_standard_output_are_one_clear_error_not_a_t
     assert "standard output is closed" in closed.stderr
 
 
+def test_a_cached_rerun_to_a_reader_that_goes_away_says_broken_pipe_as_a_cold_run_does(tmp_path, env):
+    # Its leading hits go out in one large write; the reader leaving mid-write made that write short
+    # without an error, and the run exited 0 with a success summary, the lines after lost.
+    rows = [{"id": f"q{i}", "prompt": f"pipe {i} " + "x" * 500} for i in range(300)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    args = [sys.executable, "-m", "llmbatch", "run", str(path), "--simulate", "-q"]
+    full_env = {**os.environ, **env}
+    cold = subprocess.run([*args, "-o", str(tmp_path / "cold.jsonl")], env=full_env, capture_output=True, timeout=120)
+    assert cold.returncode == 0, cold.stderr
+    run = subprocess.Popen([*args, "-o", "-"], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        run.stdout.read(100)  # the ~550 KB are more than a pipe holds: the run is inside that write now
+        run.stdout.close()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 1
+    assert stderr == (
+        "llmbatch: error: cannot write results to standard output: Broken pipe; "
+        "the answers are in the cache, so a rerun writes them without paying again\n"
+    )
+
+
 def test_a_fifo_output_nobody_reads_yet_says_the_run_is_waiting_for_a_reader(tmp_path, sim, env):
     path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
     fifo = tmp_path / "out.fifo"

@@ -206,6 +206,23 @@ def test_after_kill_9_no_results_file_exists_and_a_rerun_finishes_paying_only_fo
     assert served_before + stats["completions_served"] == n + lost
 
 
+def test_answered_lines_reach_the_partial_while_a_later_line_waits_and_survive_kill_9(tmp_path, env, simulator):
+    # The .partial was block-buffered: lines answered at once stayed in this process's memory while a
+    # slow line held the order, unseen by a reader (`wc -l`, `tail -f`) and lost to kill -9.
+    sim = simulator(latency_s=0)
+    rows = prompts(5)
+    rows[3]["prompt"] += " [[sim:latency=120]]"
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    partial = tmp_path / "p.results.jsonl.partial"
+    process = spawn(run_args(path, sim), env, tmp_path)
+    try:
+        wait_for(lambda: len(complete_lines(partial)) == 3, timeout=30, process=process, what="3 lines in the .partial")
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+    assert [row["id"] for row in complete_lines(partial)] == ["q0", "q1", "q2"]
+
+
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 

@@ -18,12 +18,12 @@ from llmbatch.app.prefix import HitPrefix
 from llmbatch.app.recovery import _recovery
 from llmbatch.app.runconfig import RunConfig, cpus, effective_defaults, open_run_store
 from llmbatch.engine import Resolver, RunStats, batch_resolver, live_resolver
-from llmbatch.errors import CacheError, InputError, LineError, UsageError
+from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, UsageError, did_you_mean
 from llmbatch.input import (
     Request,
     read_requests,
 )
-from llmbatch.providers.base import CallError, Destination
+from llmbatch.providers.base import ENV_API_BASE, CallError, Destination
 from llmbatch.results import ResultWriter
 from llmbatch.store import ResponseStore
 
@@ -103,7 +103,7 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
             # In one process the SDK's import comes first, so the first request is not later.
             if workers:
                 _warm_prices(models, options.prices)
-            await _prepare_providers(provider, models)
+            await _prepare_providers(provider, models, config)
             if not workers:
                 _warm_prices(models, options.prices)
             # Runs sharing a server share each budget's pace: whose budget it is, by default a
@@ -135,8 +135,15 @@ async def start(config: RunConfig, stats: RunStats, *, models: set[str], prefix:
     return Started(provider, cache, writer, simulator, sum(recovered), limits)
 
 
-async def _prepare_providers(provider: Any, models: set[str]) -> None:
-    """A client for each provider (nothing is sent): its failure is the run's usage error."""
+#: Failures to prepare a provider that are the fault of whatever names it (a line, --model, a
+#: route): no such provider, or its SDK is not installed. Others (no API key) are the run's.
+_NAMED_BADLY = frozenset({"UnsupportedProviderError", "ImportError", "ModuleNotFoundError"})
+
+
+async def _prepare_providers(provider: Any, models: set[str], config: RunConfig) -> None:
+    """A client for each provider (nothing is sent): its failure is the run's usage error, and a
+    provider that does not exist or cannot be loaded is reported where it is named."""
+    refused: dict[str, str] = {}
     for name in sorted({model.split(":", 1)[0] for model in models}):
         probe = Request(line=0, id=0, provider=name, model=models_of(models, name), messages=[])
         try:
@@ -144,7 +151,32 @@ async def _prepare_providers(provider: Any, models: set[str]) -> None:
             if ready is not None:
                 await ready
         except CallError as exc:
-            raise UsageError(exc.message) from None
+            if exc.type not in _NAMED_BADLY:
+                raise UsageError(exc.message) from None
+            # any-llm's own words list all ~60 providers: one close match says more.
+            unknown = exc.type == "UnsupportedProviderError"
+            refused[name] = f"unknown provider {name!r}{did_you_mean(name, ENV_API_BASE)}" if unknown else exc.message
+    if refused:
+        raise _where_named(config, refused)
+
+
+def _where_named(config: RunConfig, refused: dict[str, str]) -> LlmbatchError:
+    """The error for providers that cannot be used (``refused``: name -> why), at the first line
+    naming each, as ``FILE:LINE``; at ``--model`` when that is where the first line got it. The file
+    is read again: this is rare, and the validation pass need not remember a line per provider."""
+    found: list[LineError] = []
+    for request in read_requests(config.input.path, effective_defaults(config), source=config.input.source):
+        for ref in (request.model_ref, *request.fallback, *filter(None, [request.escalate_to])):
+            why = refused.pop(ref.split(":", 1)[0], None)
+            if why is None:
+                continue
+            if request.route == "--model":
+                return UsageError(f"--model {ref}: {why}")  # no line is at fault: the option is
+            where = "" if request.route == "line" else f" (in {ref}, from {request.route})"
+            found.append(LineError(config.input.source, request.line, f"{why}{where}"))
+        if not refused:
+            break
+    return InputError(found) if found else UsageError("; ".join(refused.values()))  # the file changed meanwhile
 
 
 def _warm_prices(models: set[str], prices: Any) -> None:

@@ -32,6 +32,7 @@ from llmbatch.model.request import Request
 from llmbatch.model.stats import RunStats, StopReason
 from llmbatch.pricing import call_cost
 from llmbatch.providers.base import REQUEST_TOO_LARGE, CallError, Provider, Reply, redact
+from llmbatch.urls import redact_url
 
 __all__ = ["MAX_DERIVED_TIMEOUT_S", "LiveExecutor"]
 
@@ -247,7 +248,8 @@ class LiveExecutor:
         if self._unreachable < max(3, min(self.options.concurrency, 10)):
             return exc
         where = self.destination.api_base or self.destination.env.get(request.provider)
-        where = where or f"the {request.provider} API"
+        # A base URL can carry a password or ?api-key=: this message is shown and written in results.
+        where = redact_url(where) if where else f"the {request.provider} API"
         message = f"cannot connect to {where} ({self._unreachable} attempts in a row failed): is it running?"
         return CallError("fatal", "ConnectionError", message)
 

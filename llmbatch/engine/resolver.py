@@ -258,7 +258,14 @@ class Resolver:
             item = await queue.get()
             if item is _END:
                 break
-            result = await item if isinstance(item, asyncio.Task) else item
+            if isinstance(item, asyncio.Task):
+                if not item.done():
+                    # The next line waits on a call: a reader (or a kill -9) must not lose the lines
+                    # before it to the write buffer. A warm run's hits never wait, so they pay no syscall.
+                    self.flush()
+                result = await item
+            else:
+                result = item
             self._outstanding -= 1
             if result is _SKIPPED:
                 self._gap = True

@@ -24,12 +24,12 @@ whose every condition holds, then ``--model``. The conditions of one ``when`` mu
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.errors import did_you_mean
 from llmbatch.model.request import content_text, prompt_estimate
 
 __all__ = [
@@ -119,7 +119,7 @@ def _parse_route(number: int, table: Any) -> Route:
         raise RouteError(f"{where} must be a table: write it as [[route]]")
     for key in table:
         if key not in _ROUTE_KEYS:
-            raise RouteError(f'{where}: unknown setting "{key}"{_hint(key, _ROUTE_KEYS)}')
+            raise RouteError(f'{where}: unknown setting "{key}"{did_you_mean(key, _ROUTE_KEYS)}')
     if "model" not in table:
         raise RouteError(f'{where}: no model (add model = "provider:model")')
     model = _model_ref(where, "model", table["model"])
@@ -133,8 +133,8 @@ def _parse_route(number: int, table: Any) -> Route:
         raise RouteError(f'{where}: when must be a table, like when = {{ metadata = {{ task = "extract" }} }}')
     for name in when:
         if name not in CONDITIONS:
-            known = ", ".join(CONDITIONS)
-            raise RouteError(f'{where}: unknown condition "{name}"{_hint(name, CONDITIONS)} (llmbatch reads {known})')
+            known, hint = ", ".join(CONDITIONS), did_you_mean(name, CONDITIONS)
+            raise RouteError(f'{where}: unknown condition "{name}"{hint} (llmbatch reads {known})')
     return Route(
         number=number,
         model=model,
@@ -172,8 +172,8 @@ def _escalate(where: str, value: Any) -> tuple[tuple[str, ...], str]:
         raise RouteError(f"{where}: escalate.on must be a non-empty array of {', '.join(CHECKS)}")
     for check in on:
         if check not in CHECKS:
-            known = ", ".join(CHECKS)
-            raise RouteError(f"{where}: escalate.on: unknown check {check!r}{_hint(str(check), CHECKS)} ({known})")
+            known, hint = ", ".join(CHECKS), did_you_mean(str(check), CHECKS)
+            raise RouteError(f"{where}: escalate.on: unknown check {check!r}{hint} ({known})")
     return tuple(dict.fromkeys(on)), _model_ref(where, "escalate.to", value["to"])
 
 
@@ -196,8 +196,3 @@ def _regex(where: str, value: Any) -> re.Pattern[str]:
         return re.compile(value)
     except re.error as exc:
         raise RouteError(f"{where}: match {value!r} is not a valid regular expression: {exc}") from None
-
-
-def _hint(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f' (did you mean "{close[0]}"?)' if close else ""

@@ -12,7 +12,6 @@ Accepted shapes, freely mixed in one file:
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.errors import did_you_mean
 from llmbatch.input.normalize import normalize_messages
 from llmbatch.input.routes import Route, choose_route
 from llmbatch.model.request import Request
@@ -231,9 +231,7 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 
 
 def _unknown_field(name: str, known: frozenset[str] | set[str]) -> InvalidLine:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return InvalidLine(f'unknown field "{name}"{hint}')
+    return InvalidLine(f'unknown field "{name}"{did_you_mean(name, known)}')
 
 
 # --- shapes ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from llmbatch.model.request import Request
+from llmbatch.urls import HTTP, SECRET_PARAM, checked_url
 
 __all__ = [
     "ENV_API_BASE",
@@ -126,6 +127,11 @@ ENV_API_BASE: dict[str, str] = {
     "xai": "XAI_API_BASE",
     "zai": "ZAI_BASE_URL",
 }
+
+
+#: Providers whose SDK takes a bare ``host:port`` as well as a URL (Ollama's client adds the scheme;
+#: ``OLLAMA_HOST=0.0.0.0`` is a common setting, left for ``ollama serve``).
+_BARE_HOST_OK = frozenset({"ollama"})
 
 
 def env_endpoints(environ: Mapping[str, str]) -> dict[str, str]:
@@ -310,10 +316,6 @@ class Reply:
     headers: dict[str, str] | None = None
 
 
-#: Query parameters that carry a secret (``?api-key=``, ``?token=``, ``?sig=``...).
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
-
-
 def without_credentials(url: str) -> str:
     """``url`` with no user, password or secret-bearing query parameter: a base URL such as
     ``https://user:token@proxy/v1`` or ``https://proxy/v1?api-key=...`` authenticates the calls, and
@@ -322,7 +324,7 @@ def without_credentials(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(
-        item for item in parts.query.split("&") if item and not _SECRET_PARAM.search(item.partition("=")[0])
+        item for item in parts.query.split("&") if item and not SECRET_PARAM.search(item.partition("=")[0])
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # as given: keys of URLs without credentials never move
@@ -358,13 +360,22 @@ class Destination:
         environ: Mapping[str, str] | None = None,
     ) -> Destination:
         """A destination, with the environment's base URLs read now (they are read once per run)."""
+        if api_base is not None:
+            checked_url(api_base, what="--api-base")
         env = env_endpoints(os.environ if environ is None else environ) if api_base is None else {}
         return cls(api_base, api_key, force_provider, namespace, env)
 
     def key_endpoint(self, provider: str) -> str | None:
         """The endpoint recorded in the key of a request to ``provider`` (and so in every cache
-        entry, export and job record): the base URL without any credentials it carries."""
-        endpoint = self.namespace or self.api_base or self.env.get(provider)
+        entry, export and job record): the base URL without any credentials it carries.
+
+        The environment's URL is checked here, the first time a line needs it (while the input is
+        checked, before anything is sent), not when it is read: a broken variable of a provider
+        the run does not use must not stop it."""
+        endpoint = self.namespace or self.api_base
+        if endpoint is None and (endpoint := self.env.get(provider)) is not None:
+            bare = provider in _BARE_HOST_OK
+            checked_url(endpoint, what=ENV_API_BASE[provider], schemes=() if bare else HTTP)
         return without_credentials(endpoint) if endpoint is not None else None
 
     def budget_identity(self, provider: str, environ: Mapping[str, str] | None = None) -> str:

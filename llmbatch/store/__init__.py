@@ -20,6 +20,7 @@ from llmbatch.model.stats import Lookups
 from llmbatch.store.base import DEFAULT_NAMESPACE, Loaded, ResponseStore, Stored, StoreStats, WriteBatcher
 from llmbatch.store.disk import DEFAULT_EVICTION, DEFAULT_SIZE_LIMIT, DiskStore, default_cache_dir, store_exists
 from llmbatch.store.memory import MemoryStore
+from llmbatch.urls import REDIS, checked_url, redact_url
 
 if TYPE_CHECKING:
     from llmbatch.limits.state import LimitState
@@ -58,7 +59,10 @@ class StorePlace:
 
     @classmethod
     def of(cls, directory: Path | None, url: str | None, namespace: str | None, shared: bool) -> StorePlace:
-        """From the command line's options, where None means the default."""
+        """From the command line's options, where None means the default; a URL no server could
+        be reached at is refused here, before anything is opened (exit 2)."""
+        if url is not None:
+            checked_url(url, what="--cache", schemes=REDIS, error=CacheError)
         return cls(directory, url, namespace or DEFAULT_NAMESPACE, shared)
 
     @property
@@ -75,8 +79,6 @@ class StorePlace:
         """For people: the directory, or the URL without its password."""
         if self.url is None:
             return str(self.local_directory)
-        from llmbatch.store.redis import redact_url
-
         return f"{redact_url(self.url)} (namespace {self.namespace})"
 
     def holds(self, path: Path) -> bool:

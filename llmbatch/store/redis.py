@@ -59,6 +59,7 @@ from llmbatch.errors import CacheError
 from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
 from llmbatch.store.base import DEFAULT_NAMESPACE, GONE, Loaded, Stored, StoreStats
+from llmbatch.urls import REDIS, checked_url, redact_url
 
 if TYPE_CHECKING:
     from llmbatch.store.base import ResponseStore
@@ -67,28 +68,6 @@ __all__ = ["RedisLimitState", "RedisStore", "redact_url"]
 
 _PAGE = 1000
 _DB_PATH = re.compile(r"/?|/[0-9]+")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, whether in the address (``redis://:***@host``) or in the
-    query (``?password=***``, redis-py's form for unix sockets): what people and logs see."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    except ValueError:  # not a URL at all: show nothing of it but its scheme
-        return f"{url.partition(':')[0]}://…"
-    query = "&".join(
-        f"{name}=***" if name.lower() == "password" else f"{name}={value}" if sep else name
-        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    # Joined by hand: urlunsplit drops the "//" of unix:///path, which is then no longer the URL given.
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
 
 
 class RedisStore:
@@ -104,8 +83,7 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         timeout_s: float = 5.0,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise CacheError(f"--cache {redact_url(url)}: use a redis://, rediss:// or unix:// URL")
+        checked_url(url, what="--cache", schemes=REDIS, error=CacheError)
         if not _NAMESPACE.fullmatch(namespace):
             raise CacheError(
                 f"--cache-namespace {namespace!r}: use letters, digits, '.', '_' or '-', ending in ':' "
