@@ -4,8 +4,8 @@ A cache hit is only as trustworthy as its key, and a wrong hit is worse than a m
 covers every input that can change what the provider answers — provider, endpoint, model, the
 normalised messages, every generation parameter, provider extras, the sample index and, when
 one was asked for, the prompt normalisation (``--normalize``) — and nothing that cannot (the
-line's id, its metadata, the API key, the timeout, credentials sent as headers in
-``extra.extra_headers``).
+line's id, its metadata, the API key, the timeout, credentials sent as headers or query parameters
+in ``extra.extra_headers`` / ``extra.extra_query``).
 
 The digest is sha256 over canonical JSON (keys sorted at every depth, no whitespace, UTF-8),
 tagged with a schema version. Bump ``KEY_VERSION`` whenever the material changes shape: old
@@ -55,32 +55,41 @@ def normalise_endpoint(endpoint: str | None) -> str | None:
     return endpoint.rstrip("/")
 
 
-#: Names of request headers that carry a credential (``Authorization``, ``Proxy-Authorization``,
-#: ``api-key``, ``x-api-key``, ``Cookie``, ``X-Auth-Token``...). A plural ``tokens`` is a count, not a
-#: credential (a proxy's ``X-Max-Tokens`` may well change the answer), so it stays in the key.
-_CREDENTIAL_HEADER = re.compile(r"key|token(?!s)|secret|auth|passw|cookie|credential", re.IGNORECASE)
+#: Names of request headers or query parameters that carry a credential (``Authorization``,
+#: ``Proxy-Authorization``, ``api-key``, ``x-api-key``, ``Cookie``, ``X-Auth-Token``, ``?api-key=``...).
+#: A plural ``tokens`` is a count, not a credential (a proxy's ``X-Max-Tokens`` may well change the
+#: answer), so it stays in the key.
+_CREDENTIAL_NAME = re.compile(r"key|token(?!s)|secret|auth|passw|cookie|credential", re.IGNORECASE)
+#: The parts of ``extra`` that are sent with each call and may carry a credential.
+_SENT_WITH_CALL = ("extra_headers", "extra_query")
+
+
+def _credential_items(extra: dict[str, Any], part: str) -> list[tuple[str, Any]]:
+    items = extra.get(part)
+    if not isinstance(items, dict):
+        return []
+    return [(str(name), value) for name, value in items.items() if _CREDENTIAL_NAME.search(str(name))]
 
 
 def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` without the credentials in its ``extra_headers``: they are sent with each call but
-    do not change the answer, and the key material is stored in every entry, exported and shown
-    (a token there would leak, and a rotated one would make every entry a miss). Headers that do
-    change answers (``OpenAI-Beta``, ``anthropic-beta``) stay. ``extra`` with no such header is
-    returned as it is, so every other key stays the key it was (no ``KEY_VERSION`` bump)."""
-    headers = extra.get("extra_headers")
-    if not isinstance(headers, dict) or not any(_CREDENTIAL_HEADER.search(str(name)) for name in headers):
+    """``extra`` without the credentials in its ``extra_headers`` and ``extra_query``: they are sent
+    with each call but do not change the answer, and the key material is stored in every entry,
+    exported and shown (a token there would leak, and a rotated one would make every entry a miss).
+    Headers that do change answers (``OpenAI-Beta``, ``anthropic-beta``) stay. ``extra`` with no
+    such item is returned as it is, so every other key stays the key it was (no ``KEY_VERSION`` bump)."""
+    if not any(_credential_items(extra, part) for part in _SENT_WITH_CALL):
         return extra
-    kept = {name: value for name, value in headers.items() if not _CREDENTIAL_HEADER.search(str(name))}
-    return {**extra, "extra_headers": kept}
+    kept = dict(extra)
+    for part in _SENT_WITH_CALL:
+        if isinstance(extra.get(part), dict):
+            kept[part] = {name: v for name, v in extra[part].items() if not _CREDENTIAL_NAME.search(str(name))}
+    return kept
 
 
 def credentials(extra: dict[str, Any]) -> tuple[str, ...]:
-    """The secrets in ``extra``'s credential headers (the token of ``Bearer <token>``, else the
-    value): redacted wherever a server could echo them back, in an answer or an error."""
-    headers = extra.get("extra_headers")
-    if not isinstance(headers, dict):
-        return ()
-    values = (str(v) for name, v in headers.items() if _CREDENTIAL_HEADER.search(str(name)))
+    """The secrets in ``extra``'s credential headers and query parameters (the token of ``Bearer
+    <token>``, else the value): redacted wherever a server could echo them back."""
+    values = (str(value) for part in _SENT_WITH_CALL for _, value in _credential_items(extra, part))
     return tuple(value.split(" ", 1)[-1].strip() for value in values)
 
 

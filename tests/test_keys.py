@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmbatch.input import Defaults, parse_line
-from llmbatch.keys import SIMULATOR_ENDPOINT, canonical_json, key_material, request_key
+from llmbatch.keys import SIMULATOR_ENDPOINT, canonical_json, credentials, key_material, request_key
 
 BASE = {
     "id": "q1",
@@ -158,6 +158,18 @@ def test_credential_headers_stay_out_of_the_key_and_answer_shaping_headers_stay_
     request = parse_line(json.dumps(with_headers(Authorization="Bearer tok-1", OpenAI_Beta="assistants=v2")), 1)
     assert key_material(request)["extra"] == {"extra_headers": {"OpenAI-Beta": "assistants=v2"}}
     assert request.extra["extra_headers"]["Authorization"] == "Bearer tok-1"  # still sent
+
+
+def test_a_credential_query_parameter_stays_out_of_the_key_and_is_redacted_like_a_header():
+    def with_query(**query: str) -> dict:
+        return {**BASE, "extra": {"extra_query": {k.replace("_", "-"): v for k, v in query.items()}}}
+
+    assert key_of(with_query(api_key="s3cret-1")) == key_of(with_query(api_key="s3cret-2"))
+    assert key_of(with_query(api_version="1")) != key_of(with_query(api_version="2"))  # shapes the answer
+    request = parse_line(json.dumps(with_query(api_key="s3cret-1", api_version="1")), 1)
+    assert key_material(request)["extra"] == {"extra_query": {"api-version": "1"}}
+    assert request.extra["extra_query"]["api-key"] == "s3cret-1"  # still sent
+    assert credentials(request.extra) == ("s3cret-1",)
 
 
 def test_extra_without_credential_headers_keeps_the_key_it_had():
