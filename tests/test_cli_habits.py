@@ -653,18 +653,19 @@ def test_the_progress_line_shows_the_pace_a_config_sets(tmp_path, sim, llmbatch,
 
 
 def test_a_config_that_stalls_the_run_shows_its_pace_within_seconds(tmp_path, sim, env):
-    # tpm = 1: a call every few minutes. The display must say so at once, not "unlimited".
-    (tmp_path / "llmbatch.toml").write_text(f'[models."{MODEL}"]\ntpm = 1\n')
+    # tpm = 30: a few small calls a minute. The display must say so at once, not "unlimited".
+    # (A tpm smaller than one call needs would fail each line at once: nothing could ever send it.)
+    (tmp_path / "llmbatch.toml").write_text(f'[models."{MODEL}"]\ntpm = 30\n')
     path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
     process = spawn(["run", str(path), "--api-base", sim.url, "-m", MODEL], env, tmp_path)
     try:
         lines = Lines(process.stderr)
         started, first = lines.wait_for(lambda line: line.startswith("limits from"), timeout=60)
-        assert first == f"limits from {tmp_path / 'llmbatch.toml'}: {MODEL} tpm 1"
+        assert first == f"limits from {tmp_path / 'llmbatch.toml'}: {MODEL} tpm 30"
         shown, progress = lines.wait_for(lambda line: " done, " in line, timeout=10)
         assert shown - started < 3.0, f"{shown - started:.1f}s before the first progress line"
         assert progress.startswith("llmbatch: 0/3 done, ")
-        assert re.search(r"pace 1 tokens/min\b", progress), progress
+        assert re.search(r"pace 30 tokens/min\b", progress), progress
         assert "unlimited" not in progress
     finally:
         process.kill()
