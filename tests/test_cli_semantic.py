@@ -272,3 +272,31 @@ def test_semantic_hits_are_served_from_a_redis_store_on_another_machine(
     near_misses = sum(matched is None for _, matched in VARIANTS)
     assert sim.stats()["requests_received"] == len(BASE) + near_misses
     assert (tmp_path / "two" / "semantic").is_dir() and not (tmp_path / "one" / "semantic").exists()
+
+
+# A pasted document longer than the model's window (256 word pieces): ordinary words only, so that no
+# guard has anything to compare.
+_DOCUMENT = (
+    "our team reviewed the delivery notes and the photos the customer sent with the message, and the"
+    " carton looked crushed along one side where the tape had split. "
+) * 12
+
+
+def test_a_prompt_longer_than_the_model_window_is_never_answered_by_a_neighbour(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread
+) -> None:
+    # The two tickets share their first 256 word pieces and differ only after them, where the model
+    # does not look: an answer for one is not an answer for the other.
+    repair = TICKET.format(_DOCUMENT + "the customer would like us to repair the kettle.")
+    refund = TICKET.format(_DOCUMENT + "the customer would like us to refund the kettle.")
+    base = write_jsonl(tmp_path / "base.jsonl", _lines([{"id": "repair", "prompt": repair}]))
+    assert llmbatch("run", str(base), "--semantic", "-q").exit_code == 0
+    variant = write_jsonl(tmp_path / "variant.jsonl", _lines([{"id": "refund", "prompt": refund}]))
+    run = llmbatch("run", str(variant), "--semantic", "-q")
+    assert run.exit_code == 0, run.stderr
+    [result] = read_results(tmp_path / "variant.results.jsonl")
+    assert (result["hit"], result["cached"]) == (None, False)
+    assert sim.stats()["requests_received"] == 2
+    # Neither prompt was embedded: the model would not have seen all of it.
+    stats = json.loads(llmbatch("cache", "stats", "--json").stdout)
+    assert stats["semantic"]["prompts_embedded"] == 0

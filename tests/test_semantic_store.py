@@ -247,3 +247,46 @@ def test_the_audit_sample_holds_every_hit_up_to_its_size_then_a_uniform_sample(
             assert near(s, material(text)) is not None
         assert len(s.audit_sample) == 2
         assert {key for key, _, _ in s.audit_sample} <= {key_from_material(material(t)) for t in variants}
+
+
+# Ordinary words only: nothing for the guards to compare.
+LONG = "the carton looked crushed along the side where the tape had split, and the lid sat loosely. " * 20
+
+
+def test_prompts_that_differ_only_in_characters_the_model_does_not_know_are_never_matched(
+    store: SemanticStore,
+) -> None:
+    # Both emoji are the tokenizer's unknown token: the model sees one prompt twice.
+    put(store, material("Describe the mood of this message: 😀"))
+    assert near(store, material("Describe the mood of this message: 😡")) is None
+    assert store.embedded == 0
+
+
+def test_a_stored_prompt_longer_than_the_window_is_never_embedded_nor_a_neighbour(store: SemanticStore) -> None:
+    put(store, material(LONG + "please repair it."))
+    short = material("What is the capital of France?")
+    assert near(store, short) is None  # the scope holds something: the long prompt's turn to be embedded came
+    assert store.embedded == 1  # the question only
+    assert store.index.waiting(prompt_and_scope(short)[1], 10) == []  # and it is not waiting any more
+    assert not store.index.has_scope(prompt_and_scope(short)[1])
+
+
+def test_a_vector_filed_for_a_long_prompt_before_the_window_rule_is_not_trusted(store: SemanticStore) -> None:
+    # Runs before the rule embedded long prompts (cut at the window): such vectors may be on file. This
+    # one says "Summarise the ticket."; the entry says what was asked, and it is too long to compare.
+    key = put(store, material(LONG + "please repair it."))
+    store.index.fill([(key, store.embedder.embed(["Summarise the ticket."])[0])])
+    assert near(store, material("Summarise the ticket.")) is None
+
+
+def test_audit_agreement_does_not_count_long_answers_alike_only_in_their_openings(store: SemanticStore) -> None:
+    assert store.agreement(LONG + "We will repair it.", LONG + "We will refund it.") is None
+
+
+def test_opening_a_semantic_store_loads_no_model_until_something_is_embedded(tmp_path: Path) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path) as s:
+        put(s, material())
+        assert near(s, material(PARAPHRASE, model="gpt-4o")) is None  # nothing stored in that scope
+        assert not s.embedder.loaded
+        assert near(s, material(PARAPHRASE)) is not None
+        assert s.embedder.loaded

@@ -11,8 +11,12 @@ this holds:
    ``sample`` and the normalisation. This is the *scope*: a digest of the key material with that one
    text taken out. The candidate's scope is re-derived from the ``request`` its entry keeps, so an
    index that says otherwise is not believed;
-4. the cosine similarity of the two texts' embeddings is at least the threshold;
-5. the guards agree (:mod:`llmbatch.store.semantic_guards`; ``guards=False`` turns them off, which is
+4. the model sees all of both texts (:meth:`~llmbatch.store.semantic_index.Embedder.sees_all`: they fit
+   in its window, and none of their characters is unknown to its vocabulary). Otherwise two prompts
+   that differ only where the model does not look get one vector, and the guards look for a few kinds
+   of words only. Such a prompt is not embedded at all: it is looked up exactly, like any other;
+5. the cosine similarity of the two texts' embeddings is at least the threshold;
+6. the guards agree (:mod:`llmbatch.store.semantic_guards`; ``guards=False`` turns them off, which is
    riskier).
 
 A hit is the matched entry's answer with ``semantic: {similarity, matched_key}`` added (the entry
@@ -128,9 +132,7 @@ class SemanticStore:
         try:
             module = _load_index()
             self.embedder = embedder or module.Embedder(self.settings.model_dir)
-            self.index: VectorIndex = module.VectorIndex(
-                directory / "semantic" / self.embedder.model_id, ndim=self.embedder.ndim
-            )
+            self.index: VectorIndex = module.VectorIndex(directory / "semantic" / self.embedder.model_id)
             self._catch_up()
         except BaseException:
             if hasattr(self, "index"):
@@ -159,6 +161,14 @@ class SemanticStore:
             if found is not None and self.index.has_scope(found[1]):
                 asked.append((key, *found))
                 materials[key] = material
+        if not asked:
+            return {}
+        # A prompt the model would not see all of (longer than its window, or with characters its
+        # vocabulary lacks) is left to the exact cache: its vector would be the same as that of a
+        # prompt that differs only in what the model did not see, and the guards look for a few kinds
+        # of words only. It is not embedded either. (Its stored answer is never a neighbour's: _match.)
+        seen = self.embedder.sees_all([text for _, text, _ in asked])
+        asked = [ask for ask, whole in zip(asked, seen, strict=True) if whole]
         if not asked:
             return {}
         for scope in {scope for _, _, scope in asked}:
@@ -198,6 +208,8 @@ class SemanticStore:
             return "identical" if served == fresh else None
         if " ".join(served.split()) == " ".join(fresh.split()):
             return "identical"
+        if not all(self.embedder.sees_all([served, fresh])):  # two long answers alike in their openings only
+            return None
         a, b = self.embedder.embed([served, fresh])
         return "similar" if float(a @ b) >= self.settings.threshold else None
 
@@ -214,6 +226,9 @@ class SemanticStore:
             if found is not None and found[1] == scope:
                 texts.append((key, found[0]))
         self.index.forget([key for key in keys if key not in dict(texts)])  # gone, or not what the row says
+        whole = self.embedder.sees_all([text for _, text in texts])
+        self.index.exclude([key for (key, _), seen in zip(texts, whole, strict=True) if not seen])
+        texts = [pair for pair, seen in zip(texts, whole, strict=True) if seen]
         if texts:
             vectors = self.embedder.embed([text for _, text in texts])
             self.embedded += len(texts)
@@ -230,6 +245,8 @@ class SemanticStore:
             if stored is None or stored[1] != scope:  # the entry, not the index, says what it answers
                 continue
             if self.settings.guards and disagreements(text, stored[0]):
+                continue
+            if not self.embedder.sees_all([stored[0]])[0]:  # a vector filed before that rule: not trusted
                 continue
             marked: CacheEntry = dict(entry)  # type: ignore[assignment]
             marked["semantic"] = {"similarity": round(min(similarity, 1.0), 4), "matched_key": matched_key}

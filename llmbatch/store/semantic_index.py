@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from llmbatch.errors import UsageError
 
 __all__ = ["Embedder", "VectorIndex"]
 
-#: all-MiniLM-L6-v2 was trained on 128 word pieces; longer prompts are cut there (their guards
-#: still see the whole text).
+#: The model's window: a prompt longer than this (in word pieces, with the two markers) is never
+#: embedded nor answered by a neighbour (:meth:`Embedder.sees_all`). all-MiniLM-L6-v2 was trained on
+#: 128 word pieces and takes up to 512; 256 keeps its quality and its cost in bounds.
 MAX_TOKENS = 256
 _BATCH = 32
 
@@ -59,50 +61,108 @@ def _packaged_model() -> tuple[Path, Path, str]:
 
 
 class Embedder:
-    """Text in, unit vectors out (float32, one row per text)."""
+    """Text in, unit vectors out (float32, one row per text).
+
+    Opening one only finds the model's files and names its vectors (``model_id``): the tokenizer is
+    loaded the first time a text is measured (:meth:`sees_all`) and the model the first time one is
+    embedded, so a run that never needs a vector never pays for loading it (issue 15: ~0.2-0.7 s).
+    A user's own model (``model_dir``) is loaded at once instead, so that a file onnxruntime cannot
+    read is refused before anything is sent."""
 
     def __init__(self, model_dir: Path | None = None, *, threads: int | None = None) -> None:
         if model_dir is None:
-            model, tokenizer, self.model_id = _packaged_model()
+            self._model, self._tokenizer_path, self.model_id = _packaged_model()
         else:
-            model, tokenizer = model_dir / "model.onnx", model_dir / "tokenizer.json"
-            for path in (model, tokenizer):
+            self._model, self._tokenizer_path = model_dir / "model.onnx", model_dir / "tokenizer.json"
+            for path in (self._model, self._tokenizer_path):
                 if not path.is_file():
                     raise UsageError(
                         f"--semantic-model {model_dir}: no {path.name} there (it needs model.onnx and tokenizer.json)"
                     )
-            stat = model.stat()
+            stat = self._model.stat()
             # A user's own model: filed by where it is and which bytes it has (size and time), so a
             # replaced file never meets the vectors of the one before.
-            ident = f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            ident = f"{self._model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
             self.model_id = "own-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
-        options.log_severity_level = 3
-        try:
-            self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-            self._tokenizer = Tokenizer.from_file(str(tokenizer))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's and tokenizers' errors have no common base
-            raise UsageError(f"cannot load the embedding model {model}: {exc}") from None
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_padding()  # to the longest of each batch, not to a fixed length
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        self.ndim = int(self.embed(["probe"]).shape[1])
+        self._threads = threads or min(2, os.cpu_count() or 1)
+        self._loading = threading.Lock()  # embeddings may be made in a worker thread
+        self._tokenizer_loaded: Tokenizer | None = None
+        self._session_loaded: onnxruntime.InferenceSession | None = None
+        self._ndim: int | None = None
+        if model_dir is not None:
+            self._session()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model itself has been loaded (it is, on the first embedding)."""
+        return self._session_loaded is not None
+
+    @property
+    def ndim(self) -> int:
+        """The vectors' size (loads the model)."""
+        if self._ndim is None:
+            self._ndim = int(self.embed(["probe"]).shape[1])
+        return self._ndim
+
+    def _tokenizer(self) -> Tokenizer:
+        with self._loading:
+            if self._tokenizer_loaded is None:
+                try:
+                    tokenizer = Tokenizer.from_file(str(self._tokenizer_path))
+                except Exception as exc:  # noqa: BLE001 - tokenizers' errors have no common base
+                    path = self._tokenizer_path
+                    raise UsageError(f"cannot load the embedding model's tokenizer {path}: {exc}") from None
+                # A longer text is never embedded (sees_all); cutting it bounds the cost of telling.
+                tokenizer.enable_truncation(MAX_TOKENS)
+                tokenizer.no_padding()
+                tokenizer.enable_padding()  # to the longest of each batch, not to a fixed length
+                unknown = getattr(tokenizer.model, "unk_token", None)
+                self._unknown = None if unknown is None else tokenizer.token_to_id(unknown)
+                self._tokenizer_loaded = tokenizer
+            return self._tokenizer_loaded
+
+    def _session(self) -> onnxruntime.InferenceSession:
+        with self._loading:
+            if self._session_loaded is None:
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self._threads
+                options.log_severity_level = 3
+                try:
+                    session = onnxruntime.InferenceSession(
+                        str(self._model), options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common base
+                    raise UsageError(f"cannot load the embedding model {self._model}: {exc}") from None
+                self._inputs = {i.name for i in session.get_inputs()}
+                self._session_loaded = session
+        return self._session_loaded
+
+    def sees_all(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the model sees all of each text: it fits in the window (:data:`MAX_TOKENS`) and no
+        part of it becomes the unknown token. Only such a text may be embedded and compared: two
+        prompts that differ only past the window, or only in characters the vocabulary lacks (emoji,
+        rare scripts), get the same vector, and the guards may find nothing to tell them apart."""
+        tokenizer = self._tokenizer()
+        return [
+            not encoding.overflowing and (self._unknown is None or self._unknown not in encoding.ids)
+            for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        ]
 
     def embed(self, texts: Sequence[str]) -> Any:
-        """Unit vectors for ``texts`` (an ``np.ndarray`` of float32)."""
+        """Unit vectors for ``texts`` (an ``np.ndarray`` of float32). A text longer than the window
+        is cut there: ask :meth:`sees_all` first."""
         parts = [self._embed(list(texts[at : at + _BATCH])) for at in range(0, len(texts), _BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, getattr(self, "ndim", 0)), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self.ndim), np.float32)
 
     def _embed(self, texts: list[str]) -> Any:
-        encoded = self._tokenizer.encode_batch(texts)
+        session = self._session()
+        encoded = self._tokenizer().encode_batch(texts)
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        out = self._session.run(None, feeds)[0]
+        out = session.run(None, feeds)[0]
         if out.ndim == 3:  # token states: the sentence is their mean over the real tokens
             weights = mask[..., None].astype(np.float32)
             out = (out * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
@@ -122,10 +182,11 @@ def _label(key: str) -> int:
 class VectorIndex:
     """The stored prompts' vectors, searchable within a scope. See the module docstring."""
 
-    def __init__(self, directory: Path, *, ndim: int) -> None:
+    def __init__(self, directory: Path, *, ndim: int | None = None) -> None:
+        """``ndim``: the vectors' size; None takes it from the stored vectors (or the first one
+        filed), so that opening the record does not need the model loaded."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.directory = directory
-        self.ndim = ndim
         try:
             self._db = self._connect()
             self.reset = False
@@ -136,9 +197,10 @@ class VectorIndex:
                 (directory / name).unlink(missing_ok=True)
             self._db = self._connect()
             self.reset = True
+        self.ndim = ndim if ndim is not None else self._stored_ndim()
         self._path = directory / "index.usearch"
         self._main: Index | None = None  # the saved index, memory-mapped (read-only)
-        self._added = Index(ndim=ndim, metric="cos", dtype="i8")  # rows added since it was saved
+        self._added: Index | None = None  # rows added since it was saved (made with the first one)
         self._added_labels: list[int] = []
         self.rebuilt = False
         self._open_index()
@@ -160,6 +222,10 @@ class VectorIndex:
             db.close()
             raise
         return db
+
+    def _stored_ndim(self) -> int | None:
+        row = self._db.execute("SELECT vector FROM vectors WHERE vector IS NOT NULL LIMIT 1").fetchone()
+        return None if row is None else len(row[0]) // np.dtype(np.float16).itemsize
 
     # -- the record --------------------------------------------------------------------------
 
@@ -209,10 +275,23 @@ class VectorIndex:
         self._db.executemany("UPDATE vectors SET vector = ? WHERE key = ?", [(_blob(v), key) for key, v in rows])
         self._index_vectors(rows)
 
+    def exclude(self, keys: Iterable[str]) -> None:
+        """Keep keys recorded but out of every scope: prompts no neighbour may answer (nor be
+        embedded for), found so only when their turn to be embedded came."""
+        keys = list(keys)
+        for at in range(0, len(keys), 500):
+            chunk = keys[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"UPDATE vectors SET scope = NULL, vector = NULL WHERE key IN ({marks})", chunk)
+
     def _index_vectors(self, rows: Sequence[tuple[str, Any]]) -> None:
         if rows:
             labels = np.array([_label(key) for key, _ in rows], dtype=np.uint64)
-            self._added.add(labels, np.stack([np.asarray(v, np.float32) for _, v in rows]))
+            vectors = np.stack([np.asarray(v, np.float32) for _, v in rows])
+            if self._added is None:
+                self.ndim = self.ndim or int(vectors.shape[1])
+                self._added = Index(ndim=self.ndim, metric="cos", dtype="i8")
+            self._added.add(labels, vectors)
             self._added_labels.extend(int(label) for label in labels)
 
     def forget(self, keys: Iterable[str]) -> int:
@@ -275,6 +354,8 @@ class VectorIndex:
 
     def _rebuild(self) -> Index:
         """A new index from every stored vector, saved beside the record."""
+        self.ndim = self.ndim or self._stored_ndim()
+        assert self.ndim is not None, "rebuilt only when there are vectors"
         index = Index(ndim=self.ndim, metric="cos", dtype="i8")
         self._add_rows(index, None)
         self.rebuilt = True
@@ -319,7 +400,7 @@ class VectorIndex:
     def close(self) -> None:
         """Save what this run added (into a new index: the saved one is mapped read-only)."""
         try:
-            if len(self._added):
+            if self._added is not None and len(self._added):
                 merged = self._loaded()
                 if merged is None:
                     self._main = None
