@@ -3,6 +3,7 @@ scope, temperature, threshold, guards, the vectors kept beside the store, and a 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +291,21 @@ def test_opening_a_semantic_store_loads_no_model_until_something_is_embedded(tmp
         assert not s.embedder.loaded
         assert near(s, material(PARAPHRASE)) is not None
         assert s.embedder.loaded
+
+
+def test_a_key_asked_again_keeps_the_vector_its_first_lookup_made(store: SemanticStore) -> None:
+    # The leading hits are looked for while the file is validated, then the run asks for the rest.
+    put(store, material())
+    question = material("What is the capital of France?")
+    assert near(store, question) is None
+    embedded = store.embedded
+    assert near(store, question) is None
+    assert store.embedded == embedded
+
+
+def test_the_lookup_for_an_event_loop_answers_as_the_plain_one(store: SemanticStore) -> None:
+    base_key = put(store, material())
+    asked = [(key_from_material(m), m) for m in (material(PARAPHRASE), material("Turn off the lights."))]
+    found = asyncio.run(store.get_near_async(asked))
+    assert list(found) == [asked[0][0]] and found[asked[0][0]]["semantic"]["matched_key"] == base_key
+    assert store.get_near(asked).keys() == found.keys()

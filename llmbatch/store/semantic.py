@@ -33,6 +33,7 @@ only module that imports the model and the index libraries, and only when ``--se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import random
@@ -64,6 +65,22 @@ _PENDING_MAX = 8192
 #: Stored prompts embedded at most per scope and lookup (a catch-up is spread over lookups).
 _FILL_MAX = 2048
 SCOPE_VERSION = "s1"
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """One lookup's work: the asked ``(key, text, scope)``, their key material, and the stored
+    ``(key, text)`` of their scopes to embed first."""
+
+    asked: list[tuple[str, str, str]]
+    materials: dict[str, Mapping[str, Any]]
+    stored: list[tuple[str, str]]
+    made: dict[str, Any]  # vectors an earlier lookup made for asked keys (kept for their answers)
+
+    @property
+    def texts(self) -> list[str]:
+        asked = [text for key, text, _ in self.asked if key not in self.made]
+        return [text for _, text in self.stored] + asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +170,22 @@ class SemanticStore:
     def get_near(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, CacheEntry]:
         """For keys that missed, with their key material: the stored answers of near-identical
         requests, marked ``semantic`` (see the module docstring for every condition)."""
+        lookup = self._plan(wanted)
+        return {} if lookup is None else self._answer(lookup, self.embedder.embed(lookup.texts))
+
+    async def get_near_async(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, CacheEntry]:
+        """:meth:`get_near` for an event loop: the embedding (most of a lookup's time) is made in a
+        worker thread (onnxruntime and tokenizers let go of the GIL), so that calls already in flight
+        are answered and stored meanwhile. Everything else (the record, the stores) stays on the
+        caller's thread; the resolver awaits one lookup at a time."""
+        lookup = self._plan(wanted)
+        if lookup is None:
+            return {}
+        return self._answer(lookup, await asyncio.to_thread(self.embedder.embed, lookup.texts))
+
+    def _plan(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> _Lookup | None:
+        """Which of ``wanted`` may be answered by a neighbour, and the texts to embed for them:
+        the stored prompts of their scopes still waiting for a vector, then theirs."""
         asked: list[tuple[str, str, str]] = []
         materials: dict[str, Mapping[str, Any]] = {}
         for key, material in wanted:
@@ -162,7 +195,7 @@ class SemanticStore:
                 asked.append((key, *found))
                 materials[key] = material
         if not asked:
-            return {}
+            return None
         # A prompt the model would not see all of (longer than its window, or with characters its
         # vocabulary lacks) is left to the exact cache: its vector would be the same as that of a
         # prompt that differs only in what the model did not see, and the guards look for a few kinds
@@ -170,20 +203,30 @@ class SemanticStore:
         seen = self.embedder.sees_all([text for _, text, _ in asked])
         asked = [ask for ask, whole in zip(asked, seen, strict=True) if whole]
         if not asked:
-            return {}
-        for scope in {scope for _, _, scope in asked}:
-            self._fill(scope)
-        vectors = self.embedder.embed([text for _, text, _ in asked])
-        self.embedded += len(asked)
+            return None
+        stored = [pair for scope in {scope for _, _, scope in asked} for pair in self._waiting(scope)]
+        # A key asked again (the leading hits were looked for while validating, then the run asks)
+        # keeps the vector made the first time.
+        made = {key: self._vectors[key][1] for key, _, scope in asked if self._vectors.get(key, ("",))[0] == scope}
+        return _Lookup(asked, materials, stored, made)
+
+    def _answer(self, lookup: _Lookup, vectors: Any) -> dict[str, CacheEntry]:
+        self.embedded += len(lookup.texts)
+        filled = len(lookup.stored)
+        if filled:
+            self.index.fill([(key, vector) for (key, _), vector in zip(lookup.stored, vectors[:filled], strict=True)])
         hits: dict[str, CacheEntry] = {}
-        for (key, text, scope), vector in zip(asked, vectors, strict=True):
+        fresh = iter(vectors[filled:])
+        for key, text, scope in lookup.asked:
+            vector = lookup.made[key] if key in lookup.made else next(fresh)
+            self._vectors.pop(key, None)  # kept anew, as the newest
             if len(self._vectors) >= _PENDING_MAX:  # kept for the answer about to be stored, if it is
                 self._vectors.pop(next(iter(self._vectors)))
             self._vectors[key] = (scope, vector)
             hit = self._match(text, scope, vector)
             if hit is not None:
                 hits[key] = hit
-                self._keep_for_audit(key, materials[key], hit)
+                self._keep_for_audit(key, lookup.materials[key], hit)
         return hits
 
     def _keep_for_audit(self, key: str, material: Mapping[str, Any], hit: CacheEntry) -> None:
@@ -213,12 +256,14 @@ class SemanticStore:
         a, b = self.embedder.embed([served, fresh])
         return "similar" if float(a @ b) >= self.settings.threshold else None
 
-    def _fill(self, scope: str) -> None:
-        """Embed the stored prompts of ``scope`` that wait for it (stored while no lookup needed them),
-        a bounded number per lookup so that no lookup waits for a whole catch-up."""
+    def _waiting(self, scope: str) -> list[tuple[str, str]]:
+        """The stored prompts of ``scope`` that wait for a vector (stored while no lookup needed
+        them), as ``(key, text)``: a bounded number per lookup, so that no lookup waits for a whole
+        catch-up. Rows that do not say what their entry holds are dropped; prompts the model would
+        not see all of are taken out of every scope."""
         keys = self.index.waiting(scope, _FILL_MAX)
         if not keys:
-            return
+            return []
         entries = self.inner.get_many(keys)
         texts: list[tuple[str, str]] = []
         for key in keys:
@@ -228,11 +273,7 @@ class SemanticStore:
         self.index.forget([key for key in keys if key not in dict(texts)])  # gone, or not what the row says
         whole = self.embedder.sees_all([text for _, text in texts])
         self.index.exclude([key for (key, _), seen in zip(texts, whole, strict=True) if not seen])
-        texts = [pair for pair, seen in zip(texts, whole, strict=True) if seen]
-        if texts:
-            vectors = self.embedder.embed([text for _, text in texts])
-            self.embedded += len(texts)
-            self.index.fill([(key, vector) for (key, _), vector in zip(texts, vectors, strict=True)])
+        return [pair for pair, seen in zip(texts, whole, strict=True) if seen]
 
     def _match(self, text: str, scope: str, vector: Any) -> CacheEntry | None:
         for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES):

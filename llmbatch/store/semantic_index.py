@@ -27,12 +27,20 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime
 from tokenizers import Tokenizer
 from usearch.index import Index
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+# onnxruntime is imported when the model is first loaded (0.1-0.3 s a run whose scopes hold nothing
+# never pays); that it is installed is checked now, so that a missing extra is still one clear error
+# before anything is sent (llmbatch.store.semantic._load_index).
+if importlib.util.find_spec("onnxruntime") is None:
+    raise ImportError("no module named 'onnxruntime'")
 
 from llmbatch.errors import UsageError
 
@@ -114,8 +122,8 @@ class Embedder:
                     raise UsageError(f"cannot load the embedding model's tokenizer {path}: {exc}") from None
                 # A longer text is never embedded (sees_all); cutting it bounds the cost of telling.
                 tokenizer.enable_truncation(MAX_TOKENS)
-                tokenizer.no_padding()
-                tokenizer.enable_padding()  # to the longest of each batch, not to a fixed length
+                tokenizer.no_padding()  # padded by embed(), batch by batch
+                self._pad = tokenizer.token_to_id("[PAD]") or 0  # masked out: any id would do
                 unknown = getattr(tokenizer.model, "unk_token", None)
                 self._unknown = None if unknown is None else tokenizer.token_to_id(unknown)
                 self._tokenizer_loaded = tokenizer
@@ -124,9 +132,15 @@ class Embedder:
     def _session(self) -> onnxruntime.InferenceSession:
         with self._loading:
             if self._session_loaded is None:
+                import onnxruntime
+
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = self._threads
                 options.log_severity_level = 3
+                # Its threads wait for work asleep, not spinning: embeddings are made beside the run's
+                # event loop (SemanticStore.get_near_async), which needs the core a spinning thread
+                # would burn (~10 % of the CPU --semantic cost, measured on 300 lines).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     session = onnxruntime.InferenceSession(
                         str(self._model), options, providers=["CPUExecutionProvider"]
@@ -151,14 +165,29 @@ class Embedder:
     def embed(self, texts: Sequence[str]) -> Any:
         """Unit vectors for ``texts`` (an ``np.ndarray`` of float32). A text longer than the window
         is cut there: ask :meth:`sees_all` first."""
-        parts = [self._embed(list(texts[at : at + _BATCH])) for at in range(0, len(texts), _BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.ndim), np.float32)
-
-    def _embed(self, texts: list[str]) -> Any:
+        if not texts:
+            return np.zeros((0, self.ndim), np.float32)
         session = self._session()
-        encoded = self._tokenizer().encode_batch(texts)
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        encoded = self._tokenizer().encode_batch(list(texts))
+        # Batched by length, so that a batch pads its short texts to a near length, not to the
+        # longest of the file (a mixed batch of short questions and long templates cost 4x).
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        out = np.empty((len(texts), 0), np.float32)
+        for at in range(0, len(order), _BATCH):
+            batch = order[at : at + _BATCH]
+            vectors = self._run(session, [encoded[i].ids for i in batch])
+            if out.shape[1] == 0:
+                out = np.empty((len(texts), vectors.shape[1]), np.float32)
+            out[batch] = vectors
+        return out
+
+    def _run(self, session: onnxruntime.InferenceSession, pieces: list[list[int]]) -> Any:
+        longest = max(len(ids) for ids in pieces)
+        ids = np.full((len(pieces), longest), self._pad, dtype=np.int64)
+        mask = np.zeros((len(pieces), longest), dtype=np.int64)
+        for row, text_ids in enumerate(pieces):
+            ids[row, : len(text_ids)] = text_ids
+            mask[row, : len(text_ids)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
@@ -209,6 +238,10 @@ class VectorIndex:
         db = sqlite3.connect(self.directory / "vectors.db", isolation_level=None, timeout=60)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            # Not synced at each commit (one a stored answer: 2-3 ms each, a fifth of --semantic's cost
+            # per line): the record is derived from the store, and rows a power cut loses are found
+            # missing by the count at the next open and caught up (SemanticStore._catch_up).
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL,"
                 " scope TEXT, vector BLOB)"
