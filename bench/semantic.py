@@ -23,13 +23,14 @@ first use: a new interpreter importing llmbatch.store.semantic_index, opening an
 its first embedding (which loads the model).
 
 overhead: `llmbatch run --simulate -q` over LINES distinct temperature-0 questions, each into a fresh
-cache: without --semantic, and with it in two cases: (a) the scope has nothing stored (no embedding
-is needed), (b) one stored answer shares the scope, so every line is embedded and searched and
-none passes. The runs alternate, median of --rounds (3), wall and CPU time; per-line cost is
+cache: without --semantic, and with it in three cases: (a) the scope has nothing stored (no
+embedding is needed), (b) one stored answer shares the scope (since the guards' signature, a line
+whose numbers no stored prompt shares is not embedded), (c) the same with `--semantic-guards off
+--semantic-threshold 1`, so that every line is embedded and searched and none passes: the worst
+case. The runs alternate, median of --rounds (3), wall and CPU time; per-line cost is
 (with - without) / LINES, and again with what a one-line run of the same case pays once taken out
-(imports; in (b) loading the model).
---compare SRC times the package in SRC too (PYTHONPATH), interleaved with this one: before and
-after in the same run.
+(imports; loading the model). --compare SRC times the package in SRC too (PYTHONPATH), interleaved
+with this one: before and after in the same run.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def overhead(lines: int, compare: Path | None = None, rounds: int = 3) -> dict[s
         one.write_text(json.dumps({"id": 0, "prompt": "Say hello.", "temperature": 0}) + "\n")
         # Runs of one line, without and with --semantic in each case: what a run pays once (imports,
         # the model when a line is embedded), to be taken out of the per-line figure.
-        cases = ("without", "new_scope", "scope_with_an_entry")
+        cases = ("without", "new_scope", "scope_with_an_entry", "every_line_embedded")
         variants = [(case, size) for size in ("one_line", "lines") for case in cases]
         sources = {"this": None} if compare is None else {"this": None, "compared": compare}
         times: dict[str, list[float]] = {f"{source}:{size}:{case}": [] for source in sources for case, size in variants}
@@ -243,10 +244,17 @@ def overhead(lines: int, compare: Path | None = None, rounds: int = 3) -> dict[s
                     cache = root / f"cache-{source}-{case}-{size}-{round_}"
                     env = {**os.environ, **env_path, "LLMBATCH_CACHE_DIR": str(cache)}
                     base = [sys.executable, "-m", "llmbatch", "run", "--simulate", "-q", "--workers", "0"]
-                    if case == "scope_with_an_entry":
+                    if case in ("scope_with_an_entry", "every_line_embedded"):
                         seeded = [*base, str(seed), "-o", str(root / "seed.out"), "--semantic"]
                         subprocess.run(seeded, env=env, check=True, capture_output=True)
-                    extra = [] if case == "without" else ["--semantic"]
+                    extra = {
+                        "without": [],
+                        "new_scope": ["--semantic"],
+                        "scope_with_an_entry": ["--semantic"],
+                        # Guards off: no question is left out for what the guards see in it; a
+                        # threshold of 1 serves none of them.
+                        "every_line_embedded": ["--semantic", "--semantic-guards", "off", "--semantic-threshold", "1"],
+                    }[case]
                     source_file = one if size == "one_line" else questions
                     name = f"{source}:{size}:{case}"
                     used = _children_cpu_s()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbatch.store.semantic_guards import disagreements, entities, numbers, polarity, quoted
+from llmbatch.store.semantic_guards import disagreements, entities, numbers, polarity, quoted, signature
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,16 @@ def test_quoted_strings_and_code_are_compared_whitespace_normalised() -> None:
     assert quoted('say "hi  there"') == quoted('say "hi there"')
     assert quoted("call foo.bar(x)") != quoted("call foo.baz(x)")
     assert quoted("it's John's book") == frozenset()  # apostrophes are not quotes
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is RAG?", "Can you explain RAG?"),
+        ("Turn on the lights.", "Turn off the lights."),
+        ("Invoice of March 3", "Invoice of March 4"),
+        ("Say `ls -la`", "Say `ls -l`"),
+    ],
+)
+def test_the_signature_is_equal_exactly_when_the_guards_agree(a: str, b: str) -> None:
+    assert (signature(a) == signature(b)) == (not disagreements(a, b))

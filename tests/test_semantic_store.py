@@ -159,7 +159,7 @@ def test_vectors_are_kept_and_a_reopened_store_embeds_nothing_again(tmp_path: Pa
 
 def test_a_looked_up_prompt_is_not_embedded_again_when_its_answer_is_stored(store: SemanticStore) -> None:
     put(store, material())
-    question = material("What is the capital of France?")
+    question = material("What is a vector database?")  # nothing for the guards either: it is compared
     assert near(store, question) is None
     embedded = store.embedded
     put(store, question)  # its answer, paid for: filed with the vector its lookup made
@@ -265,7 +265,7 @@ def test_prompts_that_differ_only_in_characters_the_model_does_not_know_are_neve
 
 def test_a_stored_prompt_longer_than_the_window_is_never_embedded_nor_a_neighbour(store: SemanticStore) -> None:
     put(store, material(LONG + "please repair it."))
-    short = material("What is the capital of France?")
+    short = material("Summarise the ticket.")  # nothing the guards look for, as in the long one
     assert near(store, short) is None  # the scope holds something: the long prompt's turn to be embedded came
     assert store.embedded == 1  # the question only
     assert store.index.waiting(prompt_and_scope(short)[1], 10) == []  # and it is not waiting any more
@@ -309,3 +309,13 @@ def test_the_lookup_for_an_event_loop_answers_as_the_plain_one(store: SemanticSt
     found = asyncio.run(store.get_near_async(asked))
     assert list(found) == [asked[0][0]] and found[asked[0][0]]["semantic"]["matched_key"] == base_key
     assert store.get_near(asked).keys() == found.keys()
+
+
+def test_a_question_no_stored_prompt_of_its_scope_agrees_with_on_the_guards_is_not_embedded(
+    store: SemanticStore,
+) -> None:
+    put(store, material("Summarise ticket 1182 in a sentence."))
+    assert near(store, material("Summarise ticket 1183 in a sentence.")) is None  # another number
+    assert store.embedded == 0
+    assert near(store, material("Please summarise ticket 1182 in a sentence.")) is not None
+    assert store.embedded == 2  # the stored prompt, then the question

@@ -47,7 +47,7 @@ from llmbatch.keys import canonical_json
 from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, ResponseStore, Stored, StoreStats
-from llmbatch.store.semantic_guards import disagreements
+from llmbatch.store.semantic_guards import disagreements, signature
 
 if TYPE_CHECKING:
     from llmbatch.store.semantic_index import Embedder, VectorIndex
@@ -76,6 +76,7 @@ class _Lookup:
     materials: dict[str, Mapping[str, Any]]
     stored: list[tuple[str, str]]
     made: dict[str, Any]  # vectors an earlier lookup made for asked keys (kept for their answers)
+    guards: dict[str, str | None]  # what the guards see in each asked text (None: guards off)
 
     @property
     def texts(self) -> list[str]:
@@ -188,12 +189,18 @@ class SemanticStore:
         the stored prompts of their scopes still waiting for a vector, then theirs."""
         asked: list[tuple[str, str, str]] = []
         materials: dict[str, Mapping[str, Any]] = {}
+        guards: dict[str, str | None] = {}
         for key, material in wanted:
             found = prompt_and_scope(material)
-            # A scope with nothing stored cannot match: no embedding spent (a new template, a new model).
-            if found is not None and self.index.has_scope(found[1]):
+            if found is None:
+                continue
+            # A scope with nothing stored cannot match, nor can stored prompts the guards would refuse
+            # (other numbers, names, quotes in the same template): no embedding spent on the question.
+            sign = signature(found[0]) if self.settings.guards else None
+            if self.index.has_scope(found[1], sign):
                 asked.append((key, *found))
                 materials[key] = material
+                guards[key] = sign
         if not asked:
             return None
         # A prompt the model would not see all of (longer than its window, or with characters its
@@ -204,11 +211,15 @@ class SemanticStore:
         asked = [ask for ask, whole in zip(asked, seen, strict=True) if whole]
         if not asked:
             return None
-        stored = [pair for scope in {scope for _, _, scope in asked} for pair in self._waiting(scope)]
+        stored = dict(
+            pair
+            for scope, sign in {(scope, guards[key]) for key, _, scope in asked}
+            for pair in self._waiting(scope, sign)
+        )
         # A key asked again (the leading hits were looked for while validating, then the run asks)
         # keeps the vector made the first time.
         made = {key: self._vectors[key][1] for key, _, scope in asked if self._vectors.get(key, ("",))[0] == scope}
-        return _Lookup(asked, materials, stored, made)
+        return _Lookup(asked, materials, list(stored.items()), made, guards)
 
     def _answer(self, lookup: _Lookup, vectors: Any) -> dict[str, CacheEntry]:
         self.embedded += len(lookup.texts)
@@ -223,7 +234,7 @@ class SemanticStore:
             if len(self._vectors) >= _PENDING_MAX:  # kept for the answer about to be stored, if it is
                 self._vectors.pop(next(iter(self._vectors)))
             self._vectors[key] = (scope, vector)
-            hit = self._match(text, scope, vector)
+            hit = self._match(text, scope, vector, lookup.guards[key])
             if hit is not None:
                 hits[key] = hit
                 self._keep_for_audit(key, lookup.materials[key], hit)
@@ -256,12 +267,12 @@ class SemanticStore:
         a, b = self.embedder.embed([served, fresh])
         return "similar" if float(a @ b) >= self.settings.threshold else None
 
-    def _waiting(self, scope: str) -> list[tuple[str, str]]:
+    def _waiting(self, scope: str, guards: str | None) -> list[tuple[str, str]]:
         """The stored prompts of ``scope`` that wait for a vector (stored while no lookup needed
         them), as ``(key, text)``: a bounded number per lookup, so that no lookup waits for a whole
         catch-up. Rows that do not say what their entry holds are dropped; prompts the model would
         not see all of are taken out of every scope."""
-        keys = self.index.waiting(scope, _FILL_MAX)
+        keys = self.index.waiting(scope, _FILL_MAX, guards)
         if not keys:
             return []
         entries = self.inner.get_many(keys)
@@ -275,8 +286,8 @@ class SemanticStore:
         self.index.exclude([key for (key, _), seen in zip(texts, whole, strict=True) if not seen])
         return [pair for pair, seen in zip(texts, whole, strict=True) if seen]
 
-    def _match(self, text: str, scope: str, vector: Any) -> CacheEntry | None:
-        for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES):
+    def _match(self, text: str, scope: str, vector: Any, guards: str | None) -> CacheEntry | None:
+        for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES, guards=guards):
             if similarity < self.settings.threshold:
                 break
             entry = self.inner.get(matched_key)
@@ -304,14 +315,19 @@ class SemanticStore:
         self.inner.put_many(items, ttl_s=ttl_s)
         self._index([(key, entry) for key, entry, _ in items])
 
-    def _index(self, items: list[tuple[str, CacheEntry]]) -> None:
+    def _index(self, items: list[tuple[str, CacheEntry]], *, guards: bool = True) -> None:
+        """File a row for each stored answer: its scope, the vector its lookup made, and (``guards``)
+        what the guards see in its prompt. Catching up leaves that unknown (it walks the whole
+        store); such rows are compared with any question of their scope."""
         rows: list[tuple[str, str | None, Any]] = []
+        signs: list[str | None] = []
         for key, entry in items:
             made = self._vectors.pop(key, None)
             found = prompt_and_scope(entry.get("request") or {})
             scope = None if found is None else found[1]
             rows.append((key, scope, made[1] if made is not None and made[0] == scope else None))
-        self.index.add(rows)
+            signs.append(signature(found[0]) if found is not None and guards else None)
+        self.index.add(rows, signs)
 
     def _catch_up(self) -> None:
         """Embed what the store holds and the vectors do not (answers stored without ``--semantic``,
@@ -334,12 +350,12 @@ class SemanticStore:
                 fresh = known(key for key, _ in batch)
                 new = [pair for pair in batch if pair[0] not in fresh]
                 self.caught_up += len(new)
-                self._index(new)
+                self._index(new, guards=False)
                 batch = []
         fresh = known(key for key, _ in batch)
         new = [pair for pair in batch if pair[0] not in fresh]
         self.caught_up += len(new)
-        self._index(new)
+        self._index(new, guards=False)
         self.index.forget([key for key in self.index.all_keys() if key not in seen])
         self.index.set_meta("store_count", count)
 

@@ -20,10 +20,11 @@ the standard library.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 
-__all__ = ["GUARDS", "disagreements", "entities", "numbers", "polarity", "quoted"]
+__all__ = ["GUARDS", "disagreements", "entities", "numbers", "polarity", "quoted", "signature"]
 
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
@@ -222,3 +223,13 @@ GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
 def disagreements(a: str, b: str) -> list[str]:
     """The guards on which two prompts disagree (empty: they may share an answer)."""
     return [name for name, guard in GUARDS.items() if guard(a) != guard(b)]
+
+
+def signature(text: str) -> str:
+    """A digest of everything the guards see in ``text``: two prompts the guards let through have
+    the same signature (the converse holds but for a digest collision, so a match is still checked
+    with :func:`disagreements`). Filed with each stored prompt, it lets a lookup skip embedding a
+    question no stored prompt of its scope could pass (a template filled with other numbers, names
+    or quotes)."""
+    parts = "\x1e".join(f"{name}:" + "\x1f".join(sorted(guard(text))) for name, guard in GUARDS.items())
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]

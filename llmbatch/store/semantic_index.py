@@ -247,6 +247,11 @@ class VectorIndex:
                 " scope TEXT, vector BLOB)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS vectors_scope ON vectors (scope)")
+            # What the guards see in each stored prompt (semantic_guards.signature; NULL: not known,
+            # rows filed before it was kept): a question is compared only with rows of its own.
+            if "guards" not in {row[1] for row in db.execute("PRAGMA table_info(vectors)")}:
+                db.execute("ALTER TABLE vectors ADD COLUMN guards TEXT")
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_scope_guards ON vectors (scope, guards)")
             # The prompts still to embed, by scope: found without reading a big scope's embedded rows.
             db.execute("CREATE INDEX IF NOT EXISTS vectors_waiting ON vectors (scope) WHERE vector IS NULL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)")
@@ -280,10 +285,21 @@ class VectorIndex:
             found.update(row[0] for row in self._db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk))
         return found
 
-    def has_scope(self, scope: str) -> bool:
-        return self._db.execute("SELECT 1 FROM vectors WHERE scope = ? LIMIT 1", (scope,)).fetchone() is not None
+    @staticmethod
+    def _where(guards: str | None) -> str:
+        """Rows of a scope whose guards may agree with a question's (None: any row of the scope)."""
+        return "scope = ?" if guards is None else "scope = ? AND (guards = ? OR guards IS NULL)"
 
-    def add(self, rows: Sequence[tuple[str, str | None, Any]]) -> None:
+    @staticmethod
+    def _args(scope: str, guards: str | None) -> tuple[str, ...]:
+        return (scope,) if guards is None else (scope, guards)
+
+    def has_scope(self, scope: str, guards: str | None = None) -> bool:
+        """Whether ``scope`` holds a stored prompt (with the guards' ``signature``, when given)."""
+        query = f"SELECT 1 FROM vectors WHERE {self._where(guards)} LIMIT 1"
+        return self._db.execute(query, self._args(scope, guards)).fetchone() is not None
+
+    def add(self, rows: Sequence[tuple[str, str | None, Any]], guards: Sequence[str | None] | None = None) -> None:
         """File ``(key, scope, vector)`` rows, one per store key. No scope: a key no neighbour may
         answer (recorded, so it is not looked at again). A scope and no vector: a prompt to embed
         when its scope is first searched (:meth:`waiting`, :meth:`fill`), so that storing answers
@@ -292,16 +308,18 @@ class VectorIndex:
         fresh = [row for row in rows if row[0] not in known]
         if not fresh:
             return
+        signatures = dict(zip((key for key, _, _ in rows), guards or [None] * len(rows), strict=True))
         self._db.executemany(
-            "INSERT OR IGNORE INTO vectors (label, key, scope, vector) VALUES (?, ?, ?, ?)",
-            [(_label(key), key, scope, _blob(vector)) for key, scope, vector in fresh],
+            "INSERT OR IGNORE INTO vectors (label, key, scope, vector, guards) VALUES (?, ?, ?, ?, ?)",
+            [(_label(key), key, scope, _blob(vector), signatures[key]) for key, scope, vector in fresh],
         )
         self._index_vectors([(key, vector) for key, _, vector in fresh if vector is not None])
 
-    def waiting(self, scope: str, limit: int) -> list[str]:
-        """Keys of ``scope`` whose prompts are not embedded yet (at most ``limit``)."""
-        query = "SELECT key FROM vectors WHERE scope = ? AND vector IS NULL LIMIT ?"
-        return [key for (key,) in self._db.execute(query, (scope, limit))]
+    def waiting(self, scope: str, limit: int, guards: str | None = None) -> list[str]:
+        """Keys of ``scope`` (with the guards' ``signature``, when given) whose prompts are not
+        embedded yet (at most ``limit``)."""
+        query = f"SELECT key FROM vectors WHERE {self._where(guards)} AND vector IS NULL LIMIT ?"
+        return [key for (key,) in self._db.execute(query, (*self._args(scope, guards), limit))]
 
     def fill(self, rows: Sequence[tuple[str, Any]]) -> None:
         """Give waiting keys their vectors."""
@@ -350,7 +368,7 @@ class VectorIndex:
 
     # -- search ------------------------------------------------------------------------------
 
-    def search(self, vector: Any, scope: str, *, count: int = 16) -> list[tuple[str, float]]:
+    def search(self, vector: Any, scope: str, *, count: int = 16, guards: str | None = None) -> list[tuple[str, float]]:
         """The nearest stored prompts of ``scope``, as ``(key, cosine similarity)``, best first. The
         index proposes ``count`` candidates across all scopes; their scope and similarity are then
         read from the record (float16 vectors, re-scored exactly), so a stale or damaged index can
@@ -363,9 +381,9 @@ class VectorIndex:
         if not labels:
             return []
         marks = ",".join("?" * len(labels))
+        where = f"label IN ({marks}) AND {self._where(guards)} AND vector IS NOT NULL"
         rows = self._db.execute(
-            f"SELECT key, vector FROM vectors WHERE label IN ({marks}) AND scope = ? AND vector IS NOT NULL",
-            [*labels, scope],
+            f"SELECT key, vector FROM vectors WHERE {where}", [*labels, *self._args(scope, guards)]
         ).fetchall()
         query = np.asarray(vector, np.float32)
         scored = [(key, float(np.frombuffer(blob, np.float16).astype(np.float32) @ query)) for key, blob in rows]
