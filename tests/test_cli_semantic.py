@@ -191,6 +191,36 @@ def test_guards_off_serves_the_near_miss_that_guards_refuse(
     assert result["hit"] == "semantic"  # a wrong answer, served: why the guards are on by default
 
 
+# A reviewer's report, 2026-12-03: each reversed question was served its forward twin's answer
+# (similarities of 0.95 to 0.999), since the guards compared names, units and numbers as sets.
+FORWARD_AND_REVERSED = [
+    ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"),
+    ("Did Germany invade Poland in 1939?", "Did Poland invade Germany in 1939?"),
+    ("Convert kilograms to pounds: 5 kg", "Convert pounds to kilograms: 5 kg"),
+    ("Sort these numbers in ascending order: 5, 3, 9, 1", "Sort these numbers in descending order: 5, 3, 9, 1"),
+    ("Is London bigger than Paris?", "Is Paris bigger than London?"),
+    ("How do I convert a list to a tuple in Python?", "How do I convert a tuple to a list in Python?"),
+]
+
+
+def test_a_reversed_question_is_paid_while_a_rewording_in_the_same_order_is_served(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread
+) -> None:
+    forward_rows = [{"id": f"f{i}", "prompt": a} for i, (a, _) in enumerate(FORWARD_AND_REVERSED)]
+    forward = write_jsonl(tmp_path / "forward.jsonl", _lines(forward_rows))
+    assert llmbatch("run", str(forward), "--semantic", "-q").exit_code == 0
+    reworded = {"id": "reworded", "prompt": "How can I convert Celsius to Fahrenheit?"}
+    rows = [{"id": f"r{i}", "prompt": b} for i, (_, b) in enumerate(FORWARD_AND_REVERSED)] + [reworded]
+    reversed_ = write_jsonl(tmp_path / "reversed.jsonl", _lines(rows))
+    run = llmbatch("run", str(reversed_), "--semantic", "-q")
+    assert run.exit_code == 0, run.stderr
+    results = {row["id"]: row for row in read_results(tmp_path / "reversed.results.jsonl")}
+    for i in range(len(FORWARD_AND_REVERSED)):
+        assert (results[f"r{i}"]["hit"], results[f"r{i}"]["cached"]) == (None, False), FORWARD_AND_REVERSED[i][1]
+    assert results["reworded"]["hit"] == "semantic"  # the semantic cache was at work, and kept to the order
+    assert sim.stats()["requests_received"] == 2 * len(FORWARD_AND_REVERSED)  # every reversed line paid
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
