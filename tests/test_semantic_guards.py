@@ -70,6 +70,7 @@ def test_paraphrases_pass_every_guard(a: str, b: str) -> None:
         ("Sort the list in increasing order: 4, 2, 8", "Sort the list in decreasing order: 4, 2, 8", "polarity"),
         ("Sort the names in alphabetical order.", "Sort the names in reverse alphabetical order.", "polarity"),
         ("How do I scroll upwards in tmux?", "How do I scroll downwards in tmux?", "polarity"),
+        ("Explain quantum computing to a child.", "Explain quantum computing to a child in detail.", "polarity"),
     ],
 )
 def test_a_changed_meaning_word_is_refused_by_its_guard(a: str, b: str, guard: str) -> None:

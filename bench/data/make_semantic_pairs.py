@@ -377,6 +377,10 @@ REVIEWER_DIFFERENT = {
         ("Sort these numbers in ascending order: 5, 3, 9, 1", "Sort these numbers in descending order: 5, 3, 9, 1"),
         ("Sort the list in increasing order: 4, 2, 8", "Sort the list in decreasing order: 4, 2, 8"),
     ],
+    # in the same files, and still served once the order guard was in (0.985)
+    "scope": [
+        ("Explain quantum computing to a child.", "Explain quantum computing to a child in detail."),
+    ],
 }
 
 # Written with the order guard (2026-12-03), after the reviewer's report: more reversals, the same
