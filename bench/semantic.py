@@ -246,7 +246,7 @@ def overhead(lines: int, compare: Path | None = None, rounds: int = 3) -> dict[s
                     base = [sys.executable, "-m", "llmbatch", "run", "--simulate", "-q", "--workers", "0"]
                     if case in ("scope_with_an_entry", "every_line_embedded"):
                         seeded = [*base, str(seed), "-o", str(root / "seed.out"), "--semantic"]
-                        subprocess.run(seeded, env=env, check=True, capture_output=True)
+                        subprocess.run(seeded, env=env, cwd=root, check=True, capture_output=True)
                     extra = {
                         "without": [],
                         "new_scope": ["--semantic"],
@@ -262,6 +262,7 @@ def overhead(lines: int, compare: Path | None = None, rounds: int = 3) -> dict[s
                     subprocess.run(
                         [*base, str(source_file), "-o", str(root / "out.jsonl"), *extra],
                         env=env,
+                        cwd=root,  # not the checkout: `-m` would import the package there, whatever PYTHONPATH says
                         check=True,
                         capture_output=True,
                     )
