@@ -13,6 +13,7 @@ from llmbatch.store.semantic_guards import (
     quoted,
     same_order,
     signature,
+    substitution,
 )
 
 
@@ -182,3 +183,21 @@ def test_the_signature_leaves_order_to_the_pairwise_check() -> None:
     # It narrows the candidates; the order is checked on each one with disagreements.
     a, b = "How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"
     assert signature(a) == signature(b) and disagreements(a, b) == ["order"]
+
+
+_TICKET = "Summarise this support ticket in one sentence: the customer would like us to {} the kettle."
+
+
+def test_a_word_swapped_inside_a_long_shared_text_is_a_substitution() -> None:
+    # The model scores this 0.914 (and 0.977 with a pasted paragraph): nothing else tells them apart.
+    assert substitution(_TICKET.format("repair"), _TICKET.format("refund"))
+    assert "substitution" in disagreements(_TICKET.format("repair"), _TICKET.format("refund"))
+
+
+def test_adding_or_dropping_words_and_short_rewordings_are_not_substitutions() -> None:
+    assert not substitution("What is RAG?", "Can you explain RAG?")
+    assert not substitution(_TICKET.format("repair"), "Please " + _TICKET.format("repair").lower())
+    assert not substitution(
+        "I want a repair for my kettle.", "I want a refund for my kettle."
+    )  # few shared: the model weighs it
+    assert not substitution(_TICKET.format("repair"), _TICKET.format("repair").replace(" ", "\n  "))

@@ -453,6 +453,52 @@ ORDER_SAME = {
 }
 
 
+SOURCE_S = "hand-written after measuring long templates, 2026-12-03 (llmbatch, substitution guard)"
+KETTLE = (
+    "The kettle I bought last month stopped heating after a week. The light comes on and it makes a faint "
+    "clicking sound but the water never gets warm. I have descaled it and tried another socket. "
+)
+# One instruction word swapped inside a template filled with the same document: the model scores
+# these 0.91-0.98, and no number, name, negation or quote differs.
+SUBSTITUTION_DIFFERENT = {
+    "template-substitution": [
+        (
+            TICKET.format(KETTLE + "The customer would like us to repair the kettle."),
+            TICKET.format(KETTLE + "The customer would like us to refund the kettle."),
+        ),
+        (
+            "Extract the sender's email address from this message: " + KETTLE,
+            "Extract the sender's phone number from this message: " + KETTLE,
+        ),
+        (
+            "Summarise this support ticket in one sentence: the customer would like us to repair the kettle.",
+            "Summarise this support ticket in one sentence: the customer would like us to refund the kettle.",
+        ),
+        (
+            "Translate this support ticket into formal English: " + KETTLE,
+            "Translate this support ticket into plain English: " + KETTLE,
+        ),
+        (
+            "List the symptoms the customer describes in this ticket: " + KETTLE,
+            "List the steps the customer already tried in this ticket: " + KETTLE,
+        ),
+    ],
+}
+# The same template with its document laid out differently, or with words added: one answer.
+SUBSTITUTION_SAME = {
+    "template-format": [
+        (
+            TICKET.format(KETTLE + "The customer would like us to repair the kettle."),
+            TICKET.format(KETTLE.replace(". ", ".\n") + "The customer would like us to repair the kettle."),
+        ),
+        (
+            "Extract the sender's email address from this message: " + KETTLE,
+            "Please extract the sender's email address from the following message: " + KETTLE,
+        ),
+    ],
+}
+
+
 def main() -> None:
     rows = []
     for groups, same, style, source, split in (
@@ -465,12 +511,14 @@ def main() -> None:
         (REVIEWER_DIFFERENT, False, "question", SOURCE_R, "held-out"),
         (ORDER_SAME, True, "question", SOURCE_O, "tuning"),
         (ORDER_DIFFERENT, False, "question", SOURCE_O, "tuning"),
+        (SUBSTITUTION_SAME, True, "batch", SOURCE_S, "tuning"),
+        (SUBSTITUTION_DIFFERENT, False, "batch", SOURCE_S, "tuning"),
     ):
         for kind, pairs in groups.items():
             for a, b in pairs:
                 assert a != b, (kind, a)
                 row_style = style or ("batch" if kind.startswith("template") else "question")
-                row_source = SOURCE_B if row_style == "batch" else source
+                row_source = SOURCE_B if row_style == "batch" and source in (SOURCE_Q, SOURCE_B) else source
                 row = {
                     "a": a,
                     "b": b,

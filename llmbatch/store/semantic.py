@@ -54,9 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_THRESHOLD", "SemanticSettings", "SemanticStore", "prompt_and_scope", "semantic_counts"]
 
-#: Chosen on bench/data/semantic_pairs.jsonl with the guards on (bench/semantic.py, BENCHMARKS.md): 0 of the
-#: 97 tuning pairs that need different answers served from 0.86 up; 0.90 leaves a margin and keeps 88 %
-#: recall. Over all 128 (held-out ones too) it serves 1 (0.8 %); 0.96 and up serve none, at 66 % recall.
+#: Chosen on bench/data/semantic_pairs.jsonl with the guards on (bench/semantic.py, BENCHMARKS.md): none
+#: of the tuning pairs that need different answers is served from 0.86 up; 0.90 leaves a margin. Over
+#: all 160 (held-out ones too) it serves 1 (0.6 %), with 75.6 % recall; 0.96 and up serve none.
 DEFAULT_THRESHOLD = 0.90
 #: The index proposes this many neighbours; the ones outside the scope are dropped after.
 CANDIDATES = 16

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Callable
 
 __all__ = [
@@ -311,6 +312,28 @@ def same_order(a: str, b: str) -> bool:
     )
 
 
+#: Meaning words two prompts share from which a swapped word is no longer weighed by the model: a
+#: template filled with the same document (measured: "... would like us to repair / refund the
+#: kettle" scores 0.914 with 8 shared words and 0.977 with 30; "email address" / "phone number" in
+#: the same extraction template 0.959), while short questions that swap their subject score well
+#: under the threshold (0.70-0.82 for "repair / refund", "boiling / freezing", "haiku / limerick").
+SUBSTITUTION_MIN_SHARED = 5
+
+
+def substitution(a: str, b: str) -> bool:
+    """Whether one text swaps meaning words of the other for others while sharing many: each has a
+    meaning word the other lacks, and they share at least :data:`SUBSTITUTION_MIN_SHARED`.
+
+    In a long prompt one changed word is a small part of the embedding, so two prompts that ask
+    for different things ("repair" / "refund", "email address" / "phone number" in one filled
+    template) score far above any usable threshold and no word list can name every such word. A
+    paraphrase only adds or drops words ("What is RAG?" / "Can you explain RAG?"), or rewords a
+    short question (few shared words: the model weighs it). A rewording of a long template's
+    instruction is refused too: a miss, where the alternative is a wrong answer."""
+    first, second = Counter(meaning_words(a)), Counter(meaning_words(b))
+    return bool(first - second) and bool(second - first) and sum((first & second).values()) >= SUBSTITUTION_MIN_SHARED
+
+
 #: Each guard by the name a refusal reports.
 GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
     "numbers": numbers,
@@ -325,6 +348,8 @@ def disagreements(a: str, b: str) -> list[str]:
     found = [name for name, guard in GUARDS.items() if guard(a) != guard(b)]
     if not same_order(a, b):
         found.append("order")
+    if substitution(a, b):
+        found.append("substitution")
     return found
 
 
