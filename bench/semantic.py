@@ -19,12 +19,18 @@ scopes; then VectorIndex (the real class) finds no index and builds and saves on
 each within a scope (median, 99th percentile) and reports its peak RSS: what a run pays. The
 embedding of the question is not in this figure (see the throughput).
 
-first use: a new interpreter importing llmbatch.store.semantic_index and loading the model.
+first use: a new interpreter importing llmbatch.store.semantic_index, opening an Embedder, and making
+its first embedding (which loads the model).
 
 overhead: `llmbatch run --simulate -q` over LINES distinct temperature-0 questions, each into a fresh
-cache: without --semantic, and with it in two cases: (a) the scope has nothing stored (no embedding
-is needed), (b) one stored answer shares the scope, so every line is embedded and searched and
-none passes. The runs alternate, median of 3; per-line cost is (with - without) / LINES.
+cache: without --semantic, and with it in three cases: (a) the scope has nothing stored (no
+embedding is needed), (b) one stored answer shares the scope (since the guards' signature, a line
+whose numbers no stored prompt shares is not embedded), (c) the same with `--semantic-guards off
+--semantic-threshold 1`, so that every line is embedded and searched and none passes: the worst
+case. The runs alternate, median of --rounds (3), wall and CPU time; per-line cost is
+(with - without) / LINES, and again with what a one-line run of the same case pays once taken out
+(imports; loading the model). --compare SRC times the package in SRC too (PYTHONPATH), interleaved
+with this one: before and after in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -181,18 +188,30 @@ def _status_kb(name: str) -> int:
 
 
 def first_use() -> dict[str, float]:
+    """Importing the libraries, opening an Embedder (finds the model; loads nothing since issue 15's
+    lazy load), and the first embedding (loads the tokenizer and the model, embeds one prompt)."""
     code = (
         "import time; t = time.perf_counter()\n"
         "from llmbatch.store.semantic_index import Embedder\n"
-        "i = time.perf_counter(); Embedder(); l = time.perf_counter()\n"
-        "print(i - t, l - i)\n"
+        "i = time.perf_counter(); e = Embedder(); o = time.perf_counter()\n"
+        "e.embed(['What is retrieval-augmented generation?']); f = time.perf_counter()\n"
+        "print(i - t, o - i, f - o)\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(3)]
-    imports, loads = zip(*[map(float, run.stdout.split()) for run in runs], strict=True)
-    return {"import_s": round(statistics.median(imports), 3), "load_model_s": round(statistics.median(loads), 3)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(5)]
+    imports, opens, firsts = zip(*[map(float, run.stdout.split()) for run in runs], strict=True)
+    return {
+        "import_s": round(statistics.median(imports), 3),
+        "open_s": round(statistics.median(opens), 3),
+        "first_embedding_s": round(statistics.median(firsts), 3),
+    }
 
 
-def overhead(lines: int) -> dict[str, object]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def overhead(lines: int, compare: Path | None = None, rounds: int = 3) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         questions = root / "q.jsonl"
@@ -211,44 +230,66 @@ def overhead(lines: int) -> dict[str, object]:
         )
         one = root / "one.jsonl"
         one.write_text(json.dumps({"id": 0, "prompt": "Say hello.", "temperature": 0}) + "\n")
-        # A run of one line, without and with --semantic: what a run pays once (imports, model), to be
-        # taken out of the per-line figure.
-        variants = ("without", "new_scope", "scope_with_an_entry", "one_line_without", "one_line_semantic")
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for round_ in range(3):
-            for variant in variants:
-                cache = root / f"cache-{variant}-{round_}"
-                env = {**os.environ, "LLMBATCH_CACHE_DIR": str(cache)}
-                base = [sys.executable, "-m", "llmbatch", "run", "--simulate", "-q", "--workers", "0"]
-                if variant == "scope_with_an_entry":
-                    subprocess.run([*base, str(seed), "-o", str(root / "seed.out"), "--semantic"], env=env, check=True)
-                extra = [] if variant in ("without", "one_line_without") else ["--semantic"]
-                source = one if variant.startswith("one_line") else questions
-                started = time.perf_counter()
-                subprocess.run(
-                    [*base, str(source), "-o", str(root / "out.jsonl"), *extra],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
-                times[variant].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    once = medians["one_line_semantic"] - medians["one_line_without"]
-    return {
-        "once_s": round(once, 3),
-        "extra_ms_per_line_new_scope_after_once": round(
-            1000 * (medians["new_scope"] - medians["without"] - once) / lines, 3
-        ),
-        "extra_ms_per_line_scope_with_an_entry_after_once": round(
-            1000 * (medians["scope_with_an_entry"] - medians["without"] - once) / lines, 3
-        ),
-        "lines": lines,
-        "median_s": {name: round(value, 3) for name, value in medians.items()},
-        "extra_ms_per_line_new_scope": round(1000 * (medians["new_scope"] - medians["without"]) / lines, 3),
-        "extra_ms_per_line_scope_with_an_entry": round(
-            1000 * (medians["scope_with_an_entry"] - medians["without"]) / lines, 3
-        ),
-    }
+        # Runs of one line, without and with --semantic in each case: what a run pays once (imports,
+        # the model when a line is embedded), to be taken out of the per-line figure.
+        cases = ("without", "new_scope", "scope_with_an_entry", "every_line_embedded")
+        variants = [(case, size) for size in ("one_line", "lines") for case in cases]
+        sources = {"this": None} if compare is None else {"this": None, "compared": compare}
+        times: dict[str, list[float]] = {f"{source}:{size}:{case}": [] for source in sources for case, size in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in times}
+        for round_ in range(rounds):
+            for source, path in sources.items():
+                env_path = {} if path is None else {"PYTHONPATH": str(path)}
+                for case, size in variants:
+                    cache = root / f"cache-{source}-{case}-{size}-{round_}"
+                    env = {**os.environ, **env_path, "LLMBATCH_CACHE_DIR": str(cache)}
+                    base = [sys.executable, "-m", "llmbatch", "run", "--simulate", "-q", "--workers", "0"]
+                    if case in ("scope_with_an_entry", "every_line_embedded"):
+                        seeded = [*base, str(seed), "-o", str(root / "seed.out"), "--semantic"]
+                        subprocess.run(seeded, env=env, cwd=root, check=True, capture_output=True)
+                    extra = {
+                        "without": [],
+                        "new_scope": ["--semantic"],
+                        "scope_with_an_entry": ["--semantic"],
+                        # Guards off: no question is left out for what the guards see in it; a
+                        # threshold of 1 serves none of them.
+                        "every_line_embedded": ["--semantic", "--semantic-guards", "off", "--semantic-threshold", "1"],
+                    }[case]
+                    source_file = one if size == "one_line" else questions
+                    name = f"{source}:{size}:{case}"
+                    used = _children_cpu_s()
+                    started = time.perf_counter()
+                    subprocess.run(
+                        [*base, str(source_file), "-o", str(root / "out.jsonl"), *extra],
+                        env=env,
+                        cwd=root,  # not the checkout: `-m` would import the package there, whatever PYTHONPATH says
+                        check=True,
+                        capture_output=True,
+                    )
+                    times[name].append(time.perf_counter() - started)
+                    cpu[name].append(_children_cpu_s() - used)
+    report: dict[str, object] = {"lines": lines, "rounds": rounds}
+    for source in sources:
+        figures: dict[str, object] = {}
+        # Wall time is what the target is about; CPU time (user + sys of the run's process) moves
+        # far less when other work shares the cores.
+        for measure, values in (("wall", times), ("cpu", cpu)):
+            m = {
+                name.split(":", 1)[1]: statistics.median(v)
+                for name, v in values.items()
+                if name.startswith(source + ":")
+            }
+            for case in cases[1:]:
+                once = m[f"one_line:{case}"] - m["one_line:without"]
+                extra = m[f"lines:{case}"] - m["lines:without"]
+                figures[f"{measure}:{case}_once_s"] = round(once, 3)
+                figures[f"{measure}:{case}_extra_ms_per_line"] = round(1000 * extra / lines, 3)
+                figures[f"{measure}:{case}_extra_ms_per_line_after_once"] = round(1000 * (extra - once) / lines, 3)
+            figures[f"{measure}:median_s"] = {name: round(value, 3) for name, value in m.items()}
+        report[source] = figures
+    if compare is not None:
+        report["compared_source"] = str(compare)
+    return report
 
 
 def main() -> None:
@@ -256,6 +297,13 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "pairs", "latency", "first-use", "overhead"], default="all")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--lines", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="overhead: runs of each kind (the median is kept)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="SRC",
+        help="overhead: also time the llmbatch package in SRC (e.g. `git archive` of an older commit), interleaved",
+    )
     parser.add_argument("--search-child", nargs=2, metavar=("DIR", "NDIM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.search_child:
@@ -269,7 +317,7 @@ def main() -> None:
     if args.part in ("all", "first-use"):
         report["first_use"] = first_use()
     if args.part in ("all", "overhead"):
-        report["overhead"] = overhead(args.lines)
+        report["overhead"] = overhead(args.lines, args.compare, args.rounds)
     if args.part in ("all", "latency"):
         report["latency"] = [latency(int(size), embedder.ndim) for size in args.sizes.split(",")]
     print(json.dumps(report, indent=2))

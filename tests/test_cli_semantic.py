@@ -84,7 +84,9 @@ def test_variants_get_the_stored_answers_marked_semantic_and_near_misses_are_pai
 
     stats = json.loads(llmbatch("cache", "stats", "--json").stdout)
     assert stats["semantic"]["semantic_hits"] == 4
-    assert stats["semantic"]["prompts_embedded"] == len(BASE) + near_misses
+    # Only the base prompts a variant could match: each near miss differs from every stored prompt in
+    # what the guards see (a number, a name, "off"), so it was never embedded.
+    assert stats["semantic"]["prompts_embedded"] == 4
 
 
 def test_without_semantic_every_variant_is_paid(
@@ -189,6 +191,36 @@ def test_guards_off_serves_the_near_miss_that_guards_refuse(
     assert result["hit"] == "semantic"  # a wrong answer, served: why the guards are on by default
 
 
+# A reviewer's report, 2026-12-03: each reversed question was served its forward twin's answer
+# (similarities of 0.95 to 0.999), since the guards compared names, units and numbers as sets.
+FORWARD_AND_REVERSED = [
+    ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"),
+    ("Did Germany invade Poland in 1939?", "Did Poland invade Germany in 1939?"),
+    ("Convert kilograms to pounds: 5 kg", "Convert pounds to kilograms: 5 kg"),
+    ("Sort these numbers in ascending order: 5, 3, 9, 1", "Sort these numbers in descending order: 5, 3, 9, 1"),
+    ("Is London bigger than Paris?", "Is Paris bigger than London?"),
+    ("How do I convert a list to a tuple in Python?", "How do I convert a tuple to a list in Python?"),
+]
+
+
+def test_a_reversed_question_is_paid_while_a_rewording_in_the_same_order_is_served(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread
+) -> None:
+    forward_rows = [{"id": f"f{i}", "prompt": a} for i, (a, _) in enumerate(FORWARD_AND_REVERSED)]
+    forward = write_jsonl(tmp_path / "forward.jsonl", _lines(forward_rows))
+    assert llmbatch("run", str(forward), "--semantic", "-q").exit_code == 0
+    reworded = {"id": "reworded", "prompt": "How can I convert Celsius to Fahrenheit?"}
+    rows = [{"id": f"r{i}", "prompt": b} for i, (_, b) in enumerate(FORWARD_AND_REVERSED)] + [reworded]
+    reversed_ = write_jsonl(tmp_path / "reversed.jsonl", _lines(rows))
+    run = llmbatch("run", str(reversed_), "--semantic", "-q")
+    assert run.exit_code == 0, run.stderr
+    results = {row["id"]: row for row in read_results(tmp_path / "reversed.results.jsonl")}
+    for i in range(len(FORWARD_AND_REVERSED)):
+        assert (results[f"r{i}"]["hit"], results[f"r{i}"]["cached"]) == (None, False), FORWARD_AND_REVERSED[i][1]
+    assert results["reworded"]["hit"] == "semantic"  # the semantic cache was at work, and kept to the order
+    assert sim.stats()["requests_received"] == 2 * len(FORWARD_AND_REVERSED)  # every reversed line paid
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -272,3 +304,31 @@ def test_semantic_hits_are_served_from_a_redis_store_on_another_machine(
     near_misses = sum(matched is None for _, matched in VARIANTS)
     assert sim.stats()["requests_received"] == len(BASE) + near_misses
     assert (tmp_path / "two" / "semantic").is_dir() and not (tmp_path / "one" / "semantic").exists()
+
+
+# A pasted document longer than the model's window (256 word pieces): ordinary words only, so that no
+# guard has anything to compare.
+_DOCUMENT = (
+    "our team reviewed the delivery notes and the photos the customer sent with the message, and the"
+    " carton looked crushed along one side where the tape had split. "
+) * 12
+
+
+def test_a_prompt_longer_than_the_model_window_is_never_answered_by_a_neighbour(
+    tmp_path: Path, llmbatch: Callable[..., Run], sim: SimulatorThread
+) -> None:
+    # The two tickets share their first 256 word pieces and differ only after them, where the model
+    # does not look: an answer for one is not an answer for the other.
+    repair = TICKET.format(_DOCUMENT + "the customer would like us to repair the kettle.")
+    refund = TICKET.format(_DOCUMENT + "the customer would like us to refund the kettle.")
+    base = write_jsonl(tmp_path / "base.jsonl", _lines([{"id": "repair", "prompt": repair}]))
+    assert llmbatch("run", str(base), "--semantic", "-q").exit_code == 0
+    variant = write_jsonl(tmp_path / "variant.jsonl", _lines([{"id": "refund", "prompt": refund}]))
+    run = llmbatch("run", str(variant), "--semantic", "-q")
+    assert run.exit_code == 0, run.stderr
+    [result] = read_results(tmp_path / "variant.results.jsonl")
+    assert (result["hit"], result["cached"]) == (None, False)
+    assert sim.stats()["requests_received"] == 2
+    # Neither prompt was embedded: the model would not have seen all of it.
+    stats = json.loads(llmbatch("cache", "stats", "--json").stdout)
+    assert stats["semantic"]["prompts_embedded"] == 0

@@ -3,6 +3,7 @@ scope, temperature, threshold, guards, the vectors kept beside the store, and a 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_vectors_are_kept_and_a_reopened_store_embeds_nothing_again(tmp_path: Pa
 
 def test_a_looked_up_prompt_is_not_embedded_again_when_its_answer_is_stored(store: SemanticStore) -> None:
     put(store, material())
-    question = material("What is the capital of France?")
+    question = material("What is a vector database?")  # nothing for the guards either: it is compared
     assert near(store, question) is None
     embedded = store.embedded
     put(store, question)  # its answer, paid for: filed with the vector its lookup made
@@ -247,3 +248,74 @@ def test_the_audit_sample_holds_every_hit_up_to_its_size_then_a_uniform_sample(
             assert near(s, material(text)) is not None
         assert len(s.audit_sample) == 2
         assert {key for key, _, _ in s.audit_sample} <= {key_from_material(material(t)) for t in variants}
+
+
+# Ordinary words only: nothing for the guards to compare.
+LONG = "the carton looked crushed along the side where the tape had split, and the lid sat loosely. " * 20
+
+
+def test_prompts_that_differ_only_in_characters_the_model_does_not_know_are_never_matched(
+    store: SemanticStore,
+) -> None:
+    # Both emoji are the tokenizer's unknown token: the model sees one prompt twice.
+    put(store, material("Describe the mood of this message: 😀"))
+    assert near(store, material("Describe the mood of this message: 😡")) is None
+    assert store.embedded == 0
+
+
+def test_a_stored_prompt_longer_than_the_window_is_never_embedded_nor_a_neighbour(store: SemanticStore) -> None:
+    put(store, material(LONG + "please repair it."))
+    short = material("Summarise the ticket.")  # nothing the guards look for, as in the long one
+    assert near(store, short) is None  # the scope holds something: the long prompt's turn to be embedded came
+    assert store.embedded == 1  # the question only
+    assert store.index.waiting(prompt_and_scope(short)[1], 10) == []  # and it is not waiting any more
+    assert not store.index.has_scope(prompt_and_scope(short)[1])
+
+
+def test_a_vector_filed_for_a_long_prompt_before_the_window_rule_is_not_trusted(store: SemanticStore) -> None:
+    # Runs before the rule embedded long prompts (cut at the window): such vectors may be on file. This
+    # one says "Summarise the ticket."; the entry says what was asked, and it is too long to compare.
+    key = put(store, material(LONG + "please repair it."))
+    store.index.fill([(key, store.embedder.embed(["Summarise the ticket."])[0])])
+    assert near(store, material("Summarise the ticket.")) is None
+
+
+def test_audit_agreement_does_not_count_long_answers_alike_only_in_their_openings(store: SemanticStore) -> None:
+    assert store.agreement(LONG + "We will repair it.", LONG + "We will refund it.") is None
+
+
+def test_opening_a_semantic_store_loads_no_model_until_something_is_embedded(tmp_path: Path) -> None:
+    with SemanticStore(DiskStore(tmp_path), tmp_path) as s:
+        put(s, material())
+        assert near(s, material(PARAPHRASE, model="gpt-4o")) is None  # nothing stored in that scope
+        assert not s.embedder.loaded
+        assert near(s, material(PARAPHRASE)) is not None
+        assert s.embedder.loaded
+
+
+def test_a_key_asked_again_keeps_the_vector_its_first_lookup_made(store: SemanticStore) -> None:
+    # The leading hits are looked for while the file is validated, then the run asks for the rest.
+    put(store, material())
+    question = material("What is the capital of France?")
+    assert near(store, question) is None
+    embedded = store.embedded
+    assert near(store, question) is None
+    assert store.embedded == embedded
+
+
+def test_the_lookup_for_an_event_loop_answers_as_the_plain_one(store: SemanticStore) -> None:
+    base_key = put(store, material())
+    asked = [(key_from_material(m), m) for m in (material(PARAPHRASE), material("Turn off the lights."))]
+    found = asyncio.run(store.get_near_async(asked))
+    assert list(found) == [asked[0][0]] and found[asked[0][0]]["semantic"]["matched_key"] == base_key
+    assert store.get_near(asked).keys() == found.keys()
+
+
+def test_a_question_no_stored_prompt_of_its_scope_agrees_with_on_the_guards_is_not_embedded(
+    store: SemanticStore,
+) -> None:
+    put(store, material("Summarise ticket 1182 in a sentence."))
+    assert near(store, material("Summarise ticket 1183 in a sentence.")) is None  # another number
+    assert store.embedded == 0
+    assert near(store, material("Please summarise ticket 1182 in a sentence.")) is not None
+    assert store.embedded == 2  # the stored prompt, then the question

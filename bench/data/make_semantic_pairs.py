@@ -1,12 +1,15 @@
 """Writes bench/data/semantic_pairs.jsonl: labelled prompt pairs for the semantic cache (issue 15).
 
-Every pair was written by hand for llmbatch by the engineer who built the semantic cache (no outside
-data set, no generated text): short questions of the kind users send, and batch-style prompts (one
-template filled with a document, as llmbatch's input files are). Each pair says:
+Every pair was written by hand for llmbatch (no outside data set, no generated text), by the engineer
+who built the semantic cache, by a reviewer (the reversed questions served before the order guard,
+2026-12-03) and by the engineer who added that guard: short questions of the kind users send, and
+batch-style prompts (one template filled with a document, as llmbatch's input files are). Each pair
+says:
 
 - ``same``: true when one answer serves both (paraphrase, formatting and whitespace, a template filled
-  the same way), false when it must not (a number, date, negation, entity, polarity word, quoted text
-  or the question's scope changed);
+  the same way, a rewording that moves words: ``reorder-paraphrase``), false when it must not (a
+  number, date, negation, entity, polarity word, quoted text, the order of the words (``order``: "to
+  pounds from kilograms") or the question's scope changed);
 - ``kind``: which of those it is; ``style``: ``question`` or ``batch``; ``source``: where it comes from;
 - ``split``: ``tuning`` (the guards and the default threshold were chosen looking at these) or
   ``held-out`` (written afterwards and only measured).
@@ -356,6 +359,146 @@ HELD_OUT_DIFFERENT = {
 }
 
 
+# Found by a reviewer on 2026-12-03 (served with --semantic at similarities of 0.95-0.999: the guards
+# compared names, units and numbers as sets, so a swap passed, and "ascending", "increasing" were not
+# polarity words). Found after the guards were tuned, so held out.
+SOURCE_R = "reviewer, 2026-12-03 (/tmp/review/repro/r1_semantic_swap.sh and the files beside it)"
+REVIEWER_DIFFERENT = {
+    "order": [
+        ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"),
+        ("Did Germany invade Poland in 1939?", "Did Poland invade Germany in 1939?"),
+        ("Convert kilograms to pounds: 5 kg", "Convert pounds to kilograms: 5 kg"),
+        ("Is London bigger than Paris?", "Is Paris bigger than London?"),
+        ("Translate from English to French: I am happy.", "Translate from French to English: I am happy."),
+        ("How do I convert a list to a tuple in Python?", "How do I convert a tuple to a list in Python?"),
+        ("How do I convert a string to an integer in Python?", "How do I convert an integer to a string in Python?"),
+    ],
+    "polarity": [
+        ("Sort these numbers in ascending order: 5, 3, 9, 1", "Sort these numbers in descending order: 5, 3, 9, 1"),
+        ("Sort the list in increasing order: 4, 2, 8", "Sort the list in decreasing order: 4, 2, 8"),
+    ],
+    # in the same files, and still served once the order guard was in (0.985)
+    "scope": [
+        ("Explain quantum computing to a child.", "Explain quantum computing to a child in detail."),
+    ],
+}
+
+# Written with the order guard (2026-12-03), after the reviewer's report: more reversals, the same
+# questions reworded with their words in the same order (which must still be served), and rewordings
+# that move the words (one answer serves both, but the order guard refuses them: what it costs).
+SOURCE_O = "hand-written after the reviewer's report of 2026-12-03 (llmbatch, order guard)"
+ORDER_DIFFERENT = {
+    "order": [
+        ("What is 12 minus 7?", "What is 7 minus 12?"),
+        ("Divide 100 by 4.", "Divide 4 by 100."),
+        ("Convert 10 USD to EUR.", "Convert 10 EUR to USD."),
+        (
+            "What time is it in Tokyo when it is 9 am in London?",
+            "What time is it in London when it is 9 am in Tokyo?",
+        ),
+        ("Did the Romans conquer the Greeks?", "Did the Greeks conquer the Romans?"),
+        ("Can a cat eat dog food?", "Can a dog eat cat food?"),
+        (
+            "How do I merge the main branch into my feature branch?",
+            "How do I merge my feature branch into the main branch?",
+        ),
+        ("Is a square a rectangle?", "Is a rectangle a square?"),
+        ("How do I convert JSON to YAML?", "How do I convert YAML to JSON?"),
+        (
+            "Copy the files from the server to my laptop with scp.",
+            "Copy the files from my laptop to the server with scp.",
+        ),
+        # the same words in the same order, the direction reversed by the prepositions
+        ("How do I convert Fahrenheit to Celsius?", "How do I convert to Fahrenheit from Celsius?"),
+        ("Copy the files from my laptop to the server.", "Copy the files to my laptop from the server."),
+        ("Translate from French into English: I am happy.", "Translate into French from English: I am happy."),
+        ("List the files from oldest to newest.", "List the files from newest to oldest."),
+    ],
+    "polarity": [
+        ("Sort the names in alphabetical order.", "Sort the names in reverse alphabetical order."),
+        ("How do I scroll upwards in tmux?", "How do I scroll downwards in tmux?"),
+        ("How do I move the cursor forward one word in bash?", "How do I move the cursor backward one word in bash?"),
+    ],
+}
+ORDER_SAME = {
+    "paraphrase": [
+        ("How do I convert Celsius to Fahrenheit?", "How can I convert Celsius to Fahrenheit?"),
+        ("Convert kilograms to pounds: 5 kg", "Convert kilograms into pounds: 5 kg"),
+        ("Is London bigger than Paris?", "Is London a bigger city than Paris?"),
+        ("How do I convert a list to a tuple in Python?", "How can I turn a list into a tuple in Python?"),
+        ("Translate from English to French: I am happy.", "Translate this from English into French: I am happy."),
+        (
+            "Sort these numbers in ascending order: 5, 3, 9, 1",
+            "Sort the following numbers in ascending order: 5, 3, 9, 1",
+        ),
+        ("How do I convert Celsius to Fahrenheit?", "How to convert Celsius to Fahrenheit?"),
+        ("Translate from English to French: I am happy.", "Translate English into French: I am happy."),
+        ("What is 12 minus 7?", "What does 12 minus 7 equal?"),
+        (
+            "How do I merge the main branch into my feature branch?",
+            "How can I merge the main branch into my feature branch?",
+        ),
+        ("Did the Romans conquer the Greeks?", "Did the Romans ever conquer the Greeks?"),
+        ("How do I convert JSON to YAML?", "What is the way to convert JSON to YAML?"),
+    ],
+    "reorder-paraphrase": [
+        ("What is the capital of France?", "France's capital?"),
+        ("What is the difference between TCP and UDP?", "What is the difference between UDP and TCP?"),
+        ("Did Germany invade Poland in 1939?", "In 1939, did Germany invade Poland?"),
+        ("How do I convert a list to a tuple in Python?", "In Python, how do I convert a list to a tuple?"),
+        ("How much does a Tesla Model 3 cost in Germany?", "In Germany, how much does a Tesla Model 3 cost?"),
+        ("What are the side effects of ibuprofen?", "Ibuprofen: what are its side effects?"),
+        ("Who wrote Pride and Prejudice?", "Pride and Prejudice was written by whom?"),
+    ],
+}
+
+
+SOURCE_S = "hand-written after measuring long templates, 2026-12-03 (llmbatch, substitution guard)"
+KETTLE = (
+    "The kettle I bought last month stopped heating after a week. The light comes on and it makes a faint "
+    "clicking sound but the water never gets warm. I have descaled it and tried another socket. "
+)
+# One instruction word swapped inside a template filled with the same document: the model scores
+# these 0.91-0.98, and no number, name, negation or quote differs.
+SUBSTITUTION_DIFFERENT = {
+    "template-substitution": [
+        (
+            TICKET.format(KETTLE + "The customer would like us to repair the kettle."),
+            TICKET.format(KETTLE + "The customer would like us to refund the kettle."),
+        ),
+        (
+            "Extract the sender's email address from this message: " + KETTLE,
+            "Extract the sender's phone number from this message: " + KETTLE,
+        ),
+        (
+            "Summarise this support ticket in one sentence: the customer would like us to repair the kettle.",
+            "Summarise this support ticket in one sentence: the customer would like us to refund the kettle.",
+        ),
+        (
+            "Translate this support ticket into formal English: " + KETTLE,
+            "Translate this support ticket into plain English: " + KETTLE,
+        ),
+        (
+            "List the symptoms the customer describes in this ticket: " + KETTLE,
+            "List the steps the customer already tried in this ticket: " + KETTLE,
+        ),
+    ],
+}
+# The same template with its document laid out differently, or with words added: one answer.
+SUBSTITUTION_SAME = {
+    "template-format": [
+        (
+            TICKET.format(KETTLE + "The customer would like us to repair the kettle."),
+            TICKET.format(KETTLE.replace(". ", ".\n") + "The customer would like us to repair the kettle."),
+        ),
+        (
+            "Extract the sender's email address from this message: " + KETTLE,
+            "Please extract the sender's email address from the following message: " + KETTLE,
+        ),
+    ],
+}
+
+
 def main() -> None:
     rows = []
     for groups, same, style, source, split in (
@@ -365,12 +508,17 @@ def main() -> None:
         (DIFFERENT_BATCH, False, "batch", SOURCE_B, "tuning"),
         (HELD_OUT_SAME, True, None, SOURCE_Q, "held-out"),
         (HELD_OUT_DIFFERENT, False, None, SOURCE_Q, "held-out"),
+        (REVIEWER_DIFFERENT, False, "question", SOURCE_R, "held-out"),
+        (ORDER_SAME, True, "question", SOURCE_O, "tuning"),
+        (ORDER_DIFFERENT, False, "question", SOURCE_O, "tuning"),
+        (SUBSTITUTION_SAME, True, "batch", SOURCE_S, "tuning"),
+        (SUBSTITUTION_DIFFERENT, False, "batch", SOURCE_S, "tuning"),
     ):
         for kind, pairs in groups.items():
             for a, b in pairs:
                 assert a != b, (kind, a)
                 row_style = style or ("batch" if kind.startswith("template") else "question")
-                row_source = SOURCE_B if row_style == "batch" else source
+                row_source = SOURCE_B if row_style == "batch" and source in (SOURCE_Q, SOURCE_B) else source
                 row = {
                     "a": a,
                     "b": b,

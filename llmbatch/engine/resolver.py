@@ -53,6 +53,10 @@ __all__ = ["LOOKUP_CHUNK", "Resolver"]
 
 #: Requests whose keys are looked up in the store together.
 LOOKUP_CHUNK = 256
+#: The same, when the store also looks for neighbours (``get_near_async``, store.semantic): each
+#: miss is then embedded (~2-5 ms), so a chunk of 256 would hold the first calls back for a second
+#: or more; 32 lets them leave after the first 32 lines and keeps the embedding beside the calls.
+NEAR_CHUNK = 32
 
 
 class _Skipped:
@@ -185,8 +189,10 @@ class Resolver:
 
     async def _produce(self, requests: Iterator[Request], queue: asyncio.Queue[Any]) -> None:
         try:
+            near = getattr(self.store, "get_near_async", None)
+            size = NEAR_CHUNK if near is not None and self.options.cache_mode != "refresh" else LOOKUP_CHUNK
             while not self._stopping:
-                chunk, found = self._keyed_lookup(list(islice(requests, LOOKUP_CHUNK)))
+                chunk, found = await self._lookup(list(islice(requests, size)))
                 if not chunk:
                     break
                 if self.leases is not None:  # the chunk's misses, for this run to call (one transaction)
@@ -226,8 +232,16 @@ class Resolver:
     def answer_from_cache(self, requests: list[Request]) -> int:
         """Emit the results of the leading requests that are hits, up to the first that is not;
         return how many there were. Nothing is sent: this is for the start of a run only."""
-        keyed, found = self._keyed_lookup(requests)
+        keyed, found = self._keyed_lookup(requests, near=False)
+        get_near = getattr(self.store, "get_near", None) if self.options.cache_mode != "refresh" else None
+        asked: set[str] = set()
         for answered, (request, key) in enumerate(keyed):
+            if get_near is not None and key not in found and key not in asked:
+                # The leading hits end at the first line nothing answers: neighbours are looked for a
+                # few misses at a time (each is embedded), not for the whole chunk.
+                ahead = [(r, k) for r, k in keyed[answered:] if k not in found][:NEAR_CHUNK]
+                asked.update(k for _, k in ahead)
+                found.update(get_near(self._misses(ahead, found)))
             entry = found.get(key)
             if entry is None or self._escalates(request, entry):
                 return answered
@@ -237,7 +251,9 @@ class Resolver:
             self._emit(hit)
         return len(keyed)
 
-    def _keyed_lookup(self, requests: list[Request]) -> tuple[list[tuple[Request, str]], dict[str, CacheEntry]]:
+    def _keyed_lookup(
+        self, requests: list[Request], *, near: bool = True
+    ) -> tuple[list[tuple[Request, str]], dict[str, CacheEntry]]:
         """Each request with its key, and the stored entries found for those keys (one batch)."""
         keyed = [(r, self.key_of(r)) for r in requests]
         if not keyed or self.store is None or self.options.cache_mode == "refresh":
@@ -245,11 +261,27 @@ class Resolver:
         found = self.store.get_many([k for _, k in keyed])
         # A store that can answer near-identical requests (store.semantic) is asked about the exact
         # misses only, with their key material: which ones it may answer is its decision, not ours.
-        near = getattr(self.store, "get_near", None)
-        if near is not None and len(found) < len(keyed):
-            endpoint = self.destination.key_endpoint
-            found.update(near([(k, key_material(r, endpoint(r.provider))) for r, k in keyed if k not in found]))
+        get_near = getattr(self.store, "get_near", None) if near else None
+        if get_near is not None and len(found) < len(keyed):
+            found.update(get_near(self._misses(keyed, found)))
         return keyed, found
+
+    async def _lookup(self, requests: list[Request]) -> tuple[list[tuple[Request, str]], dict[str, CacheEntry]]:
+        """:meth:`_keyed_lookup` in the run: a store that looks for neighbours on an event loop
+        (``get_near_async``) does so while the calls in flight go on."""
+        get_near = getattr(self.store, "get_near_async", None)
+        if get_near is None:
+            return self._keyed_lookup(requests)
+        keyed, found = self._keyed_lookup(requests, near=False)
+        if keyed and len(found) < len(keyed) and self.options.cache_mode != "refresh":
+            found.update(await get_near(self._misses(keyed, found)))
+        return keyed, found
+
+    def _misses(
+        self, keyed: list[tuple[Request, str]], found: dict[str, CacheEntry]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        endpoint = self.destination.key_endpoint
+        return [(k, key_material(r, endpoint(r.provider))) for r, k in keyed if k not in found]
 
     async def _consume(self, queue: asyncio.Queue[Any]) -> None:
         while True:

@@ -11,8 +11,12 @@ this holds:
    ``sample`` and the normalisation. This is the *scope*: a digest of the key material with that one
    text taken out. The candidate's scope is re-derived from the ``request`` its entry keeps, so an
    index that says otherwise is not believed;
-4. the cosine similarity of the two texts' embeddings is at least the threshold;
-5. the guards agree (:mod:`llmbatch.store.semantic_guards`; ``guards=False`` turns them off, which is
+4. the model sees all of both texts (:meth:`~llmbatch.store.semantic_index.Embedder.sees_all`: they fit
+   in its window, and none of their characters is unknown to its vocabulary). Otherwise two prompts
+   that differ only where the model does not look get one vector, and the guards look for a few kinds
+   of words only. Such a prompt is not embedded at all: it is looked up exactly, like any other;
+5. the cosine similarity of the two texts' embeddings is at least the threshold;
+6. the guards agree (:mod:`llmbatch.store.semantic_guards`; ``guards=False`` turns them off, which is
    riskier).
 
 A hit is the matched entry's answer with ``semantic: {similarity, matched_key}`` added (the entry
@@ -29,6 +33,7 @@ only module that imports the model and the index libraries, and only when ``--se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import random
@@ -42,16 +47,16 @@ from llmbatch.keys import canonical_json
 from llmbatch.model.entry import CacheEntry, servable
 from llmbatch.model.stats import Lookups
 from llmbatch.store.base import Loaded, ResponseStore, Stored, StoreStats
-from llmbatch.store.semantic_guards import disagreements
+from llmbatch.store.semantic_guards import disagreements, signature
 
 if TYPE_CHECKING:
     from llmbatch.store.semantic_index import Embedder, VectorIndex
 
 __all__ = ["DEFAULT_THRESHOLD", "SemanticSettings", "SemanticStore", "prompt_and_scope", "semantic_counts"]
 
-#: Chosen on bench/data/semantic_pairs.jsonl with the guards on (bench/semantic.py, BENCHMARKS.md): 0 of the
-#: 97 tuning pairs that need different answers served from 0.86 up; 0.90 leaves a margin and keeps 88 %
-#: recall. Over all 128 (held-out ones too) it serves 1 (0.8 %); 0.96 and up serve none, at 66 % recall.
+#: Chosen on bench/data/semantic_pairs.jsonl with the guards on (bench/semantic.py, BENCHMARKS.md): none
+#: of the tuning pairs that need different answers is served from 0.86 up; 0.90 leaves a margin. Over
+#: all 160 (held-out ones too) it serves 1 (0.6 %), with 75.6 % recall; 0.96 and up serve none.
 DEFAULT_THRESHOLD = 0.90
 #: The index proposes this many neighbours; the ones outside the scope are dropped after.
 CANDIDATES = 16
@@ -60,6 +65,23 @@ _PENDING_MAX = 8192
 #: Stored prompts embedded at most per scope and lookup (a catch-up is spread over lookups).
 _FILL_MAX = 2048
 SCOPE_VERSION = "s1"
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """One lookup's work: the asked ``(key, text, scope)``, their key material, and the stored
+    ``(key, text)`` of their scopes to embed first."""
+
+    asked: list[tuple[str, str, str]]
+    materials: dict[str, Mapping[str, Any]]
+    stored: list[tuple[str, str]]
+    made: dict[str, Any]  # vectors an earlier lookup made for asked keys (kept for their answers)
+    guards: dict[str, str | None]  # what the guards see in each asked text (None: guards off)
+
+    @property
+    def texts(self) -> list[str]:
+        asked = [text for key, text, _ in self.asked if key not in self.made]
+        return [text for _, text in self.stored] + asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +150,7 @@ class SemanticStore:
         try:
             module = _load_index()
             self.embedder = embedder or module.Embedder(self.settings.model_dir)
-            self.index: VectorIndex = module.VectorIndex(
-                directory / "semantic" / self.embedder.model_id, ndim=self.embedder.ndim
-            )
+            self.index: VectorIndex = module.VectorIndex(directory / "semantic" / self.embedder.model_id)
             self._catch_up()
         except BaseException:
             if hasattr(self, "index"):
@@ -151,29 +171,73 @@ class SemanticStore:
     def get_near(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, CacheEntry]:
         """For keys that missed, with their key material: the stored answers of near-identical
         requests, marked ``semantic`` (see the module docstring for every condition)."""
+        lookup = self._plan(wanted)
+        return {} if lookup is None else self._answer(lookup, self.embedder.embed(lookup.texts))
+
+    async def get_near_async(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, CacheEntry]:
+        """:meth:`get_near` for an event loop: the embedding (most of a lookup's time) is made in a
+        worker thread (onnxruntime and tokenizers let go of the GIL), so that calls already in flight
+        are answered and stored meanwhile. Everything else (the record, the stores) stays on the
+        caller's thread; the resolver awaits one lookup at a time."""
+        lookup = self._plan(wanted)
+        if lookup is None:
+            return {}
+        return self._answer(lookup, await asyncio.to_thread(self.embedder.embed, lookup.texts))
+
+    def _plan(self, wanted: Iterable[tuple[str, Mapping[str, Any]]]) -> _Lookup | None:
+        """Which of ``wanted`` may be answered by a neighbour, and the texts to embed for them:
+        the stored prompts of their scopes still waiting for a vector, then theirs."""
         asked: list[tuple[str, str, str]] = []
         materials: dict[str, Mapping[str, Any]] = {}
+        guards: dict[str, str | None] = {}
         for key, material in wanted:
             found = prompt_and_scope(material)
-            # A scope with nothing stored cannot match: no embedding spent (a new template, a new model).
-            if found is not None and self.index.has_scope(found[1]):
+            if found is None:
+                continue
+            # A scope with nothing stored cannot match, nor can stored prompts the guards would refuse
+            # (other numbers, names, quotes in the same template): no embedding spent on the question.
+            sign = signature(found[0]) if self.settings.guards else None
+            if self.index.has_scope(found[1], sign):
                 asked.append((key, *found))
                 materials[key] = material
+                guards[key] = sign
         if not asked:
-            return {}
-        for scope in {scope for _, _, scope in asked}:
-            self._fill(scope)
-        vectors = self.embedder.embed([text for _, text, _ in asked])
-        self.embedded += len(asked)
+            return None
+        # A prompt the model would not see all of (longer than its window, or with characters its
+        # vocabulary lacks) is left to the exact cache: its vector would be the same as that of a
+        # prompt that differs only in what the model did not see, and the guards look for a few kinds
+        # of words only. It is not embedded either. (Its stored answer is never a neighbour's: _match.)
+        seen = self.embedder.sees_all([text for _, text, _ in asked])
+        asked = [ask for ask, whole in zip(asked, seen, strict=True) if whole]
+        if not asked:
+            return None
+        stored = dict(
+            pair
+            for scope, sign in {(scope, guards[key]) for key, _, scope in asked}
+            for pair in self._waiting(scope, sign)
+        )
+        # A key asked again (the leading hits were looked for while validating, then the run asks)
+        # keeps the vector made the first time.
+        made = {key: self._vectors[key][1] for key, _, scope in asked if self._vectors.get(key, ("",))[0] == scope}
+        return _Lookup(asked, materials, list(stored.items()), made, guards)
+
+    def _answer(self, lookup: _Lookup, vectors: Any) -> dict[str, CacheEntry]:
+        self.embedded += len(lookup.texts)
+        filled = len(lookup.stored)
+        if filled:
+            self.index.fill([(key, vector) for (key, _), vector in zip(lookup.stored, vectors[:filled], strict=True)])
         hits: dict[str, CacheEntry] = {}
-        for (key, text, scope), vector in zip(asked, vectors, strict=True):
+        fresh = iter(vectors[filled:])
+        for key, text, scope in lookup.asked:
+            vector = lookup.made[key] if key in lookup.made else next(fresh)
+            self._vectors.pop(key, None)  # kept anew, as the newest
             if len(self._vectors) >= _PENDING_MAX:  # kept for the answer about to be stored, if it is
                 self._vectors.pop(next(iter(self._vectors)))
             self._vectors[key] = (scope, vector)
-            hit = self._match(text, scope, vector)
+            hit = self._match(text, scope, vector, lookup.guards[key])
             if hit is not None:
                 hits[key] = hit
-                self._keep_for_audit(key, materials[key], hit)
+                self._keep_for_audit(key, lookup.materials[key], hit)
         return hits
 
     def _keep_for_audit(self, key: str, material: Mapping[str, Any], hit: CacheEntry) -> None:
@@ -198,15 +262,19 @@ class SemanticStore:
             return "identical" if served == fresh else None
         if " ".join(served.split()) == " ".join(fresh.split()):
             return "identical"
+        if not all(self.embedder.sees_all([served, fresh])):  # two long answers alike in their openings only
+            return None
         a, b = self.embedder.embed([served, fresh])
         return "similar" if float(a @ b) >= self.settings.threshold else None
 
-    def _fill(self, scope: str) -> None:
-        """Embed the stored prompts of ``scope`` that wait for it (stored while no lookup needed them),
-        a bounded number per lookup so that no lookup waits for a whole catch-up."""
-        keys = self.index.waiting(scope, _FILL_MAX)
+    def _waiting(self, scope: str, guards: str | None) -> list[tuple[str, str]]:
+        """The stored prompts of ``scope`` that wait for a vector (stored while no lookup needed
+        them), as ``(key, text)``: a bounded number per lookup, so that no lookup waits for a whole
+        catch-up. Rows that do not say what their entry holds are dropped; prompts the model would
+        not see all of are taken out of every scope."""
+        keys = self.index.waiting(scope, _FILL_MAX, guards)
         if not keys:
-            return
+            return []
         entries = self.inner.get_many(keys)
         texts: list[tuple[str, str]] = []
         for key in keys:
@@ -214,13 +282,12 @@ class SemanticStore:
             if found is not None and found[1] == scope:
                 texts.append((key, found[0]))
         self.index.forget([key for key in keys if key not in dict(texts)])  # gone, or not what the row says
-        if texts:
-            vectors = self.embedder.embed([text for _, text in texts])
-            self.embedded += len(texts)
-            self.index.fill([(key, vector) for (key, _), vector in zip(texts, vectors, strict=True)])
+        whole = self.embedder.sees_all([text for _, text in texts])
+        self.index.exclude([key for (key, _), seen in zip(texts, whole, strict=True) if not seen])
+        return [pair for pair, seen in zip(texts, whole, strict=True) if seen]
 
-    def _match(self, text: str, scope: str, vector: Any) -> CacheEntry | None:
-        for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES):
+    def _match(self, text: str, scope: str, vector: Any, guards: str | None) -> CacheEntry | None:
+        for matched_key, similarity in self.index.search(vector, scope, count=CANDIDATES, guards=guards):
             if similarity < self.settings.threshold:
                 break
             entry = self.inner.get(matched_key)
@@ -230,6 +297,8 @@ class SemanticStore:
             if stored is None or stored[1] != scope:  # the entry, not the index, says what it answers
                 continue
             if self.settings.guards and disagreements(text, stored[0]):
+                continue
+            if not self.embedder.sees_all([stored[0]])[0]:  # a vector filed before that rule: not trusted
                 continue
             marked: CacheEntry = dict(entry)  # type: ignore[assignment]
             marked["semantic"] = {"similarity": round(min(similarity, 1.0), 4), "matched_key": matched_key}
@@ -246,14 +315,19 @@ class SemanticStore:
         self.inner.put_many(items, ttl_s=ttl_s)
         self._index([(key, entry) for key, entry, _ in items])
 
-    def _index(self, items: list[tuple[str, CacheEntry]]) -> None:
+    def _index(self, items: list[tuple[str, CacheEntry]], *, guards: bool = True) -> None:
+        """File a row for each stored answer: its scope, the vector its lookup made, and (``guards``)
+        what the guards see in its prompt. Catching up leaves that unknown (it walks the whole
+        store); such rows are compared with any question of their scope."""
         rows: list[tuple[str, str | None, Any]] = []
+        signs: list[str | None] = []
         for key, entry in items:
             made = self._vectors.pop(key, None)
             found = prompt_and_scope(entry.get("request") or {})
             scope = None if found is None else found[1]
             rows.append((key, scope, made[1] if made is not None and made[0] == scope else None))
-        self.index.add(rows)
+            signs.append(signature(found[0]) if found is not None and guards else None)
+        self.index.add(rows, signs)
 
     def _catch_up(self) -> None:
         """Embed what the store holds and the vectors do not (answers stored without ``--semantic``,
@@ -276,12 +350,12 @@ class SemanticStore:
                 fresh = known(key for key, _ in batch)
                 new = [pair for pair in batch if pair[0] not in fresh]
                 self.caught_up += len(new)
-                self._index(new)
+                self._index(new, guards=False)
                 batch = []
         fresh = known(key for key, _ in batch)
         new = [pair for pair in batch if pair[0] not in fresh]
         self.caught_up += len(new)
-        self._index(new)
+        self._index(new, guards=False)
         self.index.forget([key for key in self.index.all_keys() if key not in seen])
         self.index.set_meta("store_count", count)
 

@@ -10,20 +10,39 @@ must agree on the tokens that carry the answer:
 - ``entities``: names and capitalised entities (a capitalised word that does not merely open a
   sentence with a common word, acronyms);
 - ``quoted``: quoted strings, inline and fenced code, and code-like tokens (snake_case, dotted
-  names, calls, paths, URLs).
+  names, calls, paths, URLs);
+- ``order``: the meaning-carrying words both prompts share (names, units, numbers and every other
+  word that is not a function word) come in the same order. Sets cannot see a swap: "convert Celsius
+  to Fahrenheit" and "convert Fahrenheit to Celsius", "Did Germany invade Poland?" and "Did Poland
+  invade Germany?", "a list to a tuple" and "a tuple to a list" have the same names, units and
+  words, at a similarity of 0.99 and more (a reviewer's report, 2026-12-03).
 
-Each guard is a pure function from a text to a set of tokens; two prompts pass when every guard
-gives both the same set. A guard that refuses costs a paid call; one that lets a wrong pair through
-serves a wrong answer, so each errs towards refusing. Nothing here imports anything from outside
-the standard library.
+The first four are pure functions from a text to a set of tokens, and two prompts pass them when
+each gives both the same set; ``order`` compares the two texts (:func:`same_order`). A guard that
+refuses costs a paid call; one that lets a wrong pair through serves a wrong answer, so each errs
+towards refusing: ``order`` also refuses a rewording that moves words ("In Python, how do I ..." for
+"How do I ... in Python?"), which costs a paid call. Nothing here imports anything from outside the
+standard library.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["GUARDS", "disagreements", "entities", "numbers", "polarity", "quoted"]
+__all__ = [
+    "GUARDS",
+    "disagreements",
+    "entities",
+    "meaning_words",
+    "numbers",
+    "polarity",
+    "quoted",
+    "same_order",
+    "signature",
+]
 
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
@@ -94,6 +113,13 @@ _POLAR = {
     # colours: "the blue jacket" is not "the red jacket"
     "red", "blue", "green", "yellow", "black", "white", "grey", "gray", "orange", "purple", "pink",
     "brown", "silver", "gold",
+    # directions of an order or a movement: "in ascending order" is not "in descending order"
+    # (a reviewer's report, 2026-12-03, at a similarity of 0.97)
+    "ascending", "descending", "ascend", "descend", "asc", "desc", "increasing", "decreasing",
+    "increased", "decreased", "forward", "forwards", "backward", "backwards", "upward", "upwards",
+    "downward", "downwards", "reverse", "reversed", "clockwise", "counterclockwise", "anticlockwise",
+    # how much is asked for, beside "brief" and "detailed": "to a child in detail" (the same report, 0.985)
+    "detail", "details", "in-depth",
 }  # fmt: skip
 _CONTRACTION = re.compile(r"n't\b", re.IGNORECASE)
 # Typographic quotes read as plain ones, so that each pattern below needs only ASCII.
@@ -118,8 +144,29 @@ _OPENERS = {
     "thanks", "thank", "regards", "best", "dear", "cheers", "sincerely", "kind", "warm", "yours",
 }  # fmt: skip
 
+# Words that carry no meaning of their own for the order guard: where they stand in a rewording
+# ("How can I ..." for "How do I ...") says nothing about what is asked. Prepositions are here too:
+# the words on either side of "to" or "than" carry a swap, and negations and polarity words have
+# their own guard. The prepositions of a direction (_DIRECTIONS) are noted on the word they govern.
+_FUNCTION_WORDS = {
+    "a", "an", "the", "what", "whats", "which", "who", "whom", "whose", "when", "where", "why", "how",
+    "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "done", "have", "has",
+    "had", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "i", "me", "my",
+    "we", "us", "our", "you", "your", "he", "him", "his", "she", "her", "it", "its", "they", "them",
+    "their", "this", "that", "these", "those", "there", "here", "of", "to", "in", "into", "on", "onto",
+    "at", "for", "from", "with", "by", "as", "about", "than", "then", "and", "or", "but", "so", "if",
+    "please", "kindly", "tell", "explain", "describe", "give", "show", "let", "lets", "just", "also",
+    "some", "any", "very", "really", "actually", "ever", "following", "way",
+    # adverbs that stand anywhere in a request: "Briefly explain X" is "Explain X briefly"
+    "briefly", "quickly", "simply", "concisely", "now",
+}  # fmt: skip
+_DIRECTIONS = {"to": "to", "into": "to", "onto": "to", "towards": "to", "toward": "to", "from": "from"}
+_NUMBER_PATTERN = r"(?<![A-Za-z])\d[\d,]*(?:[.:/-]\d+)*(?:st|nd|rd|th|k|m|bn|x)?(?![A-Za-z])"
 _WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*")
-_NUMBER = re.compile(r"(?<![A-Za-z])\d[\d,]*(?:[.:/-]\d+)*(?:st|nd|rd|th|k|m|bn|x)?(?![A-Za-z])", re.IGNORECASE)
+_NUMBER = re.compile(_NUMBER_PATTERN, re.IGNORECASE)
+# The order guard's tokens: numbers as the numbers guard reads them, and words with an apostrophe kept
+# whole ("France's", "isn't").
+_TOKEN = re.compile(_NUMBER_PATTERN + r"|[A-Za-z]+(?:'[A-Za-z]+)?", re.IGNORECASE)
 _QUOTED = re.compile(
     r"```(.*?)```|`([^`\n]+)`|\"([^\"\n]+)\"|(?:(?<=\s)|^)'([^'\n]+)'(?=[\s.,;:!?)]|$)",
     re.DOTALL,
@@ -210,6 +257,83 @@ def quoted(text: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def meaning_words(text: str) -> list[str]:
+    """The words of ``text`` that carry its meaning, in order and repeated as often as they are:
+    lowercased, function words left out, a possessive "'s" and a plural "s" taken off ("France's" is
+    "france", "pounds" is "pound"), number words and numbers as the numbers guard reads them ("five"
+    is "5", "1,000" is "1000")."""
+    return [word for word, _ in _directed_words(text)]
+
+
+def _directed_words(text: str) -> list[tuple[str, str | None]]:
+    """:func:`meaning_words`, each with the direction a preposition gives it ("to", "from") or None."""
+    text = text.translate(_PLAIN_QUOTES)
+    words: list[tuple[str, str | None]] = []
+    direction: str | None = None  # given to the next meaning word: "from my laptop"
+    for match in _TOKEN.finditer(text):
+        token = match.group(0).lower()
+        if token[0].isdigit():
+            words.append((token.replace(",", ""), direction))
+            direction = None
+            continue
+        if token.endswith("n't"):  # a negation: the polarity guard counts it
+            continue
+        token = token.removesuffix("'s").split("'")[0]
+        if token in _DIRECTIONS:
+            direction = _DIRECTIONS[token]
+            continue
+        if token in _FUNCTION_WORDS:
+            continue
+        if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
+            token = token[:-1]
+        words.append((_NUMBER_WORDS.get(token, token), direction))
+        direction = None
+    return words
+
+
+def same_order(a: str, b: str) -> bool:
+    """Whether the meaning-carrying words both texts use come in the same order, each as often, and
+    none goes "to" in one and "from" in the other.
+
+    Only the shared words are compared: words one text has and the other lacks are the embedding's
+    to weigh (and the other guards'). A shared word used a different number of times also refuses, so
+    that a swap cannot hide behind a repetition ("Celsius ... convert Celsius to Fahrenheit"). The
+    directions catch a swap that keeps the order: "copy the files to my laptop from the server" is
+    "from my laptop to the server" reversed. A direction only one text gives is let be: "How to
+    convert ..." puts a "to" before "convert" that "How do I convert ..." lacks.
+    """
+    first, second = _directed_words(a), _directed_words(b)
+    shared = {word for word, _ in first} & {word for word, _ in second}
+    first = [pair for pair in first if pair[0] in shared]
+    second = [pair for pair in second if pair[0] in shared]
+    return len(first) == len(second) and all(
+        word == other and (way == other_way or way is None or other_way is None)
+        for (word, way), (other, other_way) in zip(first, second, strict=True)
+    )
+
+
+#: Meaning words two prompts share from which a swapped word is no longer weighed by the model: a
+#: template filled with the same document (measured: "... would like us to repair / refund the
+#: kettle" scores 0.914 with 8 shared words and 0.977 with 30; "email address" / "phone number" in
+#: the same extraction template 0.959), while short questions that swap their subject score well
+#: under the threshold (0.70-0.82 for "repair / refund", "boiling / freezing", "haiku / limerick").
+SUBSTITUTION_MIN_SHARED = 5
+
+
+def substitution(a: str, b: str) -> bool:
+    """Whether one text swaps meaning words of the other for others while sharing many: each has a
+    meaning word the other lacks, and they share at least :data:`SUBSTITUTION_MIN_SHARED`.
+
+    In a long prompt one changed word is a small part of the embedding, so two prompts that ask
+    for different things ("repair" / "refund", "email address" / "phone number" in one filled
+    template) score far above any usable threshold and no word list can name every such word. A
+    paraphrase only adds or drops words ("What is RAG?" / "Can you explain RAG?"), or rewords a
+    short question (few shared words: the model weighs it). A rewording of a long template's
+    instruction is refused too: a miss, where the alternative is a wrong answer."""
+    first, second = Counter(meaning_words(a)), Counter(meaning_words(b))
+    return bool(first - second) and bool(second - first) and sum((first & second).values()) >= SUBSTITUTION_MIN_SHARED
+
+
 #: Each guard by the name a refusal reports.
 GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
     "numbers": numbers,
@@ -221,4 +345,23 @@ GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
 
 def disagreements(a: str, b: str) -> list[str]:
     """The guards on which two prompts disagree (empty: they may share an answer)."""
-    return [name for name, guard in GUARDS.items() if guard(a) != guard(b)]
+    found = [name for name, guard in GUARDS.items() if guard(a) != guard(b)]
+    if not same_order(a, b):
+        found.append("order")
+    if substitution(a, b):
+        found.append("substitution")
+    return found
+
+
+def signature(text: str) -> str:
+    """A digest of everything the set guards (:data:`GUARDS`) see in ``text``: two prompts the guards
+    let through have the same signature. The converse does not hold (the order of the words is not in
+    it, and a digest may collide), so a match is still checked with :func:`disagreements`. Filed with
+    each stored prompt, it lets a lookup skip embedding a question no stored prompt of its scope could
+    pass (a template filled with other numbers, names or quotes).
+
+    A word added to a guard's list changes the signature of the prompts that use it, and the rows
+    filed before keep the old one: such a stored prompt is no longer a candidate (a miss, never a
+    wrong hit) until it is stored again."""
+    parts = "\x1e".join(f"{name}:" + "\x1f".join(sorted(guard(text))) for name, guard in GUARDS.items())
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
