@@ -77,8 +77,8 @@ def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
     exported and shown (a token there would leak, and a rotated one would make every entry a miss).
     Headers that do change answers (``OpenAI-Beta``, ``anthropic-beta``) stay. ``extra`` with no
     such item is returned as it is, so every other key stays the key it was (no ``KEY_VERSION`` bump)."""
-    if not any(_credential_items(extra, part) for part in _SENT_WITH_CALL):
-        return extra
+    if not extra or not any(_credential_items(extra, part) for part in _SENT_WITH_CALL):
+        return extra  # (most lines have no extra: a key per line, so the common case is kept cheap)
     kept = dict(extra)
     for part in _SENT_WITH_CALL:
         if isinstance(extra.get(part), dict):
