@@ -17,10 +17,11 @@ user's cache.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from llmbatch.urls import secret_name
 
 if TYPE_CHECKING:
     from llmbatch.model.request import Request
@@ -55,11 +56,6 @@ def normalise_endpoint(endpoint: str | None) -> str | None:
     return endpoint.rstrip("/")
 
 
-#: Names of request headers or query parameters that carry a credential (``Authorization``,
-#: ``Proxy-Authorization``, ``api-key``, ``x-api-key``, ``Cookie``, ``X-Auth-Token``, ``?api-key=``...).
-#: A plural ``tokens`` is a count, not a credential (a proxy's ``X-Max-Tokens`` may well change the
-#: answer), so it stays in the key.
-_CREDENTIAL_NAME = re.compile(r"key|token(?!s)|secret|auth|passw|cookie|credential", re.IGNORECASE)
 #: The parts of ``extra`` that are sent with each call and may carry a credential.
 _SENT_WITH_CALL = ("extra_headers", "extra_query")
 
@@ -68,7 +64,7 @@ def _credential_items(extra: dict[str, Any], part: str) -> list[tuple[str, Any]]
     items = extra.get(part)
     if not isinstance(items, dict):
         return []
-    return [(str(name), value) for name, value in items.items() if _CREDENTIAL_NAME.search(str(name))]
+    return [(str(name), value) for name, value in items.items() if secret_name(str(name))]
 
 
 def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +78,7 @@ def _keyed_extra(extra: dict[str, Any]) -> dict[str, Any]:
     kept = dict(extra)
     for part in _SENT_WITH_CALL:
         if isinstance(extra.get(part), dict):
-            kept[part] = {name: v for name, v in extra[part].items() if not _CREDENTIAL_NAME.search(str(name))}
+            kept[part] = {name: v for name, v in extra[part].items() if not secret_name(str(name))}
     return kept
 
 

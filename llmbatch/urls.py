@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from llmbatch.errors import LlmbatchError, UsageError
 
-__all__ = ["HTTP", "REDIS", "SECRET_PARAM", "checked_url", "redact_url"]
+__all__ = ["HTTP", "REDIS", "SECRET_PARAM", "checked_url", "redact_url", "secret_name"]
 
 HTTP = ("http", "https")
 REDIS = ("redis", "rediss", "unix")
@@ -34,8 +34,26 @@ def checked_url(
     raise error(f"{what} {redact_url(url)}: {problem}")
 
 
-#: Query parameters that carry a secret (``?api-key=``, ``?token=``, ``?sig=``, redis-py's ``?password=``).
+#: Query parameters whose value is masked when a URL is shown (``?api-key=``, ``?token=``, ``?sig=``,
+#: redis-py's ``?password=``): generous, since masking too much in a message costs nothing.
 SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+
+#: The words of a header's or parameter's name that make its value a credential.
+_SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "auth", "authorization", "cookie"}
+    | {"credential", "credentials", "sig", "signature", "bearer"}
+)
+
+
+def secret_name(name: str) -> bool:
+    """Whether a header or query parameter called ``name`` carries a credential: one of the words of
+    its name (split at punctuation and camelCase) is key, token, secret, password, auth, cookie...
+
+    Words, not letters: what is left out of a cache key by this must not change the answer, so
+    ``keywords``, ``X-Author-Style`` and ``X-Max-Tokens`` (which may) stay in it, while ``X-API-Key``,
+    ``Helicone-Auth``, ``access_token``, ``apiKey``, ``Proxy-Authorization`` and ``?sig=`` are secrets."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return any(word in _SECRET_WORDS for word in re.findall(r"[a-z0-9]+", spaced.lower()))
 
 
 @lru_cache(maxsize=64)  # a run checks the same few URLs once per key it makes

@@ -8,6 +8,7 @@ import pytest
 
 from llmbatch.input import Defaults, parse_line
 from llmbatch.keys import SIMULATOR_ENDPOINT, canonical_json, credentials, key_material, request_key
+from llmbatch.urls import secret_name
 
 BASE = {
     "id": "q1",
@@ -170,6 +171,37 @@ def test_a_credential_query_parameter_stays_out_of_the_key_and_is_redacted_like_
     assert key_material(request)["extra"] == {"extra_query": {"api-version": "1"}}
     assert request.extra["extra_query"]["api-key"] == "s3cret-1"  # still sent
     assert credentials(request.extra) == ("s3cret-1",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Authorization",
+        "Proxy-Authorization",
+        "X-API-Key",
+        "api_key",
+        "apiKey",
+        "Helicone-Auth",
+        "X-Auth-Token",
+        "access_token",
+        "Cookie",
+        "X-Client-Secret",
+        "password",
+        "sig",
+        "Ocp-Apim-Subscription-Key",
+    ],
+)
+def test_names_that_carry_a_credential_are_secrets(name):
+    assert secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["keywords", "X-Author-Style", "X-Author", "X-Max-Tokens", "OpenAI-Beta", "monkey"])
+def test_names_that_only_contain_a_secret_word_stay_in_the_key(name):
+    # Left out of the key, they would make two requests that differ in them share an answer.
+    assert not secret_name(name)
+    one = {**BASE, "extra": {"extra_query": {name: "cats"}, "extra_headers": {name: "cats"}}}
+    two = {**BASE, "extra": {"extra_query": {name: "dogs"}, "extra_headers": {name: "dogs"}}}
+    assert key_of(one) != key_of(two)
 
 
 def test_extra_without_credential_headers_keeps_the_key_it_had():

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from llmbatch.model.request import Request
-from llmbatch.urls import HTTP, SECRET_PARAM, checked_url
+from llmbatch.urls import HTTP, checked_url, secret_name
 
 __all__ = [
     "ENV_API_BASE",
@@ -324,7 +324,7 @@ def without_credentials(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(
-        item for item in parts.query.split("&") if item and not SECRET_PARAM.search(item.partition("=")[0])
+        item for item in parts.query.split("&") if item and not secret_name(item.partition("=")[0])
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # as given: keys of URLs without credentials never move
