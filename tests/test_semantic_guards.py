@@ -201,3 +201,10 @@ def test_adding_or_dropping_words_and_short_rewordings_are_not_substitutions() -
         "I want a repair for my kettle.", "I want a refund for my kettle."
     )  # few shared: the model weighs it
     assert not substitution(_TICKET.format("repair"), _TICKET.format("repair").replace(" ", "\n  "))
+
+
+def test_a_clause_added_to_a_long_shared_text_is_refused_and_good_is_not_bad() -> None:
+    # A second review (2026-12-03): both were served.
+    base = _TICKET.format("repair")
+    assert substitution(base, base + " Also refund the shipping cost.")
+    assert "polarity" in disagreements("Is coffee good for your health?", "Is coffee bad for your health?")

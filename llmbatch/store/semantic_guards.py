@@ -120,6 +120,8 @@ _POLAR = {
     "downward", "downwards", "reverse", "reversed", "clockwise", "counterclockwise", "anticlockwise",
     # how much is asked for, beside "brief" and "detailed": "to a child in detail" (the same report, 0.985)
     "detail", "details", "in-depth",
+    # judgements: "Is coffee good for your health?" is not "... bad ..." (a second review, 2026-12-03)
+    "good", "bad", "wrong", "correct", "incorrect", "false", "pro", "con",
 }  # fmt: skip
 _CONTRACTION = re.compile(r"n't\b", re.IGNORECASE)
 # Typographic quotes read as plain ones, so that each pattern below needs only ASCII.
@@ -321,17 +323,18 @@ SUBSTITUTION_MIN_SHARED = 5
 
 
 def substitution(a: str, b: str) -> bool:
-    """Whether one text swaps meaning words of the other for others while sharing many: each has a
+    """Whether one text swaps, adds or drops meaning words of the other while sharing many: one has a
     meaning word the other lacks, and they share at least :data:`SUBSTITUTION_MIN_SHARED`.
 
     In a long prompt one changed word is a small part of the embedding, so two prompts that ask
     for different things ("repair" / "refund", "email address" / "phone number" in one filled
-    template) score far above any usable threshold and no word list can name every such word. A
-    paraphrase only adds or drops words ("What is RAG?" / "Can you explain RAG?"), or rewords a
-    short question (few shared words: the model weighs it). A rewording of a long template's
-    instruction is refused too: a miss, where the alternative is a wrong answer."""
+    template) score far above any usable threshold and no word list can name every such word; so do
+    a clause added to one ("... and refund the shipping cost", a second review). A short question's
+    rewording shares few words, and the model weighs it ("What is RAG?" / "Can you explain RAG?"). A
+    rewording of a long template's instruction is refused too: a miss, where the alternative is a
+    wrong answer. Layout, case, punctuation and function words never count."""
     first, second = Counter(meaning_words(a)), Counter(meaning_words(b))
-    return bool(first - second) and bool(second - first) and sum((first & second).values()) >= SUBSTITUTION_MIN_SHARED
+    return bool(first - second or second - first) and sum((first & second).values()) >= SUBSTITUTION_MIN_SHARED
 
 
 #: Each guard by the name a refusal reports.
