@@ -108,6 +108,12 @@ def test_a_wrong_password_is_refused_without_showing_either_password(tmp_path_fa
         server.stop()
 
 
+def test_an_option_redis_py_does_not_take_is_a_clear_error_without_the_password():
+    with pytest.raises(CacheError, match="an option redis-py does not take") as caught:
+        RedisStore("redis://:pw-secret-1@127.0.0.1:1/0?foo=bar")
+    assert "pw-secret-1" not in str(caught.value)
+
+
 def test_a_url_that_is_not_redis_is_refused():
     with pytest.raises(CacheError, match="use a redis://, rediss:// or unix:// URL"):
         RedisStore("http://example.com")

@@ -114,7 +114,12 @@ class RedisStore:
         self._release = self._redis.register_script(Lock.LUA_RELEASE_SCRIPT)
         self._partials: dict[tuple[int, int], str] = {}
         with self._talking("reach"):
-            self._redis.ping()
+            try:
+                self._redis.ping()
+            except TypeError as exc:  # redis-py hands unknown ?options to the connection, which refuses them
+                raise CacheError(
+                    f"--cache {redact_url(url)}: an option redis-py does not take: {self._clean(exc)}"
+                ) from None
 
     # -- names and errors --
 
