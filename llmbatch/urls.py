@@ -67,6 +67,8 @@ def _problem(url: str, schemes: tuple[str, ...]) -> str | None:
         return f"not a URL ({exc})"
     allowed = schemes or HTTP
     if "://" not in url:
+        if "unix" in allowed and parts.scheme.lower() == "unix":  # unix:/run/redis.sock: two slashes short
+            return f"write unix://{parts.path} (three slashes before an absolute path)"
         return f"no scheme: write {allowed[0]}://{redact_url(url)}"
     if parts.scheme.lower() not in allowed:
         listed = ", ".join(f"{s}://" for s in allowed[:-1]) + f" or {allowed[-1]}://"

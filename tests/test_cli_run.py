@@ -406,6 +406,14 @@ def test_the_cache_commands_refuse_a_url_no_server_could_be_at(env):
     assert result.stderr == "llmbatch: error: --cache redis://…: not a URL (Invalid IPv6 URL)\n"
 
 
+def test_a_unix_socket_url_two_slashes_short_gets_the_right_spelling(env):
+    result = run_cli(["cache", "stats", "--cache", "unix:/run/redis.sock"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "llmbatch: error: --cache unix:/run/redis.sock: write unix:///run/redis.sock (three slashes before an absolute path)\n"
+    )
+
+
 def test_a_broken_base_url_of_a_provider_the_run_does_not_use_is_no_error(tmp_path, env):
     # Checked when a line needs it; Ollama's client takes a bare host, as OLLAMA_HOST often is.
     path = write_jsonl(tmp_path / "p.jsonl", prompts(3))
