@@ -1981,7 +1981,10 @@ def sim(
         sys.stderr.write(f"  try: llmbatch run FILE --api-base {url} --model openai:gpt-4o-mini\n")
         sys.stderr.flush()
 
-    serve_forever(config, host=host, port=port, on_ready=ready)
+    try:
+        serve_forever(config, host=host, port=port, on_ready=ready)
+    except OSError as exc:  # the port is taken, or not ours to listen on
+        raise UsageError(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main() -> None:

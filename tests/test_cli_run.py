@@ -556,3 +556,11 @@ def test_integers_beyond_64_bits_in_metadata_and_ids_come_back_whole(tmp_path, s
         (123456789012345678901234567891, [-18446744073709551617, 1.5]),
     ]
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_the_simulator_on_a_port_in_use_is_one_clear_line(sim, env):
+    port = sim.url.split(":")[-1].split("/")[0]
+    result = run_cli(["sim", "--port", port], env=env)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"llmbatch: error: sim: cannot listen on 127.0.0.1:{port}: ")
+    assert len(result.stderr.splitlines()) == 1
