@@ -34,6 +34,7 @@ ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ import orjson
 from llmbatch.errors import (
     EXIT_BUDGET,
     EXIT_INTERRUPTED,
+    EXIT_PENDING,
     EXIT_SOME_ERRORS,
     InputError,
     LineError,
@@ -73,8 +75,10 @@ class RunStopped(LlmbatchError):
     answer paid for is also in the store, so the same call again pays only for the rest).
     ``reason``: the :class:`~llmbatch.engine.StopReason` (``FATAL`` for a bad key, an unknown model,
     a server that cannot be reached or a store that cannot be written; ``BUDGET`` for
-    ``max_cost_usd``). ``stats``: the run's counters. ``exit_code`` is the one ``llmbatch run`` would
-    end with. ``str(error)`` says why, and how far the run got.
+    ``max_cost_usd``; ``HELD`` for a request a batch job that ``llmbatch run --batch-api`` submitted
+    into the same cache still holds: collect it with that command, it is paid for). ``stats``: the
+    run's counters. ``exit_code`` is the one ``llmbatch run`` would end with. ``str(error)`` says
+    why, and how far the run got.
     """
 
     def __init__(self, message: str, *, reason: StopReason, results: list[Result], stats: RunStats) -> None:
@@ -82,7 +86,8 @@ class RunStopped(LlmbatchError):
         self.reason = reason
         self.results = results
         self.stats = stats
-        self.exit_code = {"budget": EXIT_BUDGET, "interrupted": EXIT_INTERRUPTED}.get(reason.value, EXIT_SOME_ERRORS)
+        exit_codes = {"budget": EXIT_BUDGET, "interrupted": EXIT_INTERRUPTED, "held": EXIT_PENDING}
+        self.exit_code = exit_codes.get(reason.value, EXIT_SOME_ERRORS)
 
 
 async def run_batch(
@@ -293,7 +298,8 @@ async def _run(
     from llmbatch.engine import RunOptions, RunStats, live_resolver
     from llmbatch.providers.anyllm import AnyLLMProvider
     from llmbatch.providers.base import Destination
-    from llmbatch.store import DiskStore, default_cache_dir
+    from llmbatch.store import DiskStore, StorePlace, default_cache_dir
+    from llmbatch.store.jobs import JobBook
 
     options = options if options is not None else RunOptions()
     stats = stats if stats is not None else RunStats()
@@ -301,8 +307,14 @@ async def _run(
     if not requests:
         return []
     own_store = store is None and options.cache_mode != "off"
+    held: dict[str, str] = {}
     if own_store:
-        store = DiskStore(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+        directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        store = DiskStore(directory)
+        # The CLI's cache: a batch job `llmbatch run --batch-api` submitted there holds answers
+        # already paid for; a call for one of them stops the run rather than pay for it again.
+        with contextlib.suppress(OSError):  # no records to read: nothing is held
+            held = JobBook(StorePlace(directory).jobs_directory).held_keys()
     own_provider = provider is None
     if provider is None:
         # The one place the library picks a destination: the keys' endpoint is read from the
@@ -316,7 +328,7 @@ async def _run(
             on_result(result)
 
     try:
-        engine = live_resolver(provider, store=store, options=options, sink=sink, stats=stats)
+        engine = live_resolver(provider, store=store, options=options, sink=sink, stats=stats, held=held)
         await _until_stopped(engine, requests)
     finally:
         try:

@@ -379,3 +379,19 @@ def test_routes_choose_models_and_fall_back_as_in_a_config_file(env, simulator):
     with pytest.raises(UsageError, match='routes: route 1: unknown setting "modle"'):
         run_batch_sync(requests, routes=[{"modle": "openai:gpt-4o"}], api_base=sim.url)
     assert sim.stats()["requests_received"] == 4  # the bad rule sent nothing
+
+
+def test_a_request_a_pending_cli_batch_job_holds_stops_the_run_instead_of_paying_again(env, cache_dir, simulator):
+    sim = simulator(batch_processing_s=600)
+    path = write_jsonl(cache_dir.parent / "in.jsonl", questions(2))
+    submitted = run_cli(
+        ["run", str(path), "--api-base", sim.url, "--model", MODEL, "--batch-api", "--no-wait"], env=env
+    )
+    assert submitted.exit_code == 75, submitted.stderr
+
+    with pytest.raises(RunStopped) as caught:
+        run_batch_sync(questions(2), model=MODEL, api_base=sim.url, cache_dir=cache_dir)
+
+    assert caught.value.reason is StopReason.HELD and caught.value.exit_code == 75
+    assert "--batch-api" in str(caught.value)
+    assert sim.stats()["completions_served"] == 0
