@@ -13,7 +13,8 @@
 - **scale**: one process at scale: 20,000 prompts, lognormal latency with a 2 s median, `-c 2000`, no
   limit; share of ideal (20,000 / (2,000 / 2 s) = 20 s) while running, peak RSS of the process tree,
   CPU per call; and the same for bench/ceiling.py (one aiohttp session, no SDK) on the same simulator,
-  which is what this machine allows at all.
+  which is what this machine allows at all. Beside them, the bound no client can pass: the share of
+  a client with no overhead at all, given the simulator's own seeded latencies (:func:`no_overhead_span`).
 
 Redis is a real redis-server on a unix socket in a temporary directory (as the tests start it).
 """
@@ -21,7 +22,10 @@ Redis is a real redis-server on a unix socket in a temporary directory (as the t
 from __future__ import annotations
 
 import argparse
+import heapq
+import math
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -143,6 +147,22 @@ def warm(tmp: Path, lines: int) -> None:
     print(f"  redis / disk: {statistics.median(times['redis']) / statistics.median(times['disk']):.2f}")
 
 
+def no_overhead_span(prompts: int, slots: int, median_s: float, sigma: float, seed: int) -> float:
+    """The serving span of a client that costs nothing: ``prompts`` calls on ``slots`` in flight,
+    each slot taking the next call the instant its answer lands, with the latencies the simulator
+    draws (``random.Random(seed).lognormvariate``, in order: with faults off it draws nothing else).
+    The lognormal's mean is above its median and its slowest calls land seconds after the rest, so
+    this is longer than ``prompts / (slots / median_s)``: the issue's ideal is beyond any client."""
+    draw = random.Random(seed)
+    free = [0.0] * slots
+    end = 0.0
+    for _ in range(prompts):
+        done = heapq.heappop(free) + draw.lognormvariate(math.log(median_s), sigma)
+        end = max(end, done)
+        heapq.heappush(free, done)
+    return end
+
+
 def scale(tmp: Path, prompts: int) -> None:
     print(f"scale: one process, {prompts:,} prompts, lognormal latency (median 2 s), -c 2000, no limit")
     run_dir = tmp / "scale"
@@ -178,6 +198,10 @@ def scale(tmp: Path, prompts: int) -> None:
             f"({ideal:.0f} s); max in flight {stats['max_in_flight']}; peak RSS (tree) {done.peak_tree_rss_mb:.0f} MB; "
             f"CPU {1000 * done.cpu_s / prompts:.2f} ms/call; paid {stats['completions_served']}"
         )
+    bound = ideal / no_overhead_span(prompts, 2000, 2.0, 0.5, seed=1)  # the simulator's defaults (sigma 0.5)
+    print(f"  a client with no overhead, same latencies: {bound:.3f} of ideal (no client can do better)")
+    for label, share in shares.items():
+        print(f"  {label} / no-overhead client: {share / bound:.2f}")
     print(f"  llmbatch / raw aiohttp share of ideal: {shares['llmbatch'] / shares['raw aiohttp']:.2f}")
 
 
