@@ -800,12 +800,20 @@ def _run_config(
     from llmbatch.app.inputs import default_output
     from llmbatch.app.runconfig import RunConfig
     from llmbatch.input import MAX_LINE_BYTES, MAX_MESSAGES, Defaults
+    from llmbatch.providers.base import unknown_provider
     from llmbatch.units import parse_size
 
     if model is not None and ":" not in model and provider is None:
         raise UsageError(
             f"--model {model} has no provider: write --model openai:{model} (or another provider) or add --provider"
         )
+    if model is not None and ":" in model:
+        option, named = f"--model {model}", model.split(":", 1)[0]
+    else:
+        option, named = f"--provider {provider}", provider
+    why = None if named is None else unknown_provider(named.lower())
+    if why is not None:
+        raise UsageError(f"{option}: {why}")
     if simulate and api_base:
         raise UsageError("--simulate sends every call to the simulator; drop --api-base")
     if rate_group is not None and cache_url is None:

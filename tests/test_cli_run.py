@@ -441,8 +441,48 @@ def test_an_unknown_provider_is_one_usage_error_before_anything_is_shown_or_writ
     assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
 
 
-def test_lines_naming_a_provider_that_cannot_be_used_are_reported_as_file_line_and_nothing_is_sent(tmp_path, env, sim):
-    # They were one error without a line (and any-llm's list of ~60 providers) for an unknown one.
+def test_lines_naming_an_unknown_provider_are_each_reported_as_file_line_and_nothing_is_sent(tmp_path, env, sim):
+    # They were one error without a line (and any-llm's list of ~60 providers). Now every such line
+    # is found while the file is checked, as any other invalid line is.
+    rows = prompts(5)
+    rows[1]["model"], rows[2]["model"], rows[4]["model"] = "foo:bar", "openia:gpt-4o", "foo:baz"
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    result = run_cli(["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"{path}:2: unknown provider 'foo'\n"
+        f"{path}:3: unknown provider 'openia' (did you mean \"openai\"?)\n"
+        f"{path}:5: unknown provider 'foo'\n"
+        "llmbatch: error: 3 invalid lines; nothing was sent\n"
+    )
+    assert sim.stats()["requests_received"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]  # found before the cache is opened
+
+
+@pytest.mark.parametrize("command", [["plan"], ["run", "--simulate"], ["run", "--simulate", "--batch-api"]])
+def test_a_misspelt_provider_is_refused_by_plan_and_the_simulator_as_a_real_run_refuses_it(tmp_path, env, command):
+    # plan and --simulate never prepare a client: they used to price or answer "openia:gpt-4o",
+    # which the real run then refused.
+    rows = prompts(2)
+    rows[1]["model"] = "openia:gpt-4o"
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    result = run_cli([command[0], str(path), *command[1:], "-m", "openai:gpt-4o-mini"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == f"{path}:2: unknown provider 'openia' (did you mean \"openai\"?)"
+    assert not any(p.name.startswith("p.results") for p in tmp_path.iterdir())
+
+
+def test_a_route_to_a_misspelt_provider_is_refused_where_the_route_is(tmp_path, env):
+    path = write_jsonl(tmp_path / "p.jsonl", prompts(2))
+    (tmp_path / "routes.toml").write_text('[[route]]\nmodel = "anthorpic:claude-x"\n')
+    result = run_cli(["plan", str(path), "--config", str(tmp_path / "routes.toml")], env=env)
+    assert result.exit_code == 2
+    assert "unknown provider 'anthorpic' (did you mean \"anthropic\"?)" in result.stderr
+
+
+def test_a_line_naming_a_provider_whose_sdk_is_missing_is_reported_as_file_line_and_nothing_is_sent(
+    tmp_path, env, sim
+):
     try:
         import mistralai  # noqa: F401
     except ImportError:
@@ -450,18 +490,12 @@ def test_lines_naming_a_provider_that_cannot_be_used_are_reported_as_file_line_a
     else:
         pytest.skip("the mistral SDK is installed here")
     rows = prompts(5)
-    rows[1]["model"], rows[2]["model"], rows[3]["model"] = "foo:bar", "openia:gpt-4o", "mistral:small"
-    rows[4]["model"] = "foo:baz"  # the first line naming a provider is the one reported
+    rows[3]["model"] = rows[4]["model"] = "mistral:small"  # the first line naming it is the one reported
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     args = ["run", str(path), "-m", "openai:gpt-4o-mini", "--api-base", sim.url]
     result = run_cli(args, env={**env, "MISTRAL_API_KEY": "x"})
     assert result.exit_code == 2
-    assert result.stderr == (
-        f"{path}:2: unknown provider 'foo'\n"
-        f"{path}:3: unknown provider 'openia' (did you mean \"openai\"?)\n"
-        f"{path}:4: {missing}\n"
-        "llmbatch: error: 3 invalid lines; nothing was sent\n"
-    )
+    assert result.stderr == f"{path}:4: {missing}\nllmbatch: error: 1 invalid line; nothing was sent\n"
     assert sim.stats()["requests_received"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.jsonl"]
 

@@ -4,6 +4,7 @@ failure is classified (retryable, permanent for the line, or fatal for the run).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 
@@ -128,8 +129,10 @@ def test_a_missing_api_key_is_fatal_and_names_the_variable(monkeypatch):
     assert error.kind == "fatal" and "OPENAI_API_KEY" in error.message
 
 
-def test_an_unknown_provider_is_fatal():
-    req = parse_line(json.dumps({"prompt": "x", "model": "nosuchprovider:m"}), 1)
+def test_a_provider_any_llm_does_not_know_is_fatal_if_one_ever_gets_past_the_input_check():
+    # The input check refuses names missing from ENV_API_BASE (test_cli_run.py); this is the net
+    # under it, should the two lists ever disagree.
+    req = dataclasses.replace(request(), provider="nosuchprovider", model="m")
     error = failure(AnyLLMProvider(api_key="k"), req)
     assert error.kind == "fatal" and "nosuchprovider" in error.message
 
@@ -171,3 +174,5 @@ def test_the_base_url_table_matches_the_installed_any_llm():
         name = getattr(cls, "ENV_API_BASE_NAME", None)
         if name:
             assert ENV_API_BASE.get(provider.value) == name, provider.value
+    # Every provider, SDK installed or not: a name missing here is refused on an input line.
+    assert set(ENV_API_BASE) == {provider.value for provider in LLMProvider}

@@ -66,7 +66,7 @@ def test_a_lines_own_model_wins_then_a_route_then_model_option():
 
 
 def test_every_condition_of_a_when_must_hold():
-    [route] = parse_routes([{"when": {"metadata": {"task": "x", "lang": "fr"}, "match": r"\bcode\b"}, "model": "a:b"}])
+    [route] = parse_routes([{"when": {"metadata": {"task": "x", "lang": "fr"}, "match": r"\bcode\b"}, "model": "openai:b"}])
     messages = [{"role": "user", "content": "write code"}]
     assert choose_route([route], {"task": "x", "lang": "fr"}, messages) is route
     assert choose_route([route], {"task": "x"}, messages) is None

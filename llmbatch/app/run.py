@@ -18,12 +18,12 @@ from llmbatch.app.prefix import HitPrefix
 from llmbatch.app.recovery import _recovery
 from llmbatch.app.runconfig import RunConfig, cpus, effective_defaults, open_run_store
 from llmbatch.engine import Resolver, RunStats, batch_resolver, live_resolver
-from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, UsageError, did_you_mean
+from llmbatch.errors import CacheError, InputError, LineError, LlmbatchError, UsageError
 from llmbatch.input import (
     Request,
     read_requests,
 )
-from llmbatch.providers.base import ENV_API_BASE, CallError, Destination
+from llmbatch.providers.base import CallError, Destination, unknown_provider
 from llmbatch.results import ResultWriter
 from llmbatch.store import ResponseStore
 
@@ -153,9 +153,9 @@ async def _prepare_providers(provider: Any, models: set[str], config: RunConfig)
         except CallError as exc:
             if exc.type not in _NAMED_BADLY:
                 raise UsageError(exc.message) from None
-            # any-llm's own words list all ~60 providers: one close match says more.
-            unknown = exc.type == "UnsupportedProviderError"
-            refused[name] = f"unknown provider {name!r}{did_you_mean(name, ENV_API_BASE)}" if unknown else exc.message
+            # any-llm's own words list all ~60 providers: one close match says more. (Names it does
+            # not know are refused while the file is checked; this covers any-llm disagreeing.)
+            refused[name] = unknown_provider(name) or exc.message
     if refused:
         raise _where_named(config, refused)
 

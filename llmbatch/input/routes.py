@@ -31,6 +31,7 @@ from typing import Any
 
 from llmbatch.errors import did_you_mean
 from llmbatch.model.request import content_text, prompt_estimate
+from llmbatch.providers.base import unknown_provider
 
 __all__ = [
     "CHECKS",
@@ -155,6 +156,9 @@ def _model_ref(where: str, name: str, value: Any) -> str:
         raise RouteError(
             f'{where}: {name} {value!r} has no provider: write it as "provider:model" (for example "openai:{value}")'
         )
+    why = unknown_provider(provider.lower())
+    if why is not None:
+        raise RouteError(f"{where}: {name} {value!r}: {why}")
     return f"{provider.lower()}:{model}"
 
 

@@ -24,6 +24,7 @@ from llmbatch.errors import did_you_mean
 from llmbatch.input.normalize import normalize_messages
 from llmbatch.input.routes import Route, choose_route
 from llmbatch.model.request import Request
+from llmbatch.providers.base import unknown_provider
 
 __all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "MAX_MESSAGES", "PARAMS", "Defaults", "InvalidLine", "parse_line"]
 
@@ -355,13 +356,16 @@ def _resolve_model(model: Any, defaults: Defaults, *, implied_provider: str | No
         provider, name = model.split(":", 1)
         if not provider or not name:
             raise InvalidLine(f'model {model!r} must look like "provider:model" (for example "openai:gpt-4o-mini")')
-        return provider.lower(), name
-    provider = defaults.provider or implied_provider
-    if provider is None:
-        raise InvalidLine(
-            f'model {model!r} has no provider: write "openai:{model}" (or another provider) or pass --provider'
-        )
-    return provider.lower(), model
+    else:
+        provider, name = defaults.provider or implied_provider, model
+        if provider is None:
+            raise InvalidLine(
+                f'model {model!r} has no provider: write "openai:{model}" (or another provider) or pass --provider'
+            )
+    why = unknown_provider(provider.lower())
+    if why is not None:
+        raise InvalidLine(why)
+    return provider.lower(), name
 
 
 def _take_params(

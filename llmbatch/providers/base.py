@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from llmbatch.errors import did_you_mean
 from llmbatch.model.request import Request
 from llmbatch.urls import HTTP, checked_url, secret_name
 
@@ -42,6 +43,7 @@ __all__ = [
     "model_failed",
     "parse_retry_after",
     "redact",
+    "unknown_provider",
 ]
 
 Kind = Literal["retryable", "permanent", "fatal"]
@@ -67,10 +69,11 @@ PLACEHOLDER_KEYS = frozenset({PLACEHOLDER_KEY, SIMULATOR_KEY})
 _KEYLIKE = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{8,}\b", re.IGNORECASE)
 
 
-#: The environment variable each any-llm provider reads its base URL from (its
-#: ``ENV_API_BASE_NAME``). Copied here so that building cache keys never imports any-llm (a fully
-#: cached rerun must not pay for the SDKs); ``tests/test_provider.py`` checks it against the
-#: installed any-llm, so an upgrade that adds or renames one fails CI instead of a key going wrong.
+#: Every provider any-llm knows, with the environment variable it reads its base URL from (its
+#: ``ENV_API_BASE_NAME``). Copied here so that building cache keys, and telling a misspelt provider
+#: on an input line, never import any-llm (a fully cached rerun or a plan must not pay for the
+#: SDKs); ``tests/test_provider.py`` checks it against the installed any-llm, so an upgrade that
+#: adds or renames one fails CI instead of a key going wrong or a provider being refused.
 ENV_API_BASE: dict[str, str] = {
     "anthropic": "ANTHROPIC_BASE_URL",
     "atlascloud": "ATLASCLOUD_API_BASE",
@@ -132,6 +135,13 @@ ENV_API_BASE: dict[str, str] = {
 #: Providers whose SDK takes a bare ``host:port`` as well as a URL (Ollama's client adds the scheme;
 #: ``OLLAMA_HOST=0.0.0.0`` is a common setting, left for ``ollama serve``).
 _BARE_HOST_OK = frozenset({"ollama"})
+
+
+def unknown_provider(name: str) -> str | None:
+    """What is wrong with ``name`` when it is no provider any-llm knows (with the closest one that
+    is: any-llm's own message lists all of them), else None. Pure, so that a typo is caught while
+    the file is checked, by ``plan`` and ``--simulate`` too, before any SDK is imported."""
+    return None if name in ENV_API_BASE else f"unknown provider {name!r}{did_you_mean(name, ENV_API_BASE)}"
 
 
 def env_endpoints(environ: Mapping[str, str]) -> dict[str, str]:
