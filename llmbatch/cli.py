@@ -807,10 +807,10 @@ def _run_config(
         raise UsageError(
             f"--model {model} has no provider: write --model openai:{model} (or another provider) or add --provider"
         )
+    named: str | None = provider
+    option = f"--provider {provider}"
     if model is not None and ":" in model:
         option, named = f"--model {model}", model.split(":", 1)[0]
-    else:
-        option, named = f"--provider {provider}", provider
     why = None if named is None else unknown_provider(named.lower())
     if why is not None:
         raise UsageError(f"{option}: {why}")
