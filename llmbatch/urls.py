@@ -36,12 +36,14 @@ def checked_url(
 
 #: Query parameters whose value is masked when a URL is shown (``?api-key=``, ``?token=``, ``?sig=``,
 #: redis-py's ``?password=``): generous, since masking too much in a message costs nothing.
-SECRET_PARAM = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+SECRET_PARAM = re.compile(r"key|token|secret|passw|passphrase|passcode|sig|auth|credential|jwt", re.IGNORECASE)
 
 #: The words of a header's or parameter's name that make its value a credential.
+#: Plurals too (``X-Api-Keys``, ``client_secrets``), except "tokens": ``X-Max-Tokens`` counts them.
 _SECRET_WORDS = frozenset(
-    {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "auth", "authorization", "cookie"}
-    | {"credential", "credentials", "sig", "signature", "bearer"}
+    {"key", "keys", "apikey", "apikeys", "token", "secret", "secrets", "password", "passwords", "passwd", "pwd"}
+    | {"passphrase", "passcode", "auth", "authn", "authorization", "authentication", "cookie", "cookies"}
+    | {"credential", "credentials", "sig", "signature", "bearer", "jwt"}
 )
 
 

@@ -189,10 +189,29 @@ def test_a_credential_query_parameter_stays_out_of_the_key_and_is_redacted_like_
         "password",
         "sig",
         "Ocp-Apim-Subscription-Key",
+        # A review found these stored in the cache, exported and shown by `cache explain`:
+        "X-Authentication",
+        "X-Api-Keys",
+        "api_keys",
+        "ApiKeys",
+        "client_secrets",
+        "passphrase",
+        "X-JWT",
+        "X-Authn",
     ],
 )
 def test_names_that_carry_a_credential_are_secrets(name):
     assert secret_name(name)
+    one = {**BASE, "extra": {"extra_query": {name: "secret-one"}, "extra_headers": {name: "secret-one"}}}
+    two = {**BASE, "extra": {"extra_query": {name: "secret-two"}, "extra_headers": {name: "secret-two"}}}
+    assert key_of(one) == key_of(two)  # left out of the key material, so never stored
+
+
+def test_a_base_url_keeps_no_credential_in_the_key_endpoint():
+    from llmbatch.providers.base import without_credentials
+
+    url = "http://proxy:8000/v1?authentication=AUTHN&apikeys=KEYS&deployment=blue"
+    assert without_credentials(url) == "http://proxy:8000/v1?deployment=blue"
 
 
 @pytest.mark.parametrize("name", ["keywords", "X-Author-Style", "X-Author", "X-Max-Tokens", "OpenAI-Beta", "monkey"])
