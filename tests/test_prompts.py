@@ -319,6 +319,16 @@ INVALID: list[tuple[str, Any, str]] = [
     ),
     ("misspelt max_tokens", {"prompt": "x", "max_token": 5}, 'unknown field "max_token" (did you mean "max_tokens"?)'),
     ("misspelt prompt", {"promt": "x"}, 'unknown field "promt" (did you mean "prompt"?)'),
+    (
+        "an API key in extra",
+        {"prompt": "x", "extra": {"api_key": "sk-x"}},
+        '"extra" must not contain "api_key": set the provider\'s key in the environment (e.g. OPENAI_API_KEY)',
+    ),
+    (
+        "a base URL in extra",
+        {"prompt": "x", "extra": {"api_base": "http://x"}},
+        '"extra" must not contain "api_base": use --api-base or the provider\'s base URL variable',
+    ),
     ("unknown field with no near match", {"prompt": "x", "zzzz": 1}, 'unknown field "zzzz"'),
     ("custom_id on a prompt line", {"prompt": "x", "custom_id": "a"}, 'unknown field "custom_id"'),
     # id, sample, extra

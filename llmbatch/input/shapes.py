@@ -229,6 +229,13 @@ _REFUSED = {
     "timeout": 'a per-line "timeout" is not supported: use --timeout',
 }
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: What "extra" must not pass to the client: where calls go and with which key is the run's (it is
+#: part of the keys as the endpoint, and a key on a line would sit in the input and the cache).
+_EXTRA_REFUSED = {
+    "api_key": '"extra" must not contain "api_key": set the provider\'s key in the environment (e.g. OPENAI_API_KEY)',
+    "api_base": '"extra" must not contain "api_base": use --api-base or the provider\'s base URL variable',
+    "client_args": '"extra" must not contain "client_args": the run makes one client per provider and base URL',
+}
 
 
 def _unknown_field(name: str, known: frozenset[str] | set[str]) -> InvalidLine:
@@ -431,8 +438,8 @@ def _parse_simple(obj: dict[str, Any], line: int, defaults: Defaults) -> Request
     # extra goes to acompletion as keyword arguments: it must not smuggle in a refused option,
     # nor a parameter or field that is passed by name already (unchecked, or a TypeError).
     for name in extra:
-        if name in _REFUSED:
-            raise InvalidLine(_REFUSED[name])
+        if name in _REFUSED or name in _EXTRA_REFUSED:
+            raise InvalidLine(_REFUSED.get(name) or _EXTRA_REFUSED[name])
         if name in PARAMS or name in _BODY_STRUCTURAL:
             raise InvalidLine(f'"extra" must not contain "{name}": give it as a field of the line')
 
