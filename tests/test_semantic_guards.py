@@ -14,6 +14,7 @@ from llmbatch.store.semantic_guards import (
     same_order,
     signature,
     substitution,
+    swapped,
 )
 
 
@@ -94,7 +95,8 @@ def test_a_changed_meaning_word_is_refused_by_its_guard(a: str, b: str, guard: s
     ],
 )
 def test_a_reversed_question_is_refused_by_the_order_guard_alone(a: str, b: str) -> None:
-    assert disagreements(a, b) == ["order"]
+    # (The swap guard may see it too: both words of a swap sit in one frame.)
+    assert not same_order(a, b) and [name for name in disagreements(a, b) if name != "swap"] == ["order"]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +184,7 @@ def test_the_signature_is_equal_exactly_when_the_set_guards_agree(a: str, b: str
 def test_the_signature_leaves_order_to_the_pairwise_check() -> None:
     # It narrows the candidates; the order is checked on each one with disagreements.
     a, b = "How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"
-    assert signature(a) == signature(b) and disagreements(a, b) == ["order"]
+    assert signature(a) == signature(b) and "order" in disagreements(a, b)
 
 
 _TICKET = "Summarise this support ticket in one sentence: the customer would like us to {} the kettle."
@@ -208,3 +210,33 @@ def test_a_clause_added_to_a_long_shared_text_is_refused_and_good_is_not_bad() -
     base = _TICKET.format("repair")
     assert substitution(base, base + " Also refund the shipping cost.")
     assert "polarity" in disagreements("Is coffee good for your health?", "Is coffee bad for your health?")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # A third review (2026-12-03) found these served at 0.904-0.943 with every other guard agreeing.
+        (
+            "What are the early symptoms of a heart attack in women?",
+            "What are the early symptoms of a heart attack in men?",
+        ),
+        ("Give me a recipe for vegetarian lasagna.", "Give me a recipe for vegan lasagna."),
+        (
+            "Give me a beginner workout plan for building muscle.",
+            "Give me an advanced workout plan for building muscle.",
+        ),
+        ("Explain photosynthesis simply.", "Explain photosynthesis technically."),
+        ("what is the time complexity of quicksort?", "what is the space complexity of quicksort?"),
+    ],
+)
+def test_one_word_filled_differently_in_the_same_frame_is_a_swap(a: str, b: str) -> None:
+    assert swapped(a, b)
+    assert "swap" in disagreements(a, b)
+
+
+def test_words_added_or_dropped_layout_and_function_words_are_not_a_swap() -> None:
+    assert not swapped("What is RAG?", "Can you explain RAG?")  # "explain" added: the model weighs it
+    assert not swapped("How do I reverse a list in Python?", "How can I reverse a list in Python?")
+    assert not swapped("What is the capital of France?", "what  is the capital\nof France")
+    assert not swapped("Explain photosynthesis.", "Explain photosynthesis simply.")
+    assert not swapped("Best way to learn Python?", "How should I go about learning Python quickly?")

@@ -499,6 +499,76 @@ SUBSTITUTION_SAME = {
 }
 
 
+# A second review's short questions that swap one word (42 pairs, /tmp/review24/sem*A.jsonl and
+# sem*B.jsonl): at 0.90 with the guards of the time, 5 were served (men/women, vegan/vegetarian,
+# beginner/advanced, simply/technically, time/space). The swap guard was written looking at them.
+SOURCE_R24 = "second reviewer, 2026-12-03 (/tmp/review24/repro_semantic.sh and the files beside it)"
+REVIEWER24_DIFFERENT = {
+    "one-word-swap": [
+        ("List the pros of nuclear energy.", "List the cons of nuclear energy."),
+        (
+            "What is the maximum daily dose of ibuprofen for adults?",
+            "What is the minimum daily dose of ibuprofen for adults?",
+        ),
+        ("Write a python function that reverses a string.", "Write a javascript function that reverses a string."),
+        ("How do I install numpy on windows?", "How do I install numpy on mac?"),
+        ("Is it safe to eat raw chicken?", "Is it safe to eat cooked chicken?"),
+        ("Explain the advantages of remote work.", "Explain the disadvantages of remote work."),
+        ("Write a haiku about autumn leaves.", "Write a limerick about autumn leaves."),
+        ("Summarize the plot of the movie in one sentence.", "Summarize the plot of the movie in one paragraph."),
+        (
+            "What are the early symptoms of a heart attack in women?",
+            "What are the early symptoms of a heart attack in men?",
+        ),
+        ("Give me a recipe for vegetarian lasagna.", "Give me a recipe for vegan lasagna."),
+        ("How do I kill a python process on linux?", "How do I kill a java process on linux?"),
+        (
+            "What is the boiling point of water at sea level in fahrenheit?",
+            "What is the boiling point of water at sea level in celsius?",
+        ),
+        (
+            "Translate this sentence into german: the cat sleeps.",
+            "Translate this sentence into spanish: the cat sleeps.",
+        ),
+        ("Explain how vaccines work for adults.", "Explain how vaccines work for children."),
+        ("Is coffee good for people with high blood pressure?", "Is coffee bad for people with high blood pressure?"),
+        ("What foods should I eat to lose weight?", "What foods should I avoid to lose weight?"),
+        ("Write a formal email declining the job offer.", "Write a formal email accepting the job offer."),
+        ("How do I convert a list to a tuple in python?", "How do I convert a tuple to a list in python?"),
+        ("Explain the causes of the first world war.", "Explain the consequences of the first world war."),
+        ("What should a diabetic patient eat for breakfast?", "What should a diabetic patient not eat for breakfast?"),
+        (
+            "Give me a beginner workout plan for building muscle.",
+            "Give me an advanced workout plan for building muscle.",
+        ),
+        ("Write a short story for kids about a brave dog.", "Write a short story for adults about a brave dog."),
+        ("Recommend a good book for a teenager.", "Recommend a good book for a toddler."),
+        ("Explain photosynthesis simply.", "Explain photosynthesis technically."),
+        ("Which is faster, a cheetah or a horse?", "Which is slower, a cheetah or a horse?"),
+        ("What are the side effects of aspirin in children?", "What are the side effects of aspirin in pregnancy?"),
+        ("How to make a cake without eggs?", "How to make a cake with eggs?"),
+        (
+            "Write an email to my landlord asking to renew the lease.",
+            "Write an email to my landlord asking to terminate the lease.",
+        ),
+        ("what is the capital of austria?", "what is the capital of australia?"),
+        ("how many calories are in an apple?", "how many calories are in a banana?"),
+        ("what year did world war one end?", "what year did world war two end?"),
+        ("who wrote the novel dune?", "who directed the movie dune?"),
+        ("convert 5 miles to kilometers", "convert 5 kilometers to miles"),
+        ("what is the time complexity of quicksort?", "what is the space complexity of quicksort?"),
+        ("is a tomato a fruit?", "is a tomato a vegetable?"),
+        ("how do i center a div horizontally?", "how do i center a div vertically?"),
+        ("what is the speed of light in a vacuum?", "what is the speed of sound in a vacuum?"),
+        ("give me a synonym for happy", "give me an antonym for happy"),
+        ("what is the melting point of iron?", "what is the melting point of gold?"),
+        ("summarize this article for a child", "summarize this article for an expert"),
+        ("write a sql query to delete duplicate rows", "write a sql query to find duplicate rows"),
+        ("how to lose weight fast", "how to gain weight fast"),
+    ],
+}
+
+
 def main() -> None:
     rows = []
     for groups, same, style, source, split in (
@@ -513,6 +583,7 @@ def main() -> None:
         (ORDER_DIFFERENT, False, "question", SOURCE_O, "tuning"),
         (SUBSTITUTION_SAME, True, "batch", SOURCE_S, "tuning"),
         (SUBSTITUTION_DIFFERENT, False, "batch", SOURCE_S, "tuning"),
+        (REVIEWER24_DIFFERENT, False, "question", SOURCE_R24, "tuning"),
     ):
         for kind, pairs in groups.items():
             for a, b in pairs:

@@ -42,6 +42,7 @@ __all__ = [
     "quoted",
     "same_order",
     "signature",
+    "swapped",
 ]
 
 _NUMBER_WORDS = {
@@ -159,8 +160,9 @@ _FUNCTION_WORDS = {
     "at", "for", "from", "with", "by", "as", "about", "than", "then", "and", "or", "but", "so", "if",
     "please", "kindly", "tell", "explain", "describe", "give", "show", "let", "lets", "just", "also",
     "some", "any", "very", "really", "actually", "ever", "following", "way",
-    # adverbs that stand anywhere in a request: "Briefly explain X" is "Explain X briefly"
-    "briefly", "quickly", "simply", "concisely", "now",
+    # adverbs that stand anywhere in a request: "Briefly explain X" is "Explain X briefly". Not
+    # "simply": "explain X simply / technically" asks for two answers (a review, 0.931)
+    "briefly", "quickly", "concisely", "now",
 }  # fmt: skip
 _DIRECTIONS = {"to": "to", "into": "to", "onto": "to", "towards": "to", "toward": "to", "from": "from"}
 _NUMBER_PATTERN = r"(?<![A-Za-z])\d[\d,]*(?:[.:/-]\d+)*(?:st|nd|rd|th|k|m|bn|x)?(?![A-Za-z])"
@@ -337,6 +339,35 @@ def substitution(a: str, b: str) -> bool:
     return bool(first - second or second - first) and sum((first & second).values()) >= SUBSTITUTION_MIN_SHARED
 
 
+def swapped(a: str, b: str) -> bool:
+    """Whether the two texts are one frame with one place filled differently: their meaning words
+    agree before and after one run of them, which both fill, with different words, and the frame
+    is no shorter than the longer filling.
+
+    A short question that swaps one word keeps most of its embedding, and the model weighs the swap
+    too little: "... heart attack in men / women" (0.909), "vegan / vegetarian lasagna" (0.943),
+    "beginner / advanced workout plan" (0.927), "explain photosynthesis simply / technically"
+    (0.931), "time / space complexity of quicksort" (0.904), all served until a review found them.
+    A word added or dropped is not a swap ("What is RAG?" / "Can you explain RAG?" adds "explain"):
+    the model weighs those. A rewording that swaps one word for its synonym ("explain" /
+    "describe") is refused too: a miss, where the alternative is a wrong answer."""
+    first, second = meaning_words(a), meaning_words(b)
+    if first == second:
+        return False
+    start = 0
+    while start < min(len(first), len(second)) and first[start] == second[start]:
+        start += 1
+    end = 0
+    while end < min(len(first), len(second)) - start and first[-1 - end] == second[-1 - end]:
+        end += 1
+    frame = start + end
+    filled = max(len(first), len(second)) - frame  # the longer of the two fillings
+    # Both fill the place (a word only added is not a swap), and the frame is at least as long as
+    # what fills it: "Best way to learn Python?" / "How should I go about learning Python?" share
+    # only "python" and reword the rest, which the model weighs.
+    return len(first) > frame and len(second) > frame and frame >= filled
+
+
 #: Each guard by the name a refusal reports.
 GUARDS: dict[str, Callable[[str], frozenset[str]]] = {
     "numbers": numbers,
@@ -353,6 +384,8 @@ def disagreements(a: str, b: str) -> list[str]:
         found.append("order")
     if substitution(a, b):
         found.append("substitution")
+    if swapped(a, b):
+        found.append("swap")
     return found
 
 
