@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_VERSION",
+    "SIMULATED_AT",
     "SIMULATOR_ENDPOINT",
+    "SIMULATOR_HEADER",
     "canonical_json",
     "credentials",
     "key_from_material",
@@ -42,6 +44,12 @@ KEY_VERSION = "v1"
 #: simulator happened to get: simulated answers live in their own namespace and can never be
 #: served for a real provider, nor real ones for the simulator.
 SIMULATOR_ENDPOINT = "llmbatch-simulator"
+#: The header llmbatch's simulator puts on every response (``llmbatch sim``), so that a run can tell
+#: it from a real server later started at the same address (``providers.base.simulator_at``).
+SIMULATOR_HEADER = "X-Llmbatch-Simulator"
+#: Before the base URL in the key of an answer the simulator gave at that URL (``llmbatch sim``
+#: reached with ``--api-base``): never the key of a real server's answer there.
+SIMULATED_AT = SIMULATOR_ENDPOINT + "@"
 
 
 def canonical_json(value: Any) -> bytes:

@@ -67,7 +67,7 @@ def test_explain_says_not_stored_before_a_run_and_when_and_at_what_cost_after(tm
     assert after["stored"]["tag"] == MODEL
     assert after["material"] == {
         "provider": "openai",
-        "endpoint": sim.url.rstrip("/"),
+        "endpoint": "llmbatch-simulator@" + sim.url.rstrip("/"),  # the simulator answers there
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "question number 1"}],
         "params": {},

@@ -154,3 +154,71 @@ def test_explain_makes_the_key_with_the_normalisation_a_run_would_use(tmp_path, 
     assert explained["stored"] is not None and explained["stored"]["served"]
     assert explained["material"]["normalize"] == "whitespace"
     assert explained["material"]["messages"][-1]["content"] == "hello there"
+
+
+class _RealServer:
+    """A server that is not llmbatch's simulator (as a vLLM would be), on a given 127.0.0.1 port:
+    it answers every chat completion with one fixed answer and counts them."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.completions = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send({"object": "list", "data": [{"id": "my-model", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.completions += 1
+                message = {"role": "assistant", "content": "REAL ANSWER"}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+                self._send({"id": "r", "object": "chat.completion", "created": 1, "model": "my-model",
+                            "choices": [choice], "usage": usage})  # fmt: skip
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_answers_rehearsed_on_the_simulator_are_never_served_for_a_real_server_later_at_its_address(
+    tmp_path, simulator, env
+):
+    # A review: `llmbatch sim --port 8000`, then vLLM on port 8000 (the README suggests both) served
+    # the simulator's answers from the cache as the model's.
+    sim = simulator()
+    port = int(sim.url.rsplit(":", 1)[1].split("/")[0])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "prompt": "Classify: I love it", "temperature": 0}])
+    argv = ["run", str(path), "--api-base", sim.url, "--model", "openai:my-model"]
+    assert run_cli([*argv, "-o", str(tmp_path / "rehearsal.jsonl")], env=env).exit_code == 0
+    assert run_cli([*argv, "-o", str(tmp_path / "again.jsonl")], env=env).exit_code == 0
+    assert read_results(tmp_path / "again.jsonl")[0]["hit"] == "exact"  # the rehearsal itself is cached
+    sim.close()
+    real = _RealServer(port)
+    try:
+        assert run_cli([*argv, "-o", str(tmp_path / "real.jsonl")], env=env).exit_code == 0
+        assert run_cli([*argv, "-o", str(tmp_path / "real2.jsonl")], env=env).exit_code == 0
+    finally:
+        real.close()
+    first, second = read_results(tmp_path / "real.jsonl")[0], read_results(tmp_path / "real2.jsonl")[0]
+    assert (first["content"], first["hit"], real.completions) == ("REAL ANSWER", None, 1)
+    assert (second["content"], second["hit"]) == ("REAL ANSWER", "exact")  # the real answers are cached in turn

@@ -17,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import ipaddress
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from llmbatch.errors import did_you_mean
+from llmbatch.keys import SIMULATED_AT, SIMULATOR_HEADER
 from llmbatch.model.request import Request
 from llmbatch.urls import HTTP, checked_url, secret_name
 
@@ -341,6 +345,37 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def simulator_at(url: str) -> bool:
+    """Whether ``llmbatch sim`` is what answers at ``url``, asked (once per run and address, by
+    :meth:`Destination.key_endpoint`) only of a loopback address, where a rehearsal runs and nothing
+    leaves the machine, by a plain GET of its model list, which the simulator does not count.
+
+    Without this, answers rehearsed on ``llmbatch sim --port 8000`` were filed under the same keys
+    as those of the vLLM later started on port 8000, and served as its answers: the wrong hit users
+    fear most. A server that cannot be reached is taken for a real one (its keys stay as they
+    were), so a simulated answer is only ever served while the simulator itself is there."""
+    try:
+        host = urlsplit(url).hostname or ""
+        loopback = host.lower() in _LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return False
+    # No proxy: a loopback address is never reached through one (HTTP_PROXY may be set).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url.rstrip("/") + "/models", timeout=2) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        headers = exc.headers
+    except (OSError, ValueError):  # refused, timed out, not HTTP
+        return False
+    return headers is not None and headers.get(SIMULATOR_HEADER) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where calls go, and so the endpoint their keys record.
@@ -358,6 +393,9 @@ class Destination:
     force_provider: str | None = None
     namespace: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Base URL -> whether the simulator answers there: asked once per destination (a run), never
+    #: per process, since a long-lived process may meet a real server where the simulator was.
+    _simulated: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -377,16 +415,25 @@ class Destination:
 
     def key_endpoint(self, provider: str) -> str | None:
         """The endpoint recorded in the key of a request to ``provider`` (and so in every cache
-        entry, export and job record): the base URL without any credentials it carries.
+        entry, export and job record): the base URL without any credentials it carries, marked
+        when llmbatch's own simulator answers there (:func:`simulator_at`).
 
         The environment's URL is checked here, the first time a line needs it (while the input is
         checked, before anything is sent), not when it is read: a broken variable of a provider
         the run does not use must not stop it."""
-        endpoint = self.namespace or self.api_base
+        if self.namespace is not None:
+            return self.namespace
+        endpoint = self.api_base
         if endpoint is None and (endpoint := self.env.get(provider)) is not None:
             bare = provider in _BARE_HOST_OK
             checked_url(endpoint, what=ENV_API_BASE[provider], schemes=() if bare else HTTP)
-        return without_credentials(endpoint) if endpoint is not None else None
+        if endpoint is None:
+            return None
+        endpoint = without_credentials(endpoint)
+        simulated = self._simulated.get(endpoint)
+        if simulated is None:
+            simulated = self._simulated[endpoint] = simulator_at(endpoint)
+        return f"{SIMULATED_AT}{endpoint}" if simulated else endpoint
 
     def budget_identity(self, provider: str, environ: Mapping[str, str] | None = None) -> str:
         """Whose rate limits the calls to ``provider`` spend, without saying who: a fingerprint of

@@ -147,6 +147,7 @@ from typing import Any, Self, TypeVar
 import orjson
 from aiohttp import web
 
+from llmbatch.keys import SIMULATOR_HEADER
 from llmbatch.sim.batches import (
     ANTHROPIC_MAX_REQUESTS,
     OPENAI_ENDPOINT,
@@ -264,6 +265,12 @@ def _go_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}"
     return secs
+
+
+async def _mark_simulated(request: web.Request, response: web.StreamResponse) -> None:
+    # Every response says it is the simulator's, so that a run keys its answers apart from those
+    # of a real server later started at this address (providers.base.simulator_at).
+    response.headers[SIMULATOR_HEADER] = "1"
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -679,6 +686,7 @@ class Simulator:
         self._files: dict[str, BatchFile] = {}
         self._jobs: dict[str, Job] = {}  # both APIs, oldest first
         self.app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        self.app.on_response_prepare.append(_mark_simulated)
         router = self.app.router
         router.add_post("/v1/chat/completions", self._chat_completions)
         router.add_post("/v1/messages", self._messages)
